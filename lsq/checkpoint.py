@@ -1,0 +1,53 @@
+"""Checkpoints: written atomically every epoch, read back with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> Any:
+    """Load a file written by torch.save (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a float state dict (a model.pt) into `model`.
+
+    Step sizes of a quantized model's model.pt are dropped: a new quantization starts from the
+    paper's initialisation, computed from these weights.
+    """
+    state = load(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a checkpoint.pt works too
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    state = {k: v for k, v in state.items() if "_quantizer." not in k}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit this network: {str(e)[:600]}") from None

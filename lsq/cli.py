@@ -1,0 +1,62 @@
+"""`lsq run SPEC [--out DIR]` and `lsq run --resume DIR`: run one job spec on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import JobSpec
+
+SPEC_COPY = "spec.yaml"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `run` command to a parent parser (the service's CLI adds its own commands)."""
+    p = subparsers.add_parser("run", help="run a job spec locally (YAML or JSON)")
+    p.add_argument("spec", nargs="?", type=Path, help="the job spec file")
+    p.add_argument("--out", type=Path, help="output folder (default runs/<spec name>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .train import run  # torch loads only for commands that train
+
+    if args.resume:
+        if args.spec or args.out:
+            sys.exit("lsq run: --resume DIR takes no SPEC or --out (the run folder holds both)")
+        out, spec = args.resume, JobSpec.from_file(args.resume / SPEC_COPY)
+    elif args.spec:
+        spec = JobSpec.from_file(args.spec)
+        out = args.out or Path("runs") / spec.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SPEC_COPY).write_text(spec.to_yaml())
+    else:
+        sys.exit("lsq run: give a SPEC file or --resume DIR")
+
+    print(f"{spec.name}: {spec.model.arch} on {spec.dataset.name}, writing to {out}")
+    print(
+        f"{'epoch':>5} {'train_loss':>10} {'train_top1':>10} {'test_loss':>9} "
+        f"{'test_top1':>9} {'test_top5':>9} {'lr':>8} {'img/s':>7}"
+    )
+
+    def show(m: dict) -> None:
+        print(
+            f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_top1']:>10.2f} "
+            f"{m['test_loss']:>9.4f} {m['test_top1']:>9.2f} {m['test_top5']:>9.2f} "
+            f"{m['lr']:>8.5f} {m['images_per_second']:>7.0f}",
+            flush=True,
+        )
+
+    result = run(spec, out, on_epoch=show, resume=bool(args.resume), progress_bar=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lsq", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

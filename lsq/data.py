@@ -1,0 +1,243 @@
+"""Datasets in their standard on-disk formats, plus a synthetic one for tests and demos.
+
+Each loader returns the train and test sets and a DatasetInfo (channels, size, classes) from
+which the network is built. Image tensors are kept as uint8 in memory; augmentation and
+normalisation run on tensors (torchvision.transforms.v2).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from .spec import DatasetSpec
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or not in the layout its loader reads."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+class TensorImages(Dataset):
+    """Images held as a uint8 tensor (N, C, H, W) with integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
+        self.images, self.targets, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+def _normalise(mean: list[float], std: list[float]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+# ---------------------------------------------------------------- CIFAR-10 (python pickle batches)
+
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def _cifar_batches(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
+        except FileNotFoundError:
+            raise DatasetError(
+                f"CIFAR-10: {path} not found. Expected the python version's pickle batches "
+                f"(data_batch_1..5, test_batch) in {root} or {root}/cifar-10-batches-py"
+            ) from None
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise DatasetError(
+                f"CIFAR-10: {path} is not a CIFAR-10 python batch (a pickled dict with 'data' "
+                f"of shape (N, 3072) uint8 and 'labels'): {e}"
+            ) from None
+        images.append(torch.from_numpy(data))
+    return torch.cat(images), torch.cat(labels)
+
+
+def cifar10(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
+    train_x, train_y = _cifar_batches(root, [f"data_batch_{i}" for i in range(1, 6)])
+    test_x, test_y = _cifar_batches(root, ["test_batch"])
+    norm = _normalise(CIFAR_MEAN, CIFAR_STD)
+    augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *norm])
+    return (
+        TensorImages(train_x, train_y, augment),
+        TensorImages(test_x, test_y, v2.Compose(norm)),
+        DatasetInfo(10, 3, 32),
+    )
+
+
+# ---------------------------------------- Fashion-MNIST (IDX, gzipped or not)
+
+FASHION_MEAN, FASHION_STD = [0.2860], [0.3530]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format): magic 0x0000 0x08 ndim, big-endian int32 dims, uint8 data."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def _idx_file(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"Fashion-MNIST: {root / stem}[.gz] not found. Expected the IDX files "
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte (gzipped or not) in {root}"
+        + (" (apt-get install dataset-fashion-mnist)" if str(root) == FASHION_MNIST_ROOT else "")
+    )
+
+
+def fashion_mnist(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
+    def split(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
+        y = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte"))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DatasetError(f"Fashion-MNIST in {root}: images {x.shape} and labels {y.shape}")
+        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+    norm = _normalise(FASHION_MEAN, FASHION_STD)
+    augment = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip(), *norm])
+    (train_x, train_y), (test_x, test_y) = split("train"), split("t10k")
+    return (
+        TensorImages(train_x, train_y, augment),
+        TensorImages(test_x, test_y, v2.Compose(norm)),
+        DatasetInfo(10, 1, 28),
+    )
+
+
+# ---------------------------------------- ImageNet (train/ and val/ class folders)
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def imagenet(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
+    norm = [v2.ToImage(), *_normalise(IMAGENET_MEAN, IMAGENET_STD)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *norm])
+    test_tf = v2.Compose([v2.Resize(256), v2.CenterCrop(224), *norm])
+    sets = []
+    for split, tf in (("train", train_tf), ("val", test_tf)):
+        folder = root / split
+        try:
+            sets.append(torchvision.datasets.ImageFolder(str(folder), transform=tf))
+        except (FileNotFoundError, OSError) as e:
+            raise DatasetError(
+                f"ImageNet: {folder}: {e}. Expected {root}/train/<class>/*.JPEG and "
+                f"{root}/val/<class>/*.JPEG (one folder per class, the same classes in both)"
+            ) from None
+    train, test = sets
+    if train.classes != test.classes:
+        raise DatasetError(f"ImageNet: {root}/train and {root}/val have different class folders")
+    return train, test, DatasetInfo(len(train.classes), 3, 224)
+
+
+# ---------------------------------------------------------------- synthetic (in memory, learnable)
+
+
+def synthetic(
+    train_size: int = 2048, test_size: int = 512, classes: int = 10, size: int = 16, seed: int = 0
+) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Each class is a fixed random 3-channel pattern; a sample is its pattern plus noise.
+
+    Deterministic for a seed and learnable well above chance in one or two epochs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(classes, 3, size, size, generator=g)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % classes
+        labels = labels[torch.randperm(n, generator=g)]
+        noisy = 0.4 * patterns[labels] + 0.6 * torch.rand(n, 3, size, size, generator=g)
+        return (noisy * 255).round().to(torch.uint8), labels
+
+    norm = v2.Compose(_normalise([0.5] * 3, [0.25] * 3))
+    (train_x, train_y), (test_x, test_y) = make(train_size), make(test_size)
+    info = DatasetInfo(classes, 3, size)
+    return TensorImages(train_x, train_y, norm), TensorImages(test_x, test_y, norm), info
+
+
+# ---------------------------------------------------------------- entry point
+
+DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
+
+
+def targets(dataset: Dataset) -> torch.Tensor:
+    return torch.as_tensor(dataset.targets)
+
+
+def balanced_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """A fixed, seeded subset with (as near as possible) the same count of every class."""
+    labels = targets(dataset)
+    if size >= len(labels):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    per_class = [
+        (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=g)]
+        for c in labels.unique()
+    ]
+    # Round-robin over classes so every class gets size // classes (+1 for the first few).
+    order = torch.stack(
+        [
+            torch.nn.functional.pad(p, (0, max(map(len, per_class)) - len(p)), value=-1)
+            for p in per_class
+        ],
+        dim=1,
+    ).flatten()
+    chosen = order[order >= 0][:size]
+    subset = Subset(dataset, chosen.sort().values.tolist())
+    subset.targets = labels[subset.indices]
+    return subset
+
+
+def load_datasets(spec: DatasetSpec, seed: int = 0) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """The train and test sets a dataset spec names, with its optional fixed subsets applied."""
+    if spec.name == "synthetic":
+        train, test, info = synthetic(spec.train_size or 2048, spec.test_size or 512)
+        return train, test, info
+    root = Path(os.path.expanduser(spec.root or DEFAULT_ROOTS.get(spec.name, "")))
+    if not spec.root and spec.name not in DEFAULT_ROOTS:
+        raise DatasetError(f"dataset {spec.name!r} needs a root folder (dataset.root)")
+    if not root.is_dir():
+        raise DatasetError(f"dataset {spec.name!r}: folder {root} does not exist")
+    loader = {"cifar10": cifar10, "imagenet": imagenet, "fashion-mnist": fashion_mnist}[spec.name]
+    train, test, info = loader(root)
+    if spec.train_size:
+        train = balanced_subset(train, spec.train_size, seed)
+    if spec.test_size:
+        test = balanced_subset(test, spec.test_size, seed + 1)
+    return train, test, info

@@ -1,0 +1,82 @@
+"""Integer export: each quantized layer's weights as integer codes plus its step sizes.
+
+The file holds, per quantized layer, ``weight_codes`` (int8 when the levels fit, else int16
+or int32), the weight step(s) and the input step, and ``float_state`` with everything that
+stays in floating point (batch norm, biases, unquantized layers). ``load_integer`` rebuilds
+the network from the spec stored in the file and sets each weight to codes * step, so its
+predictions equal the fake-quantized model's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .convert import quantize_model
+from .layers import QuantConv2d, QuantLinear
+from .networks import build_model
+from .quantizer import MIN_STEP
+from .spec import JobSpec
+
+FORMAT = "lsq-int/1"
+
+
+def code_dtype(q_n: int, q_p: int) -> torch.dtype:
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= -q_n and q_p <= info.max:
+            return dtype
+    raise ValueError("levels do not fit in int32")
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
+
+
+def integer_state(model: nn.Module) -> dict:
+    """The integer codes and steps of every weight-quantized layer, and the rest as floats."""
+    layers, dropped = {}, set()
+    for name, layer in quantized_layers(model).items():
+        q = layer.weight_quantizer
+        if q is None:
+            continue
+        layers[name] = {
+            "weight_codes": q.codes(layer.weight).to(code_dtype(q.q_n, q.q_p)).cpu(),
+            "weight_step": q.step.detach().clamp_min(MIN_STEP).float().cpu(),
+            "weight_levels": [-q.q_n, q.q_p],
+        }
+        dropped.add(f"{name}.weight")
+    float_state = {k: v.cpu() for k, v in model.state_dict().items() if k not in dropped}
+    return {"layers": layers, "float_state": float_state}
+
+
+def save_integer(model: nn.Module, spec: JobSpec, info: dict, path: Path) -> None:
+    """Write the integer export of a trained quantized `model` built from `spec`."""
+    payload = {"format": FORMAT, "spec": spec.model_dump(mode="json"), "dataset": info}
+    checkpoint.save_atomic({**payload, **integer_state(model)}, path)
+
+
+def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
+    """Rebuild the fake-quantized network from an integer export (eval mode, on the CPU)."""
+    data = checkpoint.load(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an LSQ integer export ({FORMAT})")
+    spec = JobSpec.model_validate(data["spec"])
+    info = data["dataset"]
+    model = build_model(spec.model.arch, info["num_classes"], info["in_channels"])
+    q = spec.quantization
+    if q.enabled:
+        model = quantize_model(
+            model, q.weight, q.activation, q.first_last, q.granularity == "per_channel"
+        )
+    state = dict(data["float_state"])
+    for name, layer in data["layers"].items():
+        step = layer["weight_step"]
+        codes = layer["weight_codes"].float()
+        state[f"{name}.weight"] = codes * (step.reshape(-1, *[1] * (codes.dim() - 1)))
+        state[f"{name}.weight_quantizer.step"] = layer["weight_step"]
+    model.load_state_dict(state)
+    return model.eval(), spec

@@ -1,0 +1,144 @@
+"""Integer level sets, the constraints users write: weights [-1, 0, 1], activations [0, 1, 2, 3].
+
+A level set is a contiguous run of integers containing 0, so it is fully described by
+Q_N (= -min, written positive) and Q_P (= max). Users give it either as the list of levels or
+as the shorthand ``{bits: B, signed: bool, symmetric: bool}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+MAX_BITS = 16
+ACCEPTED = (
+    "a list of contiguous integers that contains 0, e.g. [-1, 0, 1] or [0, 1, 2, 3], "
+    "or {bits: B, signed: true|false, symmetric: true|false} with 1 <= B <= 16"
+)
+
+
+@dataclass(frozen=True)
+class LevelSet:
+    """The levels -q_n, ..., 0, ..., q_p."""
+
+    q_n: int
+    q_p: int
+
+    def __post_init__(self) -> None:
+        if self.q_n < 0 or self.q_p < 0:
+            raise ValueError(f"q_n and q_p must be >= 0, got {self.q_n}, {self.q_p}")
+        if self.q_n + self.q_p < 1:
+            raise ValueError("a level set needs at least 2 levels")
+        if self.q_n + self.q_p + 1 > 2**MAX_BITS:
+            raise ValueError(f"a level set may have at most 2^{MAX_BITS} levels")
+
+    @property
+    def levels(self) -> list[int]:
+        return list(range(-self.q_n, self.q_p + 1))
+
+    @property
+    def size(self) -> int:
+        return self.q_n + self.q_p + 1
+
+    @property
+    def signed(self) -> bool:
+        return self.q_n > 0
+
+    def as_signed(self) -> LevelSet:
+        """The signed set with as many levels (two's-complement style: [0..3] -> [-2..1])."""
+        if self.signed:
+            return self
+        return LevelSet(q_n=self.size // 2, q_p=self.size - self.size // 2 - 1)
+
+    def to_json(self) -> list[int] | dict[str, Any]:
+        """The list of levels, or the bits shorthand when the list would be long."""
+        if self.size <= 16:
+            return self.levels
+        bits = (self.size - 1).bit_length()
+        for signed, symmetric in ((False, False), (True, False), (True, True)):
+            if from_bits(bits, signed, symmetric) == self:
+                return {"bits": bits, "signed": signed, "symmetric": symmetric}
+        return self.levels
+
+    def __str__(self) -> str:
+        if self.size <= 8:
+            return "[" + ",".join(map(str, self.levels)) + "]"
+        return f"[{-self.q_n}..{self.q_p}]"
+
+
+def from_bits(bits: int, signed: bool = False, symmetric: bool = False) -> LevelSet:
+    """Unsigned: [0, 2^b-1]. Signed: [-2^(b-1), 2^(b-1)-1]. Symmetric: [-(2^(b-1)-1), ...]."""
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
+    if not signed:
+        if symmetric:
+            raise ValueError("symmetric applies to signed level sets only")
+        return LevelSet(0, 2**bits - 1)
+    if bits == 1:
+        if symmetric:
+            raise ValueError("a 1-bit symmetric signed set would be just [0]; use bits >= 2")
+        return LevelSet(1, 0)
+    half = 2 ** (bits - 1)
+    return LevelSet(half - 1 if symmetric else half, half - 1)
+
+
+def parse_levels(value: Any) -> LevelSet:
+    """A level list, the bits shorthand or a LevelSet; a ValueError says what is wrong."""
+    if isinstance(value, LevelSet):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {"bits", "signed", "symmetric"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)}; expected {ACCEPTED}")
+        bits = value.get("bits")
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise ValueError(f"'bits' must be an integer; expected {ACCEPTED}")
+        signed, symmetric = value.get("signed", False), value.get("symmetric", False)
+        if not isinstance(signed, bool) or not isinstance(symmetric, bool):
+            raise ValueError("'signed' and 'symmetric' must be true or false")
+        return from_bits(bits, signed, symmetric)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"got {value!r}; expected {ACCEPTED}")
+    if len(value) < 2:
+        raise ValueError(f"{list(value)} has fewer than 2 levels; expected {ACCEPTED}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{list(value)} contains non-integers; expected {ACCEPTED}")
+    levels = sorted(value)
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"{list(value)} repeats a level; expected {ACCEPTED}")
+    if levels != list(range(levels[0], levels[-1] + 1)):
+        raise ValueError(f"{list(value)} is not contiguous; expected {ACCEPTED}")
+    if not levels[0] <= 0 <= levels[-1]:
+        raise ValueError(f"{list(value)} does not contain 0; expected {ACCEPTED}")
+    if len(levels) > 2**MAX_BITS:
+        raise ValueError(f"{len(levels)} levels; at most 2^{MAX_BITS} are allowed")
+    return LevelSet(q_n=-levels[0], q_p=levels[-1])
+
+
+# The pydantic field type used by the job spec: validated on input, written back as a list.
+Levels = Annotated[
+    LevelSet,
+    BeforeValidator(parse_levels),
+    PlainSerializer(lambda levels: levels.to_json()),
+    WithJsonSchema(
+        {
+            "description": ACCEPTED,
+            "anyOf": [
+                {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+                {
+                    "type": "object",
+                    "properties": {
+                        "bits": {"type": "integer", "minimum": 1, "maximum": MAX_BITS},
+                        "signed": {"type": "boolean", "default": False},
+                        "symmetric": {"type": "boolean", "default": False},
+                    },
+                    "required": ["bits"],
+                    "additionalProperties": False,
+                },
+            ],
+            "examples": [[-1, 0, 1], [0, 1, 2, 3], {"bits": 4, "signed": True}],
+        }
+    ),
+]

@@ -1,0 +1,103 @@
+"""Networks: CIFAR-style ResNets (He et al. 2016, option A shortcuts) and torchvision's ResNets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        # Option A: a parameter-free shortcut (subsample and zero-pad channels), as in the paper.
+        self.pad = planes - in_planes if stride != 1 or in_planes != planes else 0
+        self.stride = stride
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pad:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for small images: 16/32/64 channels, global average pool, one linear."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _cifar(depth: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, pretrained: bool) -> nn.Module:
+        if pretrained:
+            raise ValueError(f"resnet{depth} has no pretrained weights; give a checkpoint path")
+        return CifarResNet(depth, num_classes, in_channels)
+
+    return build
+
+
+def _torchvision(arch: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, pretrained: bool) -> nn.Module:
+        # Pretrained weights come through torch's own cache ($TORCH_HOME/hub/checkpoints).
+        weights = torchvision.models.get_model_weights(arch).DEFAULT if pretrained else None
+        model = torchvision.models.get_model(arch, weights=weights)
+        if in_channels != 3:
+            old = model.conv1
+            model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            if pretrained:  # a grey image is the sum of its colour channels' responses
+                with torch.no_grad():
+                    model.conv1.weight.copy_(
+                        old.weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+                    )
+        if num_classes != model.fc.out_features:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return model
+
+    return build
+
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56)},
+    **{name: _torchvision(name) for name in ("resnet18", "resnet34", "resnet50")},
+}
+
+
+def build_model(
+    arch: str, num_classes: int, in_channels: int = 3, pretrained: bool = False
+) -> nn.Module:
+    """A network for `num_classes` classes of `in_channels`-channel images (any size)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch](num_classes, in_channels, pretrained)

@@ -1,0 +1,129 @@
+"""The LSQ quantizer (Esser et al., ICLR 2020): v_hat = round(clip(v / s, -Q_N, Q_P)) * s.
+
+One fused autograd function instead of the usual divide/clamp/round/multiply composition:
+the forward keeps no intermediate but its inputs, and the backward computes both gradients
+in one pass, with the gradient scale g = 1 / sqrt(N * Q_P) applied to the step's gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .levels import LevelSet, parse_levels
+
+# Step sizes are kept at or above this so the quantizer never divides by zero or goes negative.
+MIN_STEP = 1e-8
+
+
+class _LsqFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, g: float):
+        s = step.clamp_min(MIN_STEP)
+        x = v.float() / s
+        inside = (x > -q_n) & (x < q_p)
+        codes = x.clamp(-q_n, q_p).round_()
+        # d v_hat / d s: round(x) - x inside, -Q_N below, Q_P above; outside, codes is exactly
+        # -Q_N or Q_P, so it is codes - x * inside everywhere. Saved instead of v: the backward
+        # is then one multiply for v and one reduction for s.
+        ctx.save_for_backward(inside, codes - x * inside)
+        ctx.q = (g, s.shape)
+        return (codes * s).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        inside, ds = ctx.saved_tensors
+        g, shape = ctx.q
+        grad_v = grad * inside
+        if len(shape) == 0:
+            grad_s = torch.dot(grad.reshape(-1).float(), ds.reshape(-1))
+        else:  # per channel: reduce all but dim 0
+            grad_s = (grad.float() * ds).sum(dim=tuple(range(1, grad.dim())), keepdim=True)
+        # The clamp on s is straight-through so a step that hit MIN_STEP can still grow back.
+        return grad_v, (grad_s * g).reshape(shape), None, None, None
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, levels: LevelSet, n: int) -> torch.Tensor:
+    """Fake-quantize v with step size(s) `step`; the step's gradient is scaled by 1/sqrt(n*Q_P)."""
+    g = 1.0 / math.sqrt(n * levels.q_p) if levels.q_p > 0 else 1.0 / math.sqrt(n * levels.q_n)
+    return _LsqFunction.apply(v, step, levels.q_n, levels.q_p, g)
+
+
+def initial_step(v: torch.Tensor, levels: LevelSet, dims: list[int] | None = None) -> torch.Tensor:
+    """The paper's init, 2 * mean(|v|) / sqrt(Q_P), over all of v or per slice along `dims` kept."""
+    q = levels.q_p if levels.q_p > 0 else levels.q_n
+    mean = v.detach().float().abs().mean() if dims is None else v.detach().float().abs().mean(dims)
+    return (2 * mean / math.sqrt(q)).clamp_min(MIN_STEP)
+
+
+class LsqQuantizer(nn.Module):
+    """A learned-step quantizer for a weight tensor or for the activations entering a layer.
+
+    - ``channels``: 1 for one step per tensor, C for one per output channel (dim 0 of a weight).
+    - ``activation``: for activations the gradient-scale N is the number of features of one
+      sample (the batch dimension is not counted, as in the paper); for weights N is the
+      number of elements one step covers. The activation step is initialised from the first
+      batch seen in training mode, unless ``init_from`` was called first.
+    """
+
+    def __init__(self, levels: Any, *, channels: int = 1, activation: bool = False) -> None:
+        super().__init__()
+        self.levels = parse_levels(levels)
+        self.activation = activation
+        self.step = nn.Parameter(torch.ones(channels))
+        # Persisted so a reloaded model does not re-initialise; mirrored in a Python bool so the
+        # forward never reads a device tensor on the host.
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._initialized = False
+        self._register_load_state_dict_pre_hook(self._sync_initialized_flag)
+
+    @property
+    def q_n(self) -> int:
+        return self.levels.q_n
+
+    @property
+    def q_p(self) -> int:
+        return self.levels.q_p
+
+    def _step_view(self, v: torch.Tensor) -> torch.Tensor:
+        if self.step.numel() == 1:
+            return self.step.reshape(())
+        return self.step.reshape(-1, *([1] * (v.dim() - 1)))
+
+    @torch.no_grad()
+    def init_from(self, v: torch.Tensor) -> None:
+        """Set the step to 2 * mean(|v|) / sqrt(Q_P) (per channel if this quantizer is)."""
+        if self.step.numel() == 1:
+            s = initial_step(v, self.levels)
+        else:
+            s = initial_step(v, self.levels, dims=list(range(1, v.dim())))
+        self.step.copy_(s.reshape(self.step.shape))
+        self.initialized.fill_(True)
+        self._initialized = True
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if not self._initialized and self.training:
+            self.init_from(v)
+        if self.activation:
+            n = v[0].numel() if v.dim() > 1 else v.numel()
+        else:
+            n = v.numel() // self.step.numel()
+        return lsq_quantize(v, self._step_view(v), self.levels, n)
+
+    @torch.no_grad()
+    def codes(self, v: torch.Tensor) -> torch.Tensor:
+        """The integer codes round(clip(v / s)), as floats."""
+        s = self._step_view(v).clamp_min(MIN_STEP)
+        return (v.float() / s).clamp(-self.q_n, self.q_p).round()
+
+    def _sync_initialized_flag(self, state_dict, prefix, *args, **kwargs) -> None:
+        flag = state_dict.get(prefix + "initialized")
+        if flag is not None:
+            self._initialized = bool(flag)
+
+    def extra_repr(self) -> str:
+        kind = "activation" if self.activation else "weight"
+        return f"levels={self.levels}, {kind}, channels={self.step.numel()}"

@@ -1,0 +1,141 @@
+"""Level sets and the job spec: what is accepted, and what each rejection says."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from lsq import LevelSet, from_bits, parse_levels
+from lsq.spec import JobSpec
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("given", "q_n", "q_p"),
+    [
+        ([-1, 0, 1], 1, 1),
+        ([0, 1, 2, 3], 0, 3),
+        ([1, -1, 0, -2], 2, 1),
+        ([0, 1], 0, 1),
+        ({"bits": 2, "signed": True, "symmetric": True}, 1, 1),
+        ({"bits": 2, "signed": True}, 2, 1),
+        ({"bits": 2}, 0, 3),
+        ({"bits": 8, "signed": True}, 128, 127),
+        ({"bits": 16}, 0, 65535),
+    ],
+)
+def test_accepted_level_sets(given, q_n, q_p):
+    assert parse_levels(given) == LevelSet(q_n, q_p)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ([0, 2, 5], "not contiguous"),
+        ([1, 2, 3], "does not contain 0"),
+        ([], "fewer than 2 levels"),
+        ([0], "fewer than 2 levels"),
+        ([0.5, 1], "non-integers"),
+        ([True, False], "non-integers"),
+        ([0, 0, 1], "repeats"),
+        ({"bits": 17}, "between 1 and 16"),
+        ({"bits": 0}, "between 1 and 16"),
+        ({"bits": 2, "symmetric": True}, "signed level sets only"),
+        ({"bit": 2}, "unknown key"),
+        ("ternary", "expected a list of contiguous integers"),
+        (list(range(-1, 2**16)), "at most 2^16"),
+    ],
+)
+def test_rejected_level_sets_say_what_is_wrong_and_what_is_accepted(given, says):
+    with pytest.raises(ValueError, match=re.escape(says)) as err:
+        parse_levels(given)
+    if says != "between 1 and 16" and "signed" not in says and "at most" not in says:
+        assert "contiguous integers that contains 0" in str(err.value)
+
+
+def test_signed_twin_of_an_unsigned_set_has_as_many_levels():
+    assert LevelSet(0, 3).as_signed().levels == [-2, -1, 0, 1]
+    assert LevelSet(0, 1).as_signed().levels == [-1, 0]
+    assert LevelSet(1, 1).as_signed() == LevelSet(1, 1)
+    assert from_bits(8).as_signed() == from_bits(8, signed=True)
+
+
+def minimal(**overrides):
+    body = {"name": "j", "dataset": {"name": "synthetic"}, "model": {"arch": "resnet20"}}
+    return body | overrides
+
+
+def test_spec_round_trips_through_json_and_yaml_as_written():
+    spec = JobSpec.model_validate(
+        minimal(
+            quantization={
+                "weight": [-1, 0, 1],
+                "activation": {"bits": 2},
+                "first_last": {"bits": 8, "signed": True},
+            }
+        )
+    )
+    dumped = json.loads(spec.model_dump_json())
+    assert dumped["quantization"] == {
+        "weight": [-1, 0, 1],
+        "activation": [0, 1, 2, 3],
+        "first_last": {"bits": 8, "signed": True, "symmetric": False},
+        "granularity": "per_tensor",
+    }
+    assert JobSpec.model_validate(dumped) == spec
+    assert JobSpec.model_validate(__import__("yaml").safe_load(spec.to_yaml())) == spec
+
+
+def error_locations(body):
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate(body)
+    return {".".join(map(str, e["loc"])) for e in err.value.errors()}
+
+
+def test_each_offending_field_is_named():
+    assert error_locations(
+        minimal(
+            quantization={"weight": [0, 2, 5], "first_last": "fp"},
+            training={"epochs": 0},
+            extra=1,
+        )
+    ) == {"quantization.weight", "quantization.first_last", "training.epochs", "extra"}
+    assert error_locations(minimal(dataset={"name": "mnist"}, model={"arch": "vgg"})) == {
+        "dataset.name",
+        "model.arch",
+    }
+    assert error_locations(minimal(model={"arch": "resnet20", "init": {"job": 0}})) >= {
+        "model.init.JobRef.job"
+    }
+
+
+def test_the_json_schema_documents_level_sets():
+    schema = json.dumps(JobSpec.model_json_schema())
+    assert "contiguous integers" in schema and "bits" in schema
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_a_valid_spec(path):
+    spec = JobSpec.from_file(path)
+    assert spec.name == path.stem
+
+
+def test_examples_cover_every_row_of_both_results_tables():
+    rows = {}
+    for path in EXAMPLES:
+        s = JobSpec.from_file(path)
+        if s.quantization.enabled and s.dataset.name in ("cifar10", "imagenet"):
+            q = s.quantization
+            act = tuple(q.activation.levels) if q.activation else None
+            rows[(s.dataset.name, q.first_last == "same", act)] = s
+    for dataset in ("cifar10", "imagenet"):
+        for quan_lr in (False, True):
+            for act in (None, (0, 1, 2, 3)):
+                s = rows[(dataset, quan_lr, act)]
+                assert s.quantization.weight.levels == [-1, 0, 1]
+                assert (s.training.lr, s.training.epochs, s.training.momentum) == (0.01, 90, 0.9)
+                assert s.training.scheduler == "cosine"
+    assert {p.stem for p in EXAMPLES} >= {"cifar10-resnet20-fp", "imagenet-resnet18-fp"}

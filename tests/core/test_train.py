@@ -1,0 +1,132 @@
+"""The training loop on the synthetic dataset: learning, resume, cancellation, integer export."""
+
+import json
+
+import pytest
+import torch
+
+from lsq import export
+from lsq.data import load_datasets
+from lsq.spec import JobSpec
+from lsq.train import Cancelled, loader, run
+
+FIELDS = {
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "lr",
+    "seconds",
+    "images_per_second",
+}
+
+
+def spec(name="syn", epochs=2, init=None, quant=None, **training):
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "dataset": {"name": "synthetic", "train_size": 512, "test_size": 256},
+            "model": {"arch": "resnet20", "init": init},
+            "quantization": quant or {},
+            "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0, **training},
+        }
+    )
+
+
+# the reference's quan_lr = no (first conv and last linear in float) and = yes
+TERNARY = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "float"}
+TERNARY_ALL = {**TERNARY, "first_last": "same"}
+
+
+@pytest.fixture(scope="module")
+def fp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp")
+    seen = []
+    result = run(spec(epochs=3), out, on_epoch=seen.append)
+    return out, result, seen
+
+
+def test_full_precision_learns_well_above_chance(fp_run):
+    out, result, seen = fp_run
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    assert all(set(m) == FIELDS for m in seen)
+    assert seen[-1]["test_top1"] > 60  # 10 classes: chance is 10%
+    assert result["final_top1"] == seen[-1]["test_top1"] and result["init_top1"] is None
+    # cosine annealing over 3 epochs, stepped per epoch
+    assert [m["lr"] for m in seen] == pytest.approx([0.05, 0.0375, 0.0125])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == seen and metrics["result"] == result
+    assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "model.pt", "metrics.json"}
+    assert not (out / "model-int.pt").exists()
+
+
+def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_path):
+    fp_out, fp_result, _ = fp_run
+    result = run(spec(init=str(fp_out / "model.pt"), quant=TERNARY, lr=0.01), tmp_path)
+    # the starting model is evaluated first: its accuracy is the full-precision run's
+    assert result["init_top1"] == pytest.approx(fp_result["final_top1"])
+    assert result["final_top1"] > 50
+    assert result["drop_top1"] == pytest.approx(result["init_top1"] - result["final_top1"])
+
+
+def test_integer_export_predicts_exactly_like_the_fake_quantized_model(fp_run, tmp_path):
+    fp_out, _, _ = fp_run
+    s = spec(init=str(fp_out / "model.pt"), quant=TERNARY_ALL, epochs=1, lr=0.01)
+    run(s, tmp_path)
+    data = torch.load(tmp_path / "model-int.pt", weights_only=True)
+    codes = data["layers"]["layers.0.conv1"]["weight_codes"]
+    assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 0, 1}
+    assert "layers.0.conv1.weight" not in data["float_state"]
+
+    int_model, loaded_spec = export.load_integer(tmp_path / "model-int.pt")
+    assert loaded_spec == s
+    fake = export.load_integer(tmp_path / "model-int.pt")[0]
+    fake.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    _, test_set, _ = load_datasets(s.dataset)
+    with torch.no_grad():
+        for x, _ in loader(test_set, 128, torch.device("cpu"), shuffle=False):
+            assert torch.equal(int_model(x), fake(x))
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(fp_run, tmp_path):
+    fp_out, _, _ = fp_run
+    s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=3, lr=0.01)
+    full = run(s, tmp_path / "full")
+
+    done = []
+    with pytest.raises(Cancelled):
+        run(s, tmp_path / "cut", on_epoch=done.append, should_cancel=lambda: len(done) == 2)
+    assert len(json.loads((tmp_path / "cut/metrics.json").read_text())["epochs"]) == 2
+    resumed = run(s, tmp_path / "cut", resume=True)
+
+    assert resumed == full
+    a = torch.load(tmp_path / "full/model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut/model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(fp_run, tmp_path):
+    run(spec(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="different job spec"):
+        run(spec(epochs=1, lr=0.1), tmp_path, resume=True)
+
+
+def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
+    fp_out, _, _ = fp_run
+    s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=1, lr=0.01, precision="bf16")
+    assert run(s, tmp_path)["final_top1"] > 40
+
+
+def test_bad_init_files_give_readable_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        run(spec(init=str(tmp_path / "nope.pt")), tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable PyTorch checkpoint"):
+        run(spec(init=str(tmp_path / "junk.pt")), tmp_path)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit this network"):
+        run(spec(init=str(tmp_path / "other.pt")), tmp_path)
+    with pytest.raises(ValueError, match="job: 7"):
+        run(spec(init={"job": 7}), tmp_path)
