@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +101,22 @@ FASHION_MEAN, FASHION_STD = [0.2860], [0.3530]
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format): magic 0x0000 0x08 ndim, big-endian int32 dims, uint8 data."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # not gzip, cut short, corrupt
+            raise DatasetError(f"{path} is not a complete gzip file: {e}") from None
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08:
         raise DatasetError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: IDX header cut short ({len(raw)} bytes, {ndim} dims)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DatasetError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
-    return data.reshape(tuple(int(d) for d in dims))
+        raise DatasetError(f"{path}: header says {dims} but holds {data.size} bytes")
+    return data.reshape(dims)
 
 
 def _idx_file(root: Path, stem: str) -> Path:

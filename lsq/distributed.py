@@ -1,0 +1,100 @@
+"""Data-parallel plumbing: process group set-up and the few collectives the loop needs.
+
+Rank 0 runs in the calling process (so the caller's callbacks work unchanged); ranks 1..N-1
+are started with the spawn method, never forked from a process that already ran torch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(rank: Rank, port: int, device_type: str) -> None:
+    """Join the job's process group: NCCL between GPUs, gloo on the CPU."""
+    dist.init_process_group(
+        "nccl" if device_type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank.rank,
+        world_size=rank.world,
+        timeout=TIMEOUT,
+    )
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(*values: torch.Tensor) -> None:
+    """Sum tensors over all ranks, in place (no-op outside a process group)."""
+    if dist.is_initialized():
+        for v in values:
+            dist.all_reduce(v)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any (so all ranks stop at the same batch)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def step_sizes(model: nn.Module) -> torch.Tensor:
+    """Every quantizer step of the model, flattened into one vector."""
+    steps = [p.detach().flatten() for n, p in model.named_parameters() if n.endswith("step")]
+    return torch.cat(steps) if steps else torch.zeros(0)
+
+
+def broadcast_steps(model: nn.Module) -> None:
+    """Give every replica rank 0's step sizes (each initialised from its own first batch)."""
+    if dist.is_initialized():
+        for name, p in model.named_parameters():
+            if name.endswith("_quantizer.step"):
+                dist.broadcast(p.data, src=0)
+
+
+def gather(v: torch.Tensor) -> list[list[float]]:
+    """The vector v of every rank, as lists (for the record in the checkpoint)."""
+    if not dist.is_initialized():
+        return [v.tolist()]
+    out = [torch.empty_like(v) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, v.contiguous())
+    return [o.tolist() for o in out]
+
+
+SINGLE = Rank()
