@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .spec import JobSpec
 
 SPEC_COPY = "spec.yaml"
@@ -22,7 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .train import run  # torch loads only for commands that train
+    try:
+        return _run(args)
+    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"lsq run: {e}")  # a readable reason, not a traceback
+    except KeyboardInterrupt:
+        sys.exit("lsq run: interrupted; continue with lsq run --resume DIR")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .train import run
 
     if args.resume:
         if args.spec or args.out:

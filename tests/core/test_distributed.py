@@ -4,48 +4,14 @@ import json
 
 import pytest
 import torch
+from jobs import EPOCH_FIELDS as FIELDS
+from jobs import TERNARY, synthetic_spec
 
-from lsq.spec import JobSpec
 from lsq.train import Cancelled, run
-
-FIELDS = {
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "lr",
-    "seconds",
-    "images_per_second",
-}
 
 
 def spec(devices, epochs=2, init=None, quant=None):
-    return JobSpec.model_validate(
-        {
-            "name": f"ddp{devices}",
-            "dataset": {"name": "synthetic", "train_size": 512, "test_size": 256},
-            "model": {"arch": "resnet20", "init": init},
-            "quantization": quant or {},
-            "training": {
-                "epochs": epochs,
-                "batch_size": 64,
-                "lr": 0.05 if init is None else 0.01,
-                "devices": devices,
-            },
-        }
-    )
-
-
-TERNARY = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]}
-
-
-@pytest.fixture(scope="module")
-def fp_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp")
-    run(spec(1, epochs=3), out)
-    return str(out / "model.pt")
+    return synthetic_spec(f"ddp{devices}", epochs, init, quant, devices=devices)
 
 
 def test_two_processes_match_one_and_share_their_step_sizes(fp_model, tmp_path):

@@ -4,40 +4,13 @@ import json
 
 import pytest
 import torch
+from jobs import EPOCH_FIELDS as FIELDS
+from jobs import TERNARY, TERNARY_ALL
+from jobs import synthetic_spec as spec
 
 from lsq import export
 from lsq.data import load_datasets
-from lsq.spec import JobSpec
 from lsq.train import Cancelled, loader, run
-
-FIELDS = {
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "lr",
-    "seconds",
-    "images_per_second",
-}
-
-
-def spec(name="syn", epochs=2, init=None, quant=None, **training):
-    return JobSpec.model_validate(
-        {
-            "name": name,
-            "dataset": {"name": "synthetic", "train_size": 512, "test_size": 256},
-            "model": {"arch": "resnet20", "init": init},
-            "quantization": quant or {},
-            "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0, **training},
-        }
-    )
-
-
-# the reference's quan_lr = no (first conv and last linear in float) and = yes
-TERNARY = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "float"}
-TERNARY_ALL = {**TERNARY, "first_last": "same"}
 
 
 @pytest.fixture(scope="module")

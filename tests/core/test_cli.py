@@ -1,0 +1,65 @@
+"""`lsq run` as a user runs it: a real process, killed with SIGKILL mid-run, then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+SPEC = {
+    "name": "cli-quick",
+    "dataset": {"name": "synthetic", "train_size": 1024, "test_size": 256},
+    "model": {"arch": "resnet20"},
+    "training": {"epochs": 3, "batch_size": 64, "lr": 0.05},
+}
+
+
+def lsq(*args, cwd):
+    return [sys.executable, "-m", "lsq", *map(str, args)]
+
+
+@pytest.mark.timeout(300)
+def test_run_killed_with_sigkill_resumes_to_the_end(tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        lsq("run", "spec.yaml", "--out", "run", cwd=tmp_path), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    metrics = out / "metrics.json"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and json.loads(metrics.read_text())["epochs"]):
+        assert proc.poll() is None, "lsq run ended before its first epoch"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(metrics.read_text())
+    assert done["result"] is None and 1 <= len(done["epochs"]) < 3
+
+    resumed = subprocess.run(
+        lsq("run", "--resume", "run", cwd=tmp_path), cwd=tmp_path,
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(metrics.read_text())
+    assert [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
+    assert final["epochs"][: len(done["epochs"])] == done["epochs"]  # kept, not retrained
+    assert final["result"]["final_top1"] > 30
+    # a line per epoch it ran, then the result as JSON
+    lines = resumed.stdout.splitlines()
+    assert any(line.split()[:1] == ["3"] for line in lines)
+    assert '"final_top1"' in resumed.stdout
+    assert {p.name for p in out.iterdir()} >= {"spec.yaml", "checkpoint.pt", "model.pt"}
+
+
+def test_bad_spec_is_reported_with_the_field(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**SPEC, "quantization": {"weight": [0, 2]}}))
+    r = subprocess.run(lsq("run", "bad.yaml", cwd=tmp_path), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode != 0
+    assert "quantization.weight" in r.stderr and "not contiguous" in r.stderr
