@@ -38,10 +38,10 @@ class _LsqFunction(torch.autograd.Function):
         inside, ds = ctx.saved_tensors
         g, shape = ctx.q
         grad_v = grad * inside
-        if len(shape) == 0:
-            grad_s = torch.dot(grad.reshape(-1).float(), ds.reshape(-1))
-        else:  # per channel: reduce all but dim 0
-            grad_s = (grad.float() * ds).sum(dim=tuple(range(1, grad.dim())), keepdim=True)
+        # torch's own reduction, not BLAS dot: MKL may change its thread count with the
+        # machine's load, and with it the summation order (runs would not repeat exactly).
+        dims = tuple(range(1, grad.dim())) if len(shape) else tuple(range(grad.dim()))
+        grad_s = (grad.float() * ds).sum(dim=dims)
         # The clamp on s is straight-through so a step that hit MIN_STEP can still grow back.
         return grad_v, (grad_s * g).reshape(shape), None, None, None
 

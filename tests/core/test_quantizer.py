@@ -136,17 +136,18 @@ def test_step_stays_positive_and_recovers():
     assert q.step.grad.item() == pytest.approx(-2 / math.sqrt(2))
 
 
-def test_bf16_autocast_on_cpu_keeps_dtype_and_values():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_on_cpu_keeps_dtype_and_values(dtype):
     q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True)
     q.step.data.fill_(0.25)
     q._initialized = True
-    v = torch.linspace(-1, 2, 64, dtype=torch.bfloat16).reshape(4, 16).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    v = torch.linspace(-1, 2, 64, dtype=dtype).reshape(4, 16).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
         y = q(v)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == dtype
     assert torch.equal(y.float(), lsq_fake(v.detach().float(), torch.tensor(0.25), 0, 3))
     y.float().sum().backward()
-    assert v.grad.dtype == torch.bfloat16 and q.step.grad.dtype == torch.float32
+    assert v.grad.dtype == dtype and q.step.grad.dtype == torch.float32
 
 
 class _RecordOps(TorchDispatchMode):

@@ -1,0 +1,1 @@
+"""The job service: REST API, persistence and the `lsq` command line."""

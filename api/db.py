@@ -1,0 +1,111 @@
+"""One engine per process, short transactions, and the schema upgrade each process runs at start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import get_settings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# Any constant works; it only has to be the same in every process that migrates.
+MIGRATION_LOCK = 0x4C5351  # "LSQ"
+SQLITE_BUSY_SECONDS = 30
+
+
+def make_engine(url: str) -> Engine:
+    """An engine; SQLite gets WAL, a busy timeout and real (write-locking) transactions."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        # Take transaction control from the sqlite3 driver (it would not BEGIN before a
+        # SELECT or DDL), see SQLAlchemy's "Transactions with SQLite and the sqlite3 driver".
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so two processes wait on the busy timeout
+        # instead of failing with "database is locked" when a reader turns writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@lru_cache
+def get_engine() -> Engine:
+    return make_engine(get_settings().db_url)
+
+
+@lru_cache
+def _sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction has committed (never after a rollback)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session whose transaction commits when the block ends and rolls back on an error."""
+    with _sessionmaker()() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        for callback in session.info.pop("after_commit", []):
+            callback()
+
+
+def migration_lock(conn: Connection) -> None:
+    """Serialise migrations of processes that start at once, until `conn`'s transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: the transaction already holds the
+    database's write lock (BEGIN IMMEDIATE, see make_engine).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+
+
+def alembic_config():  # noqa: ANN201 - alembic.config.Config, imported lazily
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade_database(engine: Engine | None = None) -> None:
+    """Apply every migration up to head; safe when several processes do it at once."""
+    from alembic import command
+
+    config = alembic_config()
+    with (engine or get_engine()).begin() as conn:
+        migration_lock(conn)
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def ping() -> None:
+    """Raise if the database cannot be reached."""
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))

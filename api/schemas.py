@@ -1,0 +1,124 @@
+"""Response bodies. The request body is lsq.spec.JobSpec itself, never a copy of it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lsq.spec import JobSpec
+
+from .models import Epoch, Job, JobStatus
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class EpochOut(_Out):
+    epoch: int
+    train_loss: float
+    train_top1: float = Field(description="Training accuracy in percent")
+    test_loss: float
+    test_top1: float = Field(description="Test top-1 accuracy in percent")
+    test_top5: float = Field(description="Test top-5 accuracy in percent")
+    lr: float
+    seconds: float
+    images_per_second: float
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="The epoch being trained (1-based); 0 before the first")
+    fraction: float = Field(description="Fraction of that epoch done, 0 to 1")
+    epochs: int = Field(description="Epochs the job trains in all")
+
+
+class JobResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    final_top1: float
+    final_top5: float
+    best_top1: float
+    best_top5: float
+    best_epoch: int
+    init_top1: float | None = Field(None, description="Accuracy of the starting model")
+    init_top5: float | None = None
+    drop_top1: float | None = Field(None, description="init_top1 - final_top1")
+    drop_top5: float | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    epochs: str
+    artifacts: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    status: JobStatus
+    spec: JobSpec
+    progress: Progress
+    attempts: int = Field(description="How many times a worker started (or resumed) the job")
+    worker: str | None = Field(description="The worker that runs (or ran) the job")
+    cancel_requested: bool
+    error: str | None
+    result: JobResult | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: JobLinks
+
+    @classmethod
+    def of(cls, job: Job, **extra: Any) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id, name=job.name, status=job.status, spec=job.spec,
+            progress=Progress(epoch=job.progress_epoch, fraction=job.progress_fraction,
+                              epochs=job.spec["training"]["epochs"]),
+            attempts=job.attempts, worker=job.worker, cancel_requested=job.cancel_requested,
+            error=job.error, result=job.result, created_at=job.created_at,
+            started_at=job.started_at, finished_at=job.finished_at,
+            links=JobLinks(self=base, epochs=f"{base}/epochs", artifacts=f"{base}/artifacts",
+                           cancel=f"{base}/cancel"),
+            **extra,
+        )
+
+
+class JobDetail(JobOut):
+    epochs: list[EpochOut] = Field(description="Every finished epoch so far, in order")
+
+    @classmethod
+    def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
+        rows = job.epochs if epochs is None else epochs
+        return super().of(job, epochs=[EpochOut.model_validate(e) for e in rows])
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="?cursor= for the next page; null at the end")
+
+
+class Artifact(BaseModel):
+    name: str
+    size: int = Field(description="Bytes")
+    url: str
+
+
+class ErrorField(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. quantization.weight")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Machine-readable kind, e.g. not_found, invalid, conflict")
+    message: str
+    fields: list[ErrorField] = []
+
+
+class ErrorOut(BaseModel):
+    """The shape of every error response."""
+
+    error: ErrorBody

@@ -1,0 +1,257 @@
+"""Real parts for the service tests: a PostgreSQL database per test session built by the real
+migrations, Redis, and API / worker processes talking HTTP and through a real broker.
+
+PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) must be running; when
+they are not, the tests that need them fail rather than skip. Override with LSQ_TEST_PG_URL
+(a server URL, any database) and LSQ_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_SERVER = os.environ.get(
+    "LSQ_TEST_PG_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("LSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Settings the service reads; a test's environment must not leak into the processes it starts.
+SERVICE_ENV = ("DATABASE_URL", "CELERY_BROKER_URL", "LSQ_DATA_DIR", "LSQ_ARTIFACTS_DIR",
+               "LSQ_QUEUE", "LSQ_URL", "LSQ_HEARTBEAT_SECONDS", "LSQ_LEASE_SECONDS",
+               "LSQ_RETRY_SECONDS", "LSQ_VISIBILITY_TIMEOUT", "CUDA_VISIBLE_DEVICES")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+# A job that learns well above chance (10 classes) in a second or two on a CPU.
+TINY = {
+    "dataset": {"name": "synthetic", "train_size": 512, "test_size": 128},
+    "model": {"arch": "resnet20"},
+    "training": {"epochs": 3, "batch_size": 64, "lr": 0.05},
+}
+
+
+def tiny_spec(name: str, **changes: Any) -> dict[str, Any]:
+    """TINY with some sections replaced or extended, e.g. training={"epochs": 1}."""
+    spec = {"name": name, **{k: dict(v) for k, v in TINY.items()}}
+    for key, value in changes.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kombu's SQLAlchemy transport (the embedded broker) declares a relationship it never reads
+    # with lazy="noload", which SQLAlchemy 2.1 deprecates; harmless for the broker.
+    config.addinivalue_line("filterwarnings", "ignore:The ``noload`` loader strategy")
+
+
+# ------------------------------------------------------------------------------ databases
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    engine = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as e:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} (CI starts it): {e}")
+    finally:
+        engine.dispose()
+    return PG_SERVER
+
+
+@pytest.fixture(scope="session")
+def new_pg_database(pg_server: str) -> Iterator[Callable[[], str]]:
+    """Make fresh, empty PostgreSQL databases; all are dropped at the end of the session."""
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"lsq_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=5).ping()
+    except Exception as e:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} (CI starts it): {e}")
+    return REDIS_URL
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(data_dir: Path, database_url: str | None = None, broker_url: str | None = None,
+                **extra: str) -> dict[str, str]:
+    """The environment of a service process: embedded defaults unless URLs are given."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
+    env |= {
+        "LSQ_DATA_DIR": str(data_dir),
+        "LSQ_QUEUE": f"lsq-test-{uuid.uuid4().hex[:8]}",  # runs sharing a Redis stay apart
+        # Short beats so a cancel lands within a second and an expired lease is seconds away.
+        "LSQ_HEARTBEAT_SECONDS": "0.3",
+        "LSQ_LEASE_SECONDS": "5",
+        "LSQ_RETRY_SECONDS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    return env | extra
+
+
+class Proc:
+    """A `python -m api.cli ...` process with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT,
+            stdout=self._file, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._file.close()
+        return self.popen.returncode
+
+
+class Service:
+    """An API process and a worker process sharing one database, broker and artifacts folder."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name, self.env, self.logs = name, env, logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.api = Proc(["api", "--port", str(self.port)], env, logs / "api.log")
+        self.worker = self.start_worker()
+
+    def start_worker(self) -> Proc:
+        return Proc(["worker"], self.env, self.logs / "worker.log")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in (self.api, self.worker):
+                assert proc.alive(), f"{proc.log.name} exited:\n{proc.output()[-4000:]}"
+            try:
+                if self.http.get("/readyz").status_code == 200 and "ready" in self.worker.output():
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"{self.name} not ready in {timeout} s:\n{self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {p.log.name}\n{p.output()[-3000:]}" for p in (self.api, self.worker))
+
+    # -- HTTP helpers
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: int, until: Callable[[dict[str, Any]], bool] | None = None,
+             timeout: float = 120) -> dict[str, Any]:
+        """Poll a job until `until(job)` (default: it ended); fail with the logs on timeout."""
+        until = until or (lambda job: job["status"] in FINISHED)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline or not self.worker.alive():
+                raise AssertionError(
+                    f"job {job_id} stuck at {job['status']} {job['progress']}:\n"
+                    + self.diagnostics()
+                )
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.http.close()
+        worker, api = self.worker.stop(), self.api.stop()
+        # A clean stop is part of the contract: the worker's warm shutdown exits 0; uvicorn
+        # shuts down gracefully, then re-raises the SIGTERM it caught.
+        assert worker == 0 and api in (0, -signal.SIGTERM), f"{worker} {api}\n{self.diagnostics()}"
+        assert "Application shutdown complete" in self.api.output()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    """The service on embedded defaults (SQLite + SQLite broker) or on PostgreSQL + Redis."""
+    backend = request.param
+    data = tmp_path_factory.mktemp(f"service-{backend}")
+    if backend == "postgres":
+        database = request.getfixturevalue("new_pg_database")()
+        env = service_env(data, database, request.getfixturevalue("redis_url"))
+    else:
+        env = service_env(data)
+    svc = Service(backend, env, data)
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.close()
+        if backend == "postgres":  # the queue and its binding: messages left to watch jobs
+            client = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+            for key in client.scan_iter(f"*{env['LSQ_QUEUE']}*"):
+                client.delete(key)

@@ -1,0 +1,82 @@
+"""The command line: `lsq serve` on embedded defaults (nothing but Python), `lsq submit`,
+`lsq status`, and the README's first command, `lsq serve --demo`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import ROOT, Proc, free_port, service_env, tiny_spec
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def lsq(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_serve_then_submit_and_status(tmp_path: Path) -> None:
+    port = free_port()
+    env = service_env(tmp_path / "data", LSQ_URL=f"http://127.0.0.1:{port}")
+    serve = Proc(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert serve.alive(), serve.output()
+            try:
+                if httpx.get(f"{env['LSQ_URL']}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, serve.output()
+            time.sleep(0.3)
+
+        spec = tmp_path / "job.yaml"
+        spec.write_text(yaml.safe_dump(tiny_spec("cli", training={"epochs": 2})))
+        done = lsq("submit", str(spec), "--wait", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr + serve.output()
+        assert "'cli': succeeded" in done.stdout
+        table = done.stdout[done.stdout.index("epoch train_loss"):].splitlines()
+        assert [row.split()[0] for row in table[1:]] == ["1", "2"]
+
+        shown = lsq("status", "1", "--json", env=env)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
+        assert "succeeded" in lsq("status", "1", env=env).stdout
+
+        spec.write_text(yaml.safe_dump(tiny_spec("bad", quantization={"weight": [0, 2]})))
+        bad = lsq("submit", str(spec), env=env)
+        assert bad.returncode == 2 and "quantization.weight" in bad.stderr
+        missing = lsq("status", "99", env=env)
+        assert missing.returncode == 2 and "job 99 does not exist" in missing.stderr
+    finally:
+        code = serve.stop(signal.SIGTERM)
+    assert code == 0, serve.output()
+    # Both children stopped with it.
+    assert "Application shutdown complete" in serve.output()
+    assert "worker: Warm shutdown" in serve.output()
+
+
+def test_a_client_without_a_service_says_how_to_start_one(tmp_path: Path) -> None:
+    env = service_env(tmp_path, LSQ_URL=f"http://127.0.0.1:{free_port()}")
+    done = lsq("status", "1", env=env)
+    assert done.returncode == 2 and "lsq serve" in done.stderr
+
+
+def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "data")
+    done = lsq("serve", "--demo", "--port", str(free_port()), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "'demo-fp32': succeeded" in out and "'demo-2bit': succeeded" in out
+    # Per-epoch accuracy of both jobs; the 2-bit job started from the full-precision one.
+    assert out.count("epoch train_loss train_top1 test_loss test_top1") == 2
+    assert "start " in out and "drop " in out

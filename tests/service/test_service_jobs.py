@@ -1,0 +1,224 @@
+"""End to end through HTTP: a real API process and a real worker process, once on SQLite with
+the embedded broker and once on PostgreSQL with Redis (the `service` fixture)."""
+
+from __future__ import annotations
+
+import signal
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+
+from api.config import Settings
+from lsq.export import load_integer
+from worker.app import RUN_JOB, make_celery
+
+from .conftest import Service, tiny_spec
+
+pytestmark = pytest.mark.timeout(300)
+CHANCE = 10.0  # percent, 10 classes
+
+
+def job_count(service: Service) -> int:
+    return len(service.http.get("/v1/jobs", params={"limit": 200}).json()["items"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"quantization": {"weight": [-2, 0, 1]}}, "quantization.weight"),  # not contiguous
+        ({"model": {"arch": "vgg16"}}, "model.arch"),
+        ({"dataset": {"name": "mnist"}}, "dataset.name"),
+        ({"training": {"epochs": 0}}, "training.epochs"),
+        ({"colour": "blue"}, "colour"),  # unknown key
+        ({"training": {"epochs": 2, "learning_rate": 0.1}}, "training.learning_rate"),
+        ({"model": {"init": {"job": 999999}}}, "model.init.job"),  # no such job
+    ],
+)
+def test_a_bad_spec_gets_422_naming_the_field_and_creates_no_job(
+    service: Service, change: dict, field: str
+) -> None:
+    before = job_count(service)
+    response = service.http.post("/v1/jobs", json=tiny_spec("bad", **change))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert field in [f["field"] for f in error["fields"]], error
+    assert job_count(service) == before
+
+
+def test_errors_share_one_shape(service: Service) -> None:
+    for method, path, status in [
+        ("GET", "/v1/jobs/999999", 404),
+        ("GET", "/v1/jobs/999999/epochs", 404),
+        ("POST", "/v1/jobs/999999/cancel", 404),
+        ("GET", "/v1/jobs/999999/artifacts", 404),
+        ("GET", "/v1/nothing-here", 404),
+        ("GET", "/v1/jobs?limit=0", 422),
+        ("GET", "/v1/jobs?status=sleeping", 422),
+        ("GET", "/v1/jobs?cursor=abc", 422),
+        ("POST", "/v1/jobs", 422),  # no body
+    ]:
+        response = service.http.request(method, path)
+        assert response.status_code == status, (path, response.text)
+        body = response.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "fields"}
+        assert body["error"]["message"]
+
+
+def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
+    service: Service, tmp_path: Path
+) -> None:
+    fp = service.submit(tiny_spec("fp32"))
+    assert fp["status"] == "queued" and fp["links"]["self"] == f"/v1/jobs/{fp['id']}"
+    # The quantized job is submitted at once; it starts from the first one's final model.
+    q = service.submit(tiny_spec(
+        "2bit", model={"init": {"job": fp["id"]}},
+        quantization={"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
+        training={"epochs": 2, "lr": 0.01},
+    ))
+
+    fp = service.wait(fp["id"])
+    assert fp["status"] == "succeeded", fp["error"]
+    assert [e["epoch"] for e in fp["epochs"]] == [1, 2, 3]
+    assert fp["epochs"] == service.http.get(f"/v1/jobs/{fp['id']}/epochs").json()
+    assert fp["result"]["final_top1"] == fp["epochs"][-1]["test_top1"] > 2 * CHANCE
+    assert fp["attempts"] == 1 and fp["progress"]["epoch"] == 3
+    times = [datetime.fromisoformat(fp[k]) for k in ("created_at", "started_at", "finished_at")]
+    assert times == sorted(times) and all(t.tzinfo is not None for t in times)
+    # The job ran inside the worker process itself (solo pool): nothing forked after torch.
+    assert fp["worker"].split(":")[1] == str(service.worker.pid)
+
+    q = service.wait(q["id"])
+    assert q["status"] == "succeeded", q["error"]
+    assert [e["epoch"] for e in q["epochs"]] == [1, 2]
+    # It really started from the first job's weights: same accuracy before quantizing.
+    assert q["result"]["init_top1"] == pytest.approx(fp["result"]["final_top1"], abs=0.01)
+    assert q["result"]["final_top1"] > 2 * CHANCE
+
+    listed = service.http.get(f"/v1/jobs/{q['id']}/artifacts").json()
+    names = {a["name"] for a in listed}
+    assert {"checkpoint.pt", "model-int.pt", "model.pt", "metrics.json"} <= names
+    for artifact in listed:
+        response = service.http.get(artifact["url"])
+        assert response.status_code == 200 and len(response.content) == artifact["size"]
+        (tmp_path / artifact["name"]).write_bytes(response.content)
+    model, spec = load_integer(tmp_path / "model-int.pt")
+    assert spec.name == "2bit" and spec.quantization.weight.levels == [-2, -1, 0, 1]
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epochs"][-1]["epoch"] == 2
+    assert service.http.get(f"/v1/jobs/{q['id']}/artifacts/spec.txt").status_code == 404
+    assert service.http.get(f"/v1/jobs/{q['id']}/artifacts/..%2Flsq.db").status_code == 404
+
+
+def test_a_missing_dataset_fails_the_job_and_the_worker_runs_the_next(service: Service) -> None:
+    missing = "/nonexistent/cifar-10-batches-py"
+    bad = service.submit(tiny_spec("no-data", dataset={"name": "cifar10", "root": missing}))
+    good = service.submit(tiny_spec("after", training={"epochs": 1}))
+    bad = service.wait(bad["id"])
+    assert bad["status"] == "failed"
+    assert missing in bad["error"] and "does not exist" in bad["error"]
+    assert bad["epochs"] == [] and bad["result"] is None
+    good = service.wait(good["id"])
+    assert good["status"] == "succeeded", good["error"]
+    assert good["worker"] == bad["worker"]  # the same worker process went on
+
+
+def test_cancel_a_queued_job_and_a_running_job(service: Service) -> None:
+    long = service.submit(tiny_spec("long", training={"epochs": 500}))
+    queued = service.submit(tiny_spec("never-runs", training={"epochs": 1}))
+    long = service.wait(long["id"], until=lambda job: len(job["epochs"]) >= 1)
+    assert long["status"] == "running"
+
+    response = service.http.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    response = service.http.post(f"/v1/jobs/{long['id']}/cancel")
+    assert response.status_code == 200 and response.json()["cancel_requested"] is True
+
+    long = service.wait(long["id"])
+    assert long["status"] == "cancelled" and long["error"] is None
+    kept = [e["epoch"] for e in long["epochs"]]
+    assert kept and kept == list(range(1, len(kept) + 1)) and len(kept) < 500
+    assert service.http.post(f"/v1/jobs/{long['id']}/cancel").status_code == 200  # idempotent
+
+    # Jobs are taken in order: once `after` is done, the cancelled job's message was consumed.
+    after = service.wait(service.submit(tiny_spec("after-cancel", training={"epochs": 1}))["id"])
+    assert after["status"] == "succeeded"
+    queued = service.job(queued["id"])
+    assert queued["status"] == "cancelled" and queued["attempts"] == 0
+    assert queued["started_at"] is None and queued["epochs"] == []
+    response = service.http.post(f"/v1/jobs/{after['id']}/cancel")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "conflict"
+
+
+def test_the_same_message_delivered_twice_runs_the_job_once(service: Service) -> None:
+    job = service.submit(tiny_spec("twice", training={"epochs": 2}))
+    # A second copy of the message, as a broker redelivery would make.
+    copy = make_celery(Settings.model_validate(service.env)).send_task(RUN_JOB, args=[job["id"]])
+
+    job = service.wait(job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    after = service.wait(service.submit(tiny_spec("next", training={"epochs": 1}))["id"])
+    assert after["status"] == "succeeded"  # both copies were consumed before this one
+
+    again = service.job(job["id"])
+    assert again["attempts"] == 1
+    assert [e["epoch"] for e in again["epochs"]] == [1, 2]
+    assert again["started_at"] == job["started_at"] and again["finished_at"] == job["finished_at"]
+    # The copy was delivered, and found the job already finished.
+    [line] = [x for x in service.worker.output().splitlines() if f"[{copy.id}] succeeded" in x]
+    assert line.endswith("'finished'")
+
+
+def test_a_job_survives_its_worker_stopping_and_dying(service: Service) -> None:
+    """SIGTERM: the worker stops at a batch boundary and requeues the job. SIGKILL: the lease
+    runs out and a new worker takes the job over. Both times it resumes from its checkpoint."""
+    job = service.submit(tiny_spec("survivor", training={"epochs": 8}))
+    before_stop = service.wait(job["id"], until=lambda j: len(j["epochs"]) >= 2)["epochs"]
+    assert service.worker.stop(signal.SIGTERM) == 0
+    released = service.job(job["id"])
+    assert released["status"] == "queued" and released["attempts"] == 1
+
+    service.worker = service.start_worker()
+    running = service.wait(job["id"], until=lambda j: j["attempts"] == 2
+                           and len(j["epochs"]) >= len(released["epochs"]) + 1)
+    before_kill = running["epochs"]
+    service.worker.stop(signal.SIGKILL)
+    service.worker = service.start_worker()
+
+    job = service.wait(job["id"])
+    assert job["status"] == "succeeded" and job["attempts"] == 3, job["error"]
+    assert [e["epoch"] for e in job["epochs"]] == list(range(1, 9))
+    # Resumed, not restarted: the epochs finished before each stop are the same measurements.
+    assert job["epochs"][: len(before_stop)] == before_stop
+    assert job["epochs"][: len(before_kill)] == before_kill
+    assert job["worker"].split(":")[1] == str(service.worker.pid)
+
+
+def test_list_jobs_newest_first_with_a_cursor(service: Service) -> None:
+    for i in range(3):  # cancelled at once: they need no training
+        service.http.post(f"/v1/jobs/{service.submit(tiny_spec(f'page-{i}'))['id']}/cancel")
+    first = service.http.get("/v1/jobs", params={"limit": 2}).json()
+    ids = [j["id"] for j in first["items"]]
+    assert len(ids) == 2 and ids == sorted(ids, reverse=True) and first["next_cursor"]
+    new = service.submit(tiny_spec("meanwhile"))  # lands on top, moves no later page
+    service.http.post(f"/v1/jobs/{new['id']}/cancel")
+    seen = list(ids)
+    cursor = first["next_cursor"]
+    while cursor:
+        page = service.http.get("/v1/jobs", params={"limit": 2, "cursor": cursor}).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+    everything = service.http.get("/v1/jobs", params={"limit": 200}).json()["items"]
+    assert seen == [j["id"] for j in everything][1:]  # all but the new one, once, in order
+    succeeded = service.http.get("/v1/jobs", params={"status": "succeeded"}).json()["items"]
+    assert succeeded and {j["status"] for j in succeeded} == {"succeeded"}
+
+
+def test_health_and_docs(service: Service) -> None:
+    assert service.http.get("/healthz").json() == {"status": "ok"}
+    assert service.http.get("/readyz").json() == {"status": "ready"}
+    assert service.http.get("/docs").status_code == 200
+    paths = service.http.get("/openapi.json").json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)

@@ -1,0 +1,240 @@
+"""The store's rules, on SQLite and PostgreSQL databases built by the real migrations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, inspect, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+import lsq.train
+from api import artifacts, store
+from api.db import make_engine, upgrade_database
+from api.models import Epoch, Job, JobStatus, utcnow
+from lsq.spec import JobSpec
+
+from .conftest import ROOT, service_env, tiny_spec
+
+METRICS = {"train_loss": 1.0, "train_top1": 50.0, "test_loss": 1.1, "test_top1": 40.0,
+           "test_top5": 90.0, "lr": 0.1, "seconds": 1.5, "images_per_second": 300.0}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database."""
+    if request.param == "postgres":
+        return request.getfixturevalue("new_pg_database")()
+    return f"sqlite:///{tmp_path / 'lsq.db'}"
+
+
+@pytest.fixture(scope="module")
+def pg_store_url(new_pg_database) -> str:  # noqa: ANN001
+    """One migrated PostgreSQL database for this module; tests empty its tables."""
+    url = new_pg_database()
+    engine = make_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated database with no jobs."""
+    if request.param == "postgres":
+        engine = make_engine(request.getfixturevalue("pg_store_url"))
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE jobs, epochs RESTART IDENTITY"))
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
+        upgrade_database(engine)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def add_job(db: sessionmaker[Session], **changes: object) -> int:
+    with db.begin() as session:
+        return store.create_job(session, JobSpec.model_validate(tiny_spec("j", **changes))).id
+
+
+def claim(db: sessionmaker[Session], job_id: int, worker: str) -> store.Claim:
+    with db.begin() as session:
+        return store.claim_job(session, job_id, worker, lease_seconds=60)
+
+
+def expire_lease(db: sessionmaker[Session], job_id: int) -> None:
+    """What a worker that stopped renewing its lease looks like, minutes later."""
+    with db.begin() as session:
+        past = utcnow() - timedelta(seconds=1)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=past))
+
+
+def test_a_job_is_claimed_once_and_taken_over_only_when_its_lease_expired(db) -> None:
+    job_id = add_job(db)
+    first = claim(db, job_id, "w1")
+    assert first.outcome == "claimed" and first.job.attempts == 1
+    second = claim(db, job_id, "w2")
+    assert second.outcome == "busy" and second.retry_at > utcnow()
+
+    expire_lease(db, job_id)
+    taken = claim(db, job_id, "w2")
+    assert taken.outcome == "claimed" and taken.job.attempts == 2 and taken.job.worker == "w2"
+    assert taken.job.started_at == first.job.started_at
+    with db.begin() as session:  # the old owner can no longer write anything
+        assert not store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS})
+        assert not store.renew_lease(session, job_id, "w1", 60).held
+        assert not store.finish_job(session, job_id, "w1", JobStatus.succeeded)
+        assert store.finish_job(session, job_id, "w2", JobStatus.failed, error="boom")
+    assert claim(db, job_id, "w3").outcome == "finished"
+    with db.begin() as session:
+        job = store.get_job(session, job_id)
+        assert (job.status, job.error, job.lease_expires_at) == (JobStatus.failed, "boom", None)
+    assert claim(db, 999999, "w1").outcome == "missing"
+
+
+def test_an_epoch_is_recorded_once_per_job_and_number(db) -> None:
+    job_id = add_job(db)
+    claim(db, job_id, "w1")
+    with db.begin() as session:
+        assert store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS})
+        assert store.record_epoch(session, job_id, "w1", {"epoch": 2, **METRICS})
+    with db.begin() as session:  # written again, e.g. after a resume: replaced, not doubled
+        assert store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS, "test_top1": 41})
+    with db.begin() as session:
+        epochs = store.list_epochs(session, job_id)
+        assert [(e.epoch, e.test_top1) for e in epochs] == [(1, 41.0), (2, 40.0)]
+        assert session.scalar(select(func.count()).select_from(Epoch)) == 2
+        job = store.get_job(session, job_id)
+        assert (job.progress_epoch, job.progress_fraction) == (2, 1.0)
+
+
+def test_cancel_stops_a_queued_job_at_once_and_flags_a_running_one(db) -> None:
+    queued, running = add_job(db), add_job(db)
+    claim(db, running, "w1")
+    with db.begin() as session:
+        assert store.cancel_job(session, queued).status == JobStatus.cancelled
+        job = store.cancel_job(session, running)
+        assert job.status == JobStatus.running and job.cancel_requested
+    assert claim(db, queued, "w1").outcome == "finished"  # a queued job never starts
+    with db.begin() as session:
+        assert store.renew_lease(session, running, "w1", 60).cancel_requested
+        assert store.finish_job(session, running, "w1", JobStatus.cancelled)
+    with db.begin() as session:
+        assert store.cancel_job(session, running).status == JobStatus.cancelled  # idempotent
+
+
+def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
+    job_id = add_job(db)
+    claim(db, job_id, "w1")
+    with db.begin() as session:
+        store.finish_job(session, job_id, "w1", JobStatus.succeeded, result={"final_top1": 1})
+    with db.begin() as session, pytest.raises(store.JobConflict, match="already succeeded"):
+        store.cancel_job(session, job_id)
+    with db.begin() as session, pytest.raises(store.JobNotFound):
+        store.cancel_job(session, 999999)
+
+
+def test_a_job_whose_worker_died_after_a_cancel_ends_cancelled(db) -> None:
+    job_id = add_job(db)
+    claim(db, job_id, "w1")
+    with db.begin() as session:
+        store.cancel_job(session, job_id)
+    expire_lease(db, job_id)
+    assert claim(db, job_id, "w2").outcome == "finished"
+    with db.begin() as session:
+        assert store.get_job(session, job_id).status == JobStatus.cancelled
+
+
+def test_a_released_job_is_queued_again_for_another_worker(db) -> None:
+    job_id = add_job(db)
+    claim(db, job_id, "w1")
+    with db.begin() as session:
+        assert store.release_job(session, job_id, "w1")
+        assert [j.id for j in store.unfinished_jobs(session)] == [job_id]
+    resumed = claim(db, job_id, "w2")
+    assert resumed.outcome == "claimed" and resumed.job.attempts == 2
+
+
+def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
+    source = add_job(db)
+    add_job(db, model={"init": {"job": source}})  # queued source: accepted, the worker waits
+    claim(db, source, "w1")
+    with db.begin() as session:
+        store.finish_job(session, source, "w1", JobStatus.failed, error="boom")
+    for ref, message in [(source, "ended failed"), (999999, "does not exist")]:
+        with pytest.raises(store.InvalidField, match=message) as e:
+            add_job(db, model={"init": {"job": ref}})
+        assert e.value.field == "model.init.job"
+
+
+def test_pages_stay_correct_while_jobs_are_added(db) -> None:
+    ids = [add_job(db) for _ in range(5)]
+    with db.begin() as session:
+        page, cursor = store.list_jobs(session, limit=2)
+    assert [j.id for j in page] == ids[:-3:-1]
+    new = add_job(db)
+    seen = [j.id for j in page]
+    while cursor:
+        with db.begin() as session:
+            page, cursor = store.list_jobs(session, limit=2, cursor=cursor)
+        seen += [j.id for j in page]
+    assert seen == ids[::-1] and new not in seen
+    with db.begin() as session:
+        assert store.list_jobs(session, status=JobStatus.running)[0] == []
+        with pytest.raises(store.InvalidField):
+            store.list_jobs(session, cursor="1; drop table jobs")
+
+
+def test_the_schema_comes_from_the_migrations(db) -> None:
+    engine: Engine = db.kw["bind"]
+    names = set(inspect(engine).get_table_names())
+    assert {"jobs", "epochs", "alembic_version"} <= names
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+# Each process waits until the same instant, then upgrades: the migrations really overlap.
+UPGRADE_AT = """
+import sys, time
+from api.db import make_engine, upgrade_database
+engine = make_engine(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+upgrade_database(engine)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_migrations_run_safely_when_several_processes_start_at_once(database_url: str) -> None:
+    """Every API and worker process upgrades the schema at start; they may start together."""
+    at = str(time.time() + 4)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", UPGRADE_AT, database_url, at], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(6)
+    ]
+    outputs = [p.communicate(timeout=100)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(outputs)
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+    engine.dispose()
+
+
+def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], cwd=ROOT,
+                          env=service_env(tmp_path, database_url), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "latest revision" in done.stdout
+    assert inspect(make_engine(database_url)).has_table("epochs")
+
+
+def test_artifact_names_match_the_core() -> None:
+    assert (artifacts.CHECKPOINT, artifacts.MODEL, artifacts.MODEL_INT, artifacts.METRICS) == (
+        lsq.train.CHECKPOINT, lsq.train.MODEL, lsq.train.MODEL_INT, lsq.train.METRICS)

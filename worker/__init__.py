@@ -1,0 +1,1 @@
+"""Celery worker: runs lsq jobs handed over by the API."""

@@ -1,0 +1,93 @@
+"""The Celery app. The API imports it to publish jobs, so nothing here imports torch.
+
+One worker process trains one job at a time: the solo pool runs tasks in the worker process
+itself, so no process ever forks after torch has run in it (a forked child of a process that
+ran torch can hang in OpenMP or CUDA). A host with several GPUs runs one worker per GPU
+(``lsq worker --gpus 0,1``), each pinned with CUDA_VISIBLE_DEVICES.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import datetime
+
+from celery import Celery, signals
+
+from api.config import Settings, get_settings
+from api.models import utcnow
+
+RUN_JOB = "lsq.run_job"
+# Set when the worker is asked to stop: a running job stops at the next batch and is requeued.
+SHUTTING_DOWN = threading.Event()
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("lsq", broker=settings.broker, include=["worker.tasks"])
+    # Embedded: kombu's SQLAlchemy transport on a SQLite file beside the database; it works
+    # across processes with nothing to install (workers poll it once a second). Its options go
+    # to create_engine, so it takes none of Redis's.
+    redis = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        broker_transport_options={} if settings.embedded_broker else redis,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the database holds every outcome
+        # A message is acknowledged only when its job has ended, so a worker that dies
+        # mid-job leaves it to be redelivered; the database lease keeps it from running twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=not settings.embedded_broker,  # needs fanout
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+def worker_name() -> str:
+    """Who holds a job's lease: host, process and (when pinned) GPU."""
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
+
+
+def enqueue(job_id: int, *, at: datetime | None = None) -> None:
+    """Hand a job to the workers (after the transaction that created it has committed)."""
+    countdown = max(0.0, (at - utcnow()).total_seconds()) if at is not None else None
+    celery_app.send_task(RUN_JOB, args=[job_id], countdown=countdown)
+
+
+@signals.worker_init.connect
+def _migrate(**_: object) -> None:
+    from api.db import upgrade_database
+
+    upgrade_database()
+
+
+@signals.worker_ready.connect
+def _requeue_unfinished(**_: object) -> None:
+    """Make sure every unfinished job has a message: one may have been lost with a worker that
+    was killed, or never sent. A duplicate is harmless (the lease decides who runs a job)."""
+    from api import store
+    from api.db import session_scope
+
+    with session_scope() as session:
+        jobs = [(job.id, job.lease_expires_at) for job in store.unfinished_jobs(session)]
+    for job_id, lease_expires_at in jobs:
+        enqueue(job_id, at=lease_expires_at)
+    if jobs:
+        log.info("requeued unfinished jobs %s", [job_id for job_id, _ in jobs])
+
+
+@signals.worker_shutting_down.connect
+def _stop_training(**_: object) -> None:
+    SHUTTING_DOWN.set()
