@@ -27,8 +27,8 @@ ARG LSQ_UID=1000
 # ownership into a new named volume, so the non-root processes can write to it.
 # /data is the datasets mount; Fashion-MNIST's default root /usr/share/datasets leads there too.
 RUN useradd --create-home --uid "$LSQ_UID" --user-group lsq \
- && mkdir -p /var/lib/lsq/artifacts /data \
- && chown -R lsq:lsq /var/lib/lsq \
+ && mkdir -p /var/lib/lsq/artifacts /data /home/lsq/.cache/torch \
+ && chown -R lsq:lsq /var/lib/lsq /home/lsq/.cache \
  && ln -s /data /usr/share/datasets
 COPY --from=builder /opt/lsq /opt/lsq
 ENV PATH=/opt/lsq/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

@@ -23,7 +23,9 @@ from typing import Any
 
 from .config import get_settings
 
-STOP_GRACE_SECONDS = 30
+# A worker stops its job at the next batch boundary; give it as long as an evaluation or a
+# checkpoint write may take. Docker's stop_grace_period (or systemd's) bounds the whole stop.
+STOP_GRACE_SECONDS = 600
 # `lsq serve --demo`: a full-precision job, then a 2-bit one started from it, on synthetic
 # data small enough for a laptop CPU (about a minute).
 DEMO_DATASET = {"name": "synthetic", "train_size": 1024, "test_size": 256}
