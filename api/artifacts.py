@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lsq.files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
+
 from .config import Settings
 
-# The files lsq.train.run writes (lsq.train's CHECKPOINT, MODEL_INT, MODEL, METRICS; kept here
-# so the API need not load torch, and checked against lsq.train by the tests).
-CHECKPOINT, MODEL_INT, MODEL, METRICS = "checkpoint.pt", "model-int.pt", "model.pt", "metrics.json"
-DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL, METRICS)
+DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL, METRICS, CURVE)
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:

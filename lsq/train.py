@@ -2,9 +2,10 @@
 
 ``run(spec, out_dir)`` is the whole job. It writes, in out_dir, ``checkpoint.pt`` after every
 epoch (enough to resume and end with the same weights), ``metrics.json``, and at the end
-``model.pt`` (the float state dict, usable as another job's ``model.init``) and, for a quantized
-job, ``model-int.pt`` (the integer export). With ``training.devices: N > 1`` the job runs
-data-parallel (DistributedDataParallel) in N processes; rank 0 writes every file.
+``model.pt`` (the float state dict, usable as another job's ``model.init``), ``accuracy.png``
+(the accuracy curves) and, for a quantized job, ``model-int.pt`` (the integer export).
+With ``training.devices: N > 1`` the job runs data-parallel (DistributedDataParallel) in N
+processes; rank 0 writes every file.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from . import checkpoint, distributed, export
+from . import checkpoint, distributed, export, plot
 from .convert import quantize_model
 from .data import DatasetInfo, load_datasets
 from .distributed import SINGLE, Rank
+from .files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
 from .networks import build_model
 from .quantizer import LsqQuantizer
 from .spec import JobRef, JobSpec, TrainingSpec
 
-CHECKPOINT, METRICS, MODEL, MODEL_INT = "checkpoint.pt", "metrics.json", "model.pt", "model-int.pt"
 # Data-parallel ranks agree on cancellation every this many batches (it is a collective).
 CANCEL_EVERY = 10
 
@@ -449,6 +450,7 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
             "image_size": info.image_size,
         }
         export.save_integer(model, spec, info_dict, out / MODEL_INT)
+    plot.accuracy_curve(epochs, out / CURVE, spec.name)
     _write_metrics(out, epochs, result)
     return result
 

@@ -19,10 +19,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api import store
-from api.artifacts import CHECKPOINT, MODEL, job_folder
+from api.artifacts import job_folder
 from api.config import Settings, get_settings
 from api.db import session_scope
 from api.models import JobStatus, utcnow
+from lsq.files import CHECKPOINT, MODEL
 from lsq.spec import JobRef, JobSpec
 
 from .app import SHUTTING_DOWN, worker_name

@@ -32,6 +32,7 @@ def test_full_precision_learns_well_above_chance(fp_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == seen and metrics["result"] == result
     assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "model.pt", "metrics.json"}
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "model-int.pt").exists()
 
 

@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import Engine, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import lsq.train
-from api import artifacts, store
+from api import store
 from api.db import make_engine, upgrade_database
 from api.models import Epoch, Job, JobStatus, utcnow
 from lsq.spec import JobSpec
@@ -233,8 +232,3 @@ def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "latest revision" in done.stdout
     assert inspect(make_engine(database_url)).has_table("epochs")
-
-
-def test_artifact_names_match_the_core() -> None:
-    assert (artifacts.CHECKPOINT, artifacts.MODEL, artifacts.MODEL_INT, artifacts.METRICS) == (
-        lsq.train.CHECKPOINT, lsq.train.MODEL, lsq.train.MODEL_INT, lsq.train.METRICS)
