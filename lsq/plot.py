@@ -12,6 +12,7 @@ def accuracy_curve(epochs: list[dict[str, Any]], path: Path, title: str = "") ->
 
     matplotlib.use("Agg")  # files only: no display on servers and workers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     x = [e["epoch"] for e in epochs]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -19,6 +20,7 @@ def accuracy_curve(epochs: list[dict[str, Any]], path: Path, title: str = "") ->
     ax.plot(x, [e["test_top5"] for e in epochs], ".--", label="test top-5", alpha=0.6)
     ax.plot(x, [e["train_top1"] for e in epochs], ".:", label="train top-1", alpha=0.6)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title, ylim=(0, 100))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
