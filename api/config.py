@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     retry_seconds: float = Field(10.0, gt=0, alias="LSQ_RETRY_SECONDS")
     # Redis redelivers an unacknowledged message after this; the lease makes that harmless.
     visibility_timeout: int = Field(3600, gt=0, alias="LSQ_VISIBILITY_TIMEOUT")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        # A lease must survive a couple of missed beats, or running jobs get taken over.
+        if self.lease_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError("LSQ_LEASE_SECONDS must be at least 3 x LSQ_HEARTBEAT_SECONDS")
+        return self
 
     @field_validator("data_dir", "artifacts_dir")
     @classmethod

@@ -35,13 +35,14 @@ def make_engine(url: str) -> Engine:
         # Take transaction control from the sqlite3 driver (it would not BEGIN before a
         # SELECT or DDL), see SQLAlchemy's "Transactions with SQLite and the sqlite3 driver".
         dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # a crash leaves no torn write
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock up front, so two processes wait on the busy timeout
-        # instead of failing with "database is locked" when a reader turns writer.
+        # instead of failing with "database is locked" when a reader turns writer. Reads wait
+        # too: SQLite serialises everything here, which suits a handful of processes.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -26,17 +26,23 @@ def error_response(status: int, message: str, fields: Iterable[ErrorField] = ())
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def field_name(loc: Sequence[str | int]) -> str:
+def field_name(loc: Sequence[str | int], kind: str = "") -> str:
+    """`model.init.job`, not pydantic's `model.init.JobRef.job`: tags of a union's members and
+    validator names are not fields (capitalised, or not identifiers); bad JSON is the body's."""
+    if kind == "json_invalid":
+        return "body"
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] in SOURCES:
         parts = parts[1:]
+    parts = [p for p in parts if p.isdigit() or (p.isidentifier() and not p[0].isupper())]
     return ".".join(parts) or "body"
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [ErrorField(field=field_name(e["loc"]), message=e["msg"]) for e in exc.errors()]
+        fields = [ErrorField(field=field_name(e["loc"], e["type"]), message=e["msg"])
+                  for e in exc.errors()]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)
 

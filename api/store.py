@@ -8,6 +8,7 @@ lost its job (its lease expired and another took over) cannot overwrite anything
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -19,6 +20,10 @@ from sqlalchemy.orm import Session, selectinload
 from lsq.spec import JobRef, JobSpec
 
 from .models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
+
+# Ids are 32-bit integers in the schema; a larger one names no job (and must not reach SQLite,
+# whose driver overflows on it).
+MAX_ID = 2**31 - 1
 
 
 class JobNotFound(LookupError):
@@ -60,6 +65,8 @@ def create_job(session: Session, spec: JobSpec) -> Job:
 
 
 def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
+    if not 1 <= job_id <= MAX_ID:
+        raise JobNotFound(job_id)
     query = select(Job).where(Job.id == job_id)
     if with_epochs:
         query = query.options(selectinload(Job.epochs))
@@ -79,7 +86,7 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
-        if not cursor.isdigit():
+        if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_ID:
             raise InvalidField("cursor", "not a cursor returned by this API (next_cursor)")
         query = query.where(Job.id < int(cursor))
     jobs = list(session.scalars(query))
@@ -99,8 +106,11 @@ def cancel_job(session: Session, job_id: int) -> Job:
     job = _locked(session, job_id)
     if job is None:
         raise JobNotFound(job_id)
+    now = utcnow()
     if job.status == JobStatus.queued:
-        job.status, job.finished_at = JobStatus.cancelled, utcnow()
+        job.status, job.finished_at = JobStatus.cancelled, now
+    elif job.status == JobStatus.running and (job.lease_expires_at or now) <= now:
+        _end(job, JobStatus.cancelled, now)  # its worker is gone: nobody would read the flag
     elif job.status == JobStatus.running:
         job.cancel_requested = True
     elif job.status != JobStatus.cancelled:
@@ -199,7 +209,10 @@ def release_job(session: Session, job_id: int, worker: str) -> bool:
     job = _owned(session, job_id, worker)
     if job is None:
         return False
-    job.status, job.worker, job.lease_expires_at = JobStatus.queued, None, None
+    if job.cancel_requested:  # cancelled while stopping: end it rather than run it again
+        _end(job, JobStatus.cancelled, utcnow())
+    else:
+        job.status, job.worker, job.lease_expires_at = JobStatus.queued, None, None
     return True
 
 
@@ -213,6 +226,8 @@ def unfinished_jobs(session: Session) -> list[Job]:
 
 
 def _locked(session: Session, job_id: int) -> Job | None:
+    if not 1 <= job_id <= MAX_ID:
+        return None
     return session.get(Job, job_id, with_for_update=True, populate_existing=True)
 
 

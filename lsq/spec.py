@@ -11,8 +11,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     WithJsonSchema,
 )
 
@@ -63,12 +65,31 @@ class DatasetSpec(_Strict):
 class JobRef(_Strict):
     """Start from the final model of another job of the service (resolved by the worker)."""
 
-    job: int = Field(ge=1)
+    job: int = Field(ge=1, le=2**31 - 1)
+
+
+def _init_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "Path"
+    if isinstance(value, dict | JobRef):
+        return "JobRef"
+    return None
+
+
+# One error per mistake (not one per union member): the value's type picks the member.
+Init = Annotated[
+    Annotated[str, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
+    Discriminator(
+        _init_kind,
+        custom_error_type="init",
+        custom_error_message="expected null, 'pretrained', a path, or {job: ID}",
+    ),
+]
 
 
 class ModelSpec(_Strict):
     arch: Arch
-    init: str | JobRef | None = Field(
+    init: Init | None = Field(
         None,
         description="null (random init), 'pretrained' (torchvision ImageNet weights), the path "
         "of a model.pt state dict, or {job: ID} for another job's final model",

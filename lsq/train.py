@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -456,6 +457,8 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
 
 
 def _write_metrics(out: Path, epochs: list[dict[str, Any]], result: dict | None) -> None:
-    tmp = out / f".{METRICS}.tmp"
-    tmp.write_text(json.dumps({"epochs": epochs, "result": result}, indent=2))
-    tmp.replace(out / METRICS)
+    """Atomically, through a temporary file of its own (readers never see half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{METRICS}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"epochs": epochs, "result": result}, f, indent=2)
+    os.replace(tmp, out / METRICS)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 from datetime import datetime
+from functools import lru_cache
 
 from celery import Celery, signals
 
@@ -54,10 +56,13 @@ def make_celery(settings: Settings) -> Celery:
 celery_app = make_celery(get_settings())
 
 
+@lru_cache
 def worker_name() -> str:
-    """Who holds a job's lease: host, process and (when pinned) GPU."""
+    """Who holds a job's lease: host, process, (when pinned) GPU, and a token of this process's
+    life, so a restarted container whose worker gets the same pid is not taken for the old one."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
+    name = f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
+    return f"{name}:{secrets.token_hex(3)}"
 
 
 def enqueue(job_id: int, *, at: datetime | None = None) -> None:

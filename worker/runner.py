@@ -12,6 +12,7 @@ import gc
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,24 @@ class LeaseKeeper(threading.Thread):
         return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
 
     def run(self) -> None:
+        renewed = time.monotonic()
         while not self._done.wait(self.settings.heartbeat_seconds):
+            attempt = time.monotonic()
             try:
                 with session_scope() as session:
                     lease = store.renew_lease(session, self.job_id, self.worker,
                                               self.settings.lease_seconds, self._progress)
             except Exception:  # a database hiccup: the lease has slack for a few missed beats
                 log.exception("job %s: heartbeat failed", self.job_id)
+                # Fence ourselves before the lease can expire: another worker may take the job
+                # over then, and two trainings must never share its folder.
+                slack = self.settings.lease_seconds - self.settings.heartbeat_seconds
+                if time.monotonic() - renewed > slack:
+                    log.error("job %s: lease not renewed for %.0f s; stopping", self.job_id,
+                              time.monotonic() - renewed)
+                    self.lost.set()
                 continue
+            renewed = attempt
             if not lease.held:
                 self.lost.set()
             elif lease.cancel_requested:

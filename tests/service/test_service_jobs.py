@@ -34,6 +34,8 @@ def job_count(service: Service) -> int:
         ({"colour": "blue"}, "colour"),  # unknown key
         ({"training": {"epochs": 2, "learning_rate": 0.1}}, "training.learning_rate"),
         ({"model": {"init": {"job": 999999}}}, "model.init.job"),  # no such job
+        ({"model": {"init": {"job": 0}}}, "model.init.job"),  # not an id
+        ({"model": {"init": 5}}, "model.init"),  # neither a path nor {job: ID}
     ],
 )
 def test_a_bad_spec_gets_422_naming_the_field_and_creates_no_job(
@@ -44,7 +46,7 @@ def test_a_bad_spec_gets_422_naming_the_field_and_creates_no_job(
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid"
-    assert field in [f["field"] for f in error["fields"]], error
+    assert [f["field"] for f in error["fields"]] == [field], error  # one error, named plainly
     assert job_count(service) == before
 
 
@@ -58,6 +60,8 @@ def test_errors_share_one_shape(service: Service) -> None:
         ("GET", "/v1/jobs?limit=0", 422),
         ("GET", "/v1/jobs?status=sleeping", 422),
         ("GET", "/v1/jobs?cursor=abc", 422),
+        ("GET", "/v1/jobs?cursor=99999999999999999999", 422),
+        ("GET", "/v1/jobs/99999999999999999999", 404),
         ("POST", "/v1/jobs", 422),  # no body
     ]:
         response = service.http.request(method, path)

@@ -232,3 +232,14 @@ def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "latest revision" in done.stdout
     assert inspect(make_engine(database_url)).has_table("epochs")
+
+
+def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
+    from api.config import Settings
+
+    monkeypatch.setenv("LSQ_HEARTBEAT_SECONDS", "2")
+    monkeypatch.setenv("LSQ_LEASE_SECONDS", "5")
+    with pytest.raises(ValueError, match="LSQ_LEASE_SECONDS must be at least 3 x"):
+        Settings()
+    monkeypatch.setenv("LSQ_LEASE_SECONDS", "6")
+    assert Settings().lease_seconds == 6
