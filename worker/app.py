@@ -17,8 +17,10 @@ from datetime import datetime
 from functools import lru_cache
 
 from celery import Celery, signals
+from sqlalchemy.orm import Session
 
 from api.config import Settings, get_settings
+from api.db import after_commit
 from api.models import utcnow
 
 RUN_JOB = "lsq.run_job"
@@ -69,6 +71,20 @@ def enqueue(job_id: int, *, at: datetime | None = None) -> None:
     """Hand a job to the workers (after the transaction that created it has committed)."""
     countdown = max(0.0, (at - utcnow()).total_seconds()) if at is not None else None
     celery_app.send_task(RUN_JOB, args=[job_id], countdown=countdown)
+
+
+def enqueue_when_committed(session: Session, job_id: int) -> None:
+    """Queue a new job once the transaction that stores it commits: a worker never gets a job
+    that then rolls back. If publishing fails, the job stays stored and `queued`; the next
+    worker that starts queues it again."""
+
+    def publish() -> None:
+        try:
+            enqueue(job_id)
+        except Exception:
+            log.exception("job %s is stored but not queued; a starting worker will", job_id)
+
+    after_commit(session, publish)
 
 
 @signals.worker_init.connect

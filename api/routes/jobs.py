@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from lsq.spec import JobSpec
+from worker.app import enqueue_when_committed
 
 from .. import artifacts, store
-from ..db import after_commit
 from ..deps import SessionDep, SettingsDep
 from ..models import JobStatus
 from ..schemas import Artifact, EpochOut, ErrorOut, JobDetail, JobOut, JobPage
 
-log = logging.getLogger(__name__)
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": ErrorOut}})
-
-
-def _dispatch(job_id: int) -> None:
-    from worker.app import enqueue
-
-    try:
-        enqueue(job_id)
-    except Exception:  # the job is stored; a starting worker queues it again
-        log.exception("job %s is stored but could not be queued; a starting worker will", job_id)
 
 
 @router.post("", status_code=201, summary="Submit a job")
 def submit_job(spec: JobSpec, session: SessionDep, response: Response) -> JobDetail:
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
     job = store.create_job(session, spec)
-    after_commit(session, lambda: _dispatch(job.id))  # never hand out a job that may roll back
+    enqueue_when_committed(session, job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobDetail.of(job, epochs=[])
 
