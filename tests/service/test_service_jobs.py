@@ -129,6 +129,17 @@ def test_a_missing_dataset_fails_the_job_and_the_worker_runs_the_next(service: S
     assert good["worker"] == bad["worker"]  # the same worker process went on
 
 
+def test_a_data_parallel_job_runs_through_the_worker(service: Service) -> None:
+    # training.devices: 2 on the CPU: the worker process is rank 0 and spawns rank 1 (gloo)
+    job = service.submit(tiny_spec("ddp", training={"epochs": 1, "devices": 2}))
+    job = service.wait(job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert [e["epoch"] for e in job["epochs"]] == [1] and job["attempts"] == 1
+    # accuracy against one process is the core's test (tests/core/test_distributed.py); here:
+    # the spawned rank ran inside a Celery worker and rank 0 recorded the epoch
+    assert 0 < job["epochs"][0]["test_top1"] <= 100 and job["result"]["final_top1"] is not None
+
+
 def test_cancel_a_queued_job_and_a_running_job(service: Service) -> None:
     long = service.submit(tiny_spec("long", training={"epochs": 500}))
     queued = service.submit(tiny_spec("never-runs", training={"epochs": 1}))
