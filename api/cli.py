@@ -113,8 +113,8 @@ def worker(args: argparse.Namespace) -> int:
 
     quiet = ["--quiet"] if args.log_level in ("warning", "error") else []  # no banner
     celery_app.worker_main([
-        *quiet, "worker", f"--loglevel={args.log_level.upper()}", "--pool=solo", "--concurrency=1",
-        "--without-gossip", "--without-mingle", f"--hostname=lsq-{os.getpid()}@%h",
+        *quiet, "worker", f"--loglevel={args.log_level.upper()}", "--without-gossip",
+        "--without-mingle", f"--hostname=lsq-{os.getpid()}@%h",
     ])
     return 0
 

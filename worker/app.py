@@ -45,10 +45,9 @@ def make_celery(settings: Settings) -> Celery:
         # A message is acknowledged only when its job has ended, so a worker that dies
         # mid-job leaves it to be redelivered; the database lease keeps it from running twice.
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
-        worker_pool="solo",
+        worker_pool="solo",  # the job runs in the worker process: nothing forks after torch
         worker_hijack_root_logger=False,
         worker_enable_remote_control=not settings.embedded_broker,  # needs fanout
     )
