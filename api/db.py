@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import get_settings
@@ -17,6 +18,9 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 MIGRATION_LOCK = 0x4C5351  # "LSQ"
 SQLITE_BUSY_SECONDS = 30
+# The errors of a database out of reach (connection refused or dropped, locked too long), as
+# opposed to a query's own errors: worth waiting out, never a job's failure.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str) -> Engine:

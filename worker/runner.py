@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from api import store
 from api.artifacts import job_folder
 from api.config import Settings, get_settings
-from api.db import session_scope
+from api.db import DATABASE_UNAVAILABLE, session_scope
 from api.models import JobStatus, utcnow
 from lsq.files import CHECKPOINT, MODEL
 from lsq.spec import JobRef, JobSpec
@@ -51,6 +51,7 @@ class LeaseKeeper(threading.Thread):
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
         self.cancelled, self.lost = threading.Event(), threading.Event()
+        self.fenced = False  # lost because the database was out of reach, not to another worker
         self._done = threading.Event()
         self._progress: tuple[int, float] | None = None
 
@@ -76,6 +77,7 @@ class LeaseKeeper(threading.Thread):
                 if time.monotonic() - renewed > slack:
                     log.error("job %s: lease not renewed for %.0f s; stopping", self.job_id,
                               time.monotonic() - renewed)
+                    self.fenced = True
                     self.lost.set()
                 continue
             renewed = attempt
@@ -126,6 +128,8 @@ def execute(job_id: int) -> Outcome:
     except LeaseLost:
         return Outcome("lost")
     except Cancelled:
+        if keeper.fenced:  # maybe nobody else has the job: look again once the lease expired
+            return Outcome("fenced", retry_in=settings.lease_seconds)
         if keeper.lost.is_set():
             return Outcome("lost")
         if keeper.cancelled.is_set():
@@ -133,6 +137,8 @@ def execute(job_id: int) -> Outcome:
         with session_scope() as session:  # the worker is stopping: give the job back
             released = store.release_job(session, job_id, me)
         return Outcome("released", requeue=True) if released else Outcome("lost")
+    except DATABASE_UNAVAILABLE:
+        raise  # the database, not the job: the task tries again later (worker.tasks)
     except Exception as e:
         log.exception("job %s failed", job_id)
         _free_memory()
