@@ -45,13 +45,19 @@ def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_pat
     assert result["drop_top1"] == pytest.approx(result["init_top1"] - result["final_top1"])
 
 
-def test_integer_export_predicts_exactly_like_the_fake_quantized_model(fp_run, tmp_path):
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_integer_export_predicts_exactly_like_the_fake_quantized_model(
+    fp_run, tmp_path, granularity
+):
     fp_out, _, _ = fp_run
-    s = spec(init=str(fp_out / "model.pt"), quant=TERNARY_ALL, epochs=1, lr=0.01)
+    quant = {**TERNARY_ALL, "granularity": granularity}
+    s = spec(init=str(fp_out / "model.pt"), quant=quant, epochs=1, lr=0.01)
     run(s, tmp_path)
     data = torch.load(tmp_path / "model-int.pt", weights_only=True)
     codes = data["layers"]["layers.0.conv1"]["weight_codes"]
     assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 0, 1}
+    steps = data["layers"]["layers.0.conv1"]["weight_step"]
+    assert steps.shape == ((16,) if granularity == "per_channel" else (1,))
     assert "layers.0.conv1.weight" not in data["float_state"]
 
     int_model, loaded_spec = export.load_integer(tmp_path / "model-int.pt")
