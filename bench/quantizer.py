@@ -25,7 +25,7 @@ from lsq.quantizer import LsqQuantizer
 
 def plain_forward(self: LsqQuantizer, v: torch.Tensor) -> torch.Tensor:
     """LSQ as public implementations write it (e.g. lsq-net), for comparison."""
-    if not self._initialized and self.training:
+    if self.needs_init and self.training:
         self.init_from(v)
     n = v[0].numel() if self.activation else v.numel()
     g = 1.0 / math.sqrt(n * self.q_p)

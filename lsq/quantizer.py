@@ -78,7 +78,12 @@ class LsqQuantizer(nn.Module):
         # forward never reads a device tensor on the host.
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._initialized = False
-        self._register_load_state_dict_pre_hook(self._sync_initialized_flag)
+        self.register_load_state_dict_pre_hook(_sync_initialized_flag)
+
+    @property
+    def needs_init(self) -> bool:
+        """True until a step was set from data (``init_from`` or the first training batch)."""
+        return not self._initialized
 
     @property
     def q_n(self) -> int:
@@ -105,7 +110,7 @@ class LsqQuantizer(nn.Module):
         self._initialized = True
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        if not self._initialized and self.training:
+        if self.needs_init and self.training:
             self.init_from(v)
         if self.activation:
             n = v[0].numel() if v.dim() > 1 else v.numel()
@@ -119,11 +124,13 @@ class LsqQuantizer(nn.Module):
         s = self._step_view(v).clamp_min(MIN_STEP)
         return (v.float() / s).clamp(-self.q_n, self.q_p).round()
 
-    def _sync_initialized_flag(self, state_dict, prefix, *args, **kwargs) -> None:
-        flag = state_dict.get(prefix + "initialized")
-        if flag is not None:
-            self._initialized = bool(flag)
-
     def extra_repr(self) -> str:
         kind = "activation" if self.activation else "weight"
         return f"levels={self.levels}, {kind}, channels={self.step.numel()}"
+
+
+def _sync_initialized_flag(module: LsqQuantizer, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Loading a state dict sets the Python flag from the saved buffer."""
+    flag = state_dict.get(prefix + "initialized")
+    if flag is not None:
+        module._initialized = bool(flag)

@@ -184,7 +184,7 @@ def quantize(model: nn.Module, spec: JobSpec) -> nn.Module:
 def init_activation_steps(model: nn.Module, x: torch.Tensor) -> None:
     """Initialise every activation step from batch x, leaving batch-norm statistics untouched."""
     quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
-    if all(q._initialized for q in quantizers):
+    if not any(q.needs_init for q in quantizers):
         return
     saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("initialized")}
     model.train()(x)
