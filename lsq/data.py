@@ -202,6 +202,11 @@ def synthetic(
 # ---------------------------------------------------------------- entry point
 
 DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
+LAYOUTS = {
+    "cifar10": "CIFAR-10's python batches data_batch_1..5 and test_batch",
+    "imagenet": "train/<class>/*.JPEG and val/<class>/*.JPEG",
+    "fashion-mnist": "the IDX files train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte[.gz]",
+}
 
 
 def targets(dataset: Dataset) -> torch.Tensor:
@@ -239,9 +244,14 @@ def load_datasets(spec: DatasetSpec, seed: int = 0) -> tuple[Dataset, Dataset, D
         return train, test, info
     root = Path(os.path.expanduser(spec.root or DEFAULT_ROOTS.get(spec.name, "")))
     if not spec.root and spec.name not in DEFAULT_ROOTS:
-        raise DatasetError(f"dataset {spec.name!r} needs a root folder (dataset.root)")
+        raise DatasetError(
+            f"dataset {spec.name!r} needs a root folder (dataset.root) holding {LAYOUTS[spec.name]}"
+        )
     if not root.is_dir():
-        raise DatasetError(f"dataset {spec.name!r}: folder {root} does not exist")
+        raise DatasetError(
+            f"dataset {spec.name!r}: folder {root} does not exist; expected it to hold "
+            f"{LAYOUTS[spec.name]}"
+        )
     loader = {"cifar10": cifar10, "imagenet": imagenet, "fashion-mnist": fashion_mnist}[spec.name]
     train, test, info = loader(root)
     if spec.train_size:
