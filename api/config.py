@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, alias="LSQ_LEASE_SECONDS")
     # How long a job initialised from an unfinished job waits before it looks again.
     retry_seconds: float = Field(10.0, gt=0, alias="LSQ_RETRY_SECONDS")
+    # How often each worker publishes queued jobs whose message never reached the broker.
+    sweep_seconds: float = Field(30.0, gt=0, alias="LSQ_SWEEP_SECONDS")
     # Redis redelivers an unacknowledged message after this; the lease makes that harmless.
     visibility_timeout: int = Field(3600, gt=0, alias="LSQ_VISIBILITY_TIMEOUT")
 

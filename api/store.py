@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -214,6 +214,21 @@ def release_job(session: Session, job_id: int, worker: str) -> bool:
     else:
         job.status, job.worker, job.lease_expires_at = JobStatus.queued, None, None
     return True
+
+
+def mark_published(session: Session, job_ids: list[int]) -> None:
+    """Record that these jobs' messages went to the broker."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(published_at=utcnow()))
+
+
+def unpublished_jobs(session: Session, older_than: datetime) -> list[int]:
+    """Queued jobs whose message never reached the broker (created before `older_than`, so a
+    publish still in flight right after its commit is left alone)."""
+    query = select(Job.id).where(
+        Job.status == JobStatus.queued, Job.published_at.is_(None), Job.created_at < older_than
+    )
+    return list(session.scalars(query.order_by(Job.id)))
 
 
 def unfinished_jobs(session: Session) -> list[Job]:

@@ -13,14 +13,15 @@ import os
 import secrets
 import socket
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from celery import Celery, signals
 from sqlalchemy.orm import Session
 
+from api import store
 from api.config import Settings, get_settings
-from api.db import after_commit
+from api.db import after_commit, session_scope
 from api.models import utcnow
 
 RUN_JOB = "lsq.run_job"
@@ -72,18 +73,26 @@ def enqueue(job_id: int, *, at: datetime | None = None) -> None:
     celery_app.send_task(RUN_JOB, args=[job_id], countdown=countdown)
 
 
-def enqueue_when_committed(session: Session, job_id: int) -> None:
-    """Queue a new job once the transaction that stores it commits: a worker never gets a job
-    that then rolls back. If publishing fails, the job stays stored and `queued`; the next
-    worker that starts queues it again."""
-
-    def publish() -> None:
+def publish(job_ids: list[int]) -> None:
+    """Enqueue queued jobs and record it; what fails stays unpublished for the next sweep."""
+    sent = []
+    for job_id in job_ids:
         try:
             enqueue(job_id)
+            sent.append(job_id)
         except Exception:
-            log.exception("job %s is stored but not queued; a starting worker will", job_id)
+            log.exception("job %s is stored but not queued; a worker's sweep will", job_id)
+    try:
+        with session_scope() as session:
+            store.mark_published(session, sent)
+    except Exception:  # the sweep will publish them again: a duplicate message is harmless
+        log.exception("jobs %s were queued but could not be marked so", sent)
 
-    after_commit(session, publish)
+
+def enqueue_when_committed(session: Session, job_id: int) -> None:
+    """Queue a new job once the transaction that stores it commits: a worker never gets a job
+    that then rolls back."""
+    after_commit(session, lambda: publish([job_id]))
 
 
 @signals.worker_init.connect
@@ -96,16 +105,30 @@ def _migrate(**_: object) -> None:
 @signals.worker_ready.connect
 def _requeue_unfinished(**_: object) -> None:
     """Make sure every unfinished job has a message: one may have been lost with a worker that
-    was killed, or never sent. A duplicate is harmless (the lease decides who runs a job)."""
-    from api import store
-    from api.db import session_scope
-
+    was killed, or never sent. A duplicate is harmless (the lease decides who runs a job).
+    Then sweep, every LSQ_SWEEP_SECONDS, for jobs whose publish failed at submission."""
     with session_scope() as session:
         jobs = [(job.id, job.lease_expires_at) for job in store.unfinished_jobs(session)]
     for job_id, lease_expires_at in jobs:
         enqueue(job_id, at=lease_expires_at)
+    with session_scope() as session:
+        store.mark_published(session, [job_id for job_id, _ in jobs])
     if jobs:
         log.info("requeued unfinished jobs %s", [job_id for job_id, _ in jobs])
+    threading.Thread(target=_sweep, name="publish-sweep", daemon=True).start()
+
+
+def _sweep() -> None:
+    every = get_settings().sweep_seconds
+    while not SHUTTING_DOWN.wait(every):
+        try:
+            with session_scope() as session:
+                job_ids = store.unpublished_jobs(session, utcnow() - timedelta(seconds=every))
+            if job_ids:
+                log.info("publishing jobs %s, not queued at submission", job_ids)
+                publish(job_ids)
+        except Exception:  # the database or the broker is out of reach: next round
+            log.exception("publish sweep failed")
 
 
 @signals.worker_shutting_down.connect

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from .conftest import Service, service_env, tiny_spec
+from .conftest import Proc, Service, free_port, service_env, tiny_spec
 
 
 @pytest.mark.timeout(300)
@@ -43,3 +44,43 @@ def test_a_database_outage_mid_job_resumes_the_job(new_pg_database, pg_server, r
             conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
         admin.dispose()
         svc.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_job_the_api_could_not_queue_is_published_by_a_worker_sweep(
+    new_pg_database, redis_url, tmp_path
+) -> None:
+    url = new_pg_database()
+    env = service_env(tmp_path, url, redis_url, LSQ_SWEEP_SECONDS="1")
+    # The API's broker is unreachable (nothing listens on that port): its publish fails.
+    api_env = env | {"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    port = free_port()
+    api = Proc(["api", "--port", str(port)], api_env, tmp_path / "api.log")
+    worker = Proc(["worker"], env, tmp_path / "worker.log")
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + 90
+        while "ready" not in worker.output() or not _answers(http):
+            assert api.alive() and worker.alive() and time.monotonic() < deadline
+            time.sleep(0.3)
+        response = http.post("/v1/jobs", json=tiny_spec("unqueued", training={"epochs": 1}))
+        assert response.status_code == 201, response.text  # stored, even though not queued
+        job_id = response.json()["id"]
+        assert "is stored but not queued" in api.output()
+        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] != "succeeded":
+            assert job["status"] in ("queued", "running"), job
+            assert time.monotonic() < deadline + 120, worker.output()[-3000:]
+            time.sleep(0.3)
+        assert f"publishing jobs [{job_id}]" in worker.output()
+        assert job["attempts"] == 1
+    finally:
+        http.close()
+        worker.stop()
+        api.stop()
+
+
+def _answers(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False

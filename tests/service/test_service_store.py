@@ -20,6 +20,8 @@ from lsq.spec import JobSpec
 
 from .conftest import ROOT, service_env, tiny_spec
 
+HEAD = "0002"  # the newest migration in migrations/versions
+
 METRICS = {"train_loss": 1.0, "train_top1": 50.0, "test_loss": 1.1, "test_top1": 40.0,
            "test_top5": 90.0, "lr": 0.1, "seconds": 1.5, "images_per_second": 300.0}
 
@@ -194,7 +196,8 @@ def test_the_schema_comes_from_the_migrations(db) -> None:
     names = set(inspect(engine).get_table_names())
     assert {"jobs", "epochs", "alembic_version"} <= names
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    assert "published_at" in {c["name"] for c in inspect(engine).get_columns("jobs")}
 
 
 # Each process waits until the same instant, then upgrades: the migrations really overlap.
@@ -220,7 +223,7 @@ def test_migrations_run_safely_when_several_processes_start_at_once(database_url
     assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(outputs)
     engine = make_engine(database_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
     engine.dispose()
 
@@ -243,3 +246,16 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
         Settings()
     monkeypatch.setenv("LSQ_LEASE_SECONDS", "6")
     assert Settings().lease_seconds == 6
+
+
+def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
+    spec = JobSpec.model_validate(tiny_spec("sweep"))
+    with db.begin() as session:
+        a, b = store.create_job(session, spec).id, store.create_job(session, spec).id
+    later = utcnow() + timedelta(seconds=1)
+    with db.begin() as session:
+        assert store.unpublished_jobs(session, older_than=later) == [a, b]
+        assert store.unpublished_jobs(session, older_than=utcnow() - timedelta(hours=1)) == []
+        store.mark_published(session, [a])
+    with db.begin() as session:
+        assert store.unpublished_jobs(session, older_than=later) == [b]
