@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file beside `path`, then rename: readers and a crash never see
+    half a file, and two writers never share a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save, atomically: a crash never leaves half a checkpoint."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> Any:

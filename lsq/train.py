@@ -11,10 +11,10 @@ processes; rank 0 writes every file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -445,20 +445,12 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     result = summarise(epochs, init_metrics)
     checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out / MODEL)
     if spec.quantization.enabled:
-        info_dict = {
-            "num_classes": info.num_classes,
-            "in_channels": info.in_channels,
-            "image_size": info.image_size,
-        }
-        export.save_integer(model, spec, info_dict, out / MODEL_INT)
+        export.save_integer(model, spec, dataclasses.asdict(info), out / MODEL_INT)
     plot.accuracy_curve(epochs, out / CURVE, spec.name)
     _write_metrics(out, epochs, result)
     return result
 
 
 def _write_metrics(out: Path, epochs: list[dict[str, Any]], result: dict | None) -> None:
-    """Atomically, through a temporary file of its own (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{METRICS}.")
-    with os.fdopen(fd, "w") as f:
+    with checkpoint.atomic_file(out / METRICS, "w") as f:
         json.dump({"epochs": epochs, "result": result}, f, indent=2)
-    os.replace(tmp, out / METRICS)
