@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .quantizer import step_parameters
+
 TIMEOUT = datetime.timedelta(minutes=30)
 
 
@@ -76,16 +78,15 @@ def barrier() -> None:
 
 def step_sizes(model: nn.Module) -> torch.Tensor:
     """Every quantizer step of the model, flattened into one vector."""
-    steps = [p.detach().flatten() for n, p in model.named_parameters() if n.endswith("step")]
+    steps = [p.detach().flatten() for p in step_parameters(model)]
     return torch.cat(steps) if steps else torch.zeros(0)
 
 
 def broadcast_steps(model: nn.Module) -> None:
     """Give every replica rank 0's step sizes (each initialised from its own first batch)."""
     if dist.is_initialized():
-        for name, p in model.named_parameters():
-            if name.endswith("_quantizer.step"):
-                dist.broadcast(p.data, src=0)
+        for p in step_parameters(model):
+            dist.broadcast(p.data, src=0)
 
 
 def gather(v: torch.Tensor) -> list[list[float]]:

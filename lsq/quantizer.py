@@ -129,6 +129,11 @@ class LsqQuantizer(nn.Module):
         return f"levels={self.levels}, {kind}, channels={self.step.numel()}"
 
 
+def step_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The step sizes of every quantizer in `model`, in module order."""
+    return [m.step for m in model.modules() if isinstance(m, LsqQuantizer)]
+
+
 def _sync_initialized_flag(module: LsqQuantizer, state_dict: dict, prefix: str, *_: Any) -> None:
     """Loading a state dict sets the Python flag from the saved buffer."""
     flag = state_dict.get(prefix + "initialized")

@@ -34,7 +34,7 @@ from .data import DatasetInfo, load_datasets
 from .distributed import SINGLE, Rank
 from .files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
 from .networks import build_model
-from .quantizer import LsqQuantizer
+from .quantizer import LsqQuantizer, step_parameters
 from .spec import JobRef, JobSpec, TrainingSpec
 
 # Data-parallel ranks agree on cancellation every this many batches (it is a collective).
@@ -139,7 +139,7 @@ def evaluate(
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on everything but the step sizes (decay would shrink them towards zero)."""
-    steps = [p for n, p in model.named_parameters() if n.endswith("_quantizer.step")]
+    steps = step_parameters(model)
     ids = {id(p) for p in steps}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return [{"params": rest, "weight_decay": weight_decay}, {"params": steps, "weight_decay": 0.0}]
