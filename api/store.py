@@ -17,13 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from lsq.spec import JobRef, JobSpec
+from lsq.spec import MAX_JOB_ID, JobRef, JobSpec
 
 from .models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
-
-# Ids are 32-bit integers in the schema; a larger one names no job (and must not reach SQLite,
-# whose driver overflows on it).
-MAX_ID = 2**31 - 1
 
 
 class JobNotFound(LookupError):
@@ -65,7 +61,7 @@ def create_job(session: Session, spec: JobSpec) -> Job:
 
 
 def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
-    if not 1 <= job_id <= MAX_ID:
+    if not 1 <= job_id <= MAX_JOB_ID:
         raise JobNotFound(job_id)
     query = select(Job).where(Job.id == job_id)
     if with_epochs:
@@ -86,7 +82,7 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
-        if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_ID:
+        if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_JOB_ID:
             raise InvalidField("cursor", "not a cursor returned by this API (next_cursor)")
         query = query.where(Job.id < int(cursor))
     jobs = list(session.scalars(query))
@@ -241,7 +237,7 @@ def unfinished_jobs(session: Session) -> list[Job]:
 
 
 def _locked(session: Session, job_id: int) -> Job | None:
-    if not 1 <= job_id <= MAX_ID:
+    if not 1 <= job_id <= MAX_JOB_ID:
         return None
     return session.get(Job, job_id, with_for_update=True, populate_existing=True)
 

@@ -62,10 +62,14 @@ class DatasetSpec(_Strict):
     test_size: int | None = Field(None, ge=1, description="Seeded class-balanced test subset")
 
 
+# Job ids are 32-bit integers in the service's schema.
+MAX_JOB_ID = 2**31 - 1
+
+
 class JobRef(_Strict):
     """Start from the final model of another job of the service (resolved by the worker)."""
 
-    job: int = Field(ge=1, le=2**31 - 1)
+    job: int = Field(ge=1, le=MAX_JOB_ID)
 
 
 def _init_kind(value: Any) -> str | None:
