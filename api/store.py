@@ -61,7 +61,7 @@ def create_job(session: Session, spec: JobSpec) -> Job:
 
 
 def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
-    if not 1 <= job_id <= MAX_JOB_ID:
+    if not _is_id(job_id):
         raise JobNotFound(job_id)
     query = select(Job).where(Job.id == job_id)
     if with_epochs:
@@ -236,8 +236,13 @@ def unfinished_jobs(session: Session) -> list[Job]:
 # ---------------------------------------------------------------------------------- helpers
 
 
+def _is_id(job_id: int) -> bool:
+    """Larger ids name no job, and must not reach SQLite, whose driver overflows on them."""
+    return 1 <= job_id <= MAX_JOB_ID
+
+
 def _locked(session: Session, job_id: int) -> Job | None:
-    if not 1 <= job_id <= MAX_JOB_ID:
+    if not _is_id(job_id):
         return None
     return session.get(Job, job_id, with_for_update=True, populate_existing=True)
 
