@@ -133,15 +133,18 @@ def service_env(data_dir: Path, database_url: str | None = None, broker_url: str
     return env | extra
 
 
-class Proc:
-    """A `python -m api.cli ...` process with its output in a log file."""
+CLI = (sys.executable, "-m", "api.cli")
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+
+class Proc:
+    """A process (by default `python -m api.cli ARGS`) with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path,
+                 program: tuple[str, ...] = CLI) -> None:
         self.log = log
         self._file = log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT,
-            stdout=self._file, stderr=subprocess.STDOUT,
+            [*program, *args], env=env, cwd=ROOT, stdout=self._file, stderr=subprocess.STDOUT,
         )
 
     @property

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from .conftest import ROOT, SERVICE_ENV, free_port, tiny_spec
+from .conftest import ROOT, SERVICE_ENV, Proc, free_port, tiny_spec
 
 JOBS = 4
 REDIS_PASSWORD = "topology-secret"
@@ -36,25 +36,6 @@ def compose_config(env: dict[str, str], tmp_path: Path) -> dict:
         check=True,
     )  # fmt: skip
     return yaml.safe_load(out.stdout)
-
-
-class Process:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path) -> None:
-        self.name, self.log = name, logs / f"{name}.log"
-        with self.log.open("wb") as f:
-            self.popen = subprocess.Popen(command, env=env, cwd=logs, stdout=f, stderr=f)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 @pytest.mark.timeout(420)
@@ -82,28 +63,28 @@ def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, t
         return env | {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
                       "OMP_NUM_THREADS": "1"}  # fmt: skip
 
-    processes: list[Process] = []
+    processes: list[Proc] = []
     try:
         redis_cmd = services["redis"]["command"]
         assert redis_cmd[:1] == ["redis-server"] and REDIS_PASSWORD in redis_cmd
-        processes.append(Process(
-            "redis", [*redis_cmd, "--port", str(redis_port), "--bind", "127.0.0.1",
-                      "--dir", str(tmp_path)], dict(os.environ), tmp_path,
-        ))  # fmt: skip
+        redis_args = [*redis_cmd, "--port", str(redis_port), "--bind", "127.0.0.1",
+                      "--dir", str(tmp_path)]  # fmt: skip
+        processes.append(Proc(redis_args, dict(os.environ), tmp_path / "redis.log", program=()))
         api_cmd = services["api"]["command"]  # sh -c "lsq db upgrade && exec lsq api ... 8000"
         assert api_cmd[:2] == ["sh", "-c"] and "lsq db upgrade" in api_cmd[2]
         api_cmd = [*api_cmd[:2], re.sub(r"--port \d+", f"--port {api_port}", api_cmd[2])]
-        processes.append(Process("api", api_cmd, env_of("api"), tmp_path))
+        processes.append(Proc(api_cmd, env_of("api"), tmp_path / "api.log", program=()))
         worker_cmd = services["worker"]["command"]
         assert worker_cmd[:2] == ["lsq", "worker"]
-        workers = [Process(f"worker{i}", worker_cmd, env_of("worker"), tmp_path) for i in (1, 2)]
+        workers = [Proc(worker_cmd, env_of("worker"), tmp_path / f"worker{i}.log", program=())
+                   for i in (1, 2)]  # fmt: skip
         processes += workers
 
         http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
         deadline = time.monotonic() + 120
         while True:
             for p in processes:
-                assert p.popen.poll() is None, f"{p.name} exited:\n{p.output()[-3000:]}"
+                assert p.alive(), f"{p.log.name} exited:\n{p.output()[-3000:]}"
             try:
                 ready = http.get("/readyz").status_code == 200
             except httpx.TransportError:
