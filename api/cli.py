@@ -1,11 +1,11 @@
 """`lsq`: run jobs locally (`lsq run`, from the core) or through the job service.
 
-    lsq serve [--host H] [--port P] [--demo]   API + one worker on this machine
-    lsq api [--host H] [--port P]              the API alone
-    lsq worker [--gpus 0,1]                    a worker (one process per listed GPU)
-    lsq submit SPEC [--wait]                   submit a job spec to LSQ_URL
-    lsq status ID [--json]                     a job's status and epochs
-    lsq db upgrade                             apply the database migrations
+lsq serve [--host H] [--port P] [--demo]   API + one worker on this machine
+lsq api [--host H] [--port P]              the API alone
+lsq worker [--gpus 0,1]                    a worker (one process per listed GPU)
+lsq submit SPEC [--wait]                   submit a job spec to LSQ_URL
+lsq status ID [--json]                     a job's status and epochs
+lsq db upgrade                             apply the database migrations
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start the API and one worker on this machine")
     _host_port(p)
-    p.add_argument("--demo", action="store_true",
-                   help="run a quick example (full precision, then 2-bit from it), print its "
-                        "per-epoch accuracy, and stop")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run a quick example (full precision, then 2-bit from it), print its "
+        "per-epoch accuracy, and stop",
+    )
     p.set_defaults(func=serve)
 
     p = sub.add_parser("api", help="start the API alone")
@@ -88,8 +91,7 @@ def _host_port(p: argparse.ArgumentParser) -> None:
 
 
 def _log_level(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 # ------------------------------------------------------------------------ service processes
@@ -98,8 +100,14 @@ def _log_level(p: argparse.ArgumentParser) -> None:
 def api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, access_log=args.log_level in ("debug", "info"))
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.log_level in ("debug", "info"),
+    )
     return 0
 
 
@@ -112,18 +120,26 @@ def worker(args: argparse.Namespace) -> int:
     from worker.app import celery_app
 
     quiet = ["--quiet"] if args.log_level in ("warning", "error") else []  # no banner
-    celery_app.worker_main([
-        *quiet, "worker", f"--loglevel={args.log_level.upper()}", "--without-gossip",
-        "--without-mingle", f"--hostname=lsq-{os.getpid()}@%h",
-    ])
+    celery_app.worker_main(
+        [
+            *quiet,
+            "worker",
+            f"--loglevel={args.log_level.upper()}",
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname=lsq-{os.getpid()}@%h",
+        ]
+    )
     return 0
 
 
 def serve(args: argparse.Namespace) -> int:
     settings = get_settings()
-    print(f"lsq serve: API on http://{args.host}:{args.port} (docs at /docs), one worker; "
-          f"database {_safe_url(settings.db_url)}, broker {_safe_url(settings.broker)}",
-          flush=True)
+    print(
+        f"lsq serve: API on http://{args.host}:{args.port} (docs at /docs), one worker; "
+        f"database {_safe_url(settings.db_url)}, broker {_safe_url(settings.broker)}",
+        flush=True,
+    )
     # The demo keeps the terminal for its own output.
     level = ["--log-level", "warning" if args.demo else "info"]
     procs = [
@@ -143,12 +159,23 @@ def _demo(url: str, procs: list[subprocess.Popen]) -> int:
     try:
         client.wait_ready(alive=lambda: all(p.poll() is None for p in procs))
         base = {"dataset": DEMO_DATASET}
-        fp = client.submit({**base, "name": "demo-fp32", "model": {"arch": "resnet20"},
-                            "training": {**DEMO_TRAINING, "epochs": 4}})
-        q = client.submit({**base, "name": "demo-2bit",
-                           "model": {"arch": "resnet20", "init": {"job": fp["id"]}},
-                           "quantization": {"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
-                           "training": {**DEMO_TRAINING, "epochs": 3, "lr": 0.01}})
+        fp = client.submit(
+            {
+                **base,
+                "name": "demo-fp32",
+                "model": {"arch": "resnet20"},
+                "training": {**DEMO_TRAINING, "epochs": 4},
+            }
+        )
+        q = client.submit(
+            {
+                **base,
+                "name": "demo-2bit",
+                "model": {"arch": "resnet20", "init": {"job": fp["id"]}},
+                "quantization": {"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
+                "training": {**DEMO_TRAINING, "epochs": 3, "lr": 0.01},
+            }
+        )
         ok = True
         for job in (fp, q):
             print(f"job {job['id']} {job['name']!r} {job['status']}: {url}/v1/jobs/{job['id']}")
@@ -162,8 +189,9 @@ def _demo(url: str, procs: list[subprocess.Popen]) -> int:
 
 
 def _spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "api.cli", *command],
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", *command], env={**os.environ, **(env or {})}
+    )
 
 
 def _supervise(procs: list[subprocess.Popen], main: Callable[[], int] | None = None) -> int:
@@ -221,8 +249,10 @@ def submit(args: argparse.Namespace) -> int:
     client = Client(get_settings().url)
     try:
         job = client.submit(spec)
-        print(f"job {job['id']} {job['name']!r} {job['status']}: "
-              f"{client.url}/v1/jobs/{job['id']}", flush=True)
+        print(
+            f"job {job['id']} {job['name']!r} {job['status']}: {client.url}/v1/jobs/{job['id']}",
+            flush=True,
+        )
         if not args.wait:
             return 0
         job = client.follow(job["id"])

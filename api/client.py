@@ -25,8 +25,10 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ServiceError(f"cannot reach the service at {self.url} ({e}); "
-                               "start it with `lsq serve` or set LSQ_URL") from None
+            raise ServiceError(
+                f"cannot reach the service at {self.url} ({e}); "
+                "start it with `lsq serve` or set LSQ_URL"
+            ) from None
         if response.is_error:
             raise ServiceError(_describe_error(response))
         return response.json()
@@ -56,8 +58,13 @@ class Client:
         """Poll a job until it ends, with a progress bar in epochs; return its final state."""
         job = self.job(job_id)
         total = job["progress"]["epochs"]
-        with tqdm(total=total, desc=f"job {job_id}", unit="epoch", disable=not bar,
-                  bar_format="{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}]{postfix}") as pbar:
+        with tqdm(
+            total=total,
+            desc=f"job {job_id}",
+            unit="epoch",
+            disable=not bar,
+            bar_format="{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}]{postfix}",
+        ) as pbar:
             while True:
                 progress, epochs = job["progress"], job["epochs"]
                 pbar.n = min(total, max(len(epochs), progress["epoch"] - 1 + progress["fraction"]))
@@ -83,8 +90,10 @@ def _describe_error(response: httpx.Response) -> str:
 
 
 def format_epochs(epochs: list[dict[str, Any]]) -> str:
-    head = (f"{'epoch':>5} {'train_loss':>10} {'train_top1':>10} {'test_loss':>9} "
-            f"{'test_top1':>9} {'test_top5':>9} {'lr':>8} {'seconds':>8}")
+    head = (
+        f"{'epoch':>5} {'train_loss':>10} {'train_top1':>10} {'test_loss':>9} "
+        f"{'test_top1':>9} {'test_top5':>9} {'lr':>8} {'seconds':>8}"
+    )
     rows = [
         f"{e['epoch']:>5} {e['train_loss']:>10.4f} {e['train_top1']:>10.2f} {e['test_loss']:>9.4f} "
         f"{e['test_top1']:>9.2f} {e['test_top5']:>9.2f} {e['lr']:>8.5f} {e['seconds']:>8.1f}"
@@ -105,8 +114,10 @@ def format_job(job: dict[str, Any]) -> str:
         lines.append(f"error: {job['error']}")
     if job["result"]:
         r = job["result"]
-        line = (f"result: final top-1 {r['final_top1']:.2f}%, top-5 {r['final_top5']:.2f}%; "
-                f"best top-1 {r['best_top1']:.2f}% (epoch {r['best_epoch']})")
+        line = (
+            f"result: final top-1 {r['final_top1']:.2f}%, top-5 {r['final_top5']:.2f}%; "
+            f"best top-1 {r['best_top1']:.2f}% (epoch {r['best_epoch']})"
+        )
         if r.get("init_top1") is not None:
             line += f"; start {r['init_top1']:.2f}%, drop {r['drop_top1']:.2f} points"
         lines.append(line)

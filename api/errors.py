@@ -14,15 +14,23 @@ from .schemas import ErrorBody, ErrorField, ErrorOut
 from .store import InvalidField, JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
-CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-         422: "invalid", 500: "internal", 503: "unavailable"}
+CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "invalid",
+    500: "internal",
+    503: "unavailable",
+}
 # Where FastAPI says a value came from; the field name alone is clearer to a client.
 SOURCES = ("body", "query", "path", "header")
 
 
 def error_response(status: int, message: str, fields: Iterable[ErrorField] = ()) -> JSONResponse:
-    body = ErrorOut(error=ErrorBody(code=CODES.get(status, "error"), message=message,
-                                    fields=list(fields)))
+    body = ErrorOut(
+        error=ErrorBody(code=CODES.get(status, "error"), message=message, fields=list(fields))
+    )
     return JSONResponse(body.model_dump(), status_code=status)
 
 
@@ -41,15 +49,18 @@ def field_name(loc: Sequence[str | int], kind: str = "") -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [ErrorField(field=field_name(e["loc"], e["type"]), message=e["msg"])
-                  for e in exc.errors()]
+        fields = [
+            ErrorField(field=field_name(e["loc"], e["type"]), message=e["msg"])
+            for e in exc.errors()
+        ]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)
 
     @app.exception_handler(InvalidField)
     async def _invalid_field(_: Request, exc: InvalidField) -> JSONResponse:
-        return error_response(422, f"invalid request: {exc.field}",
-                              [ErrorField(field=exc.field, message=str(exc))])
+        return error_response(
+            422, f"invalid request: {exc.field}", [ErrorField(field=exc.field, message=str(exc))]
+        )
 
     @app.exception_handler(JobNotFound)
     async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -57,7 +57,11 @@ class JobStatus(StrEnum):
 
 
 STATUS = Enum(
-    JobStatus, name="job_status", native_enum=False, create_constraint=True, length=16,
+    JobStatus,
+    name="job_status",
+    native_enum=False,
+    create_constraint=True,
+    length=16,
     values_callable=lambda e: [m.value for m in e],
 )
 
@@ -97,7 +101,9 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     epochs: Mapped[list[Epoch]] = relationship(
-        back_populates="job", order_by="Epoch.epoch", cascade="all, delete-orphan",
+        back_populates="job",
+        order_by="Epoch.epoch",
+        cascade="all, delete-orphan",
         passive_deletes=True,
     )
 
@@ -123,6 +129,12 @@ class Epoch(Base):
 
 
 EPOCH_METRICS = (
-    "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "seconds",
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "lr",
+    "seconds",
     "images_per_second",
 )

@@ -75,14 +75,29 @@ class JobOut(BaseModel):
     def of(cls, job: Job, **extra: Any) -> JobOut:
         base = f"/v1/jobs/{job.id}"
         return cls(
-            id=job.id, name=job.name, status=job.status, spec=job.spec,
-            progress=Progress(epoch=job.progress_epoch, fraction=job.progress_fraction,
-                              epochs=job.spec["training"]["epochs"]),
-            attempts=job.attempts, worker=job.worker, cancel_requested=job.cancel_requested,
-            error=job.error, result=job.result, created_at=job.created_at,
-            started_at=job.started_at, finished_at=job.finished_at,
-            links=JobLinks(self=base, epochs=f"{base}/epochs", artifacts=f"{base}/artifacts",
-                           cancel=f"{base}/cancel"),
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            spec=job.spec,
+            progress=Progress(
+                epoch=job.progress_epoch,
+                fraction=job.progress_fraction,
+                epochs=job.spec["training"]["epochs"],
+            ),
+            attempts=job.attempts,
+            worker=job.worker,
+            cancel_requested=job.cancel_requested,
+            error=job.error,
+            result=job.result,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            links=JobLinks(
+                self=base,
+                epochs=f"{base}/epochs",
+                artifacts=f"{base}/artifacts",
+                cancel=f"{base}/cancel",
+            ),
             **extra,
         )
 

@@ -73,7 +73,10 @@ def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None = None, limit: int = 50,
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Newest first. The cursor is the last id of the previous page: ids only grow, so jobs
@@ -157,7 +160,10 @@ class Lease:
 
 
 def renew_lease(
-    session: Session, job_id: int, worker: str, lease_seconds: float,
+    session: Session,
+    job_id: int,
+    worker: str,
+    lease_seconds: float,
     progress: tuple[int, float] | None = None,
 ) -> Lease:
     """The heartbeat: extend the lease, store progress, and read the cancel flag."""
@@ -189,8 +195,12 @@ def record_epoch(session: Session, job_id: int, worker: str, metrics: dict[str, 
 
 
 def finish_job(
-    session: Session, job_id: int, worker: str, status: JobStatus,
-    result: dict[str, Any] | None = None, error: str | None = None,
+    session: Session,
+    job_id: int,
+    worker: str,
+    status: JobStatus,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
 ) -> bool:
     """End a job this worker owns as succeeded, failed or cancelled. False: lease lost."""
     job = _owned(session, job_id, worker)
@@ -254,7 +264,13 @@ def _owned(session: Session, job_id: int, worker: str) -> Job | None:
     return job
 
 
-def _end(job: Job, status: JobStatus, now: datetime, *, result: dict[str, Any] | None = None,
-         error: str | None = None) -> None:
+def _end(
+    job: Job,
+    status: JobStatus,
+    now: datetime,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
     job.status, job.finished_at, job.lease_expires_at = status, now, None
     job.result, job.error = result, error

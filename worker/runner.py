@@ -67,16 +67,24 @@ class LeaseKeeper(threading.Thread):
             attempt = time.monotonic()
             try:
                 with session_scope() as session:
-                    lease = store.renew_lease(session, self.job_id, self.worker,
-                                              self.settings.lease_seconds, self._progress)
+                    lease = store.renew_lease(
+                        session,
+                        self.job_id,
+                        self.worker,
+                        self.settings.lease_seconds,
+                        self._progress,
+                    )
             except Exception:  # a database hiccup: the lease has slack for a few missed beats
                 log.exception("job %s: heartbeat failed", self.job_id)
                 # Fence ourselves before the lease can expire: another worker may take the job
                 # over then, and two trainings must never share its folder.
                 slack = self.settings.lease_seconds - self.settings.heartbeat_seconds
                 if time.monotonic() - renewed > slack:
-                    log.error("job %s: lease not renewed for %.0f s; stopping", self.job_id,
-                              time.monotonic() - renewed)
+                    log.error(
+                        "job %s: lease not renewed for %.0f s; stopping",
+                        self.job_id,
+                        time.monotonic() - renewed,
+                    )
                     self.fenced = True
                     self.lost.set()
                 continue
@@ -123,8 +131,14 @@ def execute(job_id: int) -> Outcome:
             shutil.rmtree(out, ignore_errors=True)  # a stale folder of an older database's job
         else:
             _restore_epochs(job_id, me, out)
-        result = run(spec, out, on_epoch=lambda m: _record(job_id, me, m),
-                     on_progress=keeper.progress, should_cancel=keeper.should_stop, resume=True)
+        result = run(
+            spec,
+            out,
+            on_epoch=lambda m: _record(job_id, me, m),
+            on_progress=keeper.progress,
+            should_cancel=keeper.should_stop,
+            resume=True,
+        )
     except LeaseLost:
         return Outcome("lost")
     except Cancelled:

@@ -28,8 +28,11 @@ def _broker_ping() -> None:
         conn.default_channel.queue_declare(queue=celery_app.conf.task_default_queue)
 
 
-@router.get("/readyz", summary="The database and the broker are reachable",
-            responses={503: {"model": ErrorOut}})
+@router.get(
+    "/readyz",
+    summary="The database and the broker are reachable",
+    responses={503: {"model": ErrorOut}},
+)
 async def readyz() -> JSONResponse:
     problems = []
     for name, check in (("database", ping), ("broker", _broker_ping)):

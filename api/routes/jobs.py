@@ -50,7 +50,8 @@ def get_epochs(job_id: int, session: SessionDep) -> list[EpochOut]:
 
 
 @router.post(
-    "/{job_id}/cancel", summary="Cancel a job",
+    "/{job_id}/cancel",
+    summary="Cancel a job",
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The job already ended"}},
 )
 def cancel_job(job_id: int, session: SessionDep) -> JobOut:
@@ -69,7 +70,8 @@ def list_artifacts(job_id: int, session: SessionDep, settings: SettingsDep) -> l
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}", summary="Download a file of the job",
+    "/{job_id}/artifacts/{name}",
+    summary="Download a file of the job",
     response_class=FileResponse,
     responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
 )
@@ -80,5 +82,6 @@ def download_artifact(
     files = {p.name: p for p in artifacts.available(settings, job_id)}  # known names only
     if name not in files:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")
-    return FileResponse(files[name], filename=f"job-{job_id}-{name}",
-                        media_type="application/octet-stream")
+    return FileResponse(
+        files[name], filename=f"job-{job_id}-{name}", media_type="application/octet-stream"
+    )

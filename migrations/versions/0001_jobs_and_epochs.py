@@ -25,8 +25,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(*STATUSES, name="job_status", native_enum=False, create_constraint=True,
-                    length=16),
+            sa.Enum(
+                *STATUSES, name="job_status", native_enum=False, create_constraint=True, length=16
+            ),
             nullable=False,
         ),
         sa.Column("spec", sa.JSON(), nullable=False),

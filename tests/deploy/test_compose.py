@@ -40,8 +40,11 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_example() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-             if line.strip() and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     return {name.strip(): value.strip() for name, value in pairs}
 
 
@@ -52,17 +55,32 @@ def docker_compose(tmp_path: Path, *args: str, env_file: Path) -> subprocess.Com
     # Only the given env file: neither the caller's environment nor a local .env may leak in.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
     return subprocess.run(
-        [exe, "--project-directory", str(ROOT), "--env-file", str(env_file), "-f", str(COMPOSE),
-         *args, "config", "-q"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            exe,
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(COMPOSE),
+            *args,
+            "config",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
-@pytest.mark.parametrize("profiles", [(), ("cpu",), ("cpu", "monitoring")],
-                         ids=["gpu", "cpu", "cpu+monitoring"])
+@pytest.mark.parametrize(
+    "profiles", [(), ("cpu",), ("cpu", "monitoring")], ids=["gpu", "cpu", "cpu+monitoring"]
+)
 @pytest.mark.parametrize("env_name", ["defaults", ".env.example"])
-def test_docker_compose_validates_the_file(tmp_path: Path, profiles: tuple[str, ...],
-                                           env_name: str) -> None:
+def test_docker_compose_validates_the_file(
+    tmp_path: Path, profiles: tuple[str, ...], env_name: str
+) -> None:
     env_file = ENV_EXAMPLE
     if env_name == "defaults":
         env_file = tmp_path / "empty.env"
@@ -89,8 +107,11 @@ def test_worker_reserves_gpus_and_cpu_worker_does_not(services: dict[str, Any]) 
     # The CPU worker is the same worker otherwise.
     for key in ("image", "environment", "volumes", "stop_grace_period", "depends_on"):
         assert services["worker-cpu"][key] == services["worker"][key], key
-    assert services["worker"]["command"][:2] == services["worker-cpu"]["command"][:2] == [
-        "lsq", "worker"]
+    assert (
+        services["worker"]["command"][:2]
+        == services["worker-cpu"]["command"][:2]
+        == ["lsq", "worker"]
+    )
 
 
 def test_healthchecks_and_dependencies(services: dict[str, Any]) -> None:
@@ -100,8 +121,10 @@ def test_healthchecks_and_dependencies(services: dict[str, Any]) -> None:
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
     for name in ("api", "worker", "worker-cpu"):
         depends = services[name]["depends_on"]
-        assert depends == {"postgres": {"condition": "service_healthy"},
-                           "redis": {"condition": "service_healthy"}}, name
+        assert depends == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }, name
     assert services["flower"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
@@ -213,8 +236,13 @@ def test_dockerignore_allows_only_what_the_dockerfile_copies() -> None:
     patterns = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in patterns, "an allowlist keeps .venv, .git and .env out of the build context"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    copied = {src.rstrip("/") for stage in dockerfile_stages() for i, a in stage if i == "COPY"
-              and "--from=" not in a for src in a.split()[:-1]}
+    copied = {
+        src.rstrip("/")
+        for stage in dockerfile_stages()
+        for i, a in stage
+        if i == "COPY" and "--from=" not in a
+        for src in a.split()[:-1]
+    }
     assert copied and copied <= allowed
 
 

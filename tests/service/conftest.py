@@ -30,9 +30,19 @@ PG_SERVER = os.environ.get(
 )
 REDIS_URL = os.environ.get("LSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Settings the service reads; a test's environment must not leak into the processes it starts.
-SERVICE_ENV = ("DATABASE_URL", "CELERY_BROKER_URL", "LSQ_DATA_DIR", "LSQ_ARTIFACTS_DIR",
-               "LSQ_QUEUE", "LSQ_URL", "LSQ_HEARTBEAT_SECONDS", "LSQ_LEASE_SECONDS",
-               "LSQ_RETRY_SECONDS", "LSQ_VISIBILITY_TIMEOUT", "CUDA_VISIBLE_DEVICES")
+SERVICE_ENV = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "LSQ_DATA_DIR",
+    "LSQ_ARTIFACTS_DIR",
+    "LSQ_QUEUE",
+    "LSQ_URL",
+    "LSQ_HEARTBEAT_SECONDS",
+    "LSQ_LEASE_SECONDS",
+    "LSQ_RETRY_SECONDS",
+    "LSQ_VISIBILITY_TIMEOUT",
+    "CUDA_VISIBLE_DEVICES",
+)
 FINISHED = ("succeeded", "failed", "cancelled")
 
 # A job that learns well above chance (10 classes) in a second or two on a CPU.
@@ -113,8 +123,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def service_env(data_dir: Path, database_url: str | None = None, broker_url: str | None = None,
-                **extra: str) -> dict[str, str]:
+def service_env(
+    data_dir: Path, database_url: str | None = None, broker_url: str | None = None, **extra: str
+) -> dict[str, str]:
     """The environment of a service process: embedded defaults unless URLs are given."""
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
     env |= {
@@ -139,12 +150,17 @@ CLI = (sys.executable, "-m", "api.cli")
 class Proc:
     """A process (by default `python -m api.cli ARGS`) with its output in a log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path,
-                 program: tuple[str, ...] = CLI) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, program: tuple[str, ...] = CLI
+    ) -> None:
         self.log = log
         self._file = log.open("ab")
         self.popen = subprocess.Popen(
-            [*program, *args], env=env, cwd=ROOT, stdout=self._file, stderr=subprocess.STDOUT,
+            [*program, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -211,8 +227,12 @@ class Service:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait(self, job_id: int, until: Callable[[dict[str, Any]], bool] | None = None,
-             timeout: float = 120) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: int,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 120,
+    ) -> dict[str, Any]:
         """Poll a job until `until(job)` (default: it ended); fail with the logs on timeout."""
         until = until or (lambda job: job["status"] in FINISHED)
         deadline = time.monotonic() + timeout
@@ -238,7 +258,8 @@ class Service:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def service(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     """The service on embedded defaults (SQLite + SQLite broker) or on PostgreSQL + Redis."""
     backend = request.param

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def lsq(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_serve_then_submit_and_status(tmp_path: Path) -> None:
@@ -45,7 +51,7 @@ def test_serve_then_submit_and_status(tmp_path: Path) -> None:
         done = lsq("submit", str(spec), "--wait", env=env)
         assert done.returncode == 0, done.stdout + done.stderr + serve.output()
         assert "'cli': succeeded" in done.stdout
-        table = done.stdout[done.stdout.index("epoch train_loss"):].splitlines()
+        table = done.stdout[done.stdout.index("epoch train_loss") :].splitlines()
         assert [row.split()[0] for row in table[1:]] == ["1", "2"]
 
         shown = lsq("status", "1", "--json", env=env)

@@ -77,11 +77,14 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
     fp = service.submit(tiny_spec("fp32"))
     assert fp["status"] == "queued" and fp["links"]["self"] == f"/v1/jobs/{fp['id']}"
     # The quantized job is submitted at once; it starts from the first one's final model.
-    q = service.submit(tiny_spec(
-        "2bit", model={"init": {"job": fp["id"]}},
-        quantization={"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
-        training={"epochs": 2, "lr": 0.01},
-    ))
+    q = service.submit(
+        tiny_spec(
+            "2bit",
+            model={"init": {"job": fp["id"]}},
+            quantization={"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
+            training={"epochs": 2, "lr": 0.01},
+        )
+    )
 
     fp = service.wait(fp["id"])
     assert fp["status"] == "succeeded", fp["error"]
@@ -196,8 +199,10 @@ def test_a_job_survives_its_worker_stopping_and_dying(service: Service) -> None:
     assert released["status"] == "queued" and released["attempts"] == 1
 
     service.worker = service.start_worker()
-    running = service.wait(job["id"], until=lambda j: j["attempts"] == 2
-                           and len(j["epochs"]) >= len(released["epochs"]) + 1)
+    running = service.wait(
+        job["id"],
+        until=lambda j: j["attempts"] == 2 and len(j["epochs"]) >= len(released["epochs"]) + 1,
+    )
     before_kill = running["epochs"]
     service.worker.stop(signal.SIGKILL)
     service.worker = service.start_worker()

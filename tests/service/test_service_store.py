@@ -22,8 +22,16 @@ from .conftest import ROOT, service_env, tiny_spec
 
 HEAD = "0002"  # the newest migration in migrations/versions
 
-METRICS = {"train_loss": 1.0, "train_top1": 50.0, "test_loss": 1.1, "test_top1": 40.0,
-           "test_top5": 90.0, "lr": 0.1, "seconds": 1.5, "images_per_second": 300.0}
+METRICS = {
+    "train_loss": 1.0,
+    "train_top1": 50.0,
+    "test_loss": 1.1,
+    "test_top1": 40.0,
+    "test_top5": 90.0,
+    "lr": 0.1,
+    "seconds": 1.5,
+    "images_per_second": 300.0,
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -215,8 +223,13 @@ def test_migrations_run_safely_when_several_processes_start_at_once(database_url
     """Every API and worker process upgrades the schema at start; they may start together."""
     at = str(time.time() + 4)
     procs = [
-        subprocess.Popen([sys.executable, "-c", UPGRADE_AT, database_url, at], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", UPGRADE_AT, database_url, at],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(6)
     ]
     outputs = [p.communicate(timeout=100)[0] for p in procs]
@@ -229,9 +242,14 @@ def test_migrations_run_safely_when_several_processes_start_at_once(database_url
 
 
 def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], cwd=ROOT,
-                          env=service_env(tmp_path, database_url), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "db", "upgrade"],
+        cwd=ROOT,
+        env=service_env(tmp_path, database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "latest revision" in done.stdout
     assert inspect(make_engine(database_url)).has_table("epochs")
