@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from lsq.metrics import EpochMetrics, RunResult, epoch_table, summary_line
+from lsq.spec import format_errors
+
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -84,22 +87,8 @@ def _describe_error(response: httpx.Response) -> str:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}: {response.text[:500]}"
-    lines = [f"HTTP {response.status_code} {error['message']}"]
-    lines += [f"  {f['field']}: {f['message']}" for f in error.get("fields", [])]
-    return "\n".join(lines)
-
-
-def format_epochs(epochs: list[dict[str, Any]]) -> str:
-    head = (
-        f"{'epoch':>5} {'train_loss':>10} {'train_top1':>10} {'test_loss':>9} "
-        f"{'test_top1':>9} {'test_top5':>9} {'lr':>8} {'seconds':>8}"
-    )
-    rows = [
-        f"{e['epoch']:>5} {e['train_loss']:>10.4f} {e['train_top1']:>10.2f} {e['test_loss']:>9.4f} "
-        f"{e['test_top1']:>9.2f} {e['test_top5']:>9.2f} {e['lr']:>8.5f} {e['seconds']:>8.1f}"
-        for e in epochs
-    ]
-    return "\n".join([head, *rows])
+    fields = [(f["field"], f["message"]) for f in error.get("fields", [])]
+    return format_errors(f"HTTP {response.status_code} {error['message']}", fields)
 
 
 def format_job(job: dict[str, Any]) -> str:
@@ -113,14 +102,25 @@ def format_job(job: dict[str, Any]) -> str:
     if job["error"]:
         lines.append(f"error: {job['error']}")
     if job["result"]:
-        r = job["result"]
+        r = RunResult.model_validate(job["result"])
         line = (
-            f"result: final top-1 {r['final_top1']:.2f}%, top-5 {r['final_top5']:.2f}%; "
-            f"best top-1 {r['best_top1']:.2f}% (epoch {r['best_epoch']})"
+            f"result: final top-1 {r.final_top1:.2f}%, top-5 {r.final_top5:.2f}%; "
+            f"best top-1 {r.best_top1:.2f}% (epoch {r.best_epoch})"
         )
-        if r.get("init_top1") is not None:
-            line += f"; start {r['init_top1']:.2f}%, drop {r['drop_top1']:.2f} points"
+        if r.init_top1 is not None:
+            line += f"; start {r.init_top1:.2f}%, drop {r.drop_top1:.2f} points"
         lines.append(line)
     if job["epochs"]:
-        lines.append(format_epochs(job["epochs"]))
+        lines.append(epoch_table([EpochMetrics.model_validate(e) for e in job["epochs"]]))
     return "\n".join(lines)
+
+
+def job_summary(job: dict[str, Any], where: str) -> str:
+    """How a job ended, in a line or two: what it kept, or why it failed, and its files."""
+    head = f"job {job['id']} {job['status']}"
+    if job["error"]:
+        return f"{head}: {job['error']}"
+    if not job["result"]:
+        return f"{head} after {len(job['epochs'])} epoch(s)"
+    line = summary_line(job["spec"], RunResult.model_validate(job["result"]))
+    return f"{head}: {line}\n  files: {where}"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from lsq.spec import describe_errors
+
 from .schemas import ErrorBody, ErrorField, ErrorOut
+from .spec import ServiceJobSpec
 from .store import InvalidField, JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ CODES = {
     500: "internal",
     503: "unavailable",
 }
-# Where FastAPI says a value came from; the field name alone is clearer to a client.
-SOURCES = ("body", "query", "path", "header")
 
 
 def error_response(status: int, message: str, fields: Iterable[ErrorField] = ()) -> JSONResponse:
@@ -34,25 +35,13 @@ def error_response(status: int, message: str, fields: Iterable[ErrorField] = ())
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def field_name(loc: Sequence[str | int], kind: str = "") -> str:
-    """`model.init.job`, not pydantic's `model.init.JobRef.job`: tags of a union's members and
-    validator names are not fields (capitalised, or not identifiers); bad JSON is the body's."""
-    if kind == "json_invalid":
-        return "body"
-    parts = [str(p) for p in loc]
-    if len(parts) > 1 and parts[0] in SOURCES:
-        parts = parts[1:]
-    parts = [p for p in parts if p.isdigit() or (p.isidentifier() and not p[0].isupper())]
-    return ".".join(parts) or "body"
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            ErrorField(field=field_name(e["loc"], e["type"]), message=e["msg"])
-            for e in exc.errors()
-        ]
+        # The same presentation as `lsq run`: the field's dotted name, what it accepts, and
+        # for an unknown key the accepted ones and the closest (only bodies are job specs).
+        described = describe_errors(exc.errors(), ServiceJobSpec)
+        fields = [ErrorField(field=field, message=message) for field, message in described]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)
 

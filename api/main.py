@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse
 
 from . import errors
 from .db import upgrade_database
@@ -27,6 +28,11 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     errors.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def _home() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
     app.include_router(jobs.router)
     app.include_router(health.router)
     return app

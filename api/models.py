@@ -20,6 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from lsq.metrics import EpochMetrics
+from lsq.spec import SPEC_VERSION
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -83,6 +86,8 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[JobStatus] = mapped_column(STATUS, default=JobStatus.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The version of lsq.spec the spec was written with; older ones are upgraded when read.
+    spec_version: Mapped[int] = mapped_column(Integer, default=SPEC_VERSION)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -109,32 +114,22 @@ class Job(Base):
 
 
 class Epoch(Base):
-    """The metrics of one finished epoch; (job_id, epoch) is the key, so a rewrite is idempotent."""
+    """The metrics of one finished epoch; (job_id, epoch) is the key, so a rewrite is idempotent.
+
+    One column per field of lsq.metrics.EpochMetrics (added below, so a new metric is a field
+    there and a migration that adds its column)."""
 
     __tablename__ = "epochs"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float] = mapped_column(Float)
-    train_top1: Mapped[float] = mapped_column(Float)
-    test_loss: Mapped[float] = mapped_column(Float)
-    test_top1: Mapped[float] = mapped_column(Float)
-    test_top5: Mapped[float] = mapped_column(Float)
-    lr: Mapped[float] = mapped_column(Float)
-    seconds: Mapped[float] = mapped_column(Float)
-    images_per_second: Mapped[float] = mapped_column(Float)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="epochs")
 
 
-EPOCH_METRICS = (
-    "train_loss",
-    "train_top1",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "lr",
-    "seconds",
-    "images_per_second",
-)
+EPOCH_METRICS = tuple(name for name in EpochMetrics.model_fields if name != "epoch")
+for _name in EPOCH_METRICS:
+    _field = EpochMetrics.model_fields[_name]
+    _type = Integer if _field.annotation is int else Float
+    setattr(Epoch, _name, mapped_column(_type, nullable=not _field.is_required()))

@@ -1,51 +1,23 @@
-"""Response bodies. The request body is lsq.spec.JobSpec itself, never a copy of it."""
+"""Response bodies. The request body is the job spec (api.spec, lsq's JobSpec with one more
+kind of model.init); epochs and results are lsq's own records, never copies of them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from lsq.spec import JobSpec
+from lsq.metrics import EpochMetrics, RunResult
 
 from .models import Epoch, Job, JobStatus
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class EpochOut(_Out):
-    epoch: int
-    train_loss: float
-    train_top1: float = Field(description="Training accuracy in percent")
-    test_loss: float
-    test_top1: float = Field(description="Test top-1 accuracy in percent")
-    test_top5: float = Field(description="Test top-5 accuracy in percent")
-    lr: float
-    seconds: float
-    images_per_second: float
+from .store import stored_spec
 
 
 class Progress(BaseModel):
     epoch: int = Field(description="The epoch being trained (1-based); 0 before the first")
     fraction: float = Field(description="Fraction of that epoch done, 0 to 1")
     epochs: int = Field(description="Epochs the job trains in all")
-
-
-class JobResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    final_top1: float
-    final_top5: float
-    best_top1: float
-    best_top5: float
-    best_epoch: int
-    init_top1: float | None = Field(None, description="Accuracy of the starting model")
-    init_top5: float | None = None
-    drop_top1: float | None = Field(None, description="init_top1 - final_top1")
-    drop_top5: float | None = None
 
 
 class JobLinks(BaseModel):
@@ -59,13 +31,16 @@ class JobOut(BaseModel):
     id: int
     name: str
     status: JobStatus
-    spec: JobSpec
+    spec: dict[str, Any] = Field(
+        description="The job spec as submitted (the body of POST /v1/jobs), upgraded to the "
+        "current spec version; returned as stored, so an old job stays readable"
+    )
     progress: Progress
     attempts: int = Field(description="How many times a worker started (or resumed) the job")
     worker: str | None = Field(description="The worker that runs (or ran) the job")
     cancel_requested: bool
     error: str | None
-    result: JobResult | None
+    result: RunResult | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -73,16 +48,16 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: Job, **extra: Any) -> JobOut:
-        base = f"/v1/jobs/{job.id}"
+        base, spec = f"/v1/jobs/{job.id}", stored_spec(job)
         return cls(
             id=job.id,
             name=job.name,
             status=job.status,
-            spec=job.spec,
+            spec=spec,
             progress=Progress(
                 epoch=job.progress_epoch,
                 fraction=job.progress_fraction,
-                epochs=job.spec["training"]["epochs"],
+                epochs=spec["training"]["epochs"],
             ),
             attempts=job.attempts,
             worker=job.worker,
@@ -103,12 +78,12 @@ class JobOut(BaseModel):
 
 
 class JobDetail(JobOut):
-    epochs: list[EpochOut] = Field(description="Every finished epoch so far, in order")
+    epochs: list[EpochMetrics] = Field(description="Every finished epoch so far, in order")
 
     @classmethod
     def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
         rows = job.epochs if epochs is None else epochs
-        return super().of(job, epochs=[EpochOut.model_validate(e) for e in rows])
+        return super().of(job, epochs=[EpochMetrics.model_validate(e) for e in rows])
 
 
 class JobPage(BaseModel):

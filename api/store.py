@@ -17,9 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from lsq.spec import MAX_JOB_ID, JobRef, JobSpec
+from lsq.metrics import EpochMetrics, RunResult
+from lsq.spec import upgrade_spec
 
 from .models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
+from .spec import MAX_JOB_ID, ServiceJobSpec, source_job
 
 
 class JobNotFound(LookupError):
@@ -43,12 +45,12 @@ class InvalidField(ValueError):
 # ---------------------------------------------------------------------------------- API side
 
 
-def create_job(session: Session, spec: JobSpec) -> Job:
+def create_job(session: Session, spec: ServiceJobSpec) -> Job:
     """Add a queued job. A ``model.init: {job: ID}`` must name a job that can still succeed."""
-    if isinstance(spec.model.init, JobRef):
-        source = session.get(Job, spec.model.init.job)
+    if (source_id := source_job(spec)) is not None:
+        source = session.get(Job, source_id)
         if source is None:
-            raise InvalidField("model.init.job", f"job {spec.model.init.job} does not exist")
+            raise InvalidField("model.init.job", f"job {source_id} does not exist")
         if source.status in (JobStatus.failed, JobStatus.cancelled):
             raise InvalidField(
                 "model.init.job",
@@ -58,6 +60,12 @@ def create_job(session: Session, spec: JobSpec) -> Job:
     session.add(job)
     session.flush()  # assigns the id
     return job
+
+
+def stored_spec(job: Job) -> dict[str, Any]:
+    """A job's spec document, upgraded to the current version of lsq.spec (never re-validated
+    here: a stored spec stays readable whatever the current model accepts)."""
+    return upgrade_spec(job.spec, job.spec_version)
 
 
 def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
@@ -176,13 +184,12 @@ def renew_lease(
     return Lease(held=True, cancel_requested=job.cancel_requested)
 
 
-def record_epoch(session: Session, job_id: int, worker: str, metrics: dict[str, Any]) -> bool:
+def record_epoch(session: Session, job_id: int, worker: str, metrics: EpochMetrics) -> bool:
     """Write one finished epoch (a rewrite of the same epoch replaces it). False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
-    values = {"job_id": job_id, "epoch": int(metrics["epoch"]), "recorded_at": utcnow()}
-    values |= {k: float(metrics[k]) for k in EPOCH_METRICS}
+    values = {"job_id": job_id, "recorded_at": utcnow(), **metrics.model_dump()}
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
         session.get_bind().dialect.name
     ]
@@ -199,14 +206,14 @@ def finish_job(
     job_id: int,
     worker: str,
     status: JobStatus,
-    result: dict[str, Any] | None = None,
+    result: RunResult | None = None,
     error: str | None = None,
 ) -> bool:
     """End a job this worker owns as succeeded, failed or cancelled. False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
-    _end(job, status, utcnow(), result=result, error=error)
+    _end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
     return True
 
 

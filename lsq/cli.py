@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from .spec import JobSpec
 
@@ -26,15 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"lsq run: {e}")  # a readable reason, not a traceback
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"lsq run: {e}")  # a readable reason (SpecError: field by field), no traceback
     except KeyboardInterrupt:
         sys.exit("lsq run: interrupted; continue with lsq run --resume DIR")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .train import run
-
     if args.resume:
         if args.spec or args.out:
             sys.exit("lsq run: --resume DIR takes no SPEC or --out (the run folder holds both)")
@@ -47,22 +42,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sys.exit("lsq run: give a SPEC file or --resume DIR")
 
+    from .metrics import summary_line, table_header, table_row
+    from .train import run  # torch loads here, after the spec is known to be good
+
     print(f"{spec.name}: {spec.model.arch} on {spec.dataset.name}, writing to {out}")
-    print(
-        f"{'epoch':>5} {'train_loss':>10} {'train_top1':>10} {'test_loss':>9} "
-        f"{'test_top1':>9} {'test_top5':>9} {'lr':>8} {'img/s':>7}"
-    )
-
-    def show(m: dict) -> None:
-        print(
-            f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_top1']:>10.2f} "
-            f"{m['test_loss']:>9.4f} {m['test_top1']:>9.2f} {m['test_top5']:>9.2f} "
-            f"{m['lr']:>8.5f} {m['images_per_second']:>7.0f}",
-            flush=True,
-        )
-
-    result = run(spec, out, on_epoch=show, resume=bool(args.resume), progress_bar=True)
-    print(json.dumps(result, indent=2))
+    print(table_header())
+    on_epoch = lambda m: print(table_row(m), flush=True)  # noqa: E731
+    result = run(spec, out, on_epoch=on_epoch, resume=bool(args.resume), progress_bar=True)
+    print(summary_line(spec.model_dump(mode="json"), result))
+    print(f"files in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from .layers import QUANTIZED
 from .levels import LevelSet, parse_levels
+from .spec import QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
 
@@ -60,6 +61,14 @@ def quantize_model(
             continue
         _set_submodule(model, name, twin.from_float(module, w, a, per_channel))
     return model
+
+
+def quantize_as_specified(model: nn.Module, q: QuantizationSpec) -> nn.Module:
+    """A job spec's `quantization` applied to `model` in place (unchanged when it is off)."""
+    if not q.enabled:
+        return model
+    per_channel = q.granularity == "per_channel"
+    return quantize_model(model, q.weight, q.activation, q.first_last, per_channel, inplace=True)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -89,13 +91,48 @@ def broadcast_steps(model: nn.Module) -> None:
             dist.broadcast(p.data, src=0)
 
 
-def gather(v: torch.Tensor) -> list[list[float]]:
-    """The vector v of every rank, as lists (for the record in the checkpoint)."""
-    if not dist.is_initialized():
-        return [v.tolist()]
-    out = [torch.empty_like(v) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, v.contiguous())
-    return [o.tolist() for o in out]
-
-
 SINGLE = Rank()
+T = TypeVar("T")
+
+
+def launch(
+    world: int,
+    device_type: str,
+    rank_main: Callable[..., None],
+    args: tuple[Any, ...],
+    main: Callable[[Rank], T],
+) -> T:
+    """Run `main(rank 0)` in this process and `rank_main(index, world, port, device_type, *args)`
+    in spawned processes for ranks 1..world-1 (index 0-based); return rank 0's result."""
+    port = free_port()
+    others = torch.multiprocessing.start_processes(
+        rank_main,
+        args=(world, port, device_type, *args),
+        nprocs=world - 1,
+        join=False,
+        start_method="spawn",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // world))  # the ranks share this host's cores
+    try:
+        init(Rank(0, world), port, device_type)
+        result = main(Rank(0, world))
+    except BaseException:
+        for p in others.processes:  # they would wait in a collective for rank 0 until timeout
+            p.kill()
+            p.join()
+        raise
+    finally:
+        close()
+        torch.set_num_threads(threads)
+    while not others.join():
+        pass
+    return result
+
+
+def join(index: int, world: int, port: int, device_type: str) -> Rank:
+    """In a spawned process: join the job's process group as rank index + 1."""
+    rank = Rank(index + 1, world)
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    init(rank, port, device_type)
+    return rank

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .convert import quantize_model
+from .convert import quantize_as_specified
 from .layers import QuantConv2d, QuantLinear
 from .networks import build_model
 from .quantizer import MIN_STEP
@@ -67,11 +67,7 @@ def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
     spec = JobSpec.model_validate(data["spec"])
     info = data["dataset"]
     model = build_model(spec.model.arch, info["num_classes"], info["in_channels"])
-    q = spec.quantization
-    if q.enabled:
-        model = quantize_model(
-            model, q.weight, q.activation, q.first_last, q.granularity == "per_channel"
-        )
+    model = quantize_as_specified(model, spec.quantization)
     state = dict(data["float_state"])
     for name, layer in data["layers"].items():
         step = layer["weight_step"]

@@ -1,15 +1,19 @@
-"""Quantized twins of Conv2d and Linear: the torch layer plus a weight and an input quantizer."""
+"""Quantized twins of Conv2d and Linear: the torch layer plus a weight and an input quantizer.
+
+Each is built like its torch parent, with the level sets as keyword arguments
+(``QuantConv2d(3, 16, 3, weight_levels=[-1, 0, 1], activation_levels=[0, 1, 2, 3])``);
+``from_float`` builds one with a float layer's hyperparameters and copies its weights.
+A side whose level set is None stays full precision.
+"""
 
 from __future__ import annotations
 
-import copy
-from typing import Self
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .levels import LevelSet
 from .quantizer import LsqQuantizer
 
 
@@ -17,38 +21,77 @@ def _maybe(quantizer: LsqQuantizer | None, v: torch.Tensor) -> torch.Tensor:
     return v if quantizer is None else quantizer(v)
 
 
-class _Quantized:
-    """Built from a float layer; a side whose level set is None stays full precision."""
+class _Quantized(nn.Module):
+    """Mixed in before the torch layer: its arguments, then the level sets as keywords."""
 
     weight: nn.Parameter
-    weight_quantizer: LsqQuantizer | None
-    input_quantizer: LsqQuantizer | None
+    bias: nn.Parameter | None
+
+    def __init__(
+        self,
+        *args: Any,
+        weight_levels: Any = None,
+        activation_levels: Any = None,
+        per_channel: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
+        channels = self.weight.shape[0] if per_channel else 1
+        self.weight_quantizer = None
+        if weight_levels is not None:
+            self.weight_quantizer = LsqQuantizer(weight_levels, channels=channels)
+            self.weight_quantizer.init_from(self.weight)
+        self.input_quantizer = None
+        if activation_levels is not None:
+            self.input_quantizer = LsqQuantizer(activation_levels, activation=True)
+
+    @staticmethod
+    def _hyperparameters(layer: nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
 
     @classmethod
     def from_float(
         cls,
         layer: nn.Module,
-        weight: LevelSet | None,
-        activation: LevelSet | None,
+        weight: Any = None,
+        activation: Any = None,
         per_channel: bool = False,
     ) -> Self:
-        q = copy.deepcopy(layer)  # every hyperparameter, the weight and the bias, as they are
-        q.__class__ = cls
-        channels = q.weight.shape[0] if per_channel else 1
-        q.weight_quantizer = LsqQuantizer(weight, channels=channels) if weight else None
-        if q.weight_quantizer is not None:
+        """The quantized twin of `layer`, with its hyperparameters, weight and bias."""
+        q = cls(
+            **cls._hyperparameters(layer),
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            weight_levels=weight,
+            activation_levels=activation,
+            per_channel=per_channel,
+        )
+        with torch.no_grad():
+            q.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                q.bias.copy_(layer.bias)
+        if q.weight_quantizer is not None:  # the paper's init, from the weights now in place
             q.weight_quantizer.init_from(q.weight)
-        q.input_quantizer = LsqQuantizer(activation, activation=True) if activation else None
-        return q
+        return q.train(layer.training)
 
 
 class QuantConv2d(_Quantized, nn.Conv2d):
+    @staticmethod
+    def _hyperparameters(layer: nn.Conv2d) -> dict[str, Any]:
+        names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
+        return {n: getattr(layer, n) for n in (*names, "groups", "padding_mode")}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _maybe(self.weight_quantizer, self.weight)
         return self._conv_forward(_maybe(self.input_quantizer, x), w, self.bias)
 
 
 class QuantLinear(_Quantized, nn.Linear):
+    @staticmethod
+    def _hyperparameters(layer: nn.Linear) -> dict[str, Any]:
+        return {"in_features": layer.in_features, "out_features": layer.out_features}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _maybe(self.weight_quantizer, self.weight)
         return F.linear(_maybe(self.input_quantizer, x), w, self.bias)

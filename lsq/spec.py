@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     PlainSerializer,
-    Tag,
+    ValidationError,
     WithJsonSchema,
 )
 
@@ -62,41 +65,22 @@ class DatasetSpec(_Strict):
     test_size: int | None = Field(None, ge=1, description="Seeded class-balanced test subset")
 
 
-# Job ids are 32-bit integers in the service's schema.
-MAX_JOB_ID = 2**31 - 1
-
-
-class JobRef(_Strict):
-    """Start from the final model of another job of the service (resolved by the worker)."""
-
-    job: int = Field(ge=1, le=MAX_JOB_ID)
-
-
-def _init_kind(value: Any) -> str | None:
-    if isinstance(value, str):
-        return "Path"
-    if isinstance(value, dict | JobRef):
-        return "JobRef"
-    return None
-
-
-# One error per mistake (not one per union member): the value's type picks the member.
-Init = Annotated[
-    Annotated[str, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
-    Discriminator(
-        _init_kind,
-        custom_error_type="init",
-        custom_error_message="expected null, 'pretrained', a path, or {job: ID}",
-    ),
-]
+def _local_init(value: Any) -> Any:
+    if isinstance(value, dict):
+        raise ValueError(
+            f"got {value!r}; a job of the service is named only in specs submitted to it: "
+            "give the path of that job's model.pt"
+        )
+    return value
 
 
 class ModelSpec(_Strict):
     arch: Arch
-    init: Init | None = Field(
+    # The service widens this field to accept {job: ID} as well (api.spec).
+    init: Annotated[str | None, BeforeValidator(_local_init)] = Field(
         None,
-        description="null (random init), 'pretrained' (torchvision ImageNet weights), the path "
-        "of a model.pt state dict, or {job: ID} for another job's final model",
+        description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
+        "of a model.pt state dict",
     )
 
 
@@ -111,6 +95,13 @@ class QuantizationSpec(_Strict):
     @property
     def enabled(self) -> bool:
         return self.weight is not None or self.activation is not None
+
+    def describe(self) -> str:
+        """E.g. 'W[-1,0,1] A[0,1,2,3], first/last float' or 'full precision'."""
+        if not self.enabled:
+            return "full precision"
+        sides = [f"{k}{v}" for k, v in (("W", self.weight), ("A", self.activation)) if v]
+        return f"{' '.join(sides)}, first/last {self.first_last}"
 
 
 class TrainingSpec(_Strict):
@@ -128,6 +119,19 @@ class TrainingSpec(_Strict):
     devices: int = Field(1, ge=1, description="Data-parallel processes on the worker's host")
 
 
+# The version of the spec's JSON form. Stored with every job; a change that would make stored
+# specs invalid bumps it and adds the function that upgrades the previous version's documents.
+SPEC_VERSION = 1
+UPGRADES: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """A spec document stored at `version`, brought to SPEC_VERSION."""
+    for v in range(version, SPEC_VERSION):
+        data = UPGRADES[v](data)
+    return data
+
+
 class JobSpec(_Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
@@ -138,9 +142,101 @@ class JobSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> JobSpec:
-        """Read a spec from a YAML or JSON file (YAML is a superset of JSON)."""
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+    def from_file(cls, path: str | Path) -> Self:
+        """Read a spec from a YAML or JSON file; SpecError says what is wrong, field by field."""
+        data = read_document(path)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(f"{path} is not a valid job spec", describe_errors(e, cls)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+
+# ------------------------------------------------------------------- errors, for both CLIs
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or validated; `fields` holds (dotted field, message) pairs."""
+
+    def __init__(self, message: str, fields: Sequence[tuple[str, str]] = ()) -> None:
+        self.message, self.fields = message, list(fields)
+        super().__init__(format_errors(message, self.fields))
+
+
+def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
+    """The one presentation of spec errors: a line, then one line per field."""
+    return "\n".join([message, *(f"  {field}: {text}" for field, text in fields)])
+
+
+def read_document(path: str | Path) -> Any:
+    """A YAML or JSON file (YAML is a superset of JSON), with errors a person can act on."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
+        raise SpecError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
+
+
+# Where FastAPI says a value came from; the field name alone is clearer to a client.
+SOURCES = ("body", "query", "path", "header")
+
+
+def field_name(loc: Sequence[str | int], kind: str = "") -> str:
+    """`model.init.job`, not pydantic's `model.init.JobRef.job`: tags of a union's members and
+    validator names are not fields (capitalised, or not identifiers); bad JSON is the body's."""
+    if kind == "json_invalid":
+        return "body"
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in SOURCES:
+        parts = parts[1:]
+    parts = [p for p in parts if p.isdigit() or (p.isidentifier() and not p[0].isupper())]
+    return ".".join(parts) or "body"
+
+
+def describe_errors(
+    errors: ValidationError | Sequence[dict[str, Any]], root: type[BaseModel] | None = None
+) -> list[tuple[str, str]]:
+    """(field, message) per error; an unknown key names the accepted ones and the closest."""
+    if isinstance(errors, ValidationError):
+        errors = errors.errors()
+    described = []
+    for e in errors:
+        field, message = field_name(e["loc"], e["type"]), e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and root is not None:
+            message = _unknown_key(field, root) or message
+        described.append((field, message))
+    return described
+
+
+def _unknown_key(field: str, root: type[BaseModel]) -> str | None:
+    *parents, key = field.split(".")
+    model: type[BaseModel] | None = root
+    for part in parents:
+        info = model.model_fields.get(part) if model else None
+        model = _model_in(info.annotation) if info else None
+    if model is None:
+        return None
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {guess}accepted: {', '.join(known)}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `ModelSpec | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            if found := _model_in(arg):
+                return found
+    return None

@@ -1,4 +1,4 @@
-"""The Celery app. The API imports it to publish jobs, so nothing here imports torch.
+"""The Celery app of the workers: the consumer side of api.queue, and its start-up duties.
 
 One worker process trains one job at a time: the solo pool runs tasks in the worker process
 itself, so no process ever forks after torch has run in it (a forked child of a process that
@@ -13,36 +13,26 @@ import os
 import secrets
 import socket
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 
 from celery import Celery, signals
-from sqlalchemy.orm import Session
 
 from api import store
 from api.config import Settings, get_settings
-from api.db import after_commit, session_scope
+from api.db import session_scope
 from api.models import utcnow
+from api.queue import broker_config, enqueue, publish
 
-RUN_JOB = "lsq.run_job"
 # Set when the worker is asked to stop: a running job stops at the next batch and is requeued.
 SHUTTING_DOWN = threading.Event()
 log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("lsq", broker=settings.broker, include=["worker.tasks"])
-    # Embedded: kombu's SQLAlchemy transport on a SQLite file beside the database; it works
-    # across processes with nothing to install (workers poll it once a second). Its options go
-    # to create_engine, so it takes none of Redis's.
-    redis = {"visibility_timeout": settings.visibility_timeout}
+    app = Celery("lsq", include=["worker.tasks"])
     app.conf.update(
-        broker_transport_options={} if settings.embedded_broker else redis,
-        broker_connection_retry_on_startup=True,
-        task_default_queue=settings.queue,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,  # the database holds every outcome
+        broker_config(settings),
         # A message is acknowledged only when its job has ended, so a worker that dies
         # mid-job leaves it to be redelivered; the database lease keeps it from running twice.
         task_acks_late=True,
@@ -65,34 +55,6 @@ def worker_name() -> str:
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
     name = f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu else "")
     return f"{name}:{secrets.token_hex(3)}"
-
-
-def enqueue(job_id: int, *, at: datetime | None = None) -> None:
-    """Hand a job to the workers (after the transaction that created it has committed)."""
-    countdown = max(0.0, (at - utcnow()).total_seconds()) if at is not None else None
-    celery_app.send_task(RUN_JOB, args=[job_id], countdown=countdown)
-
-
-def publish(job_ids: list[int]) -> None:
-    """Enqueue queued jobs and record it; what fails stays unpublished for the next sweep."""
-    sent = []
-    for job_id in job_ids:
-        try:
-            enqueue(job_id)
-            sent.append(job_id)
-        except Exception:
-            log.exception("job %s is stored but not queued; a worker's sweep will", job_id)
-    try:
-        with session_scope() as session:
-            store.mark_published(session, sent)
-    except Exception:  # the sweep will publish them again: a duplicate message is harmless
-        log.exception("jobs %s were queued but could not be marked so", sent)
-
-
-def enqueue_when_committed(session: Session, job_id: int) -> None:
-    """Queue a new job once the transaction that stores it commits: a worker never gets a job
-    that then rolls back."""
-    after_commit(session, lambda: publish([job_id]))
 
 
 @signals.worker_init.connect

@@ -1,7 +1,7 @@
 """Run one delivered job: claim it, train it with lsq, record every epoch, end it.
 
 The database decides who runs a job. A worker claims it with a lease that a heartbeat thread
-renews; a second delivery of the same message finds the lease alive and only watches; a
+renews; a second delivery of the same message finds the lease alive and only waits; a
 delivery after the owner died (lease expired) takes over and resumes from the last
 checkpoint. Every error of the job itself ends the job ``failed``; the worker goes on.
 """
@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from api.artifacts import job_folder
 from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
 from api.models import JobStatus, utcnow
-from lsq.files import CHECKPOINT, MODEL
-from lsq.spec import JobRef, JobSpec
+from api.spec import ServiceJobSpec, for_the_core, source_job
+from lsq.files import MODEL
+from lsq.metrics import EpochMetrics, RunResult
+from lsq.spec import JobSpec
 
 from .app import SHUTTING_DOWN, worker_name
 
@@ -33,15 +36,49 @@ log = logging.getLogger(__name__)
 MAX_ERROR = 4000
 
 
+# ------------------------------------------------------------------- what a delivery leads to
+
+
 @dataclass(frozen=True)
-class Outcome:
-    status: str  # for the log: succeeded, failed, cancelled, released, lost, busy, waiting, ...
-    retry_in: float | None = None  # look at the job again after this many seconds
-    requeue: bool = False  # give the message back to the broker for the next worker
+class Ack:
+    """Done with the message: the job ended (`status`), or there was nothing to do (None)."""
+
+    status: JobStatus | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Look at the job again after `seconds` (another worker holds it, or it waits)."""
+
+    seconds: float
+    why: str
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Give the message back to the broker for the next worker (this one is stopping)."""
+
+    why: str
+
+
+Outcome = Ack | RetryLater | Requeue
+
+
+class Stop(StrEnum):
+    """Why a running job stopped before its last epoch; set where the stop is decided."""
+
+    cancelled = "cancelled"  # its owner asked (cancel_requested)
+    lease_lost = "lease_lost"  # another worker took the job over: write nothing more
+    fenced = "fenced"  # heartbeats failed for too long: this worker gave the lease up
+    shutdown = "shutdown"  # this worker is stopping: the job goes back to the queue
 
 
 class LeaseLost(Exception):
     """Another worker took the job over (this one missed its heartbeats): stop, write nothing."""
+
+
+# ---------------------------------------------------------------------------------- the lease
 
 
 class LeaseKeeper(threading.Thread):
@@ -50,16 +87,21 @@ class LeaseKeeper(threading.Thread):
     def __init__(self, job_id: int, worker: str, settings: Settings) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
-        self.cancelled, self.lost = threading.Event(), threading.Event()
-        self.fenced = False  # lost because the database was out of reach, not to another worker
+        self.stop_reason: Stop | None = None
         self._done = threading.Event()
         self._progress: tuple[int, float] | None = None
 
     def progress(self, epoch: int, fraction: float) -> None:
         self._progress = (epoch, fraction)  # written to the database by the next heartbeat
 
+    def stop_as(self, reason: Stop) -> None:
+        if self.stop_reason is None:  # the first reason decides
+            self.stop_reason = reason
+
     def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
+        if SHUTTING_DOWN.is_set():
+            self.stop_as(Stop.shutdown)
+        return self.stop_reason is not None
 
     def run(self) -> None:
         renewed = time.monotonic()
@@ -68,89 +110,96 @@ class LeaseKeeper(threading.Thread):
             try:
                 with session_scope() as session:
                     lease = store.renew_lease(
-                        session,
-                        self.job_id,
-                        self.worker,
-                        self.settings.lease_seconds,
+                        session, self.job_id, self.worker, self.settings.lease_seconds,
                         self._progress,
-                    )
+                    )  # fmt: skip
             except Exception:  # a database hiccup: the lease has slack for a few missed beats
                 log.exception("job %s: heartbeat failed", self.job_id)
-                # Fence ourselves before the lease can expire: another worker may take the job
-                # over then, and two trainings must never share its folder.
-                slack = self.settings.lease_seconds - self.settings.heartbeat_seconds
-                if time.monotonic() - renewed > slack:
-                    log.error(
-                        "job %s: lease not renewed for %.0f s; stopping",
-                        self.job_id,
-                        time.monotonic() - renewed,
-                    )
-                    self.fenced = True
-                    self.lost.set()
+                self._fence_if_late(renewed)
                 continue
             renewed = attempt
             if not lease.held:
-                self.lost.set()
+                self.stop_as(Stop.lease_lost)
             elif lease.cancel_requested:
-                self.cancelled.set()
+                self.stop_as(Stop.cancelled)
 
-    def stop(self) -> None:
+    def _fence_if_late(self, renewed: float) -> None:
+        """Stop before the lease can expire: another worker may take the job over then, and
+        two trainings must never share its folder."""
+        late = time.monotonic() - renewed
+        if late > self.settings.lease_seconds - self.settings.heartbeat_seconds:
+            log.error("job %s: lease not renewed for %.0f s; stopping", self.job_id, late)
+            self.stop_as(Stop.fenced)
+
+    def close(self) -> None:
         self._done.set()
         self.join()
 
 
+# -------------------------------------------------------------------------- claim, then run
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now holds the lease of."""
+
+    job_id: int
+    attempt: int
+    spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
+    source: JobStatus | None  # the status of the job it starts from, if any
+
+
 def execute(job_id: int) -> Outcome:
     """Everything a delivery of job `job_id` leads to; never raises for an error of the job."""
-    settings, me = get_settings(), worker_name()
-    from lsq.train import Cancelled, run  # torch loads in the worker only, at its first job
+    claimed = claim(job_id)
+    return claimed if not isinstance(claimed, Claimed) else run_claimed(claimed)
 
+
+def claim(job_id: int) -> Claimed | Outcome:
+    """Take the lease of a job that is ready to run, or say what to do with the message."""
+    settings = get_settings()
     with session_scope() as session:
         try:
             job = store.get_job(session, job_id)
         except store.JobNotFound:
-            return Outcome("missing")
-        source = _source_status(session, job.spec)
+            return Ack(None, "no such job")
+        spec = store.stored_spec(job)
+        source = _status_of(session, _source_id(spec))
         if job.status == JobStatus.queued and source in (JobStatus.queued, JobStatus.running):
-            log.info("job %s: waiting for job %s, the model it starts from", job_id, source)
-            return Outcome("waiting", retry_in=settings.retry_seconds)
-        claim = store.claim_job(session, job_id, me, settings.lease_seconds)
-        attempt, spec_data = (claim.job.attempts, claim.job.spec) if claim.job else (0, {})
+            log.info("job %s: waiting for job %s, its starting model", job_id, _source_id(spec))
+            return RetryLater(settings.retry_seconds, "its starting model is not ready")
+        claim = store.claim_job(session, job_id, worker_name(), settings.lease_seconds)
+        attempt = claim.job.attempts if claim.job else 0
     if claim.outcome == "busy":
         assert claim.retry_at is not None
-        return Outcome("busy", retry_in=max(1.0, (claim.retry_at - utcnow()).total_seconds() + 1))
+        wait = max(1.0, (claim.retry_at - utcnow()).total_seconds() + 1)
+        return RetryLater(wait, "another worker holds its lease")
     if claim.outcome != "claimed":
-        return Outcome(claim.outcome)
+        return Ack(None, f"job {claim.outcome}")
+    return Claimed(job_id, attempt, spec, source)
 
-    log.info("job %s: attempt %s on %s", job_id, attempt, me)
+
+def run_claimed(claimed: Claimed) -> Outcome:
+    """Train a claimed job to its end; every error of the job ends it `failed`."""
+    from lsq.train import Cancelled, run  # torch loads in the worker only, at its first job
+
+    settings, me, job_id = get_settings(), worker_name(), claimed.job_id
+    log.info("job %s: attempt %s on %s", job_id, claimed.attempt, me)
     out = job_folder(settings, job_id)
     keeper = LeaseKeeper(job_id, me, settings)
     keeper.start()
     try:
-        spec = _resolve(JobSpec.model_validate(spec_data), settings, source)
-        if attempt == 1:
-            shutil.rmtree(out, ignore_errors=True)  # a stale folder of an older database's job
-        else:
-            _restore_epochs(job_id, me, out)
-        result = run(
-            spec,
-            out,
-            on_epoch=lambda m: _record(job_id, me, m),
-            on_progress=keeper.progress,
-            should_cancel=keeper.should_stop,
-            resume=True,
-        )
+        spec = _core_spec(claimed, settings)
+        _prepare_folder(claimed, out, me)
+        record = lambda metrics: _record(job_id, me, metrics)  # noqa: E731
+        stop = keeper.should_stop
+        result = run(spec, out, on_epoch=record, on_progress=keeper.progress,
+                     should_cancel=stop, resume=True)  # fmt: skip
     except LeaseLost:
-        return Outcome("lost")
+        return Ack(None, "lost its lease")
     except Cancelled:
-        if keeper.fenced:  # maybe nobody else has the job: look again once the lease expired
-            return Outcome("fenced", retry_in=settings.lease_seconds)
-        if keeper.lost.is_set():
-            return Outcome("lost")
-        if keeper.cancelled.is_set():
-            return _finish(job_id, me, JobStatus.cancelled)
-        with session_scope() as session:  # the worker is stopping: give the job back
-            released = store.release_job(session, job_id, me)
-        return Outcome("released", requeue=True) if released else Outcome("lost")
+        assert keeper.stop_reason is not None
+        return _stopped(job_id, me, keeper.stop_reason, settings)
     except DATABASE_UNAVAILABLE:
         raise  # the database, not the job: the task tries again later (worker.tasks)
     except Exception as e:
@@ -158,55 +207,83 @@ def execute(job_id: int) -> Outcome:
         _free_memory()
         return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}"[:MAX_ERROR])
     finally:
-        keeper.stop()
+        keeper.close()
     return _finish(job_id, me, JobStatus.succeeded, result=result)
 
 
-def _source_status(session: Session, spec: dict[str, Any]) -> JobStatus | None:
-    """The status of the job this one starts from (model.init: {job: ID}), if any."""
+def _stopped(job_id: int, worker: str, reason: Stop, settings: Settings) -> Outcome:
+    match reason:
+        case Stop.cancelled:
+            return _finish(job_id, worker, JobStatus.cancelled)
+        case Stop.lease_lost:
+            return Ack(None, "another worker took it over")
+        case Stop.fenced:  # maybe nobody else has the job: look again once the lease expired
+            return RetryLater(settings.lease_seconds, "its lease could not be renewed")
+        case Stop.shutdown:  # give the job back for the next worker
+            with session_scope() as session:
+                released = store.release_job(session, job_id, worker)
+            return Requeue("the worker is stopping") if released else Ack(None, "lost its lease")
+
+
+def _source_id(spec: dict[str, Any]) -> int | None:
+    """The job a stored spec starts from (model.init: {job: ID}), read without validating."""
     init = spec.get("model", {}).get("init")
-    if not isinstance(init, dict) or "job" not in init:
+    return init.get("job") if isinstance(init, dict) else None
+
+
+def _status_of(session: Session, job_id: int | None) -> JobStatus | None:
+    if job_id is None:
         return None
     try:
-        return store.get_job(session, init["job"]).status
+        return store.get_job(session, job_id).status
     except store.JobNotFound:
         return None
 
 
-def _resolve(spec: JobSpec, settings: Settings, source: JobStatus | None) -> JobSpec:
-    """Replace model.init {job: ID} by the path of that job's final model."""
-    init = spec.model.init
-    if not isinstance(init, JobRef):
-        return spec
-    path = job_folder(settings, init.job) / MODEL
-    if source != JobStatus.succeeded or not path.is_file():
-        state = f"ended {source}" if source else "does not exist"
+def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
+    """The core's spec: `model.init: {job: ID}` replaced by the path of that job's model."""
+    spec = ServiceJobSpec.model_validate(claimed.spec)
+    source_id = source_job(spec)
+    if source_id is None:
+        return for_the_core(spec, None)
+    path = job_folder(settings, source_id) / MODEL
+    if claimed.source != JobStatus.succeeded or not path.is_file():
+        state = f"ended {claimed.source}" if claimed.source else "does not exist"
         raise FileNotFoundError(
-            f"model.init names job {init.job}, which {state}; there is no final model ({path})"
+            f"model.init names job {source_id}, which {state}; there is no final model ({path})"
         )
-    return spec.model_copy(update={"model": spec.model.model_copy(update={"init": str(path)})})
+    return for_the_core(spec, str(path))
 
 
-def _record(job_id: int, worker: str, metrics: dict[str, Any]) -> None:
+def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:
+    """A first attempt starts clean; a resume records the checkpoint's epochs again (the last
+    one may not have been recorded before the previous worker stopped)."""
+    if claimed.attempt == 1:
+        shutil.rmtree(out, ignore_errors=True)  # a stale folder of an older database's job
+        return
+    from lsq.outputs import saved_epochs
+
+    for metrics in saved_epochs(out):
+        _record(claimed.job_id, worker, metrics)
+
+
+def _record(job_id: int, worker: str, metrics: EpochMetrics) -> None:
     with session_scope() as session:
         if not store.record_epoch(session, job_id, worker, metrics):
             raise LeaseLost()
 
 
-def _restore_epochs(job_id: int, worker: str, out: Path) -> None:
-    """On a resume, write the checkpoint's epochs: the last one may not have been recorded."""
-    if (out / CHECKPOINT).is_file():
-        from lsq import checkpoint
-
-        for metrics in checkpoint.load(out / CHECKPOINT)["epochs"]:
-            _record(job_id, worker, metrics)
-
-
-def _finish(job_id: int, worker: str, status: JobStatus, **fields: Any) -> Outcome:
+def _finish(
+    job_id: int,
+    worker: str,
+    status: JobStatus,
+    result: RunResult | None = None,
+    error: str | None = None,
+) -> Outcome:
     with session_scope() as session:
-        ended = store.finish_job(session, job_id, worker, status, **fields)
+        ended = store.finish_job(session, job_id, worker, status, result=result, error=error)
     log.info("job %s: %s", job_id, status if ended else "lost its lease before it ended")
-    return Outcome(str(status) if ended else "lost")
+    return Ack(status) if ended else Ack(None, "lost its lease before it ended")
 
 
 def _free_memory() -> None:

@@ -9,9 +9,10 @@ from celery.exceptions import Reject
 
 from api.config import get_settings
 from api.db import DATABASE_UNAVAILABLE
+from api.queue import RUN_JOB
 
-from .app import RUN_JOB, SHUTTING_DOWN, celery_app
-from .runner import execute
+from .app import SHUTTING_DOWN, celery_app
+from .runner import Ack, Requeue, RetryLater, execute
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ def run_job(self: Task, job_id: int) -> str:
         # then the job resumes from its last checkpoint.
         log.exception("job %s: database unavailable, retrying", job_id)
         raise self.retry(countdown=get_settings().retry_seconds) from None
-    if outcome.requeue:
-        raise Reject(f"job {job_id} {outcome.status}", requeue=True)
-    if outcome.retry_in is not None:
-        # Another worker holds a live lease, or the job's starting model is not ready yet:
-        # look again later, so the job is never left without a message.
-        raise self.retry(countdown=outcome.retry_in)
-    return outcome.status
+    match outcome:
+        case Requeue(why):
+            raise Reject(f"job {job_id}: {why}", requeue=True)
+        case RetryLater(seconds, why):
+            # The message is never dropped while the job may still need to run.
+            log.info("job %s: %s; looking again in %.0f s", job_id, why, seconds)
+            raise self.retry(countdown=seconds)
+        case Ack(status, why):
+            return str(status) if status else why

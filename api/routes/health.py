@@ -8,24 +8,15 @@ from fastapi.responses import JSONResponse
 
 from ..db import ping
 from ..errors import error_response
+from ..queue import ping_broker
 from ..schemas import ErrorField, ErrorOut
 
 router = APIRouter(tags=["health"])
-BROKER_TIMEOUT = 3
 
 
 @router.get("/healthz", summary="The API process is alive")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
-
-
-def _broker_ping() -> None:
-    from worker.app import celery_app
-
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
-        # Declaring the queue counts its messages: a real round trip on every transport.
-        conn.default_channel.queue_declare(queue=celery_app.conf.task_default_queue)
 
 
 @router.get(
@@ -35,7 +26,7 @@ def _broker_ping() -> None:
 )
 async def readyz() -> JSONResponse:
     problems = []
-    for name, check in (("database", ping), ("broker", _broker_ping)):
+    for name, check in (("database", ping), ("broker", ping_broker)):
         try:
             await run_in_threadpool(check)
         except Exception as e:

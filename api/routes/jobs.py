@@ -7,20 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
-from lsq.spec import JobSpec
-from worker.app import enqueue_when_committed
+from lsq.metrics import EpochMetrics
 
 from .. import artifacts, store
 from ..deps import SessionDep, SettingsDep
 from ..models import JobStatus
-from ..schemas import Artifact, EpochOut, ErrorOut, JobDetail, JobOut, JobPage
+from ..queue import enqueue_when_committed
+from ..schemas import Artifact, ErrorOut, JobDetail, JobOut, JobPage
+from ..spec import ServiceJobSpec
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": ErrorOut}})
 
 
 @router.post("", status_code=201, summary="Submit a job")
-def submit_job(spec: JobSpec, session: SessionDep, response: Response) -> JobDetail:
+def submit_job(spec: ServiceJobSpec, session: SessionDep, response: Response) -> JobDetail:
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
     job = store.create_job(session, spec)
     enqueue_when_committed(session, job.id)
@@ -45,8 +46,8 @@ def get_job(job_id: int, session: SessionDep) -> JobDetail:
 
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")
-def get_epochs(job_id: int, session: SessionDep) -> list[EpochOut]:
-    return [EpochOut.model_validate(e) for e in store.list_epochs(session, job_id)]
+def get_epochs(job_id: int, session: SessionDep) -> list[EpochMetrics]:
+    return [EpochMetrics.model_validate(e) for e in store.list_epochs(session, job_id)]
 
 
 @router.post(

@@ -2,10 +2,6 @@
 
 from lsq.spec import JobSpec
 
-EPOCH_FIELDS = {
-    "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "seconds",
-    "images_per_second",
-}  # fmt: skip
 # the reference's quan_lr = no (first conv and last linear in float) and = yes
 TERNARY = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "float"}
 TERNARY_ALL = {**TERNARY, "first_last": "same"}

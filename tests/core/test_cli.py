@@ -50,10 +50,12 @@ def test_run_killed_with_sigkill_resumes_to_the_end(tmp_path):
     assert [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
     assert final["epochs"][: len(done["epochs"])] == done["epochs"]  # kept, not retrained
     assert final["result"]["final_top1"] > 30
-    # a line per epoch it ran, then the result as JSON
+    # a line per epoch it ran, then one line with the result, then where the files are
     lines = resumed.stdout.splitlines()
     assert any(line.split()[:1] == ["3"] for line in lines)
-    assert '"final_top1"' in resumed.stdout
+    top1 = final["result"]["final_top1"]
+    assert lines[-2] == f"cli-quick: resnet20 on synthetic, full precision: test top-1 {top1:.2f}%"
+    assert lines[-1].startswith("files in run/: accuracy.png, checkpoint.pt, metrics.json")
     assert {p.name for p in out.iterdir()} >= {"spec.yaml", "checkpoint.pt", "model.pt"}
 
 
@@ -62,4 +64,24 @@ def test_bad_spec_is_reported_with_the_field(tmp_path):
     r = subprocess.run(lsq("run", "bad.yaml", cwd=tmp_path), cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode != 0
-    assert "quantization.weight" in r.stderr and "not contiguous" in r.stderr
+    assert "quantization.weight: [0, 2] is not contiguous" in r.stderr
+    assert "Traceback" not in r.stderr and "https://" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: x\ndataset:\n\tname: synthetic\n", "not valid YAML at line 3, column 1"),
+        (
+            yaml.safe_dump({**SPEC, "training": {"epocs": 3}}),
+            "training.epocs: unknown key 'epocs'; did you mean 'epochs'? accepted: epochs,",
+        ),
+        (yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}), "model.arch: Input should be"),
+    ],
+)
+def test_spec_mistakes_are_explained_without_a_traceback(tmp_path, text, expected):
+    (tmp_path / "bad.yaml").write_text(text)
+    r = subprocess.run(lsq("run", "bad.yaml", cwd=tmp_path), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "https://" not in r.stderr

@@ -89,10 +89,28 @@ def test_weight_only_and_per_channel(net):
 
 
 def test_step_sizes_get_no_weight_decay(net):
-    from lsq.train import param_groups
+    from lsq.loop import param_groups
 
     q = lsq.quantize_model(net, [-1, 0, 1], [0, 1, 2, 3])
     decayed, free = param_groups(q, 1e-4)
     steps = {id(p) for n, p in q.named_parameters() if n.endswith("step")}
     assert len(steps) == 36 and {id(p) for p in free["params"]} == steps
     assert free["weight_decay"] == 0 and not steps & {id(p) for p in decayed["params"]}
+
+
+def test_quantized_layers_are_built_like_their_torch_parents():
+    torch.manual_seed(0)
+    conv = QuantConv2d(3, 16, 3, padding=1, weight_levels=[-1, 0, 1], activation_levels=[0, 1])
+    linear = QuantLinear(16, 4, bias=False, weight_levels={"bits": 2, "signed": True})
+    assert (conv.weight.shape, conv.padding, linear.bias) == ((16, 3, 3, 3), (1, 1), None)
+    w = conv.weight.detach()
+    # the paper's init from the layer's own weights: 2 * mean|w| / sqrt(Q_P), Q_P = 1
+    assert conv.weight_quantizer.step.item() == pytest.approx(2 * w.abs().mean().item())
+    assert conv.input_quantizer.needs_init and linear.input_quantizer is None
+    y = linear(conv(torch.randn(2, 3, 8, 8)).mean((2, 3)))
+    assert y.shape == (2, 4) and torch.isfinite(y).all()
+    # from_float builds on the constructor: the float layer's hyperparameters and weights
+    float_conv = nn.Conv2d(4, 8, 5, stride=2, dilation=2, groups=2, bias=False)
+    twin = QuantConv2d.from_float(float_conv, [-1, 0, 1], None, per_channel=True)
+    assert (twin.stride, twin.dilation, twin.groups, twin.bias) == ((2, 2), (2, 2), 2, None)
+    assert torch.equal(twin.weight, float_conv.weight) and twin.weight_quantizer.step.shape == (8,)

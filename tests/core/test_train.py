@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-from jobs import EPOCH_FIELDS as FIELDS
 from jobs import TERNARY, TERNARY_ALL
 from jobs import synthetic_spec as spec
 
 from lsq import export
 from lsq.data import load_datasets
-from lsq.train import Cancelled, loader, run
+from lsq.loop import loader
+from lsq.metrics import EpochMetrics, RunMetrics, RunResult
+from lsq.train import Cancelled, run
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,16 @@ def fp_run(tmp_path_factory):
 
 def test_full_precision_learns_well_above_chance(fp_run):
     out, result, seen = fp_run
-    assert [m["epoch"] for m in seen] == [1, 2, 3]
-    assert all(set(m) == FIELDS for m in seen)
-    assert seen[-1]["test_top1"] > 60  # 10 classes: chance is 10%
-    assert result["final_top1"] == seen[-1]["test_top1"] and result["init_top1"] is None
+    assert [m.epoch for m in seen] == [1, 2, 3]
+    assert all(isinstance(m, EpochMetrics) for m in seen) and isinstance(result, RunResult)
+    assert seen[-1].test_top1 > 60  # 10 classes: chance is 10%
+    assert result.final_top1 == seen[-1].test_top1 and result.init_top1 is None
+    assert (result.epochs, result.best_top1) == (3, max(m.test_top1 for m in seen))
     # cosine annealing over 3 epochs, stepped per epoch
-    assert [m["lr"] for m in seen] == pytest.approx([0.05, 0.0375, 0.0125])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == seen and metrics["result"] == result
+    assert [m.lr for m in seen] == pytest.approx([0.05, 0.0375, 0.0125])
+    metrics = RunMetrics.model_validate_json((out / "metrics.json").read_text())
+    assert metrics.epochs == seen and metrics.result == result
+    assert set(json.loads((out / "metrics.json").read_text())) == {"epochs", "result"}
     assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "model.pt", "metrics.json"}
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "model-int.pt").exists()
@@ -40,9 +43,9 @@ def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_pat
     fp_out, fp_result, _ = fp_run
     result = run(spec(init=str(fp_out / "model.pt"), quant=TERNARY, lr=0.01), tmp_path)
     # the starting model is evaluated first: its accuracy is the full-precision run's
-    assert result["init_top1"] == pytest.approx(fp_result["final_top1"])
-    assert result["final_top1"] > 50
-    assert result["drop_top1"] == pytest.approx(result["init_top1"] - result["final_top1"])
+    assert result.init_top1 == pytest.approx(fp_result.final_top1)
+    assert result.final_top1 > 50
+    assert result.drop_top1 == pytest.approx(result.init_top1 - result.final_top1)
 
 
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
@@ -96,7 +99,7 @@ def test_resume_refuses_a_checkpoint_of_another_spec(fp_run, tmp_path):
 def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
     fp_out, _, _ = fp_run
     s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=1, lr=0.01, precision="bf16")
-    assert run(s, tmp_path)["final_top1"] > 40
+    assert run(s, tmp_path).final_top1 > 40
 
 
 def test_bad_init_files_give_readable_errors(tmp_path):
@@ -108,5 +111,5 @@ def test_bad_init_files_give_readable_errors(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not fit this network"):
         run(spec(init=str(tmp_path / "other.pt")), tmp_path)
-    with pytest.raises(ValueError, match="job: 7"):
-        run(spec(init={"job": 7}), tmp_path)
+    with pytest.raises(ValueError, match="give the path of that job's model.pt"):
+        spec(init={"job": 7})

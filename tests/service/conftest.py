@@ -144,11 +144,11 @@ def service_env(
     return env | extra
 
 
-CLI = (sys.executable, "-m", "api.cli")
+CLI = (sys.executable, "-m", "worker.cli")
 
 
 class Proc:
-    """A process (by default `python -m api.cli ARGS`) with its output in a log file."""
+    """A process (by default `python -m worker.cli ARGS`) with its output in a log file."""
 
     def __init__(
         self, args: list[str], env: dict[str, str], log: Path, program: tuple[str, ...] = CLI

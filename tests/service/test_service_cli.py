@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def lsq(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "worker.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -52,7 +52,10 @@ def test_serve_then_submit_and_status(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr + serve.output()
         assert "'cli': succeeded" in done.stdout
         table = done.stdout[done.stdout.index("epoch train_loss") :].splitlines()
-        assert [row.split()[0] for row in table[1:]] == ["1", "2"]
+        assert [row.split()[0] for row in table[1:-2]] == ["1", "2"]
+        # then one line with what the job kept, and where its files are
+        assert table[-2].startswith("job 1 succeeded: cli: resnet20 on synthetic, full precision")
+        assert table[-1] == f"  files: {env['LSQ_URL']}/v1/jobs/1/artifacts"
 
         shown = lsq("status", "1", "--json", env=env)
         assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
@@ -86,3 +89,8 @@ def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None
     # Per-epoch accuracy of both jobs; the 2-bit job started from the full-precision one.
     assert out.count("epoch train_loss train_top1 test_loss test_top1") == 2
     assert "start " in out and "drop " in out
+    # It ends with what each job kept and where its files are, on this machine.
+    fp, q = out.splitlines()[-4:-2], out.splitlines()[-2:]
+    assert fp[0].startswith("job 1 succeeded: demo-fp32: resnet20 on synthetic, full precision")
+    assert "W[-2,-1,0,1] A[0,1,2,3], first/last float: test top-1" in q[0] and "drop" in q[0]
+    assert q[1] == f"  files: {tmp_path / 'data' / 'artifacts' / 'jobs' / '2'}"

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from api.config import Settings
+from api.queue import RUN_JOB
 from lsq.export import load_integer
-from worker.app import RUN_JOB, make_celery
+from worker.app import make_celery
 
 from .conftest import Service, tiny_spec
 
@@ -186,7 +187,7 @@ def test_the_same_message_delivered_twice_runs_the_job_once(service: Service) ->
     assert again["started_at"] == job["started_at"] and again["finished_at"] == job["finished_at"]
     # The copy was delivered, and found the job already finished.
     [line] = [x for x in service.worker.output().splitlines() if f"[{copy.id}] succeeded" in x]
-    assert line.endswith("'finished'")
+    assert line.endswith("'job finished'")
 
 
 def test_a_job_survives_its_worker_stopping_and_dying(service: Service) -> None:

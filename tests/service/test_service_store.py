@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,14 +16,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
 from api.db import make_engine, upgrade_database
-from api.models import Epoch, Job, JobStatus, utcnow
-from lsq.spec import JobSpec
+from api.models import Base, Epoch, Job, JobStatus, utcnow
+from api.schemas import JobDetail, JobOut
+from api.spec import ServiceJobSpec
+from lsq.levels import from_bits
+from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0002"  # the newest migration in migrations/versions
+HEAD = "0003"  # the newest migration in migrations/versions
 
 METRICS = {
+    "epoch": 1,
     "train_loss": 1.0,
     "train_top1": 50.0,
     "test_loss": 1.1,
@@ -32,6 +37,9 @@ METRICS = {
     "seconds": 1.5,
     "images_per_second": 300.0,
 }
+
+
+RESULT = RunResult(final_top1=1, final_top5=5, best_top1=1, best_top5=5, best_epoch=1, epochs=1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -68,7 +76,9 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
 
 def add_job(db: sessionmaker[Session], **changes: object) -> int:
     with db.begin() as session:
-        return store.create_job(session, JobSpec.model_validate(tiny_spec("j", **changes))).id
+        return store.create_job(
+            session, ServiceJobSpec.model_validate(tiny_spec("j", **changes))
+        ).id
 
 
 def claim(db: sessionmaker[Session], job_id: int, worker: str) -> store.Claim:
@@ -95,7 +105,7 @@ def test_a_job_is_claimed_once_and_taken_over_only_when_its_lease_expired(db) ->
     assert taken.outcome == "claimed" and taken.job.attempts == 2 and taken.job.worker == "w2"
     assert taken.job.started_at == first.job.started_at
     with db.begin() as session:  # the old owner can no longer write anything
-        assert not store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS})
+        assert not store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
         assert not store.renew_lease(session, job_id, "w1", 60).held
         assert not store.finish_job(session, job_id, "w1", JobStatus.succeeded)
         assert store.finish_job(session, job_id, "w2", JobStatus.failed, error="boom")
@@ -110,10 +120,12 @@ def test_an_epoch_is_recorded_once_per_job_and_number(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        assert store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS})
-        assert store.record_epoch(session, job_id, "w1", {"epoch": 2, **METRICS})
+        assert store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
+        assert store.record_epoch(session, job_id, "w1", EpochMetrics(**{**METRICS, "epoch": 2}))
     with db.begin() as session:  # written again, e.g. after a resume: replaced, not doubled
-        assert store.record_epoch(session, job_id, "w1", {"epoch": 1, **METRICS, "test_top1": 41})
+        assert store.record_epoch(
+            session, job_id, "w1", EpochMetrics(**{**METRICS, "test_top1": 41})
+        )
     with db.begin() as session:
         epochs = store.list_epochs(session, job_id)
         assert [(e.epoch, e.test_top1) for e in epochs] == [(1, 41.0), (2, 40.0)]
@@ -141,7 +153,7 @@ def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        store.finish_job(session, job_id, "w1", JobStatus.succeeded, result={"final_top1": 1})
+        store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
     with db.begin() as session, pytest.raises(store.JobConflict, match="already succeeded"):
         store.cancel_job(session, job_id)
     with db.begin() as session, pytest.raises(store.JobNotFound):
@@ -208,6 +220,15 @@ def test_the_schema_comes_from_the_migrations(db) -> None:
     assert "published_at" in {c["name"] for c in inspect(engine).get_columns("jobs")}
 
 
+def test_the_models_match_the_migrated_schema(db) -> None:
+    """A table or column (say, a new EpochMetrics field) added without a migration fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with db.kw["bind"].connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
 # Each process waits until the same instant, then upgrades: the migrations really overlap.
 UPGRADE_AT = """
 import sys, time
@@ -243,7 +264,7 @@ def test_migrations_run_safely_when_several_processes_start_at_once(database_url
 
 def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "db", "upgrade"],
+        [sys.executable, "-m", "worker.cli", "db", "upgrade"],
         cwd=ROOT,
         env=service_env(tmp_path, database_url),
         capture_output=True,
@@ -267,7 +288,7 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
 
 
 def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
-    spec = JobSpec.model_validate(tiny_spec("sweep"))
+    spec = ServiceJobSpec.model_validate(tiny_spec("sweep"))
     with db.begin() as session:
         a, b = store.create_job(session, spec).id, store.create_job(session, spec).id
     later = utcnow() + timedelta(seconds=1)
@@ -277,3 +298,33 @@ def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
         store.mark_published(session, [a])
     with db.begin() as session:
         assert store.unpublished_jobs(session, older_than=later) == [b]
+
+
+# A spec exactly as this version of the service stores it (spec_version 1). Later versions of
+# lsq.spec must keep it readable: upgrade it (lsq.spec.UPGRADES), never reject it.
+STORED_V1 = json.loads((Path(__file__).parent / "data" / "spec-v1.json").read_text())
+
+
+def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
+    with db.begin() as session:
+        old = Job(name="stored-v1", spec=STORED_V1, spec_version=1, status=JobStatus.queued)
+        session.add(old)
+        session.flush()
+        job_id = old.id
+    with db.begin() as session:
+        job = store.get_job(session, job_id, with_epochs=True)
+        assert JobDetail.of(job).spec == STORED_V1  # what GET /v1/jobs/{id} returns
+        spec = ServiceJobSpec.model_validate(store.stored_spec(job))  # what the worker runs
+        assert spec.model_dump(mode="json") == STORED_V1
+        assert spec.quantization.first_last == from_bits(8, signed=True)
+
+
+def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> None:
+    """Reads never re-validate: a job stored under other rules is shown, never a 500."""
+    odd = {**STORED_V1, "training": {**STORED_V1["training"], "epochs": 10**6}, "extra": 1}
+    with db.begin() as session:
+        session.add(Job(name="odd", spec=odd, spec_version=1, status=JobStatus.failed))
+    with db.begin() as session:
+        (job,), _ = store.list_jobs(session)
+        out = JobOut.of(job)
+        assert out.spec == odd and out.progress.epochs == 10**6

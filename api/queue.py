@@ -1,0 +1,85 @@
+"""The queue contract: how a job reaches the workers. The API publishes by task name only.
+
+This module builds a Celery app that only sends (no tasks, no worker); ``worker.app`` builds
+the app that consumes, from the same broker settings. A job's message is sent after the
+transaction that stored it commits, so a worker never gets a job that then rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from . import store
+from .config import Settings, get_settings
+from .db import after_commit, session_scope
+from .models import utcnow
+
+RUN_JOB = "lsq.run_job"  # the task's name: what a worker registers and the API sends
+BROKER_TIMEOUT = 3  # seconds, for the readiness probe
+log = logging.getLogger(__name__)
+
+
+def broker_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that producer and consumer must share."""
+    # Embedded: kombu's SQLAlchemy transport on a SQLite file beside the database; it works
+    # across processes with nothing to install (workers poll it once a second). Its options go
+    # to create_engine, so it takes none of Redis's.
+    redis = {"visibility_timeout": settings.visibility_timeout}
+    return dict(
+        broker_url=settings.broker,
+        broker_transport_options={} if settings.embedded_broker else redis,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the database holds every outcome
+    )
+
+
+@lru_cache
+def producer() -> Celery:
+    app = Celery("lsq-producer", set_as_current=False)
+    app.conf.update(broker_config(get_settings()))
+    return app
+
+
+def enqueue(job_id: int, *, at: datetime | None = None) -> None:
+    """Hand a job to the workers (after the transaction that created it has committed)."""
+    countdown = max(0.0, (at - utcnow()).total_seconds()) if at is not None else None
+    producer().send_task(RUN_JOB, args=[job_id], countdown=countdown)
+
+
+def publish(job_ids: list[int]) -> None:
+    """Enqueue queued jobs and record it; what fails stays unpublished for the next sweep."""
+    sent = []
+    for job_id in job_ids:
+        try:
+            enqueue(job_id)
+            sent.append(job_id)
+        except Exception:
+            log.exception("job %s is stored but not queued; a worker's sweep will", job_id)
+    try:
+        with session_scope() as session:
+            store.mark_published(session, sent)
+    except Exception:  # the sweep will publish them again: a duplicate message is harmless
+        log.exception("jobs %s were queued but could not be marked so", sent)
+
+
+def enqueue_when_committed(session: Session, job_id: int) -> None:
+    """Queue a new job once the transaction that stores it commits."""
+    after_commit(session, lambda: publish([job_id]))
+
+
+def ping_broker() -> None:
+    """Raise if the broker cannot be reached; declaring the queue counts its messages, a real
+    round trip on every transport."""
+    app = producer()
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
+        conn.default_channel.queue_declare(queue=app.conf.task_default_queue)

@@ -1,0 +1,246 @@
+"""The train/evaluate loop: one epoch of training, then an evaluation on the test set."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from . import distributed
+from .device import autocast
+from .distributed import SINGLE, Rank
+from .metrics import Accuracy, EpochMetrics
+from .quantizer import LsqQuantizer, step_parameters
+from .spec import JobSpec, TrainingSpec
+
+# Data-parallel ranks agree on cancellation every this many batches (it is a collective).
+CANCEL_EVERY = 10
+
+
+class Cancelled(Exception):
+    """The job was cancelled between two batches; the finished epochs are kept."""
+
+
+@dataclass
+class Hooks:
+    """What the caller hears from the loop (rank 0 only)."""
+
+    on_epoch: Callable[[EpochMetrics], None] | None = None
+    on_progress: Callable[[int, float], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    progress_bar: bool = False
+
+
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool,
+    seed: int = 0,
+    rank: Rank = SINGLE,
+) -> DataLoader:
+    """CPU: load in the training process (2 cores are better spent on compute). CUDA: worker
+    processes started by forkserver, never forked from a process that already ran torch."""
+    extra: dict[str, Any] = {}
+    if device.type == "cuda":
+        extra = dict(
+            num_workers=min(8, os.cpu_count() or 1),
+            multiprocessing_context="forkserver",
+            pin_memory=True,
+            persistent_workers=True,
+        )
+    if rank.distributed and shuffle:
+        sampler = DistributedSampler(dataset, rank.world, rank.rank, shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size // rank.world, sampler=sampler, **extra)
+    g = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size, shuffle=shuffle, generator=g, **extra)
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: DataLoader, device: torch.device, amp: torch.dtype | None = None
+) -> Accuracy:
+    """Test loss and top-1/top-5 accuracy in percent."""
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.long)
+    top5 = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in data:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        top1 += _correct(logits, y, 1)
+        top5 += _correct(logits, y, 5)
+        n += len(y)
+    return Accuracy(loss=loss.item() / n, top1=100 * top1.item() / n, top5=100 * top5.item() / n)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on everything but the step sizes (decay would shrink them towards zero)."""
+    steps = step_parameters(model)
+    ids = {id(p) for p in steps}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "weight_decay": weight_decay}, {"params": steps, "weight_decay": 0.0}]
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, t: TrainingSpec
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+@torch.no_grad()
+def init_activation_steps(model: nn.Module, x: torch.Tensor) -> None:
+    """Initialise every activation step from batch x, leaving batch-norm statistics untouched."""
+    quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+    if not any(q.needs_init for q in quantizers):
+        return
+    saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("initialized")}
+    model.train()(x)
+    for k, v in model.named_buffers():
+        if k in saved:
+            v.copy_(saved[k])
+
+
+def init_steps(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None = None) -> None:
+    """Activation steps from the first batch; under DDP, every replica then takes rank 0's."""
+    with autocast(x.device, amp):
+        init_activation_steps(model, x)
+    distributed.broadcast_steps(model)
+
+
+@dataclass
+class Trainer:
+    """One rank's training state for a job: the model, its optimizer and schedule."""
+
+    spec: JobSpec
+    rank: Rank
+    hooks: Hooks
+    device: torch.device
+    amp: torch.dtype | None
+    model: nn.Module  # the plain module (DDP wraps it for the forward in training)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ddp: DistributedDataParallel | None = None
+
+    @classmethod
+    def create(
+        cls,
+        spec: JobSpec,
+        model: nn.Module,
+        device: torch.device,
+        amp: torch.dtype | None,
+        rank: Rank,
+        hooks: Hooks,
+    ) -> Trainer:
+        t = spec.training
+        groups = param_groups(model, t.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        scheduler = make_scheduler(optimizer, t)
+        return cls(spec, rank, hooks, device, amp, model, optimizer, scheduler, scaler)
+
+    STATEFUL = ("model", "optimizer", "scheduler", "scaler")  # what a checkpoint restores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).state_dict() for k in self.STATEFUL}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.STATEFUL:
+            getattr(self, k).load_state_dict(state[k])
+
+    def epoch(self, train_set: Dataset, test_data: DataLoader, epoch: int) -> EpochMetrics | None:
+        """Train one epoch and evaluate; the metrics on rank 0 (which evaluates), else None."""
+        t = self.spec.training
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        # shuffle and augmentation seeded by (seed, epoch, rank): the same after a resume
+        torch.manual_seed((t.seed * 100_003 + epoch) * 1_009 + self.rank.rank)
+        data = loader(train_set, t.batch_size, self.device, True, t.seed + epoch, self.rank)
+        if isinstance(data.sampler, DistributedSampler):
+            data.sampler.set_epoch(epoch)
+        loss, top1, n = self._train(data, epoch)
+        train_seconds = time.perf_counter() - start
+        self.scheduler.step()
+        if not self.rank.main:
+            return None
+        test = evaluate(self.model, test_data, self.device, self.amp)
+        return EpochMetrics(
+            epoch=epoch,
+            train_loss=loss,
+            train_top1=top1,
+            test_loss=test.loss,
+            test_top1=test.top1,
+            test_top5=test.top5,
+            lr=lr,
+            seconds=time.perf_counter() - start,
+            images_per_second=n / train_seconds,
+        )
+
+    def _train(self, data: DataLoader, epoch: int) -> tuple[float, float, int]:
+        """One pass over `data`: mean loss, top-1 in percent, and the images seen (all ranks)."""
+        model = self._forward_module()
+        model.train()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        n = torch.zeros((), device=self.device, dtype=torch.long)
+        bar = self.hooks.progress_bar and self.rank.main
+        for i, (x, y) in enumerate(tqdm(data, f"epoch {epoch}", leave=False, disable=not bar)):
+            if self._cancelled(i):
+                raise Cancelled(f"cancelled during epoch {epoch}")
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if i == 0 and epoch == 1:
+                init_steps(self.model, x, self.amp)
+            logits, loss = self._step(model, x, y)
+            total += loss.detach() * len(y)
+            correct += _correct(logits.detach(), y, 1)
+            n += len(y)
+            if self.hooks.on_progress is not None:
+                self.hooks.on_progress(epoch, (i + 1) / len(data))
+        distributed.all_sum(total, correct, n)
+        if not math.isfinite(total.item()):
+            raise RuntimeError(f"training diverged: the loss is {total.item()} in epoch {epoch}")
+        count = n.item()
+        return total.item() / count, 100 * correct.item() / count, count
+
+    def _step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, Any]:
+        with autocast(self.device, self.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits, loss
+
+    def _forward_module(self) -> nn.Module:
+        if self.rank.distributed and self.ddp is None:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        return self.ddp or self.model
+
+    def _cancelled(self, i: int) -> bool:
+        if self.rank.distributed and i % CANCEL_EVERY:
+            return False
+        local = self.hooks.should_cancel is not None and self.hooks.should_cancel()
+        return distributed.any_rank(local, self.device)

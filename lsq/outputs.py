@@ -1,0 +1,83 @@
+"""A run's folder: the checkpoint written after every epoch, metrics.json, and the final files.
+
+``checkpoint.pt`` holds everything a resume needs (the trainer's state, the epochs so far and
+the starting model's accuracy); at the end come ``model.pt`` (the float state dict, another
+job's ``model.init``), ``accuracy.png`` and, for a quantized job, ``model-int.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import checkpoint, export, plot
+from .data import DatasetInfo
+from .files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
+from .metrics import Accuracy, EpochMetrics, RunMetrics
+from .spec import JobSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What a resume continues from."""
+
+    trainer: dict[str, Any]  # Trainer.state_dict()
+    epochs: list[EpochMetrics]
+    start: Accuracy | None  # the starting model's accuracy, measured before quantization
+
+
+def save_progress(out: Path, spec: JobSpec, progress: Progress) -> None:
+    """After every epoch: the checkpoint, then metrics.json (both written atomically)."""
+    state = {
+        "spec": spec.model_dump(mode="json"),
+        **progress.trainer,
+        "epochs": [e.model_dump() for e in progress.epochs],
+        "init_metrics": progress.start.model_dump() if progress.start else None,
+    }
+    checkpoint.save_atomic(state, out / CHECKPOINT)
+    write_metrics(out, RunMetrics(epochs=progress.epochs))
+
+
+def load_progress(out: Path, spec: JobSpec) -> Progress | None:
+    """The progress saved in `out`, if any; refused when it belongs to another spec."""
+    if not (out / CHECKPOINT).exists():
+        return None
+    state = checkpoint.load(out / CHECKPOINT)
+    if state["spec"] != spec.model_dump(mode="json"):
+        raise ValueError(f"{out / CHECKPOINT} belongs to a different job spec; use a new folder")
+    start = state["init_metrics"]
+    return Progress(
+        trainer=state,
+        epochs=[EpochMetrics.model_validate(e) for e in state["epochs"]],
+        start=Accuracy.model_validate(start) if start else None,
+    )
+
+
+def saved_epochs(out: Path) -> list[EpochMetrics]:
+    """The epochs of the checkpoint in `out` (none when there is no checkpoint yet)."""
+    if not (out / CHECKPOINT).is_file():
+        return []
+    return [EpochMetrics.model_validate(e) for e in checkpoint.load(out / CHECKPOINT)["epochs"]]
+
+
+def save_final(
+    out: Path, spec: JobSpec, model: nn.Module, info: DatasetInfo, metrics: RunMetrics
+) -> None:
+    """The files of a finished run; metrics.json last, so its result marks the run complete."""
+    checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out / MODEL)
+    if spec.quantization.enabled:
+        export.save_integer(model, spec, dataclasses.asdict(info), out / MODEL_INT)
+    plot.accuracy_curve(metrics.epochs, out / CURVE, spec.name)
+    write_metrics(out, metrics)
+
+
+def write_metrics(out: Path, metrics: RunMetrics) -> None:
+    with checkpoint.atomic_file(out / METRICS, "w") as f:
+        f.write(metrics.model_dump_json(indent=2))
+
+
+def read_metrics(out: Path) -> RunMetrics:
+    return RunMetrics.model_validate_json((out / METRICS).read_text())
