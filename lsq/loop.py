@@ -184,6 +184,7 @@ class Trainer:
         self.scheduler.step()
         if not self.rank.main:
             return None
+        eval_start = time.perf_counter()
         test = evaluate(self.model, test_data, self.device, self.amp)
         return EpochMetrics(
             epoch=epoch,
@@ -195,6 +196,7 @@ class Trainer:
             lr=lr,
             seconds=time.perf_counter() - start,
             images_per_second=n / train_seconds,
+            eval_seconds=time.perf_counter() - eval_start,
         )
 
     def _train(self, data: DataLoader, epoch: int) -> tuple[float, float, int]:

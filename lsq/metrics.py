@@ -28,6 +28,7 @@ class EpochMetrics(_Record):
     lr: float = Field(description="Learning rate of the epoch")
     seconds: float = Field(description="Wall time of the epoch, evaluation included")
     images_per_second: float = Field(description="Training throughput")
+    eval_seconds: float | None = Field(None, description="Of `seconds`, the test evaluation")
 
 
 class RunResult(_Record):

@@ -27,6 +27,7 @@ def test_full_precision_learns_well_above_chance(fp_run):
     assert [m.epoch for m in seen] == [1, 2, 3]
     assert all(isinstance(m, EpochMetrics) for m in seen) and isinstance(result, RunResult)
     assert seen[-1].test_top1 > 60  # 10 classes: chance is 10%
+    assert all(0 < m.eval_seconds < m.seconds for m in seen)
     assert result.final_top1 == seen[-1].test_top1 and result.init_top1 is None
     assert (result.epochs, result.best_top1) == (3, max(m.test_top1 for m in seen))
     # cosine annealing over 3 epochs, stepped per epoch

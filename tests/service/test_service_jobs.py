@@ -184,6 +184,7 @@ def test_the_same_message_delivered_twice_runs_the_job_once(service: Service) ->
     again = service.job(job["id"])
     assert again["attempts"] == 1
     assert [e["epoch"] for e in again["epochs"]] == [1, 2]
+    assert all(0 < e["eval_seconds"] < e["seconds"] for e in again["epochs"])
     assert again["started_at"] == job["started_at"] and again["finished_at"] == job["finished_at"]
     # The copy was delivered, and found the job already finished.
     [line] = [x for x in service.worker.output().splitlines() if f"[{copy.id}] succeeded" in x]
