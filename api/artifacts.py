@@ -16,6 +16,12 @@ def job_folder(settings: Settings, job_id: int) -> Path:
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:
-    """The downloadable files the job has written so far (only these names are ever served)."""
+    """The downloadable files the job has written so far: only these names, and only regular
+    files that are really in the job's folder (a symlink planted there is never followed)."""
     folder = job_folder(settings, job_id)
-    return [folder / name for name in DOWNLOADS if (folder / name).is_file()]
+    return [
+        folder / name
+        for name in DOWNLOADS
+        if (folder / name).is_file() and not (folder / name).is_symlink()
+        and (folder / name).resolve().parent == folder.resolve()
+    ]  # fmt: skip

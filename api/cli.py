@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.set_defaults(func=status)
+
+    p = sub.add_parser("token", help="API tokens (on the service's host: reads DATABASE_URL)")
+    tok = p.add_subparsers(dest="token_command", required=True)
+    create = tok.add_parser("create", help="make a token for OWNER and print it (only once)")
+    create.add_argument("owner", help="who the token acts for: the owner of its jobs")
+    create.set_defaults(func=token_create)
+    tok.add_parser("list", help="every token: id, owner, created, revoked").set_defaults(
+        func=token_list
+    )
+    revoke = tok.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(func=token_revoke)
 
     p = sub.add_parser("db", help="database commands")
     db = p.add_subparsers(dest="db_command", required=True)
@@ -83,7 +96,7 @@ def submit(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"lsq submit: {e}", file=sys.stderr)
         return 2
-    client = Client(get_settings().url)
+    client = Client.from_settings(get_settings())
     try:
         job = client.submit(spec)
         print(f"job {job['id']} {job['name']!r} {job['status']}", flush=True)
@@ -103,11 +116,55 @@ def status(args: argparse.Namespace) -> int:
     from .client import Client, ServiceError, format_job
 
     try:
-        job = Client(get_settings().url).job(args.id)
+        job = Client.from_settings(get_settings()).job(args.id)
     except ServiceError as e:
         print(f"lsq status: {e}", file=sys.stderr)
         return 2
     print(json.dumps(job, indent=2) if args.json else format_job(job))
+    return 0
+
+
+OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+
+
+def token_create(args: argparse.Namespace) -> int:
+    from . import tokens
+    from .db import session_scope, upgrade_database
+
+    if not OWNER.fullmatch(args.owner):
+        print("lsq token create: OWNER is 1-100 letters, digits, . _ @ -", file=sys.stderr)
+        return 2
+    upgrade_database()
+    with session_scope() as session:
+        token, plain = tokens.create(session, args.owner)
+    print(f"token {token.id} for {args.owner} (shown once; send it as Authorization: Bearer):")
+    print(plain)
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    from . import tokens
+    from .db import session_scope
+
+    with session_scope(read_only=True) as session:
+        rows = tokens.all_tokens(session)
+        print(f"{'id':>4}  {'owner':<20} {'created':<20} revoked")
+        for t in rows:
+            revoked = f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-"
+            print(f"{t.id:>4}  {t.owner:<20} {t.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    from . import tokens
+    from .db import session_scope
+
+    with session_scope() as session:
+        done = tokens.revoke(session, args.id)
+    if not done:
+        print(f"lsq token revoke: no active token {args.id}", file=sys.stderr)
+        return 2
+    print(f"token {args.id} revoked")
     return 0
 
 

@@ -7,10 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from lsq.metrics import EpochMetrics, RunResult, epoch_table, summary_line
 from lsq.spec import format_errors
+
+from .config import Settings
+from .spec import ServiceJobSpec
+from .tokens import client_token
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -20,9 +25,15 @@ class ServiceError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 30) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Client:
+        """LSQ_URL, with LSQ_TOKEN or the token `lsq serve` saved on this machine."""
+        return cls(settings.url, client_token(settings))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -32,6 +43,11 @@ class Client:
                 f"cannot reach the service at {self.url} ({e}); "
                 "start it with `lsq serve` or set LSQ_URL"
             ) from None
+        if response.status_code == 401:
+            raise ServiceError(
+                f"{_describe_error(response)}\n  set LSQ_TOKEN to a token of this service "
+                "(`lsq token create OWNER` on its host makes one)"
+            )
         if response.is_error:
             raise ServiceError(_describe_error(response))
         return response.json()
@@ -122,5 +138,13 @@ def job_summary(job: dict[str, Any], where: str) -> str:
         return f"{head}: {job['error']}"
     if not job["result"]:
         return f"{head} after {len(job['epochs'])} epoch(s)"
-    line = summary_line(job["spec"], RunResult.model_validate(job["result"]))
+    line = summary_line(_describe(job), RunResult.model_validate(job["result"]))
     return f"{head}: {line}\n  files: {where}"
+
+
+def _describe(job: dict[str, Any]) -> str:
+    """What a job was, from its spec; just its name for a spec this version cannot read."""
+    try:
+        return ServiceJobSpec.model_validate(job["spec"]).describe()
+    except ValidationError:
+        return job["name"]

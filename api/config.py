@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lsq import spec
+
 
 class Settings(BaseSettings):
     """Embedded defaults (SQLite and a SQLite-backed broker under LSQ_DATA_DIR) unless
@@ -31,6 +33,31 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(30.0, gt=0, alias="LSQ_SWEEP_SECONDS")
     # Redis redelivers an unacknowledged message after this; the lease makes that harmless.
     visibility_timeout: int = Field(3600, gt=0, alias="LSQ_VISIBILITY_TIMEOUT")
+
+    # -- what one request may ask for (lsq.spec holds the absolute bounds)
+    max_body_bytes: int = Field(1 << 20, gt=0, alias="LSQ_MAX_BODY_BYTES")
+    max_epochs: int = Field(1000, ge=1, le=spec.MAX_EPOCHS, alias="LSQ_MAX_EPOCHS")
+    max_batch_size: int = Field(4096, ge=1, le=spec.MAX_BATCH, alias="LSQ_MAX_BATCH_SIZE")
+    max_subset: int = Field(2_000_000, ge=1, le=spec.MAX_SUBSET, alias="LSQ_MAX_SUBSET")
+    max_devices: int = Field(8, ge=1, le=spec.MAX_DEVICES, alias="LSQ_MAX_DEVICES")
+    # Folders a job may read datasets and model.init checkpoints from (':'-separated).
+    data_roots: str = Field("/usr/share/datasets", alias="LSQ_DATA_ROOTS")
+
+    # -- who may call, and how much
+    # Host names the API answers to (the Host header): the loopback default stops DNS rebinding.
+    allowed_hosts: str = Field("127.0.0.1,localhost,[::1]", alias="LSQ_ALLOWED_HOSTS")
+    cors_origins: str = Field("", alias="LSQ_CORS_ORIGINS", description="none: CORS closed")
+    max_queued_per_owner: int = Field(100, ge=1, alias="LSQ_MAX_QUEUED_PER_OWNER")
+    requests_per_second: float = Field(20.0, gt=0, alias="LSQ_REQUESTS_PER_SECOND")
+    request_burst: int = Field(40, ge=1, alias="LSQ_REQUEST_BURST")
+    idempotency_seconds: float = Field(86_400.0, gt=0, alias="LSQ_IDEMPOTENCY_SECONDS")
+    token: str | None = Field(None, alias="LSQ_TOKEN", description="The CLI's API token")
+
+    # -- faults
+    max_attempts: int = Field(5, ge=1, alias="LSQ_MAX_ATTEMPTS")
+    # A queued job whose message is older than this is published again (a broker restarted
+    # without its data loses messages); the lease keeps a duplicate harmless.
+    republish_seconds: float = Field(600.0, gt=0, alias="LSQ_REPUBLISH_SECONDS")
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
@@ -66,6 +93,15 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def roots(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.data_roots.split(":") if p]
+
+    @property
+    def token_file(self) -> Path:
+        """Where `lsq serve` leaves this machine's token for the CLI (embedded mode)."""
+        return self.data_dir / "token"
 
 
 @lru_cache

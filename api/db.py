@@ -23,15 +23,20 @@ SQLITE_BUSY_SECONDS = 30
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
+# Connections per process: the API serves up to 40 requests at once (anyio's thread pool),
+# each holding one connection, plus the token check's short one.
+POOL = dict(pool_size=20, max_overflow=40, pool_timeout=60)
+
+
 def make_engine(url: str) -> Engine:
     """An engine; SQLite gets WAL, a busy timeout and real (write-locking) transactions."""
     if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **POOL)
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}
+        url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}, **POOL
     )
 
     @event.listens_for(engine, "connect")
@@ -44,10 +49,11 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, so two processes wait on the busy timeout
-        # instead of failing with "database is locked" when a reader turns writer. Reads wait
-        # too: SQLite serialises everything here, which suits a handful of processes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE takes the write lock up front, so two writers wait on the busy timeout
+        # instead of failing with "database is locked" when a reader turns writer. A session
+        # that only reads (READ_ONLY) begins a plain transaction: in WAL mode it never waits.
+        read_only = conn.get_execution_options().get("lsq_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -58,8 +64,9 @@ def get_engine() -> Engine:
 
 
 @lru_cache
-def _sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(get_engine(), expire_on_commit=False)
+def _sessionmaker(read_only: bool = False) -> sessionmaker[Session]:
+    engine = get_engine().execution_options(lsq_read_only=read_only)
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
@@ -68,9 +75,10 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session whose transaction commits when the block ends and rolls back on an error."""
-    with _sessionmaker()() as session:
+def session_scope(read_only: bool = False) -> Iterator[Session]:
+    """A session whose transaction commits when the block ends and rolls back on an error.
+    `read_only` sessions must not write (on SQLite they do not take the write lock)."""
+    with _sessionmaker(read_only)() as session:
         try:
             yield session
             session.commit()

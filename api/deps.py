@@ -18,6 +18,13 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
+def get_read_session() -> Iterator[Session]:
+    """A transaction for a route that only reads (it never waits for SQLite's write lock)."""
+    with session_scope(read_only=True) as session:
+        yield session
+
+
 # scope="function": commit before the response is sent, so a 201 means the job is stored.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
@@ -12,12 +13,16 @@ from starlette.exceptions import HTTPException
 
 from lsq.spec import describe_errors
 
+from .auth import TooManyRequests
 from .schemas import ErrorBody, ErrorField, ErrorOut
 from .spec import ServiceJobSpec
-from .store import InvalidField, JobConflict, JobNotFound
+from .store import InvalidField, JobConflict, JobNotFound, KeyInUse, TooManyJobs
 
 log = logging.getLogger(__name__)
 CODES = {
+    401: "unauthorized",
+    413: "too_large",
+    429: "too_many_requests",
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
@@ -35,12 +40,26 @@ def error_response(status: int, message: str, fields: Iterable[ErrorField] = ())
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+# Where FastAPI says a value came from; the field name alone is clearer to a client.
+SOURCES = ("body", "query", "path", "header")
+
+
+def _without_source(error: dict) -> dict:
+    """`training.epochs`, not `body.training.epochs`; malformed JSON is the body's fault."""
+    loc = tuple(error["loc"])
+    if error["type"] == "json_invalid":
+        loc = ()
+    elif len(loc) > 1 and loc[0] in SOURCES:
+        loc = loc[1:]
+    return {**error, "loc": loc}
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # The same presentation as `lsq run`: the field's dotted name, what it accepts, and
         # for an unknown key the accepted ones and the closest (only bodies are job specs).
-        described = describe_errors(exc.errors(), ServiceJobSpec)
+        described = describe_errors([_without_source(e) for e in exc.errors()], ServiceJobSpec)
         fields = [ErrorField(field=field, message=message) for field, message in described]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)
@@ -61,9 +80,27 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+    @app.exception_handler(KeyInUse)
+    async def _key_in_use(_: Request, exc: KeyInUse) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(TooManyRequests)
+    async def _rate(_: Request, exc: TooManyRequests) -> JSONResponse:
+        return _retry_later(str(exc), exc.retry_after)
+
+    @app.exception_handler(TooManyJobs)
+    async def _quota(_: Request, exc: TooManyJobs) -> JSONResponse:
+        return _retry_later(f"{exc}; submit again when some have ended", QUOTA_RETRY_SECONDS)
+
+
+QUOTA_RETRY_SECONDS = 60
+
+
+def _retry_later(message: str, seconds: float) -> JSONResponse:
+    response = error_response(429, message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+    return response

@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 
 from . import errors
+from .config import get_settings
 from .db import upgrade_database
+from .middleware import BodyLimit, CrashGuard, TrustedHosts
 from .routes import health, jobs
 
 
@@ -21,6 +24,7 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    settings = get_settings()
     app = FastAPI(
         title="LSQ job service",
         summary="Quantize-and-evaluate jobs (Learned Step Size Quantization) over REST",
@@ -35,4 +39,16 @@ def create_app() -> FastAPI:
 
     app.include_router(jobs.router)
     app.include_router(health.router)
+    # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
+    # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call.
+    if origins := [o for o in settings.cors_origins.split(",") if o]:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TrustedHosts, hosts=[h for h in settings.allowed_hosts.split(",") if h])
+    app.add_middleware(CrashGuard)
     return app

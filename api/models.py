@@ -78,11 +78,14 @@ class Job(Base):
     # Ids only grow (no reuse after a delete), which keeps cursor pagination and artifact
     # folders (artifacts/jobs/<id>) unambiguous.
     __table_args__ = (
-        Index("ix_jobs_status_id", "status", "id"),  # GET /v1/jobs?status=...: newest first
+        Index("ix_jobs_status_id", "status", "id"),  # the workers' sweeps
+        Index("ix_jobs_owner_status_id", "owner", "status", "id"),  # an owner's list and quota
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Who submitted it (a token's owner); nobody else sees it.
+    owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[JobStatus] = mapped_column(STATUS, default=JobStatus.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -95,6 +98,8 @@ class Job(Base):
     progress_epoch: Mapped[int] = mapped_column(Integer, default=0)
     progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # One entry per claim: {"attempt", "worker", "at"}; the story of a job that keeps dying.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # The lease: who runs the job and until when it counts as alive without a heartbeat.
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -113,6 +118,30 @@ class Job(Base):
     )
 
 
+class Token(Base):
+    """An API token: only its SHA-256 is stored (tokens are random, so no salt is needed)."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """A submission's Idempotency-Key: the same key and body return the job it created."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Epoch(Base):
     """The metrics of one finished epoch; (job_id, epoch) is the key, so a rewrite is idempotent.
 
@@ -128,8 +157,17 @@ class Epoch(Base):
     job: Mapped[Job] = relationship(back_populates="epochs")
 
 
-EPOCH_METRICS = tuple(name for name in EpochMetrics.model_fields if name != "epoch")
-for _name in EPOCH_METRICS:
-    _field = EpochMetrics.model_fields[_name]
-    _type = Integer if _field.annotation is int else Float
-    setattr(Epoch, _name, mapped_column(_type, nullable=not _field.is_required()))
+def _metric_columns() -> tuple[str, ...]:
+    """Add a column to `epochs` for each field of EpochMetrics but the key; their names."""
+    types = {int: Integer, float: Float, int | None: Integer, float | None: Float}
+    names = tuple(name for name in EpochMetrics.model_fields if name != "epoch")
+    for name in names:
+        field = EpochMetrics.model_fields[name]
+        if field.annotation not in types:
+            raise TypeError(f"EpochMetrics.{name}: no column type for {field.annotation}")
+        column = mapped_column(types[field.annotation], nullable=not field.is_required())
+        setattr(Epoch, name, column)
+    return names
+
+
+EPOCH_METRICS = _metric_columns()

@@ -76,10 +76,15 @@ def enqueue_when_committed(session: Session, job_id: int) -> None:
     after_commit(session, lambda: publish([job_id]))
 
 
-def ping_broker() -> None:
-    """Raise if the broker cannot be reached; declaring the queue counts its messages, a real
-    round trip on every transport."""
+def queue_length() -> int:
+    """Messages waiting in the job queue (not those a worker holds). Declaring the queue
+    counts them: a real round trip on every transport."""
     app = producer()
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
-        conn.default_channel.queue_declare(queue=app.conf.task_default_queue)
+        return conn.default_channel.queue_declare(queue=app.conf.task_default_queue).message_count
+
+
+def ping_broker() -> None:
+    """Raise if the broker cannot be reached."""
+    queue_length()

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from lsq.spec import JobSpec, ModelSpec
+from lsq.spec import JobSpec, ModelSpec, Path_
 
 # Job ids are 32-bit integers in the service's schema.
 MAX_JOB_ID = 2**31 - 1
@@ -35,7 +35,7 @@ def _init_kind(value: Any) -> str | None:
 
 # One error per mistake (not one per union member): the value's type picks the member.
 ServiceInit = Annotated[
-    Annotated[str, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
+    Annotated[Path_, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
     Discriminator(
         _init_kind,
         custom_error_type="init",

@@ -8,19 +8,21 @@ lost its job (its lease expired and another took over) cannot overwrite anything
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import upgrade_spec
 
-from .models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
+from .models import EPOCH_METRICS, Epoch, IdempotencyKey, Job, JobStatus, utcnow
 from .spec import MAX_JOB_ID, ServiceJobSpec, source_job
 
 
@@ -45,21 +47,94 @@ class InvalidField(ValueError):
 # ---------------------------------------------------------------------------------- API side
 
 
-def create_job(session: Session, spec: ServiceJobSpec) -> Job:
-    """Add a queued job. A ``model.init: {job: ID}`` must name a job that can still succeed."""
-    if (source_id := source_job(spec)) is not None:
-        source = session.get(Job, source_id)
-        if source is None:
-            raise InvalidField("model.init.job", f"job {source_id} does not exist")
-        if source.status in (JobStatus.failed, JobStatus.cancelled):
-            raise InvalidField(
-                "model.init.job",
-                f"job {source.id} ended {source.status}; it has no final model to start from",
-            )
-    job = Job(name=spec.name, spec=spec.model_dump(mode="json"), status=JobStatus.queued)
+class TooManyJobs(Exception):
+    """The owner has as many unfinished jobs as the service allows."""
+
+
+class KeyInUse(Exception):
+    """An Idempotency-Key whose first request is still being handled."""
+
+
+def submit_job(
+    session: Session,
+    owner: str,
+    spec: ServiceJobSpec,
+    *,
+    max_unfinished: int,
+    key: str | None = None,
+    key_expiry: timedelta = timedelta(days=1),
+) -> tuple[Job, bool]:
+    """Add a queued job of `owner`, or, for an Idempotency-Key seen before with the same spec,
+    return the job it created. True when the job is new."""
+    if key is not None:
+        earlier = _job_of_key(session, owner, key, _spec_hash(spec), key_expiry)
+        if earlier is not None:
+            return earlier, False
+    _check_source(session, owner, spec)
+    unfinished = select(func.count()).where(
+        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running])
+    )
+    if session.scalar(unfinished) >= max_unfinished:
+        raise TooManyJobs(f"{owner} has {max_unfinished} unfinished jobs, the most allowed")
+    job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
+    job.status = JobStatus.queued
     session.add(job)
     session.flush()  # assigns the id
-    return job
+    if key is not None:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+            .values(job_id=job.id)
+        )
+    return job, True
+
+
+def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
+    """A ``model.init: {job: ID}`` must name a job of the same owner that can still succeed."""
+    source_id = source_job(spec)
+    if source_id is None:
+        return
+    source = session.get(Job, source_id)
+    if source is None or source.owner != owner:
+        raise InvalidField("model.init.job", f"job {source_id} does not exist")
+    if source.status in (JobStatus.failed, JobStatus.cancelled):
+        raise InvalidField(
+            "model.init.job",
+            f"job {source.id} ended {source.status}; it has no final model to start from",
+        )
+
+
+def _spec_hash(spec: ServiceJobSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def _job_of_key(
+    session: Session, owner: str, key: str, body_hash: str, expiry: timedelta
+) -> Job | None:
+    """Claim `key` for a new job (None), or return the job an earlier request made with it."""
+    now = utcnow()
+    session.execute(  # an expired key is forgotten
+        delete(IdempotencyKey).where(
+            IdempotencyKey.owner == owner,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at < now - expiry,
+        )
+    )
+    insert = _insert(session)(IdempotencyKey).values(
+        owner=owner, key=key, body_hash=body_hash, created_at=now
+    )
+    # A concurrent first request holds the row until it commits; this waits for it.
+    inserted = insert.on_conflict_do_nothing().returning(IdempotencyKey.key)
+    if session.execute(inserted).scalar() is not None:
+        return None
+    row = session.get(IdempotencyKey, (owner, key), populate_existing=True)
+    if row is None or row.job_id is None:
+        raise KeyInUse("a request with this Idempotency-Key is still being handled; retry")
+    if row.body_hash != body_hash:
+        raise InvalidField(
+            "Idempotency-Key", "already used with a different body; use a new key for a new job"
+        )
+    return session.get(Job, row.job_id)
 
 
 def stored_spec(job: Job) -> dict[str, Any]:
@@ -68,10 +143,15 @@ def stored_spec(job: Job) -> dict[str, Any]:
     return upgrade_spec(job.spec, job.spec_version)
 
 
-def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
+def get_job(
+    session: Session, job_id: int, *, owner: str | None = None, with_epochs: bool = False
+) -> Job:
+    """A job by id; with `owner`, a job of anybody else is as missing as one that never was."""
     if not _is_id(job_id):
         raise JobNotFound(job_id)
     query = select(Job).where(Job.id == job_id)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     if with_epochs:
         query = query.options(selectinload(Job.epochs))
     job = session.scalars(query).one_or_none()
@@ -82,6 +162,7 @@ def get_job(session: Session, job_id: int, *, with_epochs: bool = False) -> Job:
 
 def list_jobs(
     session: Session,
+    owner: str,
     *,
     status: JobStatus | None = None,
     limit: int = 50,
@@ -89,7 +170,7 @@ def list_jobs(
 ) -> tuple[list[Job], str | None]:
     """Newest first. The cursor is the last id of the previous page: ids only grow, so jobs
     added meanwhile land before page one and never shift later pages."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    query = select(Job).where(Job.owner == owner).order_by(Job.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
@@ -102,16 +183,16 @@ def list_jobs(
     return jobs, (str(jobs[-1].id) if more else None)
 
 
-def list_epochs(session: Session, job_id: int) -> list[Epoch]:
-    get_job(session, job_id)
+def list_epochs(session: Session, job_id: int, owner: str) -> list[Epoch]:
+    get_job(session, job_id, owner=owner)
     return list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)))
 
 
-def cancel_job(session: Session, job_id: int) -> Job:
+def cancel_job(session: Session, job_id: int, owner: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops at the next batch
     boundary (its worker reads the flag). Cancelling a cancelled job changes nothing."""
     job = _locked(session, job_id)
-    if job is None:
+    if job is None or job.owner != owner:
         raise JobNotFound(job_id)
     now = utcnow()
     if job.status == JobStatus.queued:
@@ -137,11 +218,14 @@ class Claim:
     retry_at: datetime | None = None  # busy: when the current owner's lease runs out
 
 
-def claim_job(session: Session, job_id: int, worker: str, lease_seconds: float) -> Claim:
+def claim_job(
+    session: Session, job_id: int, worker: str, lease_seconds: float, max_takeovers: int = 5
+) -> Claim:
     """Take a queued job, or a running one whose worker stopped renewing its lease.
 
     The row lock (PostgreSQL) or the write lock (SQLite) makes this atomic: of two deliveries
-    of one message, exactly one claims the job.
+    of one message, exactly one claims the job. A job whose workers died `max_takeovers` times
+    while running it ends `failed` with that history instead of killing one more.
     """
     job = _locked(session, job_id)
     if job is None:
@@ -155,10 +239,30 @@ def claim_job(session: Session, job_id: int, worker: str, lease_seconds: float) 
         if job.cancel_requested:  # its worker died after the cancel: nothing left to stop
             _end(job, JobStatus.cancelled, now)
             return Claim("finished", job)
+        # a worker died when the next claim took the job over from it; so did the current one
+        history = job.history
+        died = [a["worker"] for a, b in itertools.pairwise(history) if b["took_over"]]
+        died.append(job.worker)
+        if len(died) >= max_takeovers:
+            _end(job, JobStatus.failed, now, error=_gave_up(died))
+            return Claim("finished", job)
+    took_over = job.status == JobStatus.running
+    job.history = [
+        *job.history,
+        {"attempt": job.attempts + 1, "worker": worker, "at": now.isoformat(),
+         "took_over": took_over},
+    ]  # fmt: skip
     job.status, job.worker, job.attempts = JobStatus.running, worker, job.attempts + 1
     job.lease_expires_at = now + timedelta(seconds=lease_seconds)
     job.started_at = job.started_at or now
     return Claim("claimed", job)
+
+
+def _gave_up(workers: list[str | None]) -> str:
+    return (
+        f"gave up: the worker running this job stopped answering {len(workers)} times "
+        f"(workers {', '.join(map(str, workers))}); its last checkpoint is kept"
+    )
 
 
 @dataclass(frozen=True)
@@ -190,10 +294,7 @@ def record_epoch(session: Session, job_id: int, worker: str, metrics: EpochMetri
     if job is None:
         return False
     values = {"job_id": job_id, "recorded_at": utcnow(), **metrics.model_dump()}
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
-        session.get_bind().dialect.name
-    ]
-    stmt = insert(Epoch).values(values)
+    stmt = _insert(session)(Epoch).values(values)
     updated = {k: stmt.excluded[k] for k in (*EPOCH_METRICS, "recorded_at")}
     session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "epoch"], set_=updated))
     if values["epoch"] >= job.progress_epoch:  # a resume rewrites earlier epochs too
@@ -244,6 +345,20 @@ def unpublished_jobs(session: Session, older_than: datetime) -> list[int]:
     return list(session.scalars(query.order_by(Job.id)))
 
 
+def stale_jobs(session: Session, before: datetime) -> tuple[list[int], list[int]]:
+    """Jobs whose message may be lost (a broker restarted without its data): queued ones
+    published before `before`, and running ones whose lease ran out before it (their worker
+    died) and that were not published again since."""
+    old = Job.published_at < before
+    queued = select(Job.id).where(Job.status == JobStatus.queued, old)
+    orphans = select(Job.id).where(
+        Job.status == JobStatus.running, Job.lease_expires_at < before, old
+    )
+    return list(session.scalars(queued.order_by(Job.id))), list(
+        session.scalars(orphans.order_by(Job.id))
+    )
+
+
 def unfinished_jobs(session: Session) -> list[Job]:
     """Queued and running jobs, oldest first: what a starting worker makes sure is queued."""
     query = select(Job).where(Job.status.in_([JobStatus.queued, JobStatus.running]))
@@ -251,6 +366,13 @@ def unfinished_jobs(session: Session) -> list[Job]:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
+        session.get_bind().dialect.name
+    ]
 
 
 def _is_id(job_id: int) -> bool:
@@ -280,4 +402,16 @@ def _end(
     error: str | None = None,
 ) -> None:
     job.status, job.finished_at, job.lease_expires_at = status, now, None
-    job.result, job.error = result, error
+    job.result, job.error = result, clean_error(error)
+
+
+MAX_ERROR = 4000
+
+
+def clean_error(text: str | None) -> str | None:
+    """An error message any database stores: no control characters but newlines and tabs
+    (PostgreSQL refuses NUL), at most MAX_ERROR characters."""
+    if text is None:
+        return None
+    text = "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else "?" for c in text)
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."

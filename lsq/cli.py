@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     print(table_header())
     on_epoch = lambda m: print(table_row(m), flush=True)  # noqa: E731
     result = run(spec, out, on_epoch=on_epoch, resume=bool(args.resume), progress_bar=True)
-    print(summary_line(spec.model_dump(mode="json"), result))
+    print(summary_line(spec.describe(), result))
     print(f"files in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 

@@ -8,11 +8,11 @@ normalisation run on tensors (torchvision.transforms.v2).
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +20,7 @@ import torchvision
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from .spec import DatasetSpec
-
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+from .spec import FASHION_MNIST_ROOT, DatasetSpec
 
 
 class DatasetError(ValueError):
@@ -58,6 +56,24 @@ def _normalise(mean: list[float], std: list[float]) -> list[v2.Transform]:
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR-10 batch holds (dicts, lists, ints, strings and numpy arrays):
+    a crafted file that names any other callable is refused, never run."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _cifar_batches(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     images, labels = [], []
@@ -65,7 +81,7 @@ def _cifar_batches(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
         path = folder / name
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+                batch = _CifarUnpickler(f, encoding="latin1").load()
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
         except FileNotFoundError:
@@ -73,7 +89,7 @@ def _cifar_batches(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
                 f"CIFAR-10: {path} not found. Expected the python version's pickle batches "
                 f"(data_batch_1..5, test_batch) in {root} or {root}/cifar-10-batches-py"
             ) from None
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
             raise DatasetError(
                 f"CIFAR-10: {path} is not a CIFAR-10 python batch (a pickled dict with 'data' "
                 f"of shape (N, 3072) uint8 and 'labels'): {e}"
@@ -201,7 +217,6 @@ def synthetic(
 
 # ---------------------------------------------------------------- entry point
 
-DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
 LAYOUTS = {
     "cifar10": "CIFAR-10's python batches data_batch_1..5 and test_batch",
     "imagenet": "train/<class>/*.JPEG and val/<class>/*.JPEG",
@@ -242,8 +257,8 @@ def load_datasets(spec: DatasetSpec, seed: int = 0) -> tuple[Dataset, Dataset, D
     if spec.name == "synthetic":
         train, test, info = synthetic(spec.train_size or 2048, spec.test_size or 512)
         return train, test, info
-    root = Path(os.path.expanduser(spec.root or DEFAULT_ROOTS.get(spec.name, "")))
-    if not spec.root and spec.name not in DEFAULT_ROOTS:
+    root = spec.folder()
+    if root is None:
         raise DatasetError(
             f"dataset {spec.name!r} needs a root folder (dataset.root) holding {LAYOUTS[spec.name]}"
         )

@@ -78,12 +78,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def step_sizes(model: nn.Module) -> torch.Tensor:
-    """Every quantizer step of the model, flattened into one vector."""
-    steps = [p.detach().flatten() for p in step_parameters(model)]
-    return torch.cat(steps) if steps else torch.zeros(0)
-
-
 def broadcast_steps(model: nn.Module) -> None:
     """Give every replica rank 0's step sizes (each initialised from its own first batch)."""
     if dist.is_initialized():

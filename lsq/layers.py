@@ -36,14 +36,15 @@ class _Quantized(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
-        channels = self.weight.shape[0] if per_channel else 1
+        channels, device = (self.weight.shape[0] if per_channel else 1), self.weight.device
         self.weight_quantizer = None
         if weight_levels is not None:
-            self.weight_quantizer = LsqQuantizer(weight_levels, channels=channels)
-            self.weight_quantizer.init_from(self.weight)
+            self.weight_quantizer = LsqQuantizer(weight_levels, channels=channels, device=device)
+            if not self.weight.is_meta:
+                self.weight_quantizer.init_from(self.weight)
         self.input_quantizer = None
         if activation_levels is not None:
-            self.input_quantizer = LsqQuantizer(activation_levels, activation=True)
+            self.input_quantizer = LsqQuantizer(activation_levels, activation=True, device=device)
 
     @staticmethod
     def _hyperparameters(layer: nn.Module) -> dict[str, Any]:
@@ -57,20 +58,25 @@ class _Quantized(nn.Module):
         activation: Any = None,
         per_channel: bool = False,
     ) -> Self:
-        """The quantized twin of `layer`, with its hyperparameters, weight and bias."""
-        q = cls(
-            **cls._hyperparameters(layer),
-            bias=layer.bias is not None,
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-            weight_levels=weight,
-            activation_levels=activation,
-            per_channel=per_channel,
-        )
-        with torch.no_grad():
-            q.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
+        """The quantized twin of `layer`: its hyperparameters, device, weight and bias (and
+        their requires_grad), in its training mode. Hooks on `layer` are not carried over."""
+        w = layer.weight
+        with torch.random.fork_rng(devices=[w.device] if w.is_cuda else []):
+            # The constructor's random init is overwritten below: keep the caller's RNG as is.
+            q = cls(
+                **cls._hyperparameters(layer),
+                bias=layer.bias is not None,
+                device=w.device,
+                dtype=w.dtype,
+                weight_levels=weight,
+                activation_levels=activation,
+                per_channel=per_channel,
+            )
+        for name in ("weight", "bias"):
+            if getattr(layer, name) is not None:
+                with torch.no_grad():
+                    getattr(q, name).copy_(getattr(layer, name))
+                getattr(q, name).requires_grad_(getattr(layer, name).requires_grad)
         if q.weight_quantizer is not None:  # the paper's init, from the weights now in place
             q.weight_quantizer.init_from(q.weight)
         return q.train(layer.training)

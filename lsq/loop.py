@@ -186,6 +186,7 @@ class Trainer:
             return None
         eval_start = time.perf_counter()
         test = evaluate(self.model, test_data, self.device, self.amp)
+        end = time.perf_counter()
         return EpochMetrics(
             epoch=epoch,
             train_loss=loss,
@@ -194,9 +195,9 @@ class Trainer:
             test_top1=test.top1,
             test_top5=test.top5,
             lr=lr,
-            seconds=time.perf_counter() - start,
+            seconds=end - start,
             images_per_second=n / train_seconds,
-            eval_seconds=time.perf_counter() - eval_start,
+            eval_seconds=end - eval_start,
         )
 
     def _train(self, data: DataLoader, epoch: int) -> tuple[float, float, int]:

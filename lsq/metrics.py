@@ -1,13 +1,12 @@
 """The records a run produces, defined once: an epoch's metrics and the run's result.
 
 The training loop makes them, ``metrics.json`` holds them, the service stores them (one column
-per ``EpochMetrics`` field) and returns them, and both CLIs print them with ``epoch_table``.
-Adding a metric is one field here plus one migration for its column.
+per ``EpochMetrics`` field) and returns them, and both CLIs print them with ``table_header`` and
+``table_row``. Adding a metric is one field here plus one migration for its column (and an
+entry in ``COLUMNS`` to show it in the table).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,15 +109,9 @@ def epoch_table(epochs: list[EpochMetrics]) -> str:
     return "\n".join([table_header(), *map(table_row, epochs)])
 
 
-def summary_line(spec: dict[str, Any], result: RunResult) -> str:
-    """One line that says what a run was and what it kept, from the spec's JSON form."""
-    from .spec import QuantizationSpec
-
-    what = QuantizationSpec.model_validate(spec.get("quantization", {})).describe()
-    line = (
-        f"{spec['name']}: {spec['model']['arch']} on {spec['dataset']['name']}, {what}: "
-        f"test top-1 {result.final_top1:.2f}%"
-    )
+def summary_line(title: str, result: RunResult) -> str:
+    """One line that says what a run was (`JobSpec.describe()`) and what it kept."""
+    line = f"{title}: test top-1 {result.final_top1:.2f}%"
     if result.drop_top1 is not None:
         line += f", drop {result.drop_top1:.2f} points from {result.init_top1:.2f}%"
     return line

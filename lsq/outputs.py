@@ -16,6 +16,7 @@ from torch import nn
 from . import checkpoint, export, plot
 from .data import DatasetInfo
 from .files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
+from .loop import Trainer
 from .metrics import Accuracy, EpochMetrics, RunMetrics
 from .spec import JobSpec
 
@@ -24,7 +25,7 @@ from .spec import JobSpec
 class Progress:
     """What a resume continues from."""
 
-    trainer: dict[str, Any]  # Trainer.state_dict()
+    trainer: dict[str, Any]  # Trainer.state_dict(): what it restores
     epochs: list[EpochMetrics]
     start: Accuracy | None  # the starting model's accuracy, measured before quantization
 
@@ -50,17 +51,19 @@ def load_progress(out: Path, spec: JobSpec) -> Progress | None:
         raise ValueError(f"{out / CHECKPOINT} belongs to a different job spec; use a new folder")
     start = state["init_metrics"]
     return Progress(
-        trainer=state,
-        epochs=[EpochMetrics.model_validate(e) for e in state["epochs"]],
+        trainer={k: state[k] for k in Trainer.STATEFUL},
+        epochs=_epochs(state),
         start=Accuracy.model_validate(start) if start else None,
     )
 
 
 def saved_epochs(out: Path) -> list[EpochMetrics]:
     """The epochs of the checkpoint in `out` (none when there is no checkpoint yet)."""
-    if not (out / CHECKPOINT).is_file():
-        return []
-    return [EpochMetrics.model_validate(e) for e in checkpoint.load(out / CHECKPOINT)["epochs"]]
+    return _epochs(checkpoint.load(out / CHECKPOINT)) if (out / CHECKPOINT).is_file() else []
+
+
+def _epochs(state: dict[str, Any]) -> list[EpochMetrics]:
+    return [EpochMetrics.model_validate(e) for e in state["epochs"]]
 
 
 def save_final(
@@ -77,7 +80,3 @@ def save_final(
 def write_metrics(out: Path, metrics: RunMetrics) -> None:
     with checkpoint.atomic_file(out / METRICS, "w") as f:
         f.write(metrics.model_dump_json(indent=2))
-
-
-def read_metrics(out: Path) -> RunMetrics:
-    return RunMetrics.model_validate_json((out / METRICS).read_text())

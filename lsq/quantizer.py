@@ -69,14 +69,21 @@ class LsqQuantizer(nn.Module):
       batch seen in training mode, unless ``init_from`` was called first.
     """
 
-    def __init__(self, levels: Any, *, channels: int = 1, activation: bool = False) -> None:
+    def __init__(
+        self,
+        levels: Any,
+        *,
+        channels: int = 1,
+        activation: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.levels = parse_levels(levels)
         self.activation = activation
-        self.step = nn.Parameter(torch.ones(channels))
+        self.step = nn.Parameter(torch.ones(channels, device=device))
         # Persisted so a reloaded model does not re-initialise; mirrored in a Python bool so the
         # forward never reads a device tensor on the host.
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
         self._initialized = False
         self.register_load_state_dict_pre_hook(_sync_initialized_flag)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -12,11 +13,13 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    StringConstraints,
     ValidationError,
     WithJsonSchema,
 )
@@ -55,14 +58,58 @@ FirstLast = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: no "3" for 3 and no true for 1; finite floats only; unknown keys are mistakes.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _printable(text: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters (newlines, tabs, NUL...)")
+    return text
+
+
+# Every bound of the spec, in one place. The service may set lower caps (api.limits).
+MAX_PATH = 4096  # characters of a path
+MAX_SUBSET = 10_000_000  # images in a train_size / test_size subset
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_DEVICES = 64
+MAX_SEED = 2**32 - 1
+
+
+def _text(max_length: int) -> Any:
+    """1 to max_length characters, none of them a control character (they break logs and
+    terminals, and PostgreSQL refuses NUL)."""
+    return Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=max_length),
+        AfterValidator(_printable),
+        Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
+    ]
+
+
+Path_ = _text(MAX_PATH)
+
+
+# Where a dataset is read from when `dataset.root` is not given (Debian's package).
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
 
 
 class DatasetSpec(_Strict):
     name: DatasetName
-    root: str | None = Field(None, description="Folder of the dataset files; default per dataset")
-    train_size: int | None = Field(None, ge=1, description="Seeded class-balanced training subset")
-    test_size: int | None = Field(None, ge=1, description="Seeded class-balanced test subset")
+    root: Path_ | None = Field(None, description="Folder of the dataset files; default per dataset")
+    train_size: int | None = Field(
+        None, ge=1, le=MAX_SUBSET, description="Seeded class-balanced training subset"
+    )
+    test_size: int | None = Field(
+        None, ge=1, le=MAX_SUBSET, description="Seeded class-balanced test subset"
+    )
+
+    def folder(self) -> Path | None:
+        """The folder the dataset is read from; None where it needs one and has none."""
+        root = self.root or DEFAULT_ROOTS.get(self.name)
+        return Path(root).expanduser() if root else None
 
 
 def _local_init(value: Any) -> Any:
@@ -77,7 +124,7 @@ def _local_init(value: Any) -> Any:
 class ModelSpec(_Strict):
     arch: Arch
     # The service widens this field to accept {job: ID} as well (api.spec).
-    init: Annotated[str | None, BeforeValidator(_local_init)] = Field(
+    init: Annotated[Path_ | None, BeforeValidator(_local_init)] = Field(
         None,
         description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
         "of a model.pt state dict",
@@ -105,18 +152,22 @@ class QuantizationSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(90, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, description="Global batch size (split across devices)")
-    lr: float = Field(0.01, gt=0)
+    epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(
+        128, ge=1, le=MAX_BATCH, description="Global batch size (split across devices)"
+    )
+    lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0, description="Never applied to step sizes")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="Never applied to step sizes")
     scheduler: Literal["cosine", "constant"] = "cosine"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU"
     )
-    devices: int = Field(1, ge=1, description="Data-parallel processes on the worker's host")
+    devices: int = Field(
+        1, ge=1, le=MAX_DEVICES, description="Data-parallel processes on the worker's host"
+    )
 
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored
@@ -135,7 +186,7 @@ def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
 class JobSpec(_Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: _text(200)  # type: ignore[valid-type]
     dataset: DatasetSpec
     model: ModelSpec
     quantization: QuantizationSpec = QuantizationSpec()
@@ -149,6 +200,11 @@ class JobSpec(_Strict):
             return cls.model_validate(data)
         except ValidationError as e:
             raise SpecError(f"{path} is not a valid job spec", describe_errors(e, cls)) from None
+
+    def describe(self) -> str:
+        """E.g. 'fp: resnet20 on cifar10, full precision'."""
+        what = self.quantization.describe()
+        return f"{self.name}: {self.model.arch} on {self.dataset.name}, {what}"
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
@@ -170,6 +226,17 @@ def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
     return "\n".join([message, *(f"  {field}: {text}" for field, text in fields)])
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: PyYAML (1.1) reads 1e-4 as a string, and the spec is strict."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_document(path: str | Path) -> Any:
     """A YAML or JSON file (YAML is a superset of JSON), with errors a person can act on."""
     try:
@@ -177,7 +244,7 @@ def read_document(path: str | Path) -> Any:
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -186,18 +253,10 @@ def read_document(path: str | Path) -> Any:
         raise SpecError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
 
 
-# Where FastAPI says a value came from; the field name alone is clearer to a client.
-SOURCES = ("body", "query", "path", "header")
-
-
-def field_name(loc: Sequence[str | int], kind: str = "") -> str:
-    """`model.init.job`, not pydantic's `model.init.JobRef.job`: tags of a union's members and
-    validator names are not fields (capitalised, or not identifiers); bad JSON is the body's."""
-    if kind == "json_invalid":
-        return "body"
+def field_name(loc: Sequence[str | int]) -> str:
+    """`model.init.job`, not pydantic's `model.init.Tag.job`: tags of a union's members and
+    validator names are not fields (capitalised, or not identifiers)."""
     parts = [str(p) for p in loc]
-    if len(parts) > 1 and parts[0] in SOURCES:
-        parts = parts[1:]
     parts = [p for p in parts if p.isdigit() or (p.isidentifier() and not p[0].isupper())]
     return ".".join(parts) or "body"
 
@@ -210,7 +269,7 @@ def describe_errors(
         errors = errors.errors()
     described = []
     for e in errors:
-        field, message = field_name(e["loc"], e["type"]), e["msg"].removeprefix("Value error, ")
+        field, message = field_name(e["loc"]), e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(field, root) or message
         described.append((field, message))

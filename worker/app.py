@@ -22,7 +22,7 @@ from api import store
 from api.config import Settings, get_settings
 from api.db import session_scope
 from api.models import utcnow
-from api.queue import broker_config, enqueue, publish
+from api.queue import broker_config, enqueue, publish, queue_length
 
 # Set when the worker is asked to stop: a running job stops at the next batch and is requeued.
 SHUTTING_DOWN = threading.Event()
@@ -81,16 +81,32 @@ def _requeue_unfinished(**_: object) -> None:
 
 
 def _sweep() -> None:
-    every = get_settings().sweep_seconds
-    while not SHUTTING_DOWN.wait(every):
+    settings = get_settings()
+    while not SHUTTING_DOWN.wait(settings.sweep_seconds):
         try:
-            with session_scope() as session:
-                job_ids = store.unpublished_jobs(session, utcnow() - timedelta(seconds=every))
-            if job_ids:
-                log.info("publishing jobs %s, not queued at submission", job_ids)
-                publish(job_ids)
+            sweep_once(settings)
         except Exception:  # the database or the broker is out of reach: next round
             log.exception("publish sweep failed")
+
+
+def sweep_once(settings: Settings) -> list[int]:
+    """Publish the jobs that have no message: never published (the broker was out of reach at
+    submission), or whose message was lost with the broker's data. A queued job counts as lost
+    when its message is older than LSQ_REPUBLISH_SECONDS and the queue holds no message at all;
+    a duplicate is harmless (the lease decides who runs a job). Returns what it published."""
+    now = utcnow()
+    with session_scope(read_only=True) as session:
+        never = store.unpublished_jobs(session, now - timedelta(seconds=settings.sweep_seconds))
+        queued, orphans = store.stale_jobs(
+            session, now - timedelta(seconds=settings.republish_seconds)
+        )
+    if queued and queue_length() > 0:
+        queued = []  # messages are waiting: theirs among them
+    job_ids = sorted({*never, *queued, *orphans})
+    if job_ids:
+        log.info("publishing jobs %s: no message in the broker", job_ids)
+        publish(job_ids)
+    return job_ids
 
 
 @signals.worker_shutting_down.connect

@@ -21,7 +21,8 @@ import warnings
 from collections.abc import Callable
 
 from api import cli as service_cli
-from api.config import get_settings
+from api.config import Settings, get_settings
+from api.tokens import client_token, local_token
 from lsq import cli as core_cli
 
 # A worker stops its job at the next batch boundary; give it as long as an evaluation or a
@@ -103,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
         f"database {safe(settings.db_url)}, broker {safe(settings.broker)}",
         flush=True,
     )
+    token = _local_token(settings)
     # The demo keeps the terminal for its own output.
     level = ["--log-level", "warning" if args.demo else "info"]
     procs = [
@@ -113,14 +115,31 @@ def serve(args: argparse.Namespace) -> int:
     if not args.demo:
         return _supervise(procs)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return _supervise(procs, lambda: _demo(f"http://{host}:{args.port}", procs))
+    return _supervise(procs, lambda: _demo(f"http://{host}:{args.port}", token, procs))
 
 
-def _demo(url: str, procs: list[subprocess.Popen]) -> int:
+def _local_token(settings: Settings) -> str | None:
+    """Embedded: this machine's token (made on the first start), saved for the CLI."""
+    if settings.database_url:  # a shared database: tokens come from `lsq token create`
+        return client_token(settings)
+    from api.db import upgrade_database
+
+    upgrade_database()
+    token, new = local_token(settings)
+    if new:
+        print(f"lsq serve: made a token for this machine, saved in {settings.token_file} "
+              f"(lsq submit and lsq status use it; other clients send it as "
+              f"Authorization: Bearer):\n  {token}", flush=True)  # fmt: skip
+    else:
+        print(f"lsq serve: API token in {settings.token_file}", flush=True)
+    return token
+
+
+def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
     from api.artifacts import job_folder
     from api.client import Client, ServiceError, format_job, job_summary
 
-    client = Client(url)
+    client = Client(url, token)
     try:
         client.wait_ready(alive=lambda: all(p.poll() is None for p in procs))
         fp = client.submit(_demo_spec("demo-fp32", epochs=4))

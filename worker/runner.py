@@ -24,6 +24,7 @@ from api import store
 from api.artifacts import job_folder
 from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
+from api.limits import check_files
 from api.models import JobStatus, utcnow
 from api.spec import ServiceJobSpec, for_the_core, source_job
 from lsq.files import MODEL
@@ -33,7 +34,6 @@ from lsq.spec import JobSpec
 from .app import SHUTTING_DOWN, worker_name
 
 log = logging.getLogger(__name__)
-MAX_ERROR = 4000
 
 
 # ------------------------------------------------------------------- what a delivery leads to
@@ -88,6 +88,7 @@ class LeaseKeeper(threading.Thread):
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
         self.stop_reason: Stop | None = None
+        self._stop_lock = threading.Lock()  # the training and heartbeat threads both decide
         self._done = threading.Event()
         self._progress: tuple[int, float] | None = None
 
@@ -95,8 +96,9 @@ class LeaseKeeper(threading.Thread):
         self._progress = (epoch, fraction)  # written to the database by the next heartbeat
 
     def stop_as(self, reason: Stop) -> None:
-        if self.stop_reason is None:  # the first reason decides
-            self.stop_reason = reason
+        with self._stop_lock:
+            if self.stop_reason is None:  # the first reason decides
+                self.stop_reason = reason
 
     def should_stop(self) -> bool:
         if SHUTTING_DOWN.is_set():
@@ -152,7 +154,9 @@ class Claimed:
 def execute(job_id: int) -> Outcome:
     """Everything a delivery of job `job_id` leads to; never raises for an error of the job."""
     claimed = claim(job_id)
-    return claimed if not isinstance(claimed, Claimed) else run_claimed(claimed)
+    if isinstance(claimed, Claimed):
+        return run_claimed(claimed)
+    return claimed
 
 
 def claim(job_id: int) -> Claimed | Outcome:
@@ -164,18 +168,22 @@ def claim(job_id: int) -> Claimed | Outcome:
         except store.JobNotFound:
             return Ack(None, "no such job")
         spec = store.stored_spec(job)
-        source = _status_of(session, _source_id(spec))
+        source_id = _source_id(spec)
+        source = _status_of(session, source_id)
         if job.status == JobStatus.queued and source in (JobStatus.queued, JobStatus.running):
-            log.info("job %s: waiting for job %s, its starting model", job_id, _source_id(spec))
+            log.info("job %s: waiting for job %s, its starting model", job_id, source_id)
+            store.mark_published(session, [job_id])  # its message is alive: no sweep needed
             return RetryLater(settings.retry_seconds, "its starting model is not ready")
-        claim = store.claim_job(session, job_id, worker_name(), settings.lease_seconds)
-        attempt = claim.job.attempts if claim.job else 0
-    if claim.outcome == "busy":
-        assert claim.retry_at is not None
-        wait = max(1.0, (claim.retry_at - utcnow()).total_seconds() + 1)
+        taken = store.claim_job(
+            session, job_id, worker_name(), settings.lease_seconds, settings.max_attempts
+        )
+        attempt = taken.job.attempts if taken.job else 0
+    if taken.outcome == "busy":
+        assert taken.retry_at is not None
+        wait = max(1.0, (taken.retry_at - utcnow()).total_seconds() + 1)
         return RetryLater(wait, "another worker holds its lease")
-    if claim.outcome != "claimed":
-        return Ack(None, f"job {claim.outcome}")
+    if taken.outcome != "claimed":
+        return Ack(None, f"job {taken.outcome}")
     return Claimed(job_id, attempt, spec, source)
 
 
@@ -198,20 +206,22 @@ def run_claimed(claimed: Claimed) -> Outcome:
     except LeaseLost:
         return Ack(None, "lost its lease")
     except Cancelled:
-        assert keeper.stop_reason is not None
         return _stopped(job_id, me, keeper.stop_reason, settings)
     except DATABASE_UNAVAILABLE:
         raise  # the database, not the job: the task tries again later (worker.tasks)
     except Exception as e:
-        log.exception("job %s failed", job_id)
+        if isinstance(e, ValueError | FileNotFoundError):  # the spec's fault: say it, briefly
+            log.warning("job %s failed: %s", job_id, e)
+        else:
+            log.exception("job %s failed", job_id)
         _free_memory()
-        return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}"[:MAX_ERROR])
+        return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
     finally:
         keeper.close()
     return _finish(job_id, me, JobStatus.succeeded, result=result)
 
 
-def _stopped(job_id: int, worker: str, reason: Stop, settings: Settings) -> Outcome:
+def _stopped(job_id: int, worker: str, reason: Stop | None, settings: Settings) -> Outcome:
     match reason:
         case Stop.cancelled:
             return _finish(job_id, worker, JobStatus.cancelled)
@@ -223,6 +233,8 @@ def _stopped(job_id: int, worker: str, reason: Stop, settings: Settings) -> Outc
             with session_scope() as session:
                 released = store.release_job(session, job_id, worker)
             return Requeue("the worker is stopping") if released else Ack(None, "lost its lease")
+        case None:  # only the keeper stops a run
+            raise RuntimeError(f"job {job_id} stopped without a reason")
 
 
 def _source_id(spec: dict[str, Any]) -> int | None:
@@ -243,6 +255,7 @@ def _status_of(session: Session, job_id: int | None) -> JobStatus | None:
 def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
     """The core's spec: `model.init: {job: ID}` replaced by the path of that job's model."""
     spec = ServiceJobSpec.model_validate(claimed.spec)
+    check_files(spec, settings)  # again: a folder may have become a symlink since submission
     source_id = source_job(spec)
     if source_id is None:
         return for_the_core(spec, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import assert_never
 
 from celery import Task
 from celery.exceptions import Reject
@@ -38,3 +39,5 @@ def run_job(self: Task, job_id: int) -> str:
             raise self.retry(countdown=seconds)
         case Ack(status, why):
             return str(status) if status else why
+        case _:
+            assert_never(outcome)

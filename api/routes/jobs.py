@@ -1,53 +1,95 @@
-"""/v1/jobs: submit, list, read, cancel, and download a job's files."""
+"""/v1/jobs: submit, list, read, cancel, and download a job's files. Every route acts for the
+token's owner: another owner's job is as missing as one that never existed."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from lsq.metrics import EpochMetrics
 
-from .. import artifacts, store
-from ..deps import SessionDep, SettingsDep
+from .. import artifacts, limits, store
+from ..auth import OwnerDep
+from ..deps import ReadSessionDep, SessionDep, SettingsDep
 from ..models import JobStatus
 from ..queue import enqueue_when_committed
 from ..schemas import Artifact, ErrorOut, JobDetail, JobOut, JobPage
 from ..spec import ServiceJobSpec
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": ErrorOut}})
+ERRORS = {
+    400: {"model": ErrorOut, "description": "A body that is not JSON, or an unknown Host"},
+    401: {"model": ErrorOut, "description": "No valid token"},
+    422: {"model": ErrorOut},
+    429: {"model": ErrorOut, "description": "Too many requests or unfinished jobs (Retry-After)"},
+}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Send the same key again (after a timeout, say) to get the job it made "
+        "instead of a second one",
+    ),
+]
 
 
-@router.post("", status_code=201, summary="Submit a job")
-def submit_job(spec: ServiceJobSpec, session: SessionDep, response: Response) -> JobDetail:
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a job",
+    responses={
+        200: {"model": JobDetail, "description": "The job this Idempotency-Key made before"},
+        409: {"model": ErrorOut, "description": "The key's first request is still running"},
+        413: {"model": ErrorOut, "description": "The body is too large"},
+    },
+)
+def submit_job(
+    spec: ServiceJobSpec,
+    session: SessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobDetail:
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
-    job = store.create_job(session, spec)
-    enqueue_when_committed(session, job.id)
+    limits.check_job(spec, settings)
+    job, new = store.submit_job(
+        session, owner, spec, max_unfinished=settings.max_queued_per_owner,
+        key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
+    )  # fmt: skip
+    if new:
+        enqueue_when_committed(session, job.id)
+    else:
+        response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobDetail.of(job, epochs=[])
+    return JobDetail.of(job, epochs=None if not new else [])
 
 
 @router.get("", summary="List jobs, newest first")
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
+    owner: OwnerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobPage:
-    jobs, next_cursor = store.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    jobs, next_cursor = store.list_jobs(session, owner, status=status, limit=limit, cursor=cursor)
     return JobPage(items=[JobOut.of(job) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", responses=NOT_FOUND, summary="A job with its epochs so far")
-def get_job(job_id: int, session: SessionDep) -> JobDetail:
-    return JobDetail.of(store.get_job(session, job_id, with_epochs=True))
+def get_job(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> JobDetail:
+    return JobDetail.of(store.get_job(session, job_id, owner=owner, with_epochs=True))
 
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")
-def get_epochs(job_id: int, session: SessionDep) -> list[EpochMetrics]:
-    return [EpochMetrics.model_validate(e) for e in store.list_epochs(session, job_id)]
+def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochMetrics]:
+    return [EpochMetrics.model_validate(e) for e in store.list_epochs(session, job_id, owner)]
 
 
 @router.post(
@@ -55,15 +97,17 @@ def get_epochs(job_id: int, session: SessionDep) -> list[EpochMetrics]:
     summary="Cancel a job",
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The job already ended"}},
 )
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: int, session: SessionDep, owner: OwnerDep) -> JobOut:
     """A queued job never starts; a running one stops at the next batch boundary, keeps the
     epochs it finished and ends `cancelled` (`cancel_requested` is true until then)."""
-    return JobOut.of(store.cancel_job(session, job_id))
+    return JobOut.of(store.cancel_job(session, job_id, owner))
 
 
 @router.get("/{job_id}/artifacts", responses=NOT_FOUND, summary="The job's files so far")
-def list_artifacts(job_id: int, session: SessionDep, settings: SettingsDep) -> list[Artifact]:
-    store.get_job(session, job_id)
+def list_artifacts(
+    job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
+) -> list[Artifact]:
+    store.get_job(session, job_id, owner=owner)
     return [
         Artifact(name=p.name, size=p.stat().st_size, url=f"/v1/jobs/{job_id}/artifacts/{p.name}")
         for p in artifacts.available(settings, job_id)
@@ -77,9 +121,9 @@ def list_artifacts(job_id: int, session: SessionDep, settings: SettingsDep) -> l
     responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
 )
 def download_artifact(
-    job_id: int, name: str, session: SessionDep, settings: SettingsDep
+    job_id: int, name: str, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> FileResponse:
-    store.get_job(session, job_id)
+    store.get_job(session, job_id, owner=owner)
     files = {p.name: p for p in artifacts.available(settings, job_id)}  # known names only
     if name not in files:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")

@@ -114,3 +114,16 @@ def test_quantized_layers_are_built_like_their_torch_parents():
     twin = QuantConv2d.from_float(float_conv, [-1, 0, 1], None, per_channel=True)
     assert (twin.stride, twin.dilation, twin.groups, twin.bias) == ((2, 2), (2, 2), 2, None)
     assert torch.equal(twin.weight, float_conv.weight) and twin.weight_quantizer.step.shape == (8,)
+
+
+def test_quantizers_live_on_their_layers_device_and_conversion_keeps_the_rng():
+    meta = QuantConv2d(3, 8, 3, device="meta", weight_levels=[-1, 0, 1], activation_levels=[0, 1])
+    assert meta.weight_quantizer.step.is_meta and meta.input_quantizer.step.is_meta
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    frozen = nn.Linear(4, 2).requires_grad_(False)
+    torch.manual_seed(0)
+    QuantLinear.from_float(frozen, [-1, 0, 1], [0, 1, 2, 3])
+    assert torch.equal(torch.rand(3), expected)  # from_float drew no random numbers
+    assert not QuantLinear.from_float(frozen, [-1, 0, 1]).weight.requires_grad

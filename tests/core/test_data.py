@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -206,6 +207,33 @@ def test_cifar10_garbage_file_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "test_batch").write_bytes(b"this is not a pickle")
     with pytest.raises(DatasetError, match="test_batch"):
         cifar10(tmp_path)
+
+
+class _Exploit:
+    """Unpickles as a call of os.system: what a crafted data_batch_1 would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "key"])
+def test_cifar10_crafted_pickle_is_refused_not_run(tmp_path: Path, where: str) -> None:
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    batch = _cifar_batch(0)
+    if where == "key":
+        batch["extra"] = _Exploit(marker)
+    else:
+        batch[where] = _Exploit(marker)
+    _dump_py3(batch, tmp_path / "data_batch_1")
+    with pytest.raises(DatasetError, match=r"data_batch_1 .*refusing (posix|os)\.system"):
+        cifar10(tmp_path)
+    assert not marker.exists()
+    pickle.loads((tmp_path / "data_batch_1").read_bytes())  # the plain unpickler would run it
+    assert marker.exists()
 
 
 # ================================================================ Fashion-MNIST (IDX)

@@ -41,6 +41,9 @@ SERVICE_ENV = (
     "LSQ_LEASE_SECONDS",
     "LSQ_RETRY_SECONDS",
     "LSQ_VISIBILITY_TIMEOUT",
+    "LSQ_DATA_ROOTS",
+    "LSQ_TOKEN",
+    "LSQ_ALLOWED_HOSTS",
     "CUDA_VISIBLE_DEVICES",
 )
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -135,6 +138,7 @@ def service_env(
         "LSQ_HEARTBEAT_SECONDS": "0.3",
         "LSQ_LEASE_SECONDS": "5",
         "LSQ_RETRY_SECONDS": "1",
+        "LSQ_DATA_ROOTS": str(data_dir / "datasets"),
         "PYTHONUNBUFFERED": "1",
     }
     if database_url:
@@ -145,6 +149,20 @@ def service_env(
 
 
 CLI = (sys.executable, "-m", "worker.cli")
+
+
+def make_token(env: dict[str, str], owner: str = "tester") -> str:
+    """A new API token for `owner`, made with `lsq token create` on the service's database."""
+    done = subprocess.run(
+        [*CLI, "token", "create", owner], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class Proc:
@@ -206,6 +224,8 @@ class Service:
                 assert proc.alive(), f"{proc.log.name} exited:\n{proc.output()[-4000:]}"
             try:
                 if self.http.get("/readyz").status_code == 200 and "ready" in self.worker.output():
+                    self.token = make_token(self.env)
+                    self.http.headers.update(bearer(self.token))
                     return
             except httpx.TransportError:
                 pass

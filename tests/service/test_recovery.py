@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from .conftest import Proc, Service, free_port, service_env, tiny_spec
+from .conftest import Proc, Service, bearer, free_port, make_token, service_env, tiny_spec
 
 
 @pytest.mark.timeout(300)
@@ -63,6 +63,7 @@ def test_a_job_the_api_could_not_queue_is_published_by_a_worker_sweep(
         while "ready" not in worker.output() or not _answers(http):
             assert api.alive() and worker.alive() and time.monotonic() < deadline
             time.sleep(0.3)
+        http.headers.update(bearer(make_token(env)))
         response = http.post("/v1/jobs", json=tiny_spec("unqueued", training={"epochs": 1}))
         assert response.status_code == 201, response.text  # stored, even though not queued
         job_id = response.json()["id"]

@@ -121,7 +121,7 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
 
 
 def test_a_missing_dataset_fails_the_job_and_the_worker_runs_the_next(service: Service) -> None:
-    missing = "/nonexistent/cifar-10-batches-py"
+    missing = f"{service.env['LSQ_DATA_ROOTS']}/nowhere/cifar-10-batches-py"
     bad = service.submit(tiny_spec("no-data", dataset={"name": "cifar10", "root": missing}))
     good = service.submit(tiny_spec("after", training={"epochs": 1}))
     bad = service.wait(bad["id"])

@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0004"  # the newest migration in migrations/versions
+HEAD = "0005"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -66,7 +66,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
     if request.param == "postgres":
         engine = make_engine(request.getfixturevalue("pg_store_url"))
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE jobs, epochs RESTART IDENTITY"))
+            conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, tokens RESTART IDENTITY"))
     else:
         engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
         upgrade_database(engine)
@@ -74,11 +74,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
     engine.dispose()
 
 
+OWNER = "ann"
+
+
+def create(session: Session, spec: ServiceJobSpec, owner: str = OWNER) -> Job:
+    return store.submit_job(session, owner, spec, max_unfinished=1000)[0]
+
+
 def add_job(db: sessionmaker[Session], **changes: object) -> int:
     with db.begin() as session:
-        return store.create_job(
-            session, ServiceJobSpec.model_validate(tiny_spec("j", **changes))
-        ).id
+        return create(session, ServiceJobSpec.model_validate(tiny_spec("j", **changes))).id
 
 
 def claim(db: sessionmaker[Session], job_id: int, worker: str) -> store.Claim:
@@ -127,7 +132,7 @@ def test_an_epoch_is_recorded_once_per_job_and_number(db) -> None:
             session, job_id, "w1", EpochMetrics(**{**METRICS, "test_top1": 41})
         )
     with db.begin() as session:
-        epochs = store.list_epochs(session, job_id)
+        epochs = store.list_epochs(session, job_id, OWNER)
         assert [(e.epoch, e.test_top1) for e in epochs] == [(1, 41.0), (2, 40.0)]
         assert session.scalar(select(func.count()).select_from(Epoch)) == 2
         job = store.get_job(session, job_id)
@@ -138,15 +143,15 @@ def test_cancel_stops_a_queued_job_at_once_and_flags_a_running_one(db) -> None:
     queued, running = add_job(db), add_job(db)
     claim(db, running, "w1")
     with db.begin() as session:
-        assert store.cancel_job(session, queued).status == JobStatus.cancelled
-        job = store.cancel_job(session, running)
+        assert store.cancel_job(session, queued, OWNER).status == JobStatus.cancelled
+        job = store.cancel_job(session, running, OWNER)
         assert job.status == JobStatus.running and job.cancel_requested
     assert claim(db, queued, "w1").outcome == "finished"  # a queued job never starts
     with db.begin() as session:
         assert store.renew_lease(session, running, "w1", 60).cancel_requested
         assert store.finish_job(session, running, "w1", JobStatus.cancelled)
     with db.begin() as session:
-        assert store.cancel_job(session, running).status == JobStatus.cancelled  # idempotent
+        assert store.cancel_job(session, running, OWNER).status == JobStatus.cancelled  # idempotent
 
 
 def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
@@ -155,16 +160,16 @@ def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
     with db.begin() as session:
         store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
     with db.begin() as session, pytest.raises(store.JobConflict, match="already succeeded"):
-        store.cancel_job(session, job_id)
+        store.cancel_job(session, job_id, OWNER)
     with db.begin() as session, pytest.raises(store.JobNotFound):
-        store.cancel_job(session, 999999)
+        store.cancel_job(session, 999999, OWNER)
 
 
 def test_a_job_whose_worker_died_after_a_cancel_ends_cancelled(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        store.cancel_job(session, job_id)
+        store.cancel_job(session, job_id, OWNER)
     expire_lease(db, job_id)
     assert claim(db, job_id, "w2").outcome == "finished"
     with db.begin() as session:
@@ -196,19 +201,19 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
 def test_pages_stay_correct_while_jobs_are_added(db) -> None:
     ids = [add_job(db) for _ in range(5)]
     with db.begin() as session:
-        page, cursor = store.list_jobs(session, limit=2)
+        page, cursor = store.list_jobs(session, OWNER, limit=2)
     assert [j.id for j in page] == ids[:-3:-1]
     new = add_job(db)
     seen = [j.id for j in page]
     while cursor:
         with db.begin() as session:
-            page, cursor = store.list_jobs(session, limit=2, cursor=cursor)
+            page, cursor = store.list_jobs(session, OWNER, limit=2, cursor=cursor)
         seen += [j.id for j in page]
     assert seen == ids[::-1] and new not in seen
     with db.begin() as session:
-        assert store.list_jobs(session, status=JobStatus.running)[0] == []
+        assert store.list_jobs(session, OWNER, status=JobStatus.running)[0] == []
         with pytest.raises(store.InvalidField):
-            store.list_jobs(session, cursor="1; drop table jobs")
+            store.list_jobs(session, OWNER, cursor="1; drop table jobs")
 
 
 def test_the_schema_comes_from_the_migrations(db) -> None:
@@ -290,7 +295,7 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
 def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
     spec = ServiceJobSpec.model_validate(tiny_spec("sweep"))
     with db.begin() as session:
-        a, b = store.create_job(session, spec).id, store.create_job(session, spec).id
+        a, b = create(session, spec).id, create(session, spec).id
     later = utcnow() + timedelta(seconds=1)
     with db.begin() as session:
         assert store.unpublished_jobs(session, older_than=later) == [a, b]
@@ -307,7 +312,9 @@ STORED_V1 = json.loads((Path(__file__).parent / "data" / "spec-v1.json").read_te
 
 def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
     with db.begin() as session:
-        old = Job(name="stored-v1", spec=STORED_V1, spec_version=1, status=JobStatus.queued)
+        old = Job(
+            owner=OWNER, name="stored-v1", spec=STORED_V1, spec_version=1, status=JobStatus.queued
+        )
         session.add(old)
         session.flush()
         job_id = old.id
@@ -323,8 +330,103 @@ def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> N
     """Reads never re-validate: a job stored under other rules is shown, never a 500."""
     odd = {**STORED_V1, "training": {**STORED_V1["training"], "epochs": 10**6}, "extra": 1}
     with db.begin() as session:
-        session.add(Job(name="odd", spec=odd, spec_version=1, status=JobStatus.failed))
+        session.add(Job(owner=OWNER, name="odd", spec=odd, spec_version=1, status=JobStatus.failed))
     with db.begin() as session:
-        (job,), _ = store.list_jobs(session)
+        (job,), _ = store.list_jobs(session, OWNER)
         out = JobOut.of(job)
         assert out.spec == odd and out.progress.epochs == 10**6
+
+
+def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
+    job_id = add_job(db)
+    with db.begin() as session:
+        assert store.get_job(session, job_id, owner=OWNER).id == job_id
+        for call in (
+            lambda: store.get_job(session, job_id, owner="bob"),
+            lambda: store.list_epochs(session, job_id, "bob"),
+            lambda: store.cancel_job(session, job_id, "bob"),
+        ):
+            with pytest.raises(store.JobNotFound, match=f"job {job_id} does not exist"):
+                call()
+        assert store.list_jobs(session, "bob") == ([], None)
+        # nor can bob start from ann's model
+        spec = ServiceJobSpec.model_validate(tiny_spec("b", model={"init": {"job": job_id}}))
+        with pytest.raises(store.InvalidField, match=f"job {job_id} does not exist"):
+            create(session, spec, owner="bob")
+
+
+def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
+    spec = ServiceJobSpec.model_validate(tiny_spec("once"))
+    with db.begin() as session:
+        first, new = store.submit_job(session, OWNER, spec, max_unfinished=10, key="k1")
+        assert new
+    with db.begin() as session:
+        again, new = store.submit_job(session, OWNER, spec, max_unfinished=10, key="k1")
+        assert (again.id, new) == (first.id, False)
+        other = ServiceJobSpec.model_validate(tiny_spec("other"))
+        with pytest.raises(store.InvalidField, match="different body"):
+            store.submit_job(session, OWNER, other, max_unfinished=10, key="k1")
+    with db.begin() as session:  # keys are per owner, and expire
+        assert store.submit_job(session, "bob", spec, max_unfinished=10, key="k1")[1]
+        expired = store.submit_job(
+            session, OWNER, spec, max_unfinished=10, key="k1", key_expiry=timedelta(0)
+        )
+        assert expired[1] and expired[0].id != first.id
+    with db.begin() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 3
+
+
+def test_an_owner_has_at_most_so_many_unfinished_jobs(db) -> None:
+    spec = ServiceJobSpec.model_validate(tiny_spec("q"))
+    with db.begin() as session:
+        for _ in range(2):
+            store.submit_job(session, OWNER, spec, max_unfinished=2)
+        with pytest.raises(store.TooManyJobs, match="2 unfinished jobs"):
+            store.submit_job(session, OWNER, spec, max_unfinished=2)
+        store.submit_job(session, "bob", spec, max_unfinished=2)  # bob has his own
+
+
+def test_a_job_whose_workers_keep_dying_ends_failed_with_its_history(db) -> None:
+    job_id = add_job(db)
+    for worker in ("w1", "w2", "w3"):
+        with db.begin() as session:
+            assert store.claim_job(session, job_id, worker, 60, max_takeovers=3).outcome == (
+                "claimed"
+            )
+        expire_lease(db, job_id)
+    with db.begin() as session:
+        assert store.claim_job(session, job_id, "w4", 60, max_takeovers=3).outcome == "finished"
+    with db.begin() as session:
+        job = store.get_job(session, job_id)
+        assert job.status == JobStatus.failed and job.attempts == 3
+        assert "stopped answering 3 times (workers w1, w2, w3)" in job.error
+        assert [(h["worker"], h["took_over"]) for h in job.history] == [
+            ("w1", False), ("w2", True), ("w3", True),
+        ]  # fmt: skip
+
+
+def test_an_error_message_is_stored_clean_and_bounded(db) -> None:
+    job_id = add_job(db)
+    claim(db, job_id, "w1")
+    with db.begin() as session:  # PostgreSQL refuses a NUL: the job must still end
+        error = "ValueError: bad \x00root\x1b[31m\n" + "x" * 10_000
+        assert store.finish_job(session, job_id, "w1", JobStatus.failed, error=error)
+    with db.begin() as session:
+        stored = store.get_job(session, job_id).error
+        assert stored.startswith("ValueError: bad ?root?[31m\nxxx") and stored.endswith("...")
+        assert len(stored) == store.MAX_ERROR
+
+
+def test_jobs_that_lost_their_message_are_found_for_republishing(db) -> None:
+    queued, running, fresh = add_job(db), add_job(db), add_job(db)
+    claim(db, running, "w1")
+    expire_lease(db, running)
+    long_ago = utcnow() - timedelta(hours=1)
+    with db.begin() as session:
+        store.mark_published(session, [queued, running, fresh])
+        session.execute(
+            update(Job).where(Job.id.in_([queued, running])).values(published_at=long_ago)
+        )
+        session.execute(update(Job).where(Job.id == running).values(lease_expires_at=long_ago))
+    with db.begin() as session:
+        assert store.stale_jobs(session, utcnow() - timedelta(minutes=10)) == ([queued], [running])

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from .conftest import ROOT, SERVICE_ENV, Proc, free_port, tiny_spec
+from .conftest import ROOT, SERVICE_ENV, Proc, bearer, free_port, make_token, tiny_spec
 
 JOBS = 4
 REDIS_PASSWORD = "topology-secret"
@@ -94,6 +94,7 @@ def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, t
             assert time.monotonic() < deadline, "\n".join(p.output()[-2000:] for p in processes)
             time.sleep(0.3)
 
+        http.headers.update(bearer(make_token(env_of("api"))))
         spec = tiny_spec("topology", training={"epochs": 2})
         ids = [http.post("/v1/jobs", json={**spec, "name": f"topology-{i}"}).json()["id"]
                for i in range(JOBS)]  # fmt: skip

@@ -1,0 +1,56 @@
+"""What one job may ask of this service, beyond what lsq.spec itself bounds.
+
+Caps are settings (LSQ_MAX_EPOCHS, ...); files are confined: a dataset folder or a `model.init`
+checkpoint must lie under LSQ_DATA_ROOTS, after `..` and symlinks are resolved, and never in
+the artifacts folder (another job's files are reached only as `model.init: {job: ID}`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lsq.spec import JobSpec
+
+from .config import Settings
+from .store import InvalidField
+
+
+def check_job(spec: JobSpec, settings: Settings) -> None:
+    """Raise InvalidField for the first cap the spec exceeds or path it may not read."""
+    t, d = spec.training, spec.dataset
+    caps = [
+        ("training.epochs", t.epochs, settings.max_epochs, "LSQ_MAX_EPOCHS"),
+        ("training.batch_size", t.batch_size, settings.max_batch_size, "LSQ_MAX_BATCH_SIZE"),
+        ("training.devices", t.devices, settings.max_devices, "LSQ_MAX_DEVICES"),
+        ("dataset.train_size", d.train_size, settings.max_subset, "LSQ_MAX_SUBSET"),
+        ("dataset.test_size", d.test_size, settings.max_subset, "LSQ_MAX_SUBSET"),
+    ]
+    for field, value, cap, name in caps:
+        if value is not None and value > cap:
+            raise InvalidField(field, f"{value} is above this service's limit of {cap} ({name})")
+    check_files(spec, settings)
+
+
+def check_files(spec: JobSpec, settings: Settings) -> None:
+    """The dataset folder and a model.init path must be readable under LSQ_DATA_ROOTS."""
+    folder = spec.dataset.folder()
+    if folder is not None:
+        _confine("dataset.root", folder, settings)
+    init = spec.model.init
+    if isinstance(init, str) and init != "pretrained":
+        _confine("model.init", Path(init), settings)
+
+
+def _confine(field: str, path: Path, settings: Settings) -> None:
+    # One message whatever the reason, so a refusal never says whether a file exists.
+    refusal = InvalidField(
+        field,
+        "must be an absolute path under one of this service's data folders "
+        f"({':'.join(map(str, settings.roots)) or 'none'}; LSQ_DATA_ROOTS)",
+    )
+    if not path.is_absolute():
+        raise refusal
+    real = path.resolve()  # `..` and every symlink on the way, existing or not
+    artifacts = settings.artifacts.resolve()
+    if real.is_relative_to(artifacts) or not any(real.is_relative_to(r) for r in settings.roots):
+        raise refusal
