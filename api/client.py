@@ -81,7 +81,7 @@ class Client:
             total=total,
             desc=f"job {job_id}",
             unit="epoch",
-            disable=not bar,
+            disable=None if bar else True,  # None: only on a terminal
             bar_format="{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}]{postfix}",
         ) as pbar:
             while True:

@@ -12,19 +12,15 @@ from .config import Settings, get_settings
 from .db import session_scope
 
 
-def get_session() -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back on an error."""
-    with session_scope() as session:
-        yield session
-
-
 def get_read_session() -> Iterator[Session]:
-    """A transaction for a route that only reads (it never waits for SQLite's write lock)."""
+    """A transaction for a route that only reads (it never waits for SQLite's write lock).
+
+    Routes that write open theirs with `session_scope()` in their own body instead: SQLite's
+    write lock must never wait for the dependency teardown's commit, which needs a thread of
+    the pool that the lock's waiters may all hold (a deadlock until the busy timeout)."""
     with session_scope(read_only=True) as session:
         yield session
 
 
-# scope="function": commit before the response is sent, so a 201 means the job is stored.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

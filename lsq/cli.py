@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .spec import JobSpec
+from .spec import JobSpec, SpecError
 
 SPEC_COPY = "spec.yaml"
 
@@ -23,8 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     try:
         return _run(args)
+    except SpecError as e:  # the user's input: field by field, exit status 2 like `lsq submit`
+        print(f"lsq run: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"lsq run: {e}")  # a readable reason (SpecError: field by field), no traceback
+        sys.exit(f"lsq run: {e}")  # a readable reason, not a traceback
     except KeyboardInterrupt:
         sys.exit("lsq run: interrupted; continue with lsq run --resume DIR")
 

@@ -207,8 +207,9 @@ class Trainer:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = torch.zeros((), device=self.device, dtype=torch.long)
-        bar = self.hooks.progress_bar and self.rank.main
-        for i, (x, y) in enumerate(tqdm(data, f"epoch {epoch}", leave=False, disable=not bar)):
+        # None: tqdm draws only on a terminal (a log file gets no wall of \r updates)
+        bar = None if self.hooks.progress_bar and self.rank.main else True
+        for i, (x, y) in enumerate(tqdm(data, f"epoch {epoch}", leave=False, disable=bar)):
             if self._cancelled(i):
                 raise Cancelled(f"cancelled during epoch {epoch}")
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -244,13 +244,17 @@ def read_document(path: str | Path) -> Any:
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
         raise SpecError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__}"
+        raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
+    return data
 
 
 def field_name(loc: Sequence[str | int]) -> str:

@@ -13,7 +13,8 @@ from lsq.metrics import EpochMetrics
 
 from .. import artifacts, limits, store
 from ..auth import OwnerDep
-from ..deps import ReadSessionDep, SessionDep, SettingsDep
+from ..db import session_scope
+from ..deps import ReadSessionDep, SettingsDep
 from ..models import JobStatus
 from ..queue import enqueue_when_committed
 from ..schemas import Artifact, ErrorOut, JobDetail, JobOut, JobPage
@@ -50,7 +51,6 @@ IdempotencyKey = Annotated[
 )
 def submit_job(
     spec: ServiceJobSpec,
-    session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
     response: Response,
@@ -58,16 +58,17 @@ def submit_job(
 ) -> JobDetail:
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
     limits.check_job(spec, settings)
-    job, new = store.submit_job(
-        session, owner, spec, max_unfinished=settings.max_queued_per_owner,
-        key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
-    )  # fmt: skip
-    if new:
-        enqueue_when_committed(session, job.id)
-    else:
-        response.status_code = 200
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        job, new = store.submit_job(
+            session, owner, spec, max_unfinished=settings.max_queued_per_owner,
+            key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
+        )  # fmt: skip
+        if new:
+            enqueue_when_committed(session, job.id)
+        body = JobDetail.of(job, epochs=[] if new else None)
+    response.status_code = 201 if new else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobDetail.of(job, epochs=None if not new else [])
+    return body
 
 
 @router.get("", summary="List jobs, newest first")
@@ -97,10 +98,11 @@ def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[Ep
     summary="Cancel a job",
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The job already ended"}},
 )
-def cancel_job(job_id: int, session: SessionDep, owner: OwnerDep) -> JobOut:
+def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
     """A queued job never starts; a running one stops at the next batch boundary, keeps the
     epochs it finished and ends `cancelled` (`cancel_requested` is true until then)."""
-    return JobOut.of(store.cancel_job(session, job_id, owner))
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        return JobOut.of(store.cancel_job(session, job_id, owner))
 
 
 @router.get("/{job_id}/artifacts", responses=NOT_FOUND, summary="The job's files so far")

@@ -77,11 +77,12 @@ def test_bad_spec_is_reported_with_the_field(tmp_path):
             "training.epocs: unknown key 'epocs'; did you mean 'epochs'? accepted: epochs,",
         ),
         (yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}), "model.arch: Input should be"),
+        ("", "bad.yaml is empty; a job spec is a mapping"),
     ],
 )
 def test_spec_mistakes_are_explained_without_a_traceback(tmp_path, text, expected):
     (tmp_path / "bad.yaml").write_text(text)
     r = subprocess.run(lsq("run", "bad.yaml", cwd=tmp_path), cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 1 and expected in r.stderr, r.stderr
+    assert r.returncode == 2 and expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "https://" not in r.stderr

@@ -1,9 +1,15 @@
-"""The database out of reach in the middle of a job (PostgreSQL refusing every connection to
-it): the worker fences itself, does not fail the job, and resumes it when the database is back."""
+"""Faults with real processes: the database out of reach in the middle of a job (the worker
+fences itself, does not fail the job, and resumes it when the database is back), a broker that
+cannot be reached at submission, and a Redis restarted without its data."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,3 +91,81 @@ def _answers(http: httpx.Client) -> bool:
         return http.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _redis(port: int, folder: Path) -> Proc:
+    """A Redis that keeps nothing on disk: a restart loses every message."""
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(folder)]  # fmt: skip
+    proc = Proc(args, dict(os.environ), folder / f"redis-{time.monotonic_ns()}.log", program=())
+    deadline = time.monotonic() + 30
+    while b"Ready to accept connections" not in proc.log.read_bytes():
+        assert proc.alive() and time.monotonic() < deadline, proc.output()
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.timeout(300)
+def test_jobs_a_restarted_redis_lost_are_published_again_and_run_once(
+    new_pg_database, tmp_path
+) -> None:
+    port = free_port()
+    redis = _redis(port, tmp_path)
+    env = service_env(tmp_path, new_pg_database(), f"redis://127.0.0.1:{port}/0",
+                      LSQ_SWEEP_SECONDS="1", LSQ_REPUBLISH_SECONDS="3")  # fmt: skip
+    svc = Service("redis-restart", env, tmp_path)
+    try:
+        svc.wait_ready()
+        busy = svc.submit(tiny_spec("busy", training={"epochs": 4}))  # holds the only worker
+        svc.wait(busy["id"], until=lambda j: j["status"] == "running")
+        waiting = [svc.submit(tiny_spec(f"waiting-{i}", training={"epochs": 1})) for i in (1, 2)]
+        redis.stop(signal.SIGKILL)  # the broker and every message in it are gone
+        redis = _redis(port, tmp_path)
+        for job in (busy, *waiting):
+            done = svc.wait(job["id"], timeout=180)
+            assert done["status"] == "succeeded", (done["error"], svc.diagnostics())
+            assert done["attempts"] == 1  # exactly once, though published twice
+            assert [e["epoch"] for e in done["epochs"]] == list(range(1, 1 + len(done["epochs"])))
+        assert "no message in the broker" in svc.worker.output()
+    finally:
+        svc.close()
+        redis.stop()
+
+
+@pytest.mark.timeout(300)
+def test_retries_after_the_api_was_killed_mid_burst_make_each_job_once(tmp_path) -> None:
+    """Clients submit with Idempotency-Keys, the API dies (kill -9) in the middle, comes back,
+    and every client sends its request again: one job per key, each run exactly once."""
+    svc = Service("api-kill", service_env(tmp_path), tmp_path)
+    spec = tiny_spec("burst", dataset={"train_size": 128, "test_size": 64},
+                     training={"epochs": 1})  # fmt: skip
+    keys = [f"burst-{i}" for i in range(16)]
+
+    def send(key: str) -> int | None:
+        try:
+            response = svc.http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            return None  # the API died under this request: the client does not know its fate
+        assert response.status_code in (200, 201), response.text
+        return response.json()["id"]
+
+    try:
+        svc.wait_ready()
+        killer = threading.Timer(0.4, lambda: svc.api.stop(signal.SIGKILL))
+        killer.start()  # while the later requests are still being sent
+        with ThreadPoolExecutor(4) as pool:
+            first = list(pool.map(lambda k: (time.sleep(0.05 * keys.index(k)), send(k))[1], keys))
+        killer.join()
+        assert None in first and any(first)  # some got through, some died with the API
+        svc.api = Proc(["api", "--port", str(svc.port)], svc.env, tmp_path / "api.log")
+        svc.wait_ready()
+        again = [send(k) for k in keys]
+        assert None not in again and len(set(again)) == len(keys)
+        assert all(a == b for a, b in zip(first, again, strict=True) if a is not None)
+        listed = svc.http.get("/v1/jobs", params={"limit": 200}).json()["items"]
+        assert sorted(j["id"] for j in listed) == sorted(again)  # no job without its key
+        for job_id in again:
+            done = svc.wait(job_id)
+            assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    finally:
+        svc.close()

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -355,3 +356,20 @@ def test_fuzz_the_whole_api(api: Api, ann: httpx.Client) -> None:
     check()
     assert {200, 201, 404, 422} <= statuses, statuses  # it reached past validation, too
     print(f"fuzzed {FUZZ_CASES} cases; statuses seen: {sorted(statuses)}")
+
+
+def test_the_embedded_default_holds_50_concurrent_clients(api: Api, ann: httpx.Client) -> None:
+    """SQLite: writes queue for the lock within their own thread, reads never wait for it."""
+    token = ann.headers["Authorization"]
+
+    def client(i: int) -> list[int]:
+        codes = []
+        with httpx.Client(base_url=api.url, headers={"Authorization": token}, timeout=30) as c:
+            for j in range(2):
+                posted = c.post("/v1/jobs", json=tiny_spec(f"c{i}-{j}"))
+                codes += [posted.status_code, c.get(f"/v1/jobs/{posted.json()['id']}").status_code]
+        return codes
+
+    with ThreadPoolExecutor(50) as pool:
+        codes = [code for codes in pool.map(client, range(50)) for code in codes]
+    assert codes.count(201) == 100 and codes.count(200) == 100, sorted(set(codes))
