@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lsq.files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
+from fastapi import HTTPException
+from fastapi.responses import FileResponse
+
+from lsq.files import CHECKPOINT, HEALTH_PLOT, METRICS, MODEL, MODEL_INT, PLOT, PLOT_SVG
 
 from .config import Settings
 
-DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL, METRICS, CURVE)
+DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT)
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:
     return settings.artifacts / "jobs" / str(job_id)
+
+
+def experiment_folder(settings: Settings, experiment_id: int) -> Path:
+    return settings.artifacts / "experiments" / str(experiment_id)
+
+
+def image(folder: Path, name: str) -> FileResponse:
+    """A plot a worker drew into `folder` (404 until the first one is drawn)."""
+    path = folder / name
+    if not path.is_file() or path.is_symlink():
+        raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
+    kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:

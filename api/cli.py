@@ -33,9 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job to its end")
     p.set_defaults(func=submit)
 
-    p = sub.add_parser("status", help="show a job of the service")
+    p = sub.add_parser(
+        "experiment", help="submit an experiment (a baseline and variants) to the service"
+    )
+    p.add_argument("spec", type=Path)
+    p.add_argument("--wait", action="store_true", help="follow it to its end, then the table")
+    p.set_defaults(func=experiment)
+
+    p = sub.add_parser("status", help="show a job (or with --experiment, an experiment)")
     p.add_argument("id", type=int)
-    p.add_argument("--json", action="store_true", help="print the job as JSON")
+    p.add_argument("--experiment", action="store_true", help="ID is an experiment's")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=status)
 
     p = sub.add_parser("token", help="API tokens (on the service's host: reads DATABASE_URL)")
@@ -112,15 +120,52 @@ def submit(args: argparse.Namespace) -> int:
     return 0 if job["status"] == "succeeded" else 1
 
 
+def experiment(args: argparse.Namespace) -> int:
+    from lsq.spec import SpecError, read_document
+
+    from .client import Client, ServiceError
+
+    try:
+        spec = read_document(args.spec)
+    except SpecError as e:
+        print(f"lsq experiment: {e}", file=sys.stderr)
+        return 2
+    client = Client.from_settings(get_settings())
+    try:
+        body = client.submit_experiment(spec)
+        print(f"experiment {body['id']} {body['name']!r}: {body['total_jobs']} jobs", flush=True)
+        if not args.wait:
+            print(f"follow it with: lsq status --experiment {body['id']}")
+            return 0
+        body = client.follow_experiment(body["id"])
+        print(f"experiment {body['id']} {body['status']}:\n")
+        print(client.experiment_table(body["id"]))
+        print(f"plot: {client.url}/v1/experiments/{body['id']}/plot.png")
+    except ServiceError as e:
+        print(f"lsq experiment: {e}", file=sys.stderr)
+        return 2
+    return 0 if body["status"] == "succeeded" else 1
+
+
 def status(args: argparse.Namespace) -> int:
     from .client import Client, ServiceError, format_job
 
+    client = Client.from_settings(get_settings())
     try:
-        job = Client.from_settings(get_settings()).job(args.id)
+        if args.experiment:
+            body = client.experiment(args.id)
+            text = (
+                f"experiment {body['id']} {body['name']!r}: {body['status']} "
+                f"({body['finished_jobs']}/{body['total_jobs']} jobs ended)\n\n"
+                + client.experiment_table(args.id)
+            )
+        else:
+            body = client.job(args.id)
+            text = format_job(body)
     except ServiceError as e:
         print(f"lsq status: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(job, indent=2) if args.json else format_job(job))
+    print(json.dumps(body, indent=2) if args.json else text)
     return 0
 
 

@@ -58,6 +58,43 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
+    def submit_experiment(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/experiments", json=spec)
+
+    def experiment(self, experiment_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/v1/experiments/{experiment_id}")
+
+    def experiment_table(self, experiment_id: int) -> str:
+        try:
+            response = self.http.get(f"/v1/experiments/{experiment_id}", params={"format": "md"})
+        except httpx.TransportError as e:
+            raise ServiceError(f"cannot reach the service at {self.url} ({e})") from None
+        if response.is_error:
+            raise ServiceError(_describe_error(response))
+        return response.text
+
+    def follow_experiment(self, experiment_id: int, poll: float = 2.0) -> dict[str, Any]:
+        """Poll an experiment until it ends, with a progress bar over its jobs' epochs."""
+        body = self.experiment(experiment_id)
+        total = sum(j["progress"]["epochs"] for j in body["jobs"])
+        with tqdm(total=total, desc=f"experiment {experiment_id}", unit="epoch",
+                  disable=None, bar_format=BAR) as pbar:  # fmt: skip
+            while True:
+                done = sum(_epochs_done(j) for j in body["jobs"])
+                pbar.n = min(total, done)
+                pbar.set_postfix(
+                    {
+                        "status": body["status"],
+                        "jobs": f"{body['finished_jobs']}/{body['total_jobs']}",
+                    },
+                    refresh=False,
+                )
+                pbar.refresh()
+                if body["status"] in FINISHED:
+                    return body
+                time.sleep(poll)
+                body = self.experiment(experiment_id)
+
     def wait_ready(self, timeout: float = 120, alive: Callable[[], bool] = lambda: True) -> None:
         """Wait for /readyz; `alive` says whether the processes that should answer still run."""
         deadline = time.monotonic() + timeout
@@ -82,7 +119,7 @@ class Client:
             desc=f"job {job_id}",
             unit="epoch",
             disable=None if bar else True,  # None: only on a terminal
-            bar_format="{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}]{postfix}",
+            bar_format=BAR,
         ) as pbar:
             while True:
                 progress, epochs = job["progress"], job["epochs"]
@@ -96,6 +133,16 @@ class Client:
                     return job
                 time.sleep(poll)
                 job = self.job(job_id)
+
+
+BAR = "{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}]{postfix}"
+
+
+def _epochs_done(job: dict[str, Any]) -> float:
+    progress = job["progress"]
+    if job["status"] == "succeeded":
+        return progress["epochs"]
+    return max(0.0, progress["epoch"] - 1 + progress["fraction"])
 
 
 def _describe_error(response: httpx.Response) -> str:

@@ -35,11 +35,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(3600, gt=0, alias="LSQ_VISIBILITY_TIMEOUT")
 
     # -- what one request may ask for (lsq.spec holds the absolute bounds)
-    max_body_bytes: int = Field(1 << 20, gt=0, alias="LSQ_MAX_BODY_BYTES")
+    max_body_bytes: int = Field(256 << 10, gt=0, alias="LSQ_MAX_BODY_BYTES")
     max_epochs: int = Field(1000, ge=1, le=spec.MAX_EPOCHS, alias="LSQ_MAX_EPOCHS")
     max_batch_size: int = Field(4096, ge=1, le=spec.MAX_BATCH, alias="LSQ_MAX_BATCH_SIZE")
     max_subset: int = Field(2_000_000, ge=1, le=spec.MAX_SUBSET, alias="LSQ_MAX_SUBSET")
     max_devices: int = Field(8, ge=1, le=spec.MAX_DEVICES, alias="LSQ_MAX_DEVICES")
+    max_experiment_jobs: int = Field(64, ge=2, le=1000, alias="LSQ_MAX_EXPERIMENT_JOBS")
     # Folders a job may read datasets and model.init checkpoints from (':'-separated).
     data_roots: str = Field("/usr/share/datasets", alias="LSQ_DATA_ROOTS")
 

@@ -16,7 +16,14 @@ from lsq.spec import describe_errors
 from .auth import TooManyRequests
 from .schemas import ErrorBody, ErrorField, ErrorOut
 from .spec import ServiceJobSpec
-from .store import InvalidField, JobConflict, JobNotFound, KeyInUse, TooManyJobs
+from .store import (
+    ExperimentNotFound,
+    InvalidField,
+    JobConflict,
+    JobNotFound,
+    KeyInUse,
+    TooManyJobs,
+)
 
 log = logging.getLogger(__name__)
 CODES = {
@@ -44,6 +51,9 @@ def error_response(status: int, message: str, fields: Iterable[ErrorField] = ())
 SOURCES = ("body", "query", "path", "header")
 
 
+MAX_FIELDS = 20
+
+
 def _without_source(error: dict) -> dict:
     """`training.epochs`, not `body.training.epochs`; malformed JSON is the body's fault."""
     loc = tuple(error["loc"])
@@ -54,12 +64,21 @@ def _without_source(error: dict) -> dict:
     return {**error, "loc": loc}
 
 
+def _header_name(name: str | int) -> str:
+    """A header as it is sent: `Idempotency-Key`."""
+    return "-".join(word.capitalize() for word in str(name).replace("_", "-").split("-"))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # The same presentation as `lsq run`: the field's dotted name, what it accepts, and
         # for an unknown key the accepted ones and the closest (only bodies are job specs).
-        described = describe_errors([_without_source(e) for e in exc.errors()], ServiceJobSpec)
+        errors = exc.errors()[:MAX_FIELDS]  # a body of 50,000 unknown keys is not 50,000 lines
+        headers = [e for e in errors if e["loc"][0] == "header"]
+        others = [_without_source(e) for e in errors if e["loc"][0] != "header"]
+        described = [(_header_name(e["loc"][-1]), e["msg"]) for e in headers]
+        described += describe_errors(others, ServiceJobSpec)
         fields = [ErrorField(field=field, message=message) for field, message in described]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)
@@ -71,7 +90,8 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(JobNotFound)
-    async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+    @app.exception_handler(ExperimentNotFound)
+    async def _not_found(_: Request, exc: LookupError) -> JSONResponse:
         return error_response(404, str(exc))
 
     @app.exception_handler(JobConflict)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lsq.spec import JobSpec
+from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 from .config import Settings
 from .store import InvalidField
@@ -33,24 +33,28 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
 
 def check_files(spec: JobSpec, settings: Settings) -> None:
     """The dataset folder and a model.init path must be readable under LSQ_DATA_ROOTS."""
-    folder = spec.dataset.folder()
+    folder = spec.dataset.root or DEFAULT_ROOTS.get(spec.dataset.name)
     if folder is not None:
-        _confine("dataset.root", folder, settings)
+        check_file("dataset.root", folder, settings)
     init = spec.model.init
     if isinstance(init, str) and init != "pretrained":
-        _confine("model.init", Path(init), settings)
+        check_file("model.init", init, settings)
 
 
-def _confine(field: str, path: Path, settings: Settings) -> None:
+def check_file(field: str, path: str, settings: Settings) -> None:
+    """`path` (as given: no `~`) must resolve under LSQ_DATA_ROOTS."""
     # One message whatever the reason, so a refusal never says whether a file exists.
     refusal = InvalidField(
         field,
         "must be an absolute path under one of this service's data folders "
         f"({':'.join(map(str, settings.roots)) or 'none'}; LSQ_DATA_ROOTS)",
     )
-    if not path.is_absolute():
+    if not Path(path).is_absolute():
         raise refusal
-    real = path.resolve()  # `..` and every symlink on the way, existing or not
+    try:
+        real = Path(path).resolve()  # `..` and every symlink on the way, existing or not
+    except (OSError, RuntimeError):  # a symlink loop, say
+        raise refusal from None
     artifacts = settings.artifacts.resolve()
     if real.is_relative_to(artifacts) or not any(real.is_relative_to(r) for r in settings.roots):
         raise refusal

@@ -14,7 +14,7 @@ from . import errors
 from .config import get_settings
 from .db import upgrade_database
 from .middleware import BodyLimit, CrashGuard, TrustedHosts
-from .routes import health, jobs
+from .routes import experiments, health, jobs
 
 
 @asynccontextmanager
@@ -38,6 +38,7 @@ def create_app() -> FastAPI:
         return RedirectResponse("/docs")
 
     app.include_router(jobs.router)
+    app.include_router(experiments.router)
     app.include_router(health.router)
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call.

@@ -30,7 +30,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_large = f"request body over {self.max_bytes} bytes (LSQ_MAX_BODY_BYTES)"
-        length = dict(scope["headers"]).get(b"content-length", b"0")
+        length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or int(length) > self.max_bytes:
             return await _send_error(send, 413, "too_large", too_large)
         body, more = bytearray(), True
@@ -64,7 +64,8 @@ class TrustedHosts:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or "*" in self.hosts:
             return await self.app(scope, receive, send)
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        # the first Host header, as Starlette reads it
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # drop the port
         if name not in self.hosts:
             return await _send_error(

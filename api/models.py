@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -87,6 +88,9 @@ class Job(Base):
     # Who submitted it (a token's owner); nobody else sees it.
     owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
+    # Of an experiment: its baseline (variant None) or the variant-th row's job for one seed.
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    variant: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[JobStatus] = mapped_column(STATUS, default=JobStatus.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # The version of lsq.spec the spec was written with; older ones are upgraded when read.
@@ -116,6 +120,24 @@ class Job(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+
+
+class Experiment(Base):
+    """A baseline and variants of it, one job each per seed (api.experiments)."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index("ix_experiments_owner_id", "owner", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request, as validated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(order_by="Job.id", passive_deletes=True)
 
 
 class Token(Base):
@@ -159,15 +181,18 @@ class Epoch(Base):
 
 def _metric_columns() -> tuple[str, ...]:
     """Add a column to `epochs` for each field of EpochMetrics but the key; their names."""
-    types = {int: Integer, float: Float, int | None: Integer, float | None: Float}
     names = tuple(name for name in EpochMetrics.model_fields if name != "epoch")
     for name in names:
         field = EpochMetrics.model_fields[name]
-        if field.annotation not in types:
-            raise TypeError(f"EpochMetrics.{name}: no column type for {field.annotation}")
-        column = mapped_column(types[field.annotation], nullable=not field.is_required())
+        # int or float (optional or not) get a number column, anything structured JSON
+        kinds = [a for a in typing.get_args(field.annotation) if a is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 else field.annotation
+        column_type = {int: Integer, float: Float}.get(kind, JSON)
+        column = mapped_column(column_type, nullable=not field.is_required())
         setattr(Epoch, name, column)
     return names
 
 
 EPOCH_METRICS = _metric_columns()
+# The columns a job's epochs are listed with: the numbers (quantizer health is its own route).
+EPOCH_NUMBERS = tuple(n for n in EPOCH_METRICS if n != "quantizers")

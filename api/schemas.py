@@ -8,9 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from lsq.metrics import EpochMetrics, RunResult
+from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 
-from .models import Epoch, Job, JobStatus
+from .experiments import Row
+from .experiments import status as experiment_status
+from .models import EPOCH_NUMBERS, Epoch, Experiment, Job, JobStatus
 from .store import stored_spec
 
 
@@ -18,6 +20,15 @@ class Progress(BaseModel):
     epoch: int = Field(description="The epoch being trained (1-based); 0 before the first")
     fraction: float = Field(description="Fraction of that epoch done, 0 to 1")
     epochs: int = Field(description="Epochs the job trains in all")
+
+
+def _progress(job: Job, spec: dict[str, Any] | None = None) -> Progress:
+    spec = spec or stored_spec(job)
+    return Progress(
+        epoch=job.progress_epoch,
+        fraction=job.progress_fraction,
+        epochs=spec["training"]["epochs"],
+    )
 
 
 class JobLinks(BaseModel):
@@ -54,11 +65,7 @@ class JobOut(BaseModel):
             name=job.name,
             status=job.status,
             spec=spec,
-            progress=Progress(
-                epoch=job.progress_epoch,
-                fraction=job.progress_fraction,
-                epochs=spec["training"]["epochs"],
-            ),
+            progress=_progress(job, spec),
             attempts=job.attempts,
             worker=job.worker,
             cancel_requested=job.cancel_requested,
@@ -77,13 +84,95 @@ class JobOut(BaseModel):
         )
 
 
+def epoch_numbers(epoch: Epoch) -> EpochMetrics:
+    """An epoch without its quantizer health (GET /v1/jobs/{id}/quantizers has it)."""
+    return EpochMetrics.model_validate({k: getattr(epoch, k) for k in ("epoch", *EPOCH_NUMBERS)})
+
+
 class JobDetail(JobOut):
-    epochs: list[EpochMetrics] = Field(description="Every finished epoch so far, in order")
+    epochs: list[EpochMetrics] = Field(
+        description="Every finished epoch so far, in order (quantizers: see .../quantizers)"
+    )
+    warnings: list[str] = Field(
+        [],
+        description="What the quantizers' health says is wrong (weights collapsed to 0, "
+        "a step that exploded or stopped moving)",
+    )
 
     @classmethod
-    def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
+    def of(  # type: ignore[override]
+        cls, job: Job, epochs: list[Epoch] | None = None, health: list[list[dict]] | None = None
+    ) -> JobDetail:
         rows = job.epochs if epochs is None else epochs
-        return super().of(job, epochs=[EpochMetrics.model_validate(e) for e in rows])
+        history = [[QuantizerHealth.model_validate(h) for h in e] for e in health or []]
+        return super().of(
+            job, epochs=[epoch_numbers(e) for e in rows], warnings=health_warnings(history)
+        )
+
+
+class EpochHealth(BaseModel):
+    epoch: int
+    quantizers: list[QuantizerHealth]
+
+
+class ExperimentJob(BaseModel):
+    id: int
+    name: str
+    status: JobStatus
+    variant: int | None = Field(description="The row's index (0-based); null: the baseline")
+    seed: int
+    progress: Progress
+
+
+class ExperimentSummary(BaseModel):
+    id: int
+    name: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    total_jobs: int
+    finished_jobs: int = Field(description="Jobs that ended")
+    created_at: datetime
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, experiment: Experiment, **extra: Any) -> ExperimentSummary:
+        base = f"/v1/experiments/{experiment.id}"
+        return cls(
+            id=experiment.id,
+            name=experiment.name,
+            status=experiment_status(experiment.jobs),
+            total_jobs=len(experiment.jobs),
+            finished_jobs=sum(j.status.finished for j in experiment.jobs),
+            created_at=experiment.created_at,
+            links={
+                "self": base,
+                "table": f"{base}?format=md",
+                "plot": f"{base}/plot.png",
+                "cancel": f"{base}/cancel",
+            },  # fmt: skip
+            **extra,
+        )
+
+
+class ExperimentOut(ExperimentSummary):
+    spec: dict[str, Any] = Field(description="The request, as submitted")
+    jobs: list[ExperimentJob]
+    rows: list[Row] = Field(description="The baseline, then one row per variant")
+
+    @classmethod
+    def of(cls, experiment: Experiment, rows: list[Row]) -> ExperimentOut:  # type: ignore[override]
+        jobs = [
+            ExperimentJob(
+                id=j.id, name=j.name, status=j.status, variant=j.variant,
+                seed=j.spec["training"]["seed"], progress=_progress(j),
+            )
+            for j in experiment.jobs
+        ]  # fmt: skip
+        return super().of(experiment, spec=experiment.spec, jobs=jobs, rows=rows)
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentSummary]
+    next_cursor: str | None
 
 
 class JobPage(BaseModel):

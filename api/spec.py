@@ -20,7 +20,7 @@ MAX_JOB_ID = 2**31 - 1
 class JobRef(BaseModel):
     """Start from the final model of another job of the service (resolved by the worker)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     job: int = Field(ge=1, le=MAX_JOB_ID)
 

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, object_session, selectinload
 
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import upgrade_spec
 
-from .models import EPOCH_METRICS, Epoch, IdempotencyKey, Job, JobStatus, utcnow
+from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
 from .spec import MAX_JOB_ID, ServiceJobSpec, source_job
 
 
@@ -30,6 +30,11 @@ class JobNotFound(LookupError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} does not exist")
         self.job_id = job_id
+
+
+class ExperimentNotFound(LookupError):
+    def __init__(self, experiment_id: int) -> None:
+        super().__init__(f"experiment {experiment_id} does not exist")
 
 
 class JobConflict(Exception):
@@ -71,10 +76,7 @@ def submit_job(
         if earlier is not None:
             return earlier, False
     _check_source(session, owner, spec)
-    unfinished = select(func.count()).where(
-        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running])
-    )
-    if session.scalar(unfinished) >= max_unfinished:
+    if _unfinished(session, owner) >= max_unfinished:
         raise TooManyJobs(f"{owner} has {max_unfinished} unfinished jobs, the most allowed")
     job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
     job.status = JobStatus.queued
@@ -153,7 +155,7 @@ def get_job(
     if owner is not None:
         query = query.where(Job.owner == owner)
     if with_epochs:
-        query = query.options(selectinload(Job.epochs))
+        query = query.options(selectinload(Job.epochs).defer(Epoch.quantizers))
     job = session.scalars(query).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
@@ -174,18 +176,29 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
-        if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_JOB_ID:
-            raise InvalidField("cursor", "not a cursor returned by this API (next_cursor)")
-        query = query.where(Job.id < int(cursor))
+        query = query.where(Job.id < _cursor(cursor))
     jobs = list(session.scalars(query))
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return jobs, (str(jobs[-1].id) if more else None)
 
 
-def list_epochs(session: Session, job_id: int, owner: str) -> list[Epoch]:
+def list_epochs(
+    session: Session, job_id: int, owner: str | None = None, *, health: bool = False
+) -> list[Epoch]:
+    """A job's epochs, in order; their quantizer health (a larger column) only with `health`."""
     get_job(session, job_id, owner=owner)
-    return list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)))
+    query = select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)
+    return list(session.scalars(query if health else query.options(defer(Epoch.quantizers))))
+
+
+def health_history(session: Session, job_id: int) -> list[list[dict[str, Any]]]:
+    """The quantizer health of a job's first and last three epochs: what its warnings read."""
+    numbers = select(Epoch.epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)
+    epochs = list(session.scalars(numbers))
+    wanted = sorted({*epochs[:1], *epochs[-3:]})
+    query = select(Epoch.quantizers).where(Epoch.job_id == job_id, Epoch.epoch.in_(wanted))
+    return [q for q in session.scalars(query.order_by(Epoch.epoch)) if q]
 
 
 def cancel_job(session: Session, job_id: int, owner: str) -> Job:
@@ -196,7 +209,7 @@ def cancel_job(session: Session, job_id: int, owner: str) -> Job:
         raise JobNotFound(job_id)
     now = utcnow()
     if job.status == JobStatus.queued:
-        job.status, job.finished_at = JobStatus.cancelled, now
+        _end(job, JobStatus.cancelled, now)
     elif job.status == JobStatus.running and (job.lease_expires_at or now) <= now:
         _end(job, JobStatus.cancelled, now)  # its worker is gone: nobody would read the flag
     elif job.status == JobStatus.running:
@@ -204,6 +217,92 @@ def cancel_job(session: Session, job_id: int, owner: str) -> Job:
     elif job.status != JobStatus.cancelled:
         raise JobConflict(f"job {job_id} already {job.status}; only queued or running jobs stop")
     return job
+
+
+def create_experiment(
+    session: Session,
+    owner: str,
+    name: str,
+    request: dict[str, Any],
+    baseline: ServiceJobSpec | None,
+    variants: list[tuple[int, ServiceJobSpec]],
+    *,
+    start: int | str | None,
+    max_unfinished: int,
+) -> Experiment:
+    """Store an experiment and its jobs: the baseline to train (if any), then each variant's,
+    starting from `start` (the baseline's job id, or a model path) unless it is None."""
+    new = len(variants) + (baseline is not None)
+    if _unfinished(session, owner) + new > max_unfinished:
+        raise TooManyJobs(f"{new} more jobs would pass {owner}'s {max_unfinished} unfinished")
+    experiment = Experiment(owner=owner, name=name, spec=request)
+    session.add(experiment)
+    session.flush()
+    if baseline is not None:
+        start = _add(session, owner, baseline, experiment.id, None).id
+    elif isinstance(start, int):
+        source = session.get(Job, start)
+        if source is None or source.owner != owner:
+            raise InvalidField("baseline.job", f"job {start} does not exist")
+        if source.status != JobStatus.succeeded:
+            raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
+    for index, spec in variants:
+        init = {"job": start} if isinstance(start, int) else start
+        data = spec.model_dump(mode="json")
+        data["model"]["init"] = init
+        _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
+    return experiment
+
+
+def _add(
+    session: Session, owner: str, spec: ServiceJobSpec, experiment_id: int, variant: int | None
+) -> Job:
+    job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
+    job.status, job.experiment_id, job.variant = JobStatus.queued, experiment_id, variant
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _unfinished(session: Session, owner: str) -> int:
+    query = select(func.count()).where(
+        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running])
+    )
+    return session.scalar(query) or 0
+
+
+def get_experiment(session: Session, experiment_id: int, owner: str | None) -> Experiment:
+    """An experiment with its jobs; `owner` None: anybody's (for workers)."""
+    if not _is_id(experiment_id):
+        raise ExperimentNotFound(experiment_id)
+    query = select(Experiment).where(Experiment.id == experiment_id)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
+    experiment = session.scalars(query.options(selectinload(Experiment.jobs))).one_or_none()
+    if experiment is None:
+        raise ExperimentNotFound(experiment_id)
+    return experiment
+
+
+def list_experiments(
+    session: Session, owner: str, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[Experiment], str | None]:
+    """Newest first, paged like list_jobs."""
+    query = select(Experiment).where(Experiment.owner == owner)
+    query = query.options(selectinload(Experiment.jobs)).order_by(Experiment.id.desc())
+    if cursor is not None:
+        query = query.where(Experiment.id < _cursor(cursor))
+    found = list(session.scalars(query.limit(limit + 1)))
+    return found[:limit], (str(found[limit - 1].id) if len(found) > limit else None)
+
+
+def cancel_experiment(session: Session, experiment_id: int, owner: str) -> Experiment:
+    """Cancel every job of the experiment that has not ended."""
+    experiment = get_experiment(session, experiment_id, owner)
+    for job in experiment.jobs:
+        if not job.status.finished:
+            cancel_job(session, job.id, owner)
+    return experiment
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -368,6 +467,12 @@ def unfinished_jobs(session: Session) -> list[Job]:
 # ---------------------------------------------------------------------------------- helpers
 
 
+def _cursor(cursor: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_JOB_ID:
+        raise InvalidField("cursor", "not a cursor returned by this API (next_cursor)")
+    return int(cursor)
+
+
 def _insert(session: Session) -> Any:
     """The dialect's INSERT, which has ON CONFLICT."""
     return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
@@ -403,6 +508,22 @@ def _end(
 ) -> None:
     job.status, job.finished_at, job.lease_expires_at = status, now, None
     job.result, job.error = result, clean_error(error)
+    if status != JobStatus.succeeded and job.experiment_id is not None and job.variant is None:
+        _cancel_variants(job, now)
+
+
+def _cancel_variants(baseline: Job, now: datetime) -> None:
+    """The variants of a baseline that will have no model: cancelled, saying why."""
+    session = object_session(baseline)
+    assert session is not None
+    waiting = select(Job).where(
+        Job.experiment_id == baseline.experiment_id,
+        Job.variant.is_not(None),
+        Job.status == JobStatus.queued,
+    )
+    for job in session.scalars(waiting):
+        job.status, job.finished_at = JobStatus.cancelled, now
+        job.error = f"the experiment's baseline, job {baseline.id}, ended {baseline.status}"
 
 
 MAX_ERROR = 4000

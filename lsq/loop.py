@@ -16,10 +16,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, health
 from .device import autocast
 from .distributed import SINGLE, Rank
-from .metrics import Accuracy, EpochMetrics
+from .metrics import Accuracy, EpochMetrics, QuantizerHealth
 from .quantizer import LsqQuantizer, step_parameters
 from .spec import JobSpec, TrainingSpec
 
@@ -187,6 +187,7 @@ class Trainer:
         eval_start = time.perf_counter()
         test = evaluate(self.model, test_data, self.device, self.amp)
         end = time.perf_counter()
+        quantizers = self._health(test_data) if self.spec.quantization.enabled else None
         return EpochMetrics(
             epoch=epoch,
             train_loss=loss,
@@ -198,7 +199,14 @@ class Trainer:
             seconds=end - start,
             images_per_second=n / train_seconds,
             eval_seconds=end - eval_start,
+            quantizers=quantizers,
         )
+
+    def _health(self, test_data: DataLoader) -> list[QuantizerHealth]:
+        """The quantizers' health on the first test batch (lsq.health)."""
+        x, _ = next(iter(test_data))
+        with autocast(self.device, self.amp):
+            return health.measure(self.model, x.to(self.device))
 
     def _train(self, data: DataLoader, epoch: int) -> tuple[float, float, int]:
         """One pass over `data`: mean loss, top-1 in percent, and the images seen (all ranks)."""

@@ -8,11 +8,50 @@ entry in ``COLUMNS`` to show it in the table).
 
 from __future__ import annotations
 
+from collections import defaultdict
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class QuantizerHealth(_Record):
+    """One quantized tensor at the end of an epoch (see lsq.health)."""
+
+    layer: str = Field(description="The quantized layer's module name")
+    kind: Literal["weight", "activation"]
+    step: float = Field(description="The step size (the mean over channels when per channel)")
+    zero: float = Field(description="Share of the values quantized to 0")
+    levels: list[int] = Field(description="The level set, when it has at most 16 levels")
+    shares: list[float] = Field(description="Share of the values at each of `levels`")
+
+
+def health_warnings(history: list[list[QuantizerHealth]]) -> list[str]:
+    """What the quantizers' health over a run's epochs (oldest first) says is wrong: weights
+    collapsed to 0, a step that exploded or stopped moving."""
+    if not history or not history[-1]:
+        return []
+    steps: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for epoch in history:
+        for h in epoch:
+            steps[(h.layer, h.kind)].append(h.step)
+    found = []
+    for h in history[-1]:
+        where, seen = f"{h.layer} ({h.kind})", steps[(h.layer, h.kind)]
+        if h.kind == "weight" and h.zero > 0.95:
+            found.append(
+                f"{where}: {100 * h.zero:.0f}% of the weights are 0, the step is too large "
+                "(lower the step's learning rate, or check its initialisation)"
+            )
+        if h.step > 10 * seen[0]:
+            found.append(f"{where}: the step grew from {seen[0]:.3g} to {h.step:.3g}")
+        last = seen[-3:]
+        if len(last) == 3 and max(last) - min(last) <= 1e-6 * h.step:
+            found.append(f"{where}: the step has not moved for 3 epochs ({h.step:.3g})")
+    return found
 
 
 class EpochMetrics(_Record):
@@ -28,6 +67,9 @@ class EpochMetrics(_Record):
     seconds: float = Field(description="Wall time of the epoch, evaluation included")
     images_per_second: float = Field(description="Training throughput")
     eval_seconds: float | None = Field(None, description="Of `seconds`, the test evaluation")
+    quantizers: list[QuantizerHealth] | None = Field(
+        None, description="Each quantized tensor's step and share of values per level"
+    )
 
 
 class RunResult(_Record):

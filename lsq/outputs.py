@@ -2,7 +2,8 @@
 
 ``checkpoint.pt`` holds everything a resume needs (the trainer's state, the epochs so far and
 the starting model's accuracy); at the end come ``model.pt`` (the float state dict, another
-job's ``model.init``), ``accuracy.png`` and, for a quantized job, ``model-int.pt``.
+job's ``model.init``) and, for a quantized job, ``model-int.pt``. The plots (``plot.png``,
+``plot.svg``, ``quantizers.png``) are drawn during the run too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from . import checkpoint, export, plot
 from .data import DatasetInfo
-from .files import CHECKPOINT, CURVE, METRICS, MODEL, MODEL_INT
+from .files import CHECKPOINT, HEALTH_PLOT, METRICS, MODEL, MODEL_INT, PLOT, PLOT_SVG, atomic_file
 from .loop import Trainer
 from .metrics import Accuracy, EpochMetrics, RunMetrics
 from .spec import JobSpec
@@ -73,10 +74,18 @@ def save_final(
     checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out / MODEL)
     if spec.quantization.enabled:
         export.save_integer(model, spec, dataclasses.asdict(info), out / MODEL_INT)
-    plot.accuracy_curve(metrics.epochs, out / CURVE, spec.name)
+    save_plots(out, spec, metrics.epochs)
     write_metrics(out, metrics)
 
 
+def save_plots(out: Path, spec: JobSpec, epochs: list[EpochMetrics]) -> None:
+    """The run's curves and, for a quantized job, its quantizers' health."""
+    title = spec.describe()
+    plot.run_curves(epochs, [out / PLOT, out / PLOT_SVG], title)
+    if spec.quantization.enabled:
+        plot.quantizer_health(epochs, [out / HEALTH_PLOT], title)
+
+
 def write_metrics(out: Path, metrics: RunMetrics) -> None:
-    with checkpoint.atomic_file(out / METRICS, "w") as f:
+    with atomic_file(out / METRICS, "w") as f:
         f.write(metrics.model_dump_json(indent=2))

@@ -1,29 +1,116 @@
-"""Accuracy curves: what people would rather look at than read."""
+"""Plots people would rather look at than read: a run's curves, its quantizers' health, and an
+experiment's variants side by side. Files only (matplotlib's Agg backend), PNG and SVG."""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .files import atomic_file
 from .metrics import EpochMetrics
 
 
-def accuracy_curve(epochs: list[EpochMetrics], path: Path, title: str = "") -> None:
-    """Train and test top-1 (and test top-5) per epoch, as a PNG."""
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display on servers and workers
+    matplotlib.use("Agg")  # no display on servers and workers
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, paths: Sequence[Path]) -> None:
+    """Each file written whole, then renamed: a reader never sees half a picture."""
+    fig.tight_layout()
+    for path in paths:
+        with atomic_file(path) as f:
+            fig.savefig(f, format=path.suffix[1:])
+    _pyplot().close(fig)
+
+
+def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    x = [e.epoch for e in epochs]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(x, [e.test_top1 for e in epochs], "o-", label="test top-1")
-    ax.plot(x, [e.test_top5 for e in epochs], ".--", label="test top-5", alpha=0.6)
-    ax.plot(x, [e.train_top1 for e in epochs], ".:", label="train top-1", alpha=0.6)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+
+def run_curves(epochs: list[EpochMetrics], paths: Sequence[Path], title: str = "") -> None:
+    """Accuracy (train and test top-1, test top-5) and loss per epoch, side by side."""
+    fig, (acc, loss) = _pyplot().subplots(1, 2, figsize=(10, 4), dpi=100)
+    x = [e.epoch for e in epochs]
+    acc.plot(x, [e.test_top1 for e in epochs], "o-", label="test top-1")
+    acc.plot(x, [e.test_top5 for e in epochs], ".--", label="test top-5", alpha=0.6)
+    acc.plot(x, [e.train_top1 for e in epochs], ".:", label="train top-1", alpha=0.6)
+    acc.set(ylabel="accuracy (%)", ylim=(0, 100), title="accuracy")
+    acc.legend(loc="lower right")
+    loss.plot(x, [e.test_loss for e in epochs], "o-", label="test")
+    loss.plot(x, [e.train_loss for e in epochs], ".:", label="train", alpha=0.6)
+    loss.set(ylabel="cross-entropy loss", title="loss")
+    loss.legend(loc="upper right")
+    for ax in (acc, loss):
+        _epoch_axis(ax)
+    fig.suptitle(title)
+    _save(fig, paths)
+
+
+def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: str = "") -> None:
+    """Step size of every quantized tensor per epoch, and the share of each layer's weights at
+    zero (over 95% means the step is too large for those weights)."""
+    fig, (steps, zeros) = _pyplot().subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    series: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    for e in epochs:
+        for h in e.quantizers or []:
+            series.setdefault((h.layer, h.kind), []).append((e.epoch, h.step, h.zero))
+    for (layer, kind), points in series.items():
+        x = [p[0] for p in points]
+        style = "-" if kind == "weight" else "--"
+        steps.plot(x, [p[1] for p in points], style, linewidth=1, alpha=0.8)
+        if kind == "weight":
+            zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=layer)
+    steps.set(yscale="log", ylabel="step size (log)", title="steps: weights —, activations --")
+    zeros.axhline(95, color="red", linestyle=":", linewidth=1)
+    zeros.set(ylabel="weights at 0 (%)", ylim=(0, 100), title="share of weights at zero")
+    if len(series) <= 24:
+        zeros.legend(fontsize=6, ncol=2, loc="upper left")
+    for ax in (steps, zeros):
+        _epoch_axis(ax)
+    fig.suptitle(title)
+    _save(fig, paths)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One row of an experiment: its seeds' test top-1 per epoch."""
+
+    label: str
+    runs: list[list[EpochMetrics]]
+    baseline: bool = False
+
+
+def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "") -> None:
+    """Test top-1 per epoch, one line per variant (the mean over seeds, with their range as a
+    band), the baseline dashed."""
+    fig, ax = _pyplot().subplots(figsize=(8, 5), dpi=100)
+    for curve in curves:
+        by_epoch: dict[int, list[float]] = {}
+        for run in curve.runs:
+            for e in run:
+                by_epoch.setdefault(e.epoch, []).append(e.test_top1)
+        if not by_epoch:
+            continue
+        x = sorted(by_epoch)
+        mean = [statistics.fmean(by_epoch[i]) for i in x]
+        style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
+        (line,) = ax.plot(x, mean, label=curve.label, **style)
+        if len(curve.runs) > 1:
+            low, high = [min(by_epoch[i]) for i in x], [max(by_epoch[i]) for i in x]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
+    ax.set(ylabel="test top-1 accuracy (%)", title=title)
+    _epoch_axis(ax)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, paths)

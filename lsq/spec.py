@@ -62,8 +62,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+# Control characters (C0, DEL, C1), line separators and bidirectional overrides: they break
+# logs and terminals, can disguise text, and PostgreSQL refuses NUL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def _printable(text: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if _CONTROL.search(text):
         raise ValueError("must not contain control characters (newlines, tabs, NUL...)")
     return text
 
@@ -84,7 +89,7 @@ def _text(max_length: int) -> Any:
         str,
         StringConstraints(min_length=1, max_length=max_length),
         AfterValidator(_printable),
-        Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
+        Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
     ]
 
 
@@ -109,7 +114,12 @@ class DatasetSpec(_Strict):
     def folder(self) -> Path | None:
         """The folder the dataset is read from; None where it needs one and has none."""
         root = self.root or DEFAULT_ROOTS.get(self.name)
-        return Path(root).expanduser() if root else None
+        if not root:
+            return None
+        try:
+            return Path(root).expanduser()
+        except RuntimeError:  # ~user of no such user: the path as given, which does not exist
+            return Path(root)
 
 
 def _local_init(value: Any) -> Any:

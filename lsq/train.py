@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from .loop import Cancelled, Hooks, Trainer, evaluate, loader
 from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
 from .networks import build_model
 from .spec import JobSpec
+
+PLOT_EVERY_SECONDS = 30  # redraw the curves of a running job at most this often
 
 
 def run(
@@ -86,11 +89,15 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
         trainer.load_state_dict(saved.trainer)
         epochs = saved.epochs
 
+    plotted = 0.0
     for epoch in range(len(epochs) + 1, t.epochs + 1):
         metrics = trainer.epoch(train_set, test_data, epoch)
         if metrics is not None:  # rank 0 evaluates and writes; the others wait
             epochs.append(metrics)
             outputs.save_progress(out, spec, outputs.Progress(trainer.state_dict(), epochs, start))
+            if time.monotonic() - plotted > PLOT_EVERY_SECONDS and epoch < t.epochs:
+                outputs.save_plots(out, spec, epochs)  # live curves; the last come with the end
+                plotted = time.monotonic()
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
         distributed.barrier()

@@ -32,6 +32,7 @@ from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
 
 from .app import SHUTTING_DOWN, worker_name
+from .plots import experiment_plot
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class Claimed:
     attempt: int
     spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
     source: JobStatus | None  # the status of the job it starts from, if any
+    experiment_id: int | None = None
 
 
 def execute(job_id: int) -> Outcome:
@@ -178,13 +180,14 @@ def claim(job_id: int) -> Claimed | Outcome:
             session, job_id, worker_name(), settings.lease_seconds, settings.max_attempts
         )
         attempt = taken.job.attempts if taken.job else 0
+        experiment_id = job.experiment_id
     if taken.outcome == "busy":
         assert taken.retry_at is not None
         wait = max(1.0, (taken.retry_at - utcnow()).total_seconds() + 1)
         return RetryLater(wait, "another worker holds its lease")
     if taken.outcome != "claimed":
         return Ack(None, f"job {taken.outcome}")
-    return Claimed(job_id, attempt, spec, source)
+    return Claimed(job_id, attempt, spec, source, experiment_id)
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
@@ -199,7 +202,7 @@ def run_claimed(claimed: Claimed) -> Outcome:
     try:
         spec = _core_spec(claimed, settings)
         _prepare_folder(claimed, out, me)
-        record = lambda metrics: _record(job_id, me, metrics)  # noqa: E731
+        record = lambda metrics: _record(job_id, me, metrics, claimed.experiment_id)  # noqa: E731
         stop = keeper.should_stop
         result = run(spec, out, on_epoch=record, on_progress=keeper.progress,
                      should_cancel=stop, resume=True)  # fmt: skip
@@ -218,6 +221,8 @@ def run_claimed(claimed: Claimed) -> Outcome:
         return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
     finally:
         keeper.close()
+        if claimed.experiment_id is not None:
+            experiment_plot(claimed.experiment_id, final=True)
     return _finish(job_id, me, JobStatus.succeeded, result=result)
 
 
@@ -280,10 +285,14 @@ def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:
         _record(claimed.job_id, worker, metrics)
 
 
-def _record(job_id: int, worker: str, metrics: EpochMetrics) -> None:
+def _record(
+    job_id: int, worker: str, metrics: EpochMetrics, experiment_id: int | None = None
+) -> None:
     with session_scope() as session:
         if not store.record_epoch(session, job_id, worker, metrics):
             raise LeaseLost()
+    if experiment_id is not None:
+        experiment_plot(experiment_id)
 
 
 def _finish(

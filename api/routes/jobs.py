@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
+from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG
 from lsq.metrics import EpochMetrics
 
 from .. import artifacts, limits, store
@@ -17,7 +18,7 @@ from ..db import session_scope
 from ..deps import ReadSessionDep, SettingsDep
 from ..models import JobStatus
 from ..queue import enqueue_when_committed
-from ..schemas import Artifact, ErrorOut, JobDetail, JobOut, JobPage
+from ..schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage, epoch_numbers
 from ..spec import ServiceJobSpec
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
@@ -85,12 +86,43 @@ def list_jobs(
 
 @router.get("/{job_id}", responses=NOT_FOUND, summary="A job with its epochs so far")
 def get_job(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> JobDetail:
-    return JobDetail.of(store.get_job(session, job_id, owner=owner, with_epochs=True))
+    job = store.get_job(session, job_id, owner=owner, with_epochs=True)
+    return JobDetail.of(job, health=store.health_history(session, job_id))
 
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")
 def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochMetrics]:
-    return [EpochMetrics.model_validate(e) for e in store.list_epochs(session, job_id, owner)]
+    return [epoch_numbers(e) for e in store.list_epochs(session, job_id, owner)]
+
+
+@router.get(
+    "/{job_id}/quantizers", responses=NOT_FOUND, summary="Quantizer health per epoch so far"
+)
+def get_quantizers(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochHealth]:
+    """Per epoch, each quantized tensor's step size and share of values at each level
+    (measured on one test batch); empty for a full-precision job."""
+    epochs = store.list_epochs(session, job_id, owner, health=True)
+    return [EpochHealth(epoch=e.epoch, quantizers=e.quantizers) for e in epochs if e.quantizers]
+
+
+def _image(name: str, what: str) -> None:
+    @router.get(
+        f"/{{job_id}}/{name}",
+        summary=what,
+        response_class=FileResponse,
+        responses={**NOT_FOUND, 200: {"content": {IMAGE[name]: {}}}},
+    )
+    def image(
+        job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
+    ) -> FileResponse:
+        store.get_job(session, job_id, owner=owner)
+        return artifacts.image(artifacts.job_folder(settings, job_id), name)
+
+
+IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", HEALTH_PLOT: "image/png"}
+_image(PLOT, "Accuracy and loss per epoch (PNG)")
+_image(PLOT_SVG, "Accuracy and loss per epoch (SVG)")
+_image(HEALTH_PLOT, "Step sizes and weights at zero per epoch (PNG)")
 
 
 @router.post(

@@ -55,7 +55,7 @@ def test_run_killed_with_sigkill_resumes_to_the_end(tmp_path):
     assert any(line.split()[:1] == ["3"] for line in lines)
     top1 = final["result"]["final_top1"]
     assert lines[-2] == f"cli-quick: resnet20 on synthetic, full precision: test top-1 {top1:.2f}%"
-    assert lines[-1].startswith("files in run/: accuracy.png, checkpoint.pt, metrics.json")
+    assert lines[-1].startswith("files in run/: checkpoint.pt, metrics.json, model.pt, plot.png")
     assert {p.name for p in out.iterdir()} >= {"spec.yaml", "checkpoint.pt", "model.pt"}
 
 

@@ -36,13 +36,28 @@ def test_full_precision_learns_well_above_chance(fp_run):
     assert metrics.epochs == seen and metrics.result == result
     assert set(json.loads((out / "metrics.json").read_text())) == {"epochs", "result"}
     assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "model.pt", "metrics.json"}
-    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plot.svg").read_text().lstrip().startswith("<?xml")
     assert not (out / "model-int.pt").exists()
 
 
 def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_path):
-    fp_out, fp_result, _ = fp_run
-    result = run(spec(init=str(fp_out / "model.pt"), quant=TERNARY, lr=0.01), tmp_path)
+    fp_out, fp_result, seen = fp_run
+    assert all(m.quantizers is None for m in seen)  # full precision: nothing to watch
+    epochs = []
+    result = run(
+        spec(init=str(fp_out / "model.pt"), quant=TERNARY, lr=0.01),
+        tmp_path,
+        on_epoch=epochs.append,
+    )
+    # every epoch records each quantized tensor's health: 18 layers, weight and input
+    for m in epochs:
+        assert len(m.quantizers) == 36 and {q.kind for q in m.quantizers} == {
+            "weight",
+            "activation",
+        }
+        assert all(abs(sum(q.shares) - 1) < 1e-6 and q.step > 0 for q in m.quantizers)
+    assert (tmp_path / "quantizers.png").read_bytes()[:4] == b"\x89PNG"
     # the starting model is evaluated first: its accuracy is the full-precision run's
     assert result.init_top1 == pytest.approx(fp_result.final_top1)
     assert result.final_top1 > 50

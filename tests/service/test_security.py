@@ -373,3 +373,31 @@ def test_the_embedded_default_holds_50_concurrent_clients(api: Api, ann: httpx.C
     with ThreadPoolExecutor(50) as pool:
         codes = [code for codes in pool.map(client, range(50)) for code in codes]
     assert codes.count(201) == 100 and codes.count(200) == 100, sorted(set(codes))
+
+
+def test_what_a_hostile_client_found_later_is_a_clean_422(
+    api: Api, ann: httpx.Client, tmp_path: Path
+) -> None:
+    loop = Path(api.env["LSQ_DATA_ROOTS"]) / "loop"
+    loop.symlink_to(loop)  # resolving it raises RuntimeError on Python 3.11
+    for root in (str(loop), f"{loop}/deeper", "~nosuchuser_zz/x", "~/x"):
+        response = ann.post(
+            "/v1/jobs", json=tiny_spec("x", dataset={"name": "cifar10", "root": root})
+        )
+        assert (
+            response.status_code == 422
+            and error_of(response)["fields"][0]["field"] == "dataset.root"
+        )
+    for job in (True, "1", 1.0):
+        response = ann.post("/v1/jobs", json=tiny_spec("x", model={"init": {"job": job}}))
+        assert response.status_code == 422, (job, response.text)
+    for name in ("x\u009b31m", "x\u202ereversed", "line\u2028break"):
+        response = ann.post("/v1/jobs", json={**tiny_spec("x"), "name": name})
+        assert response.status_code == 422 and error_of(response)["fields"][0]["field"] == "name"
+    bad_key = ann.post("/v1/jobs", json=tiny_spec("x"), headers={"Idempotency-Key": "a b"})
+    assert error_of(bad_key)["fields"][0]["field"] == "Idempotency-Key"
+    many = {**tiny_spec("x"), **{f"k{i}": 0 for i in range(5_000)}}  # just under the body limit
+    started = time.perf_counter()
+    response = ann.post("/v1/jobs", json=many)
+    assert response.status_code == 422 and len(error_of(response)["fields"]) == 20
+    assert time.perf_counter() - started < 2

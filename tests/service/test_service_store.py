@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0005"  # the newest migration in migrations/versions
+HEAD = "0006"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -66,7 +66,11 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
     if request.param == "postgres":
         engine = make_engine(request.getfixturevalue("pg_store_url"))
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, tokens RESTART IDENTITY"))
+            conn.execute(
+                text(
+                    "TRUNCATE jobs, epochs, idempotency_keys, tokens, experiments RESTART IDENTITY"
+                )
+            )
     else:
         engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
         upgrade_database(engine)

@@ -1,0 +1,408 @@
+"""Experiments: a baseline and a grid (or list) of quantized variants of it, in one request.
+
+`ExperimentSpec` is the request; `plan` turns it into job specs (the baseline's, then one per
+variant and seed, each starting from the baseline's model); `rows` reads the jobs back as the
+results table (accuracy, drop against the baseline, mean and spread over seeds, the published
+reference), which `markdown` and `csv_text` print in the reference's columns.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import statistics
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from lsq.spec import MAX_SEED, Path_, QuantizationSpec, describe_errors
+
+from .models import Job, JobStatus
+from .spec import MAX_JOB_ID, ServiceJobSpec
+from .store import InvalidField
+
+MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class TrainBaseline(_Strict):
+    """Train the full-precision model inside the experiment: the base spec, quantization off."""
+
+    train: Literal[True]
+    training: dict[str, Any] = Field({}, description="Overrides of the base's training")
+
+
+class JobBaseline(_Strict):
+    """An existing succeeded job of yours is the baseline."""
+
+    job: int = Field(ge=1, le=MAX_JOB_ID)
+
+
+class CheckpointBaseline(_Strict):
+    """A model.pt under the data roots is the baseline (evaluated by every variant first)."""
+
+    checkpoint: Path_
+
+
+class PretrainedBaseline(_Strict):
+    """torchvision's ImageNet weights are the baseline (evaluated by every variant first)."""
+
+    pretrained: Literal[True]
+
+
+KINDS = ("train", "job", "checkpoint", "pretrained")
+
+
+def _baseline_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return next((k for k in KINDS if k in value), None)
+    return None
+
+
+Baseline = Annotated[
+    Annotated[TrainBaseline, Tag("train")]
+    | Annotated[JobBaseline, Tag("job")]
+    | Annotated[CheckpointBaseline, Tag("checkpoint")]
+    | Annotated[PretrainedBaseline, Tag("pretrained")],
+    Discriminator(
+        _baseline_kind,
+        custom_error_type="baseline",
+        custom_error_message="expected {train: true}, {job: ID}, {checkpoint: PATH} or "
+        "{pretrained: true}",
+    ),
+]
+
+
+class Reference(_Strict):
+    """A published figure to compare a variant with, in percent."""
+
+    test_top1: float = Field(ge=0, le=100)
+    test_top5: float | None = Field(None, ge=0, le=100)
+
+
+class ExperimentSpec(_Strict):
+    """A baseline and variants of a base job spec; every variant runs once per seed."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    base: dict[str, Any] = Field(
+        description="A job spec without its name: what every job shares (dataset, model, ...)"
+    )
+    baseline: Baseline
+    grid: dict[str, list[Any]] | None = Field(
+        None,
+        description="Dotted paths into the spec and their values, crossed: "
+        '{"quantization.first_last": ["float", "same"], ...}',
+        max_length=MAX_GRID_KEYS,
+    )
+    variants: list[dict[str, Any]] | None = Field(
+        None,
+        description="Override objects one by one, e.g. {quantization: {...}}; each may carry "
+        "`name` and `reference: {test_top1, test_top5}`",
+        max_length=64,
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
+        None, min_length=1, max_length=MAX_SEEDS, description="Run every variant once per seed"
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    index: int  # 0-based; the table's ID is index + 1
+    label: str
+    settings: dict[str, Any]  # dotted path: value, what this variant changes
+    reference: Reference | None
+    specs: list[ServiceJobSpec]  # one per seed, model.init still unset
+
+
+@dataclass(frozen=True)
+class Plan:
+    baseline: ServiceJobSpec | None  # the job to train, for {train: true}
+    variants: list[Variant]
+
+    @property
+    def jobs(self) -> int:
+        return (self.baseline is not None) + sum(len(v.specs) for v in self.variants)
+
+
+def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
+    """The experiment's jobs, each validated as a job spec (InvalidField names the first bad
+    field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
+    if (exp.grid is None) == (exp.variants is None):
+        raise InvalidField("grid", "give either grid or variants (not both, not neither)")
+    overrides = _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
+    seeds = exp.seeds or [exp.base.get("training", {}).get("seed", 0)]
+    if len(overrides) * len(seeds) + 1 > max_jobs:
+        raise InvalidField(
+            "grid" if exp.grid is not None else "variants",
+            f"{len(overrides)} variants x {len(seeds)} seeds is more than the "
+            f"{max_jobs} jobs an experiment may have (LSQ_MAX_EXPERIMENT_JOBS)",
+        )
+    baseline = None
+    if isinstance(exp.baseline, TrainBaseline):
+        full_precision = {"quantization": {}, "training": exp.baseline.training}
+        spec = _merge(exp.base, full_precision) | {"name": f"{exp.name}/baseline"}
+        spec["training"] = {**spec.get("training", {}), "seed": seeds[0]}
+        baseline = _validated(spec, "baseline")
+    variants = []
+    for index, (where, change, name, reference) in enumerate(overrides):
+        specs = []
+        for seed in seeds:
+            spec = _merge(exp.base, change)
+            spec["name"] = f"{exp.name}/{index + 1}" + (f"/seed {seed}" if len(seeds) > 1 else "")
+            spec["training"] = {**spec.get("training", {}), "seed": seed}
+            specs.append(_validated(spec, where))
+        label = name or specs[0].quantization.describe()
+        variants.append(Variant(index, label, _flatten(change), reference, specs))
+    return Plan(baseline, variants)
+
+
+def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
+    for path, values in grid.items():
+        if not 1 <= len(values) <= MAX_VALUES:
+            raise InvalidField(f"grid.{path}", f"give 1 to {MAX_VALUES} values")
+        if not all(part.isidentifier() for part in path.split(".")):
+            raise InvalidField(f"grid.{path}", "not a dotted path such as quantization.weight")
+    combos = itertools.product(*grid.values())
+    return [("grid", _nested(dict(zip(grid, combo, strict=True))), None, None) for combo in combos]
+
+
+def _listed(variants: list[dict[str, Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
+    out = []
+    for i, raw in enumerate(variants):
+        change = dict(raw)
+        name, reference = change.pop("name", None), change.pop("reference", None)
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 100):
+            raise InvalidField(f"variants.{i}.name", "a name of 1 to 100 characters")
+        try:
+            reference = Reference.model_validate(reference) if reference is not None else None
+        except ValidationError as e:
+            field, message = describe_errors(e)[0]
+            raise InvalidField(f"variants.{i}.reference.{field}".rstrip("."), message) from None
+        out.append((f"variants.{i}", change, name, reference))
+    return out
+
+
+def _validated(spec: dict[str, Any], where: str) -> ServiceJobSpec:
+    try:
+        return ServiceJobSpec.model_validate(spec)
+    except ValidationError as e:
+        field, message = describe_errors(e, ServiceJobSpec)[0]
+        raise InvalidField(f"{where}.{field}" if field != "body" else where, message) from None
+
+
+def _merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `change` laid over it, sections merged key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in dotted.items():
+        *parents, last = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ------------------------------------------------------------------------------- results
+
+
+class Stat(BaseModel):
+    mean: float
+    std: float | None = Field(description="Over seeds; null with one")
+    n: int
+
+
+class Row(BaseModel):
+    """A line of the results table: the baseline, or a variant over its seeds."""
+
+    id: str = Field(description="'FP' for the baseline, else the variant's number")
+    label: str
+    baseline: bool
+    settings: dict[str, Any]
+    epochs: int
+    quan_lr: str
+    constr_w: str
+    constr_a: str
+    lr_base: float
+    jobs: list[int]
+    finished: int = Field(description="How many of `jobs` succeeded")
+    test_top1: Stat | None
+    test_top5: Stat | None
+    drop_top1: Stat | None = Field(description="Baseline minus this row, in points")
+    drop_top5: Stat | None
+    reference: Reference | None = None
+    delta_vs_reference: float | None = Field(
+        None, description="test_top1 minus the reference's, in points"
+    )
+
+
+def _stat(values: list[float]) -> Stat | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(mean=statistics.fmean(values), std=std, n=len(values))
+
+
+def _quan_lr(q: QuantizationSpec) -> str:
+    if not q.enabled or q.first_last == "float":
+        return "no"
+    return "yes" if q.first_last == "same" else f"yes {q.first_last}"
+
+
+def _row(rid: str, label: str, specs: list[ServiceJobSpec], jobs: list[Job], **extra: Any) -> Row:
+    q, t = specs[0].quantization, specs[0].training
+    return Row(
+        id=rid,
+        label=label,
+        epochs=t.epochs,
+        quan_lr=_quan_lr(q),
+        constr_w=str(q.weight) if q.weight else "none",
+        constr_a=str(q.activation) if q.activation else "none",
+        lr_base=t.lr,
+        jobs=[j.id for j in jobs],
+        finished=sum(j.status == JobStatus.succeeded for j in jobs),
+        **extra,
+    )
+
+
+def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
+    """The baseline row (when the experiment trains or names one, or once a variant measured
+    the checkpoint), then one row per variant."""
+    done = {j.id: j.result for j in jobs if j.status == JobStatus.succeeded and j.result}
+    baseline_jobs = [j for j in jobs if j.variant is None]
+    by_variant: dict[int, list[Job]] = {}
+    for j in jobs:
+        if j.variant is not None:
+            by_variant.setdefault(j.variant, []).append(j)
+    start = _start(baseline_jobs, jobs, done)
+    out = []
+    if baseline_jobs or start is not None:
+        specs = [ServiceJobSpec.model_validate(j.spec) for j in baseline_jobs] or [
+            ServiceJobSpec.model_validate(jobs[0].spec)
+        ]
+        top1 = [start[0]] if start else []
+        top5 = [start[1]] if start else []
+        out.append(
+            _row("FP", "full precision (baseline)", specs, baseline_jobs, baseline=True,
+                 settings={}, test_top1=_stat(top1), test_top5=_stat(top5), drop_top1=None,
+                 drop_top5=None)
+        )  # fmt: skip
+    for index, variant_jobs in sorted(by_variant.items()):
+        specs = [ServiceJobSpec.model_validate(j.spec) for j in variant_jobs]
+        meta = exp.variants[index] if exp.variants else {}
+        reference = meta.get("reference") if isinstance(meta, dict) else None
+        results = [done[j.id] for j in variant_jobs if j.id in done]
+        top1 = [r["final_top1"] for r in results]
+        top5 = [r["final_top5"] for r in results]
+        drop1 = [start[0] - v for v in top1] if start else []
+        drop5 = [start[1] - v for v in top5] if start else []
+        ref = Reference.model_validate(reference) if reference else None
+        delta = statistics.fmean(top1) - ref.test_top1 if ref and top1 else None
+        label = meta.get("name") if isinstance(meta, dict) and meta.get("name") else None
+        out.append(
+            _row(str(index + 1), label or specs[0].quantization.describe(), specs, variant_jobs,
+                 baseline=False, settings=_settings(exp, index), test_top1=_stat(top1),
+                 test_top5=_stat(top5), drop_top1=_stat(drop1), drop_top5=_stat(drop5),
+                 reference=ref, delta_vs_reference=delta)
+        )  # fmt: skip
+    return out
+
+
+def _start(baseline_jobs: list[Job], jobs: list[Job], done: dict) -> tuple[float, float] | None:
+    """The baseline's accuracy: its job's final one, else what variants measured of it."""
+    for j in baseline_jobs:
+        if j.id in done:
+            return done[j.id]["final_top1"], done[j.id]["final_top5"]
+    for j in jobs:
+        result = done.get(j.id)
+        if result and result.get("init_top1") is not None:
+            return result["init_top1"], result["init_top5"]
+    return None
+
+
+def _settings(exp: ExperimentSpec, index: int) -> dict[str, Any]:
+    if exp.grid is not None:
+        combos = list(itertools.product(*exp.grid.values()))
+        return dict(zip(exp.grid, combos[index], strict=True))
+    change = {
+        k: v for k, v in (exp.variants or [])[index].items() if k not in ("name", "reference")
+    }
+    return _flatten(change)
+
+
+# --------------------------------------------------------------------------- the tables
+
+COLUMNS = ["ID", "quan_lr", "constr_w", "constr_a", "lr_base", "epoch", "test_acc", "drop_acc",
+           "acc_top5", "drop_top5"]  # fmt: skip
+
+
+def _fmt(stat: Stat | None) -> str:
+    if stat is None:
+        return ""
+    return f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
+
+
+def table(table_rows: list[Row]) -> list[list[str]]:
+    """The reference's columns, and ref_acc / delta when any row has a reference."""
+    refs = any(r.reference for r in table_rows)
+    head = COLUMNS + (["ref_acc", "delta"] if refs else [])
+    body = []
+    for r in table_rows:
+        line = [r.id, r.quan_lr, r.constr_w, r.constr_a, f"{r.lr_base:g}", str(r.epochs)]
+        line += [_fmt(r.test_top1), _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
+        if refs:
+            line += [
+                f"{r.reference.test_top1:.2f}" if r.reference else "",
+                f"{r.delta_vs_reference:+.2f}" if r.delta_vs_reference is not None else "",
+            ]
+        body.append(line)
+    return [head, *body]
+
+
+def markdown(table_rows: list[Row]) -> str:
+    head, *body = table(table_rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"
+
+
+def csv_text(table_rows: list[Row]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(table(table_rows))
+    return out.getvalue()
+
+
+def status(jobs: list[Job]) -> str:
+    """queued or running while any job is; then succeeded, failed, or cancelled."""
+    states = {j.status for j in jobs}
+    if JobStatus.running in states or (JobStatus.queued in states and len(states) > 1):
+        return "running"
+    if states == {JobStatus.queued}:
+        return "queued"
+    if states == {JobStatus.succeeded}:
+        return "succeeded"
+    return "failed" if JobStatus.failed in states else "cancelled"

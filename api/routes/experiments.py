@@ -1,0 +1,130 @@
+"""/v1/experiments: a baseline and a grid of quantized variants in one request, read back as
+the results table (JSON, Markdown or CSV) and a plot."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from lsq.files import PLOT, PLOT_SVG
+
+from .. import artifacts, experiments, limits, store
+from ..auth import OwnerDep
+from ..db import session_scope
+from ..deps import ReadSessionDep, SettingsDep
+from ..experiments import CheckpointBaseline, ExperimentSpec, JobBaseline, PretrainedBaseline
+from ..models import Experiment
+from ..queue import enqueue_when_committed
+from ..schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
+from .jobs import ERRORS
+
+NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id"}}
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERRORS)
+
+
+def _out(experiment: Experiment) -> ExperimentOut:
+    spec = ExperimentSpec.model_validate(experiment.spec)
+    return ExperimentOut.of(experiment, experiments.rows(spec, experiment.jobs))
+
+
+@router.post("", status_code=201, summary="Submit an experiment")
+def submit_experiment(
+    spec: ExperimentSpec, owner: OwnerDep, settings: SettingsDep, response: Response
+) -> ExperimentOut:
+    """A baseline (`{train: true}`, `{job: ID}` or `{checkpoint: PATH}`) and variants of the
+    base spec (`grid` of dotted paths, crossed, or `variants` one by one), each per seed."""
+    plan = experiments.plan(spec, settings.max_experiment_jobs)
+    for job in ([plan.baseline] if plan.baseline else []) + [
+        s for v in plan.variants for s in v.specs
+    ]:
+        limits.check_job(job, settings)
+    start: int | str | None = None
+    if isinstance(spec.baseline, JobBaseline):
+        start = spec.baseline.job
+    elif isinstance(spec.baseline, CheckpointBaseline):
+        start = spec.baseline.checkpoint
+        limits.check_file("baseline.checkpoint", start, settings)
+    elif isinstance(spec.baseline, PretrainedBaseline):
+        start = "pretrained"
+    variants = [(v.index, s) for v in plan.variants for s in v.specs]
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        experiment = store.create_experiment(
+            session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
+            start=start, max_unfinished=settings.max_queued_per_owner,
+        )  # fmt: skip
+        for job in experiment.jobs:
+            enqueue_when_committed(session, job.id)
+        session.flush()
+        session.refresh(experiment)
+        body = _out(experiment)
+    response.headers["Location"] = f"/v1/experiments/{body.id}"
+    return body
+
+
+@router.get("", summary="List experiments, newest first")
+def list_experiments(
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> ExperimentPage:
+    found, next_cursor = store.list_experiments(session, owner, limit=limit, cursor=cursor)
+    return ExperimentPage(items=[ExperimentSummary.of(e) for e in found], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{experiment_id}",
+    summary="An experiment: its jobs and the results table",
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"text/markdown": {}, "text/csv": {}}},
+    },
+)
+def get_experiment(
+    experiment_id: int,
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    format: Annotated[
+        Literal["json", "md", "csv"],
+        Query(description="md or csv: the table alone, in the reference's columns"),
+    ] = "json",
+) -> ExperimentOut:
+    experiment = store.get_experiment(session, experiment_id, owner)
+    body = _out(experiment)
+    if format == "md":
+        return PlainTextResponse(experiments.markdown(body.rows), media_type="text/markdown")
+    if format == "csv":
+        return PlainTextResponse(experiments.csv_text(body.rows), media_type="text/csv")
+    return body
+
+
+@router.post("/{experiment_id}/cancel", responses=NOT_FOUND, summary="Cancel an experiment")
+def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
+    """Cancels every job of the experiment that has not ended (running ones stop at the next
+    batch)."""
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        experiment = store.cancel_experiment(session, experiment_id, owner)
+        session.flush()
+        return _out(experiment)
+
+
+def _image(name: str, what: str) -> None:
+    kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
+
+    @router.get(
+        f"/{{experiment_id}}/{name}",
+        summary=what,
+        response_class=FileResponse,
+        responses={**NOT_FOUND, 200: {"content": {kind: {}}}},
+    )
+    def image(
+        experiment_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
+    ) -> FileResponse:
+        store.get_experiment(session, experiment_id, owner)
+        return artifacts.image(artifacts.experiment_folder(settings, experiment_id), name)
+
+
+_image(PLOT, "Test top-1 per epoch of every row (PNG)")
+_image(PLOT_SVG, "Test top-1 per epoch of every row (SVG)")

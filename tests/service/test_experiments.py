@@ -1,0 +1,189 @@
+"""Experiments end to end over HTTP: a baseline and a grid of variants per seed, read back as the
+results table (JSON, Markdown, CSV) with drops from real runs, plots, and quantizer health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api import experiments
+from api.experiments import ExperimentSpec
+from lsq.spec import read_document
+
+from .conftest import TINY, Service
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+pytestmark = pytest.mark.timeout(600)
+
+BASE = {k: v for k, v in TINY.items()} | {"training": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
+TERNARY = [-1, 0, 1]
+
+
+def experiment(**changes: object) -> dict:
+    return {
+        "name": "table",
+        "base": BASE,
+        "baseline": {"train": True, "training": {"epochs": 3}},
+        "grid": {
+            "quantization.weight": [TERNARY],
+            "quantization.activation": [None, [0, 1, 2, 3]],
+            "training.lr": [0.01],
+        },
+        "seeds": [0, 1],
+    } | changes
+
+
+def wait_experiment(service: Service, experiment_id: int, timeout: float = 300) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = service.http.get(f"/v1/experiments/{experiment_id}").json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        assert time.monotonic() < deadline, (body, service.diagnostics())
+        time.sleep(0.5)
+
+
+def test_a_baseline_and_a_grid_of_variants_per_seed_give_the_results_table(
+    service: Service,
+) -> None:
+    submitted = service.http.post("/v1/experiments", json=experiment())
+    assert submitted.status_code == 201, submitted.text
+    body = submitted.json()
+    assert body["total_jobs"] == 5 and body["status"] == "queued"  # 1 baseline + 2 x 2 seeds
+    assert [(j["variant"], j["seed"]) for j in body["jobs"]] == [
+        (None, 0), (0, 0), (0, 1), (1, 0), (1, 1),
+    ]  # fmt: skip
+
+    done = wait_experiment(service, body["id"])
+    assert done["status"] == "succeeded", done
+    baseline, weights, both = done["rows"]
+    assert baseline["baseline"] and baseline["id"] == "FP" and baseline["epochs"] == 3
+    fp = baseline["test_top1"]["mean"]
+    assert fp > 30  # learned, on 10 classes
+    for row in (weights, both):
+        assert row["test_top1"]["n"] == 2 and row["test_top1"]["std"] is not None
+        assert row["constr_w"] == "[-1,0,1]" and row["lr_base"] == 0.01 and row["epochs"] == 2
+        seeds = []
+        for job_id in row["jobs"]:
+            job = service.job(job_id)
+            seeds.append(job["result"]["final_top1"])
+            assert job["result"]["init_top1"] == pytest.approx(fp)  # started from the baseline
+            assert job["spec"]["model"]["init"] == {"job": baseline["jobs"][0]}
+        assert row["test_top1"]["mean"] == pytest.approx(sum(seeds) / 2)
+        assert row["drop_top1"]["mean"] == pytest.approx(fp - sum(seeds) / 2)
+    assert (weights["constr_a"], both["constr_a"]) == ("none", "[0,1,2,3]")
+    assert weights["settings"] == {
+        "quantization.weight": TERNARY, "quantization.activation": None, "training.lr": 0.01,
+    }  # fmt: skip
+
+    md = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "md"})
+    assert md.headers["content-type"].startswith("text/markdown")
+    lines = md.text.splitlines()
+    assert lines[0] == (
+        "| ID | quan_lr | constr_w | constr_a | lr_base | epoch | test_acc | drop_acc "
+        "| acc_top5 | drop_top5 |"
+    )
+    assert lines[2].startswith(f"| FP | no | none | none | 0.05 | 3 | {fp:.2f} |")
+    assert lines[4].startswith("| 2 | no | [-1,0,1] | [0,1,2,3] | 0.01 | 2 |") and " ± " in lines[4]
+    csv = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "csv"}).text
+    assert csv.splitlines()[0].startswith("ID,quan_lr,constr_w") and len(csv.splitlines()) == 4
+
+    plot = service.http.get(f"/v1/experiments/{body['id']}/plot.png")
+    assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
+    assert service.http.get(f"/v1/experiments/{body['id']}/plot.svg").text.lstrip()[:5] == "<?xml"
+
+    variant = both["jobs"][0]
+    health = service.http.get(f"/v1/jobs/{variant}/quantizers").json()
+    assert [h["epoch"] for h in health] == [1, 2]
+    assert len(health[0]["quantizers"]) == 36  # 18 quantized layers, weight and input
+    job = service.job(variant)
+    assert isinstance(job["warnings"], list)
+    for name in ("plot.png", "quantizers.png"):
+        image = service.http.get(f"/v1/jobs/{variant}/{name}")
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+    listed = service.http.get("/v1/experiments").json()["items"]
+    assert listed[0]["id"] == body["id"] and listed[0]["finished_jobs"] == 5
+
+
+def test_a_failed_baseline_cancels_its_variants_and_says_why(service: Service) -> None:
+    missing = f"{service.env['LSQ_DATA_ROOTS']}/nowhere"
+    base = BASE | {"dataset": {"name": "cifar10", "root": missing}}
+    body = service.http.post(
+        "/v1/experiments", json=experiment(base=base, seeds=None, name="broken")
+    ).json()
+    done = wait_experiment(service, body["id"])
+    assert done["status"] == "failed"
+    baseline_id = done["rows"][0]["jobs"][0]
+    for job in done["jobs"][1:]:
+        variant = service.job(job["id"])
+        assert variant["status"] == "cancelled"
+        assert variant["error"] == f"the experiment's baseline, job {baseline_id}, ended failed"
+
+
+def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> None:
+    request = experiment(
+        name="listed",
+        grid=None,
+        seeds=None,
+        baseline={"train": True},
+        variants=[
+            {
+                "name": "ternary",
+                "quantization": {"weight": TERNARY},
+                "reference": {"test_top1": 89.69},
+            },
+        ],  # fmt: skip
+    )
+    body = service.http.post("/v1/experiments", json=request).json()
+    service.http.post(f"/v1/experiments/{body['id']}/cancel").raise_for_status()
+    cancelled = wait_experiment(service, body["id"])  # a running baseline stops at a batch
+    assert cancelled["status"] == "cancelled"
+    assert {j["status"] for j in cancelled["jobs"]} == {"cancelled"}
+    row = cancelled["rows"][1]
+    assert (row["label"], row["reference"]) == ("ternary", {"test_top1": 89.69, "test_top5": None})
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"grid": {"quantization.weight": [[0, 2]]}}, "grid.quantization.weight"),
+        ({"grid": {"training.epochs": [2, 0]}}, "grid.training.epochs"),
+        ({"grid": {"a b": [1]}}, "grid.a b"),
+        ({"variants": [{"quantization": {"weight": TERNARY}}]}, "grid"),  # both
+        ({"grid": None}, "grid"),  # neither
+        ({"variants": [{"training": {"lrr": 1}}], "grid": None}, "variants.0.training.lrr"),
+        ({"baseline": {"job": 999999}}, "baseline.job"),
+        ({"baseline": {"checkpoint": "/etc/passwd"}}, "baseline.checkpoint"),
+        ({"baseline": {"nope": 1}}, "baseline"),
+        (
+            {"grid": {"training.seed": list(range(16)), "training.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}},
+            "grid",
+        ),  # 80 jobs: over the limit
+    ],
+)
+def test_a_bad_experiment_gets_422_naming_the_field(
+    service: Service, change: dict, field: str
+) -> None:
+    before = len(service.http.get("/v1/experiments").json()["items"])
+    response = service.http.post("/v1/experiments", json=experiment(**change))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"][0]["field"] == field, response.json()
+    assert len(service.http.get("/v1/experiments").json()["items"]) == before
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("experiment-*.yaml")), ids=lambda p: p.stem)
+def test_every_example_experiment_plans_its_table(path) -> None:
+    spec = ExperimentSpec.model_validate(read_document(path))
+    plan = experiments.plan(spec, max_jobs=64)
+    assert len(plan.variants) == 4 and all(len(v.specs) == 1 for v in plan.variants)
+    rows = {(v.specs[0].quantization.first_last, v.specs[0].quantization.activation is None)
+            for v in plan.variants}  # fmt: skip
+    assert rows == {("float", True), ("same", True), ("float", False), ("same", False)}
+    assert all(v.specs[0].quantization.weight.levels == [-1, 0, 1] for v in plan.variants)
+    if "quick" not in path.stem:
+        assert all(v.reference is not None for v in plan.variants)
+        assert all(v.specs[0].training.epochs == 90 for v in plan.variants)

@@ -1,0 +1,59 @@
+"""Plots the workers draw as jobs progress, so the API only serves files: an experiment's
+curves (every row's test top-1 per epoch) in artifacts/experiments/<id>/plot.png and .svg."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import select
+
+from api import store
+from api.artifacts import experiment_folder
+from api.config import get_settings
+from api.db import session_scope
+from api.experiments import ExperimentSpec, rows
+from api.models import EPOCH_NUMBERS, Epoch
+from api.schemas import epoch_numbers
+from lsq.files import PLOT, PLOT_SVG
+from lsq.metrics import EpochMetrics
+
+log = logging.getLogger(__name__)
+EVERY_SECONDS = 10.0  # redraw an experiment's plot at most this often, but always at a job's end
+_drawn: dict[int, float] = {}
+
+
+def experiment_plot(experiment_id: int, *, final: bool = False) -> None:
+    """Redraw the experiment's plot; a failure is logged, never the job's."""
+    now = time.monotonic()
+    if not final and now - _drawn.get(experiment_id, -EVERY_SECONDS) < EVERY_SECONDS:
+        return
+    _drawn[experiment_id] = now
+    try:
+        _draw(experiment_id)
+    except Exception:
+        log.exception("experiment %s: its plot could not be drawn", experiment_id)
+
+
+def _draw(experiment_id: int) -> None:
+    from lsq.plot import Curve, experiment_curves  # matplotlib loads in workers only
+
+    with session_scope(read_only=True) as session:
+        experiment = store.get_experiment(session, experiment_id, owner=None)
+        table = rows(ExperimentSpec.model_validate(experiment.spec), experiment.jobs)
+        ids = [j.id for j in experiment.jobs]
+        query = select(Epoch).where(Epoch.job_id.in_(ids)).order_by(Epoch.job_id, Epoch.epoch)
+        epochs: dict[int, list[EpochMetrics]] = {}
+        for e in session.scalars(query.options(*_numbers_only())):
+            epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
+        base = experiment.spec["base"]
+        title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
+    curves = [Curve(r.label, [epochs.get(j, []) for j in r.jobs], r.baseline) for r in table]
+    folder = experiment_folder(get_settings(), experiment_id)
+    experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)
+
+
+def _numbers_only() -> list:
+    from sqlalchemy.orm import load_only
+
+    return [load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))]
