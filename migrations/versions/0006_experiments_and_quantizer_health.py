@@ -31,9 +31,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         # A plain ADD COLUMN with its reference (SQLite allows that, not ADD CONSTRAINT), so
         # SQLite keeps the table and its AUTOINCREMENT instead of copying it.
-        op.execute(
-            "ALTER TABLE jobs ADD COLUMN experiment_id INTEGER REFERENCES experiments (id)"
-        )
+        op.execute("ALTER TABLE jobs ADD COLUMN experiment_id INTEGER REFERENCES experiments (id)")
     else:
         op.add_column("jobs", sa.Column("experiment_id", sa.Integer(), nullable=True))
         op.create_foreign_key(
