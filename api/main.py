@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from . import errors
 from .config import get_settings
 from .db import upgrade_database
 from .middleware import BodyLimit, CrashGuard, TrustedHosts
 from .routes import experiments, health, jobs
+
+STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
 
 
 @asynccontextmanager
@@ -34,8 +38,10 @@ def create_app() -> FastAPI:
     errors.install(app)
 
     @app.get("/", include_in_schema=False)
-    def _home() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    def _dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.include_router(jobs.router)
     app.include_router(experiments.router)

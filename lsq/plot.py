@@ -112,5 +112,6 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
     ax.set(ylabel="test top-1 accuracy (%)", title=title)
     _epoch_axis(ax)
+    ax.set_xlabel("epoch of each run (the variants start from the baseline's final model)")
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, paths)

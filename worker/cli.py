@@ -105,6 +105,9 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     token = _local_token(settings)
+    if token and not args.demo:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"lsq serve: dashboard at http://{host}:{args.port}/#token={token}", flush=True)
     # The demo keeps the terminal for its own output.
     level = ["--log-level", "warning" if args.demo else "info"]
     procs = [

@@ -1,0 +1,297 @@
+// The dashboard: plain JavaScript over the /v1 API, no build step. Pages by URL hash:
+// #/ (jobs and experiments), #/jobs/ID, #/experiments/ID, #/new. Live by polling every 2 s.
+"use strict";
+
+const main = document.getElementById("main");
+const FINISHED = ["succeeded", "failed", "cancelled"];
+let poll = null; // the current page's refresh timer
+const images = {}; // path -> {url, at, live}: the last fetched picture, when, and if drawn live
+const REDRAWN_EVERY = 10000; // a running job's plots are fetched again at most this often (ms)
+
+// ---------------------------------------------------------------- the token and the API
+
+function token() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) { // `lsq serve` prints a link with it: keep it here, out of the address bar
+    localStorage.setItem("lsq-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + "#/");
+  }
+  return localStorage.getItem("lsq-token");
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error && body.error.message) || `HTTP ${status}`);
+    this.status = status;
+    this.fields = (body && body.error && body.error.fields) || [];
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${token()}`, ...(options.headers || {}) };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) { askToken(); throw new ApiError(401, null); }
+  const kind = response.headers.get("content-type") || "";
+  const body = kind.includes("json") ? await response.json() : await response.blob();
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+function askToken() {
+  stop();
+  main.innerHTML = `<h1>API token</h1>
+    <p>Paste a token (<code>lsq serve</code> saved this machine's in
+    <code>runs/service/token</code>; <code>lsq token create OWNER</code> makes one).</p>
+    <p><input id="token" size="60" autocomplete="off"> <button class="primary" id="save">Use it</button></p>`;
+  document.getElementById("save").onclick = () => {
+    localStorage.setItem("lsq-token", document.getElementById("token").value.trim());
+    route();
+  };
+}
+
+// ----------------------------------------------------------------------------- helpers
+
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const tag = (status) => `<span class="status ${esc(status)}">${esc(status)}</span>`;
+const pct = (x) => (x == null ? "" : `${x.toFixed(2)}%`);
+const stat = (s) => (s == null ? "" : s.mean.toFixed(2) + (s.std == null ? "" : ` ± ${s.std.toFixed(2)}`));
+
+function progress(p, status) {
+  const done = status === "succeeded" ? 1 : Math.max(0, (p.epoch - 1 + p.fraction) / p.epochs);
+  const epoch = status === "succeeded" ? p.epochs : Math.max(0, p.epoch - 1 + p.fraction);
+  return `<span class="bar"><span style="width:${(100 * done).toFixed(1)}%"></span></span>
+    <span class="muted">${epoch.toFixed(1)}/${p.epochs} epochs</span>`;
+}
+
+function levels(value) {
+  if (value == null) return "float";
+  return esc(typeof value === "string" ? value : JSON.stringify(value).replace(/,/g, ", "));
+}
+
+function stop() { if (poll) clearInterval(poll); poll = null; }
+
+function every(ms, render) {
+  stop();
+  const tick = () => render().catch(showError);
+  tick();
+  poll = setInterval(tick, ms);
+}
+
+function showError(e) {
+  if (e instanceof ApiError && e.status === 401) return;
+  main.insertAdjacentHTML("afterbegin", `<p class="errors">${esc(e.message)}</p>`);
+  stop();
+}
+
+async function picture(id, path, live) {
+  const el = document.getElementById(id);
+  if (!el) return;
+  const known = images[path];
+  const stale = known && ((live && Date.now() - known.at > REDRAWN_EVERY) || (known.live && !live));
+  if (!known || stale) {
+    try {
+      const blob = await api(path);
+      if (known) URL.revokeObjectURL(known.url);
+      images[path] = { url: URL.createObjectURL(blob), at: Date.now(), live };
+    } catch (e) {
+      if (!known) { el.alt = "not drawn yet: after the first epoch"; return; }
+    }
+  }
+  el.src = images[path].url;
+}
+
+// ---------------------------------------------------------------------------- the pages
+
+async function home() {
+  const [exps, jobs] = await Promise.all([api("/v1/experiments?limit=20"), api("/v1/jobs?limit=50")]);
+  main.innerHTML = `<h1>Experiments</h1>${exps.items.length ? `<table>
+      <tr><th>id</th><th>name</th><th>status</th><th>jobs ended</th><th>created</th></tr>
+      ${exps.items.map((x) => `<tr><td><a href="#/experiments/${x.id}">${x.id}</a></td>
+        <td><a href="#/experiments/${x.id}">${esc(x.name)}</a></td><td>${tag(x.status)}</td>
+        <td>${x.finished_jobs}/${x.total_jobs}</td>
+        <td class="muted">${new Date(x.created_at).toLocaleString()}</td></tr>`).join("")}
+    </table>` : `<p class="muted">None yet: <a href="#/new">submit one</a>.</p>`}
+    <h1>Jobs</h1>${jobs.items.length ? `<table id="jobs">
+      <tr><th>id</th><th>name</th><th>status</th><th>progress</th><th class="num">test top-1</th>
+      <th class="num">drop</th></tr>
+      ${jobs.items.map((j) => `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td>
+        <td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td><td>${tag(j.status)}</td>
+        <td>${progress(j.progress, j.status)}</td>
+        <td class="num">${j.result ? pct(j.result.final_top1) : ""}</td>
+        <td class="num">${j.result && j.result.drop_top1 != null ? j.result.drop_top1.toFixed(2) : ""}</td></tr>`).join("")}
+    </table>${jobs.next_cursor ? `<p class="muted">The newest 50 are shown.</p>` : ""}`
+    : `<p class="muted">None yet: <a href="#/new">submit one</a>.</p>`}`;
+}
+
+async function jobPage(id) {
+  const j = await api(`/v1/jobs/${id}`);
+  const running = !FINISHED.includes(j.status);
+  const q = j.spec.quantization || {};
+  const r = j.result;
+  main.innerHTML = `<h1>Job ${j.id}: ${esc(j.name)} ${tag(j.status)}</h1>
+    <p class="muted">${esc(j.spec.model.arch)} on ${esc(j.spec.dataset.name)};
+      weights ${levels(q.weight)}, activations ${levels(q.activation)},
+      first/last ${levels(q.first_last ?? "float")}</p>
+    <p>${progress(j.progress, j.status)} · attempts ${j.attempts}
+      ${running ? `<button id="cancel">Cancel</button>` : ""}</p>
+    ${j.error ? `<p class="errors">${esc(j.error)}</p>` : ""}
+    ${j.warnings.map((w) => `<div class="warning">${esc(w)}</div>`).join("")}
+    ${r ? `<div class="kv"><span>final test top-1</span><b>${pct(r.final_top1)}</b>
+      <span>top-5</span><span>${pct(r.final_top5)}</span>
+      ${r.init_top1 != null ? `<span>start (before quantization)</span><span>${pct(r.init_top1)}</span>
+      <span>drop</span><b>${r.drop_top1.toFixed(2)} points</b>` : ""}</div>` : ""}
+    <h2>Curves</h2><div class="plots"><img id="plot" alt="accuracy and loss per epoch">
+      ${q.weight || q.activation ? `<img id="health" alt="quantizer health">` : ""}</div>
+    <h2>Epochs</h2><table id="epochs"><tr><th class="num">epoch</th><th class="num">train loss</th>
+      <th class="num">train top-1</th><th class="num">test loss</th><th class="num">test top-1</th>
+      <th class="num">test top-5</th><th class="num">lr</th><th class="num">seconds</th></tr>
+      ${j.epochs.map((e) => `<tr><td class="num">${e.epoch}</td><td class="num">${e.train_loss.toFixed(4)}</td>
+        <td class="num">${pct(e.train_top1)}</td><td class="num">${e.test_loss.toFixed(4)}</td>
+        <td class="num">${pct(e.test_top1)}</td><td class="num">${pct(e.test_top5)}</td>
+        <td class="num">${e.lr.toPrecision(3)}</td><td class="num">${e.seconds.toFixed(1)}</td></tr>`).join("")}
+    </table>
+    <h2>Files</h2><p id="files" class="muted">…</p>`;
+  const cancel = document.getElementById("cancel");
+  if (cancel) cancel.onclick = () => api(`/v1/jobs/${id}/cancel`, { method: "POST" }).then(route);
+  await picture("plot", `/v1/jobs/${id}/plot.png`, running);
+  await picture("health", `/v1/jobs/${id}/quantizers.png`, running);
+  const files = await api(`/v1/jobs/${id}/artifacts`);
+  const el = document.getElementById("files");
+  el.innerHTML = files.length ? files.map((f) => `<button data-url="${esc(f.url)}" data-name="${esc(f.name)}">
+      ${esc(f.name)} (${(f.size / 1024).toFixed(0)} KiB)</button>`).join(" ") : "none yet";
+  el.querySelectorAll("button").forEach((b) => (b.onclick = () => download(b.dataset.url, b.dataset.name)));
+  if (!running) stop();
+}
+
+async function download(url, name) {
+  const blob = await api(url);
+  const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: name });
+  a.click();
+}
+
+async function experimentPage(id) {
+  const x = await api(`/v1/experiments/${id}`);
+  const running = !FINISHED.includes(x.status);
+  const refs = x.rows.some((r) => r.reference);
+  main.innerHTML = `<h1>Experiment ${x.id}: ${esc(x.name)} ${tag(x.status)}</h1>
+    <p class="muted">${x.finished_jobs}/${x.total_jobs} jobs ended
+      ${running ? `<button id="cancel">Cancel all</button>` : ""}
+      · <a href="#" id="md">Markdown table</a></p>
+    <table id="results"><tr><th>ID</th><th>row</th><th>quan_lr</th><th>constr_w</th><th>constr_a</th>
+      <th class="num">lr</th><th class="num">epochs</th><th class="num">test top-1</th>
+      <th class="num">drop</th><th class="num">top-5</th><th class="num">drop top-5</th>
+      ${refs ? `<th class="num">published</th><th class="num">delta</th>` : ""}<th>runs</th></tr>
+      ${x.rows.map((r) => `<tr class="${r.baseline ? "baseline" : ""}"><td>${esc(r.id)}</td>
+        <td>${esc(r.label)}</td><td>${esc(r.quan_lr)}</td><td>${esc(r.constr_w)}</td><td>${esc(r.constr_a)}</td>
+        <td class="num">${r.lr_base}</td><td class="num">${r.epochs}</td><td class="num">${stat(r.test_top1)}</td>
+        <td class="num">${stat(r.drop_top1)}</td><td class="num">${stat(r.test_top5)}</td>
+        <td class="num">${stat(r.drop_top5)}</td>
+        ${refs ? `<td class="num">${r.reference ? r.reference.test_top1.toFixed(2) : ""}</td>
+          <td class="num">${r.delta_vs_reference != null ? r.delta_vs_reference.toFixed(2) : ""}</td>` : ""}
+        <td>${r.jobs.map((j) => `<a href="#/jobs/${j}">${j}</a>`).join(" ")}
+          <span class="muted">(${r.finished}/${r.jobs.length})</span></td></tr>`).join("")}
+    </table>
+    <h2>Test accuracy per epoch</h2><div class="plots"><img id="plot" alt="test top-1 per epoch of every row"></div>
+    <h2>Jobs</h2><table><tr><th>id</th><th>name</th><th>status</th><th>progress</th></tr>
+      ${x.jobs.map((j) => `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.name)}</td>
+        <td>${tag(j.status)}</td><td>${progress(j.progress, j.status)}</td></tr>`).join("")}</table>`;
+  const cancel = document.getElementById("cancel");
+  if (cancel) cancel.onclick = () => api(`/v1/experiments/${id}/cancel`, { method: "POST" }).then(route);
+  document.getElementById("md").onclick = async (event) => {
+    event.preventDefault();
+    const text = await (await api(`/v1/experiments/${id}?format=md`)).text();
+    main.insertAdjacentHTML("beforeend", `<h2>Markdown</h2><pre>${esc(text)}</pre>`);
+  };
+  await picture("plot", `/v1/experiments/${id}/plot.png`, running);
+  if (!running) stop();
+}
+
+const EXAMPLES = {
+  job: `name: quick
+dataset: {name: synthetic, train_size: 512, test_size: 128}
+model: {arch: resnet20}
+quantization: {weight: [-1, 0, 1], activation: [0, 1, 2, 3]}
+training: {epochs: 3, batch_size: 64, lr: 0.05}
+`,
+  experiment: `name: quick-table
+base:
+  dataset: {name: synthetic, train_size: 512, test_size: 128}
+  model: {arch: resnet20}
+  training: {epochs: 2, batch_size: 64, lr: 0.01}
+baseline: {train: true, training: {epochs: 3, lr: 0.05}}
+grid:
+  quantization.weight: [[-1, 0, 1]]
+  quantization.activation: [null, [0, 1, 2, 3]]
+`,
+};
+
+function newPage() {
+  stop();
+  main.innerHTML = `<h1>Submit</h1>
+    <p><label><input type="radio" name="kind" value="job" checked> a job</label>
+       <label><input type="radio" name="kind" value="experiment"> an experiment</label>
+       <span class="muted">— YAML or JSON, as for <code>lsq run</code> / <code>lsq experiment</code></span></p>
+    <textarea id="spec" spellcheck="false">${esc(EXAMPLES.job)}</textarea>
+    <ul class="errors" id="errors"></ul>
+    <button class="primary" id="submit">Submit</button>`;
+  const kind = () => document.querySelector("input[name=kind]:checked").value;
+  document.querySelectorAll("input[name=kind]").forEach((r) => (r.onchange = () => {
+    document.getElementById("spec").value = EXAMPLES[kind()];
+  }));
+  document.getElementById("submit").onclick = () => submit(kind());
+}
+
+async function submit(kind) {
+  const text = document.getElementById("spec").value;
+  const errors = document.getElementById("errors");
+  errors.innerHTML = "";
+  let body;
+  try {
+    body = jsyaml.load(text);
+  } catch (e) {
+    errors.innerHTML = `<li>not valid YAML: ${esc(e.message)}</li>`;
+    return;
+  }
+  try {
+    const created = await api(`/v1/${kind}s`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    location.hash = `#/${kind}s/${created.id}`;
+  } catch (e) {
+    if (!(e instanceof ApiError)) throw e;
+    const fields = e.fields.length ? e.fields : [{ field: "", message: e.message }];
+    errors.innerHTML = fields.map((f) => `<li><a href="#" data-field="${esc(f.field)}"><code>${esc(f.field)}</code></a>
+      ${esc(f.message)}</li>`).join("");
+    errors.querySelectorAll("a").forEach((a) => (a.onclick = (event) => {
+      event.preventDefault();
+      select(a.dataset.field);
+    }));
+    if (e.fields.length) select(e.fields[0].field);
+  }
+}
+
+function select(field) {
+  // put the cursor on the line that names the field's last part, next to its error
+  const area = document.getElementById("spec");
+  const key = field.split(".").pop();
+  const at = area.value.search(new RegExp(`\\b${key.replace(/[^\w-]/g, "")}\\s*:`));
+  if (at < 0) return;
+  const end = area.value.indexOf("\n", at);
+  area.focus();
+  area.setSelectionRange(at, end < 0 ? area.value.length : end);
+}
+
+// -------------------------------------------------------------------------- the router
+
+function route() {
+  if (!token()) return askToken();
+  const hash = location.hash || "#/";
+  let m;
+  if ((m = hash.match(/^#\/jobs\/(\d+)/))) return every(2000, () => jobPage(m[1]));
+  if ((m = hash.match(/^#\/experiments\/(\d+)/))) return every(2000, () => experimentPage(m[1]));
+  if (hash.startsWith("#/new")) return newPage();
+  return every(2000, home);
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,158 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium against a
+real API and worker. Screenshots go to LSQ_TEST_ARTIFACTS (default test-artifacts/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as Driver
+from selenium.webdriver.common.by import By
+
+from .conftest import ROOT, Service, service_env
+
+pytestmark = pytest.mark.timeout(600)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SHOTS = Path(os.environ.get("LSQ_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+QUICK_JOB = """name: browser-job
+dataset: {name: synthetic, train_size: 1024, test_size: 256}
+model: {arch: resnet20}
+quantization: {weight: [-1, 0, 1], activation: [0, 1, 2, 3]}
+training: {epochs: 4, batch_size: 64, lr: 0.05}
+"""
+EXPERIMENT = {
+    "name": "browser-table",
+    "base": {
+        "dataset": {"name": "synthetic", "train_size": 512, "test_size": 128},
+        "model": {"arch": "resnet20"},
+        "training": {"epochs": 2, "batch_size": 64, "lr": 0.01},
+    },
+    "baseline": {"train": True, "training": {"epochs": 3, "lr": 0.05}},
+    "grid": {"quantization.weight": [[-1, 0, 1]], "quantization.activation": [None, [0, 1, 2, 3]]},
+}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data = tmp_path_factory.mktemp("dashboard")
+    svc = Service("dashboard", service_env(data), data)
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail("Chromium and chromium-driver are missing (scripts/services installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--window-size=1280,1100",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Driver(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(check: Callable[[], object], timeout: float = 120, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if value := check():
+                return value
+        except Exception:  # the page is between two renders
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def text(browser: webdriver.Chrome, css: str) -> str:
+    return browser.find_element(By.CSS_SELECTOR, css).text
+
+
+def shot(browser: webdriver.Chrome, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    browser.save_screenshot(str(path))
+    return path
+
+
+def test_submit_a_job_in_the_browser_and_watch_it_run(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    assert "token" not in browser.current_url  # kept in the browser, out of the address bar
+
+    browser.get(f"{service.url}/#/new")
+    area = until(lambda: browser.find_element(By.ID, "spec"), 10, "the form")
+    area.clear()
+    area.send_keys(QUICK_JOB.replace("epochs: 4", "epochs: 0"))
+    browser.find_element(By.ID, "submit").click()
+    errors = until(lambda: text(browser, "#errors"), 10, "the 422 shown by the form")
+    assert "training.epochs" in errors and "greater than or equal to 1" in errors
+    assert browser.execute_script("return document.activeElement.id") == "spec"  # on its line
+    shot(browser, "dashboard-form-error")
+
+    area.clear()
+    area.send_keys(QUICK_JOB)
+    browser.find_element(By.ID, "submit").click()
+    until(lambda: "#/jobs/" in browser.current_url, 10, "the new job's page")
+    seen = set()
+
+    def finished() -> bool:
+        seen.add(text(browser, "main p .muted"))  # "1.3/4 epochs"
+        return "succeeded" in text(browser, "h1")
+
+    until(finished, 180, "the job to succeed")
+    assert len(seen) >= 2, seen  # the progress moved while the page was open, without a reload
+    until(lambda: browser.execute_script(
+        "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
+    ), 30, "the curves")  # fmt: skip
+    rows = browser.find_elements(By.CSS_SELECTOR, "#epochs tr")
+    assert len(rows) == 5  # the header and 4 epochs
+    assert "model-int.pt" in until(lambda: text(browser, "#files"), 10, "the files")
+    assert shot(browser, "dashboard-job").stat().st_size > 10_000
+
+
+def test_an_experiment_page_shows_the_live_table_and_its_plot(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    experiment = service.http.post("/v1/experiments", json=EXPERIMENT).json()
+    browser.get(f"{service.url}/#/experiments/{experiment['id']}")
+    until(lambda: "browser-table" in text(browser, "h1"), 30, "the experiment page")
+
+    def filled() -> bool:
+        cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#results td")]
+        return (
+            "succeeded" in text(browser, "h1")
+            and all("%" not in c for c in cells)
+            and cells.count("") < 8
+        )
+
+    until(filled, 300, "the table to fill in")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")
+    assert len(rows) == 4  # header, baseline, two variants
+    assert "[-1,0,1]" in rows[2].text and "[0,1,2,3]" in rows[3].text
+    until(lambda: browser.execute_script(
+        "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
+    ), 30, "the plot")  # fmt: skip
+    browser.get(f"{service.url}/#/")
+    until(lambda: "browser-table" in text(browser, "main"), 10, "the home page's list")
+    shot(browser, "dashboard-home")
+    browser.get(f"{service.url}/#/experiments/{experiment['id']}")
+    until(lambda: "browser-table" in text(browser, "h1"), 10, "the experiment page")
+    time.sleep(1)  # its plot
+    assert shot(browser, "dashboard-experiment").stat().st_size > 10_000
