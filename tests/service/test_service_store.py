@@ -311,7 +311,7 @@ def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
 
 # A spec exactly as this version of the service stores it (spec_version 1). Later versions of
 # lsq.spec must keep it readable: upgrade it (lsq.spec.UPGRADES), never reject it.
-STORED_V1 = json.loads((Path(__file__).parent / "data" / "spec-v1.json").read_text())
+STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").read_text())
 
 
 def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
