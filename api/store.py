@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -229,9 +230,18 @@ def create_experiment(
     *,
     start: int | str | None,
     max_unfinished: int,
-) -> Experiment:
+    key: str | None = None,
+    key_expiry: timedelta = timedelta(days=1),
+) -> tuple[Experiment, bool]:
     """Store an experiment and its jobs: the baseline to train (if any), then each variant's,
-    starting from `start` (the baseline's job id, or a model path) unless it is None."""
+    starting from `start` (the baseline's job id, or a model path) unless it is None. For an
+    Idempotency-Key seen before with the same request, the experiment it made (False)."""
+    if key is not None:  # keys of experiments and of jobs live apart
+        key = f"experiment:{key}"
+        body = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        earlier = _job_of_key(session, owner, key, body, key_expiry)
+        if earlier is not None:
+            return session.get(Experiment, earlier.experiment_id), False
     new = len(variants) + (baseline is not None)
     if _unfinished(session, owner) + new > max_unfinished:
         raise TooManyJobs(f"{new} more jobs would pass {owner}'s {max_unfinished} unfinished")
@@ -246,12 +256,20 @@ def create_experiment(
             raise InvalidField("baseline.job", f"job {start} does not exist")
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
+    first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start
         data = spec.model_dump(mode="json")
         data["model"]["init"] = init
-        _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
-    return experiment
+        job = _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
+        first = first or job
+    if key is not None:  # the key names the experiment through its first variant's job
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+            .values(job_id=first.id)
+        )
+    return experiment, True
 
 
 def _add(

@@ -3,6 +3,7 @@ the results table (JSON, Markdown or CSV) and a plot."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -18,7 +19,7 @@ from ..experiments import CheckpointBaseline, ExperimentSpec, JobBaseline, Pretr
 from ..models import Experiment
 from ..queue import enqueue_when_committed
 from ..schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
-from .jobs import ERRORS
+from .jobs import ERRORS, IdempotencyKey
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id"}}
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERRORS)
@@ -29,9 +30,22 @@ def _out(experiment: Experiment) -> ExperimentOut:
     return ExperimentOut.of(experiment, experiments.rows(spec, experiment.jobs))
 
 
-@router.post("", status_code=201, summary="Submit an experiment")
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit an experiment",
+    responses={
+        200: {"model": ExperimentOut, "description": "What this Idempotency-Key made before"},
+        409: {"model": ErrorOut, "description": "The key's first request is still running"},
+        413: {"model": ErrorOut, "description": "The body is too large"},
+    },
+)
 def submit_experiment(
-    spec: ExperimentSpec, owner: OwnerDep, settings: SettingsDep, response: Response
+    spec: ExperimentSpec,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ExperimentOut:
     """A baseline (`{train: true}`, `{job: ID}` or `{checkpoint: PATH}`) and variants of the
     base spec (`grid` of dotted paths, crossed, or `variants` one by one), each per seed."""
@@ -50,15 +64,18 @@ def submit_experiment(
         start = "pretrained"
     variants = [(v.index, s) for v in plan.variants for s in v.specs]
     with session_scope() as session:  # writes commit in this thread (api.deps)
-        experiment = store.create_experiment(
+        experiment, new = store.create_experiment(
             session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
-            start=start, max_unfinished=settings.max_queued_per_owner,
+            start=start, max_unfinished=settings.max_queued_per_owner, key=idempotency_key,
+            key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip
-        for job in experiment.jobs:
-            enqueue_when_committed(session, job.id)
         session.flush()
         session.refresh(experiment)
+        if new:
+            for job in experiment.jobs:
+                enqueue_when_committed(session, job.id)
         body = _out(experiment)
+    response.status_code = 201 if new else 200
     response.headers["Location"] = f"/v1/experiments/{body.id}"
     return body
 

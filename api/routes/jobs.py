@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 IdempotencyKey = Annotated[
     str | None,
     Header(
-        max_length=200,
+        max_length=180,
         pattern=r"^[\x21-\x7e]+$",
         description="Send the same key again (after a timeout, say) to get the job it made "
         "instead of a second one",

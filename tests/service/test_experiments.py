@@ -138,7 +138,14 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
             },
         ],  # fmt: skip
     )
-    body = service.http.post("/v1/experiments", json=request).json()
+    key = {"Idempotency-Key": f"listed-{service.name}"}
+    first = service.http.post("/v1/experiments", json=request, headers=key)
+    again = service.http.post("/v1/experiments", json=request, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    body = first.json()
+    assert again.json()["id"] == body["id"] and again.json()["total_jobs"] == 2
+    other = service.http.post("/v1/experiments", json={**request, "name": "x"}, headers=key)
+    assert other.json()["error"]["fields"][0]["field"] == "Idempotency-Key"
     service.http.post(f"/v1/experiments/{body['id']}/cancel").raise_for_status()
     cancelled = wait_experiment(service, body["id"])  # a running baseline stops at a batch
     assert cancelled["status"] == "cancelled"
