@@ -19,7 +19,7 @@ from ..experiments import CheckpointBaseline, ExperimentSpec, JobBaseline, Pretr
 from ..models import Experiment
 from ..queue import enqueue_when_committed
 from ..schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
-from .jobs import ERRORS, IdempotencyKey
+from .jobs import ERRORS, IdempotencyKey, submitted
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id"}}
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERRORS)
@@ -31,14 +31,7 @@ def _out(experiment: Experiment) -> ExperimentOut:
 
 
 @router.post(
-    "",
-    status_code=201,
-    summary="Submit an experiment",
-    responses={
-        200: {"model": ExperimentOut, "description": "What this Idempotency-Key made before"},
-        409: {"model": ErrorOut, "description": "The key's first request is still running"},
-        413: {"model": ErrorOut, "description": "The body is too large"},
-    },
+    "", status_code=201, summary="Submit an experiment", responses=submitted(ExperimentOut)
 )
 def submit_experiment(
     spec: ExperimentSpec,
@@ -47,8 +40,9 @@ def submit_experiment(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> ExperimentOut:
-    """A baseline (`{train: true}`, `{job: ID}` or `{checkpoint: PATH}`) and variants of the
-    base spec (`grid` of dotted paths, crossed, or `variants` one by one), each per seed."""
+    """A baseline (`{train: true}`, `{job: ID}`, `{checkpoint: PATH}` or `{pretrained: true}`)
+    and variants of the base spec (`grid` of dotted paths, crossed, or `variants` one by one),
+    each once per seed."""
     plan = experiments.plan(spec, settings.max_experiment_jobs)
     for job in ([plan.baseline] if plan.baseline else []) + [
         s for v in plan.variants for s in v.specs

@@ -40,16 +40,16 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post(
-    "",
-    status_code=201,
-    summary="Submit a job",
-    responses={
-        200: {"model": JobDetail, "description": "The job this Idempotency-Key made before"},
+def submitted(model: type) -> dict[int | str, dict]:
+    """The answers of a submission besides 201: the same Idempotency-Key again, and so on."""
+    return {
+        200: {"model": model, "description": "What this Idempotency-Key made before"},
         409: {"model": ErrorOut, "description": "The key's first request is still running"},
         413: {"model": ErrorOut, "description": "The body is too large"},
-    },
-)
+    }
+
+
+@router.post("", status_code=201, summary="Submit a job", responses=submitted(JobDetail))
 def submit_job(
     spec: ServiceJobSpec,
     owner: OwnerDep,
