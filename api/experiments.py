@@ -16,9 +16,17 @@ import statistics
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
-from lsq.spec import MAX_SEED, Path_, QuantizationSpec, describe_errors
+from lsq.spec import MAX_SEED, Path_, QuantizationSpec, describe_errors, printable
 
 from .models import Job, JobStatus
 from .spec import MAX_JOB_ID, ServiceJobSpec
@@ -110,9 +118,32 @@ class ExperimentSpec(_Strict):
         None, min_length=1, max_length=MAX_SEEDS, description="Run every variant once per seed"
     )
 
+    @field_validator("base", "grid", "variants")
+    @classmethod
+    def _shallow(cls, value: Any) -> Any:
+        # A job spec is 3 levels deep: anything much deeper is an attack on the recursion.
+        if _depth(value) > MAX_DEPTH:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+        return value
+
+
+MAX_DEPTH = 6
+
+
+def _depth(value: Any) -> int:
+    """How deeply dicts and lists nest in `value`, counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list) and level <= MAX_DEPTH:
+            deepest = max(deepest, level + 1)
+            stack += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
 
 @dataclass(frozen=True)
 class Variant:
+    where: str  # the request's field it came from: grid or variants.N
     index: int  # 0-based; the table's ID is index + 1
     label: str
     settings: dict[str, Any]  # dotted path: value, what this variant changes
@@ -125,19 +156,26 @@ class Plan:
     baseline: ServiceJobSpec | None  # the job to train, for {train: true}
     variants: list[Variant]
 
-    @property
-    def jobs(self) -> int:
-        return (self.baseline is not None) + sum(len(v.specs) for v in self.variants)
+    def specs(self) -> list[tuple[str, ServiceJobSpec]]:
+        """Every job spec with the request's field it came from."""
+        out = [("baseline", self.baseline)] if self.baseline else []
+        return out + [(v.where, spec) for v in self.variants for spec in v.specs]
 
 
 def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     """The experiment's jobs, each validated as a job spec (InvalidField names the first bad
     field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
-    if (exp.grid is None) == (exp.variants is None):
+    if (exp.grid is None) == (exp.variants is None) or not (exp.grid or exp.variants):
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
     overrides = _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
-    seeds = exp.seeds or [exp.base.get("training", {}).get("seed", 0)]
-    if len(overrides) * len(seeds) + 1 > max_jobs:
+    for where, change, _, _ in overrides:
+        _not_set_here(where, change)
+    base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
+    seeds = exp.seeds or [base.training.seed]
+    if len(set(seeds)) != len(seeds):
+        raise InvalidField("seeds", "each seed once")
+    trained = isinstance(exp.baseline, TrainBaseline)
+    if len(overrides) * len(seeds) + trained > max_jobs:
         raise InvalidField(
             "grid" if exp.grid is not None else "variants",
             f"{len(overrides)} variants x {len(seeds)} seeds is more than the "
@@ -158,16 +196,30 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_validated(spec, where))
         label = name or specs[0].quantization.describe()
-        variants.append(Variant(index, label, _flatten(change), reference, specs))
+        variants.append(Variant(where, index, label, _flatten(change), reference, specs))
     return Plan(baseline, variants)
+
+
+# What an experiment sets itself in every job: a variant changing them would be overwritten.
+SET_BY_EXPERIMENT = {"name": "the experiment names its jobs", "model.init": "the baseline",
+                     "training.seed": "`seeds`"}  # fmt: skip
+
+
+def _not_set_here(where: str, change: dict[str, Any]) -> None:
+    for path in _flatten(change):
+        if path in SET_BY_EXPERIMENT or path.startswith("model.init."):
+            why = SET_BY_EXPERIMENT.get(path, "the baseline")
+            raise InvalidField(f"{where}.{path}", f"set by the experiment: use {why}")
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
     for path, values in grid.items():
+        shown = path if len(path) <= 60 else path[:57] + "..."
+        parts = path.split(".")
+        if len(parts) > 4 or not all(p.isidentifier() and len(p) <= 40 for p in parts):
+            raise InvalidField(f"grid.{shown}", "not a dotted path such as quantization.weight")
         if not 1 <= len(values) <= MAX_VALUES:
             raise InvalidField(f"grid.{path}", f"give 1 to {MAX_VALUES} values")
-        if not all(part.isidentifier() for part in path.split(".")):
-            raise InvalidField(f"grid.{path}", "not a dotted path such as quantization.weight")
     combos = itertools.product(*grid.values())
     return [("grid", _nested(dict(zip(grid, combo, strict=True))), None, None) for combo in combos]
 
@@ -179,6 +231,10 @@ def _listed(variants: list[dict[str, Any]]) -> list[tuple[str, dict, str | None,
         name, reference = change.pop("name", None), change.pop("reference", None)
         if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 100):
             raise InvalidField(f"variants.{i}.name", "a name of 1 to 100 characters")
+        try:
+            printable(name or "")
+        except ValueError as e:
+            raise InvalidField(f"variants.{i}.name", str(e)) from None
         try:
             reference = Reference.model_validate(reference) if reference is not None else None
         except ValidationError as e:

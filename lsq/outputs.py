@@ -9,6 +9,7 @@ job's ``model.init``) and, for a quantized job, ``model-int.pt``. The plots (``p
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from .files import CHECKPOINT, HEALTH_PLOT, METRICS, MODEL, MODEL_INT, PLOT, PLO
 from .loop import Trainer
 from .metrics import Accuracy, EpochMetrics, RunMetrics
 from .spec import JobSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +82,15 @@ def save_final(
 
 
 def save_plots(out: Path, spec: JobSpec, epochs: list[EpochMetrics]) -> None:
-    """The run's curves and, for a quantized job, its quantizers' health."""
+    """The run's curves and, for a quantized job, its quantizers' health; a plot that cannot
+    be drawn is a warning, never the run's failure."""
     title = spec.describe()
-    plot.run_curves(epochs, [out / PLOT, out / PLOT_SVG], title)
-    if spec.quantization.enabled:
-        plot.quantizer_health(epochs, [out / HEALTH_PLOT], title)
+    try:
+        plot.run_curves(epochs, [out / PLOT, out / PLOT_SVG], title)
+        if spec.quantization.enabled:
+            plot.quantizer_health(epochs, [out / HEALTH_PLOT], title)
+    except Exception:
+        log.exception("%s: the plots could not be drawn", spec.name)
 
 
 def write_metrics(out: Path, metrics: RunMetrics) -> None:

@@ -17,6 +17,7 @@ def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and workers
+    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a user's name is just a "$"
     import matplotlib.pyplot as plt
 
     return plt
@@ -73,10 +74,11 @@ def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: s
         if kind == "weight":
             zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=layer)
     steps.set(yscale="log", ylabel="step size (log)", title="steps: weights —, activations --")
-    zeros.axhline(95, color="red", linestyle=":", linewidth=1)
-    zeros.set(ylabel="weights at 0 (%)", ylim=(0, 100), title="share of weights at zero")
-    if len(series) <= 24:
-        zeros.legend(fontsize=6, ncol=2, loc="upper left")
+    zeros.axhline(95, color="red", linestyle=":", linewidth=1, label="95%: the step is too large")
+    zeros.set(ylabel="weights at 0 (%)", ylim=(0, 100), title="share of each layer's weights at 0")
+    weights = sum(kind == "weight" for _, kind in series)
+    if weights <= 24:  # beyond that a legend hides the plot
+        zeros.legend(fontsize=6, ncol=2, loc="lower left")
     for ax in (steps, zeros):
         _epoch_axis(ax)
     fig.suptitle(title)
@@ -90,6 +92,7 @@ class Curve:
     label: str
     runs: list[list[EpochMetrics]]
     baseline: bool = False
+    start: int = 0  # epochs before this run's first: a variant continues its baseline
 
 
 def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "") -> None:
@@ -103,15 +106,17 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
                 by_epoch.setdefault(e.epoch, []).append(e.test_top1)
         if not by_epoch:
             continue
-        x = sorted(by_epoch)
-        mean = [statistics.fmean(by_epoch[i]) for i in x]
+        epochs = sorted(by_epoch)
+        x = [curve.start + e for e in epochs]
+        mean = [statistics.fmean(by_epoch[e]) for e in epochs]
         style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
         (line,) = ax.plot(x, mean, label=curve.label, **style)
         if len(curve.runs) > 1:
-            low, high = [min(by_epoch[i]) for i in x], [max(by_epoch[i]) for i in x]
+            low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
     ax.set(ylabel="test top-1 accuracy (%)", title=title)
     _epoch_axis(ax)
-    ax.set_xlabel("epoch of each run (the variants start from the baseline's final model)")
+    if any(curve.start for curve in curves):
+        ax.set_xlabel("epoch (the variants continue from the baseline's final model)")
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, paths)

@@ -67,7 +67,7 @@ class _Strict(BaseModel):
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     if _CONTROL.search(text):
         raise ValueError("must not contain control characters (newlines, tabs, NUL...)")
     return text
@@ -88,7 +88,7 @@ def _text(max_length: int) -> Any:
     return Annotated[
         str,
         StringConstraints(min_length=1, max_length=max_length),
-        AfterValidator(_printable),
+        AfterValidator(printable),
         Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
     ]
 
@@ -299,9 +299,10 @@ def _unknown_key(field: str, root: type[BaseModel]) -> str | None:
     if model is None:
         return None
     known = list(model.model_fields)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key[:100], known, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {guess}accepted: {', '.join(known)}"
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    return f"unknown key {shown!r}; {guess}accepted: {', '.join(known)}"
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

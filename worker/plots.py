@@ -48,7 +48,12 @@ def _draw(experiment_id: int) -> None:
             epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
         base = experiment.spec["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
-    curves = [Curve(r.label, [epochs.get(j, []) for j in r.jobs], r.baseline) for r in table]
+    # variants continue from a baseline trained here: draw them after its epochs
+    start = next((r.epochs for r in table if r.baseline and r.jobs), 0)
+    curves = [
+        Curve(r.label, [epochs.get(j, []) for j in r.jobs], r.baseline, 0 if r.baseline else start)
+        for r in table
+    ]
     folder = experiment_folder(get_settings(), experiment_id)
     experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)
 

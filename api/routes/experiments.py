@@ -44,10 +44,11 @@ def submit_experiment(
     and variants of the base spec (`grid` of dotted paths, crossed, or `variants` one by one),
     each once per seed."""
     plan = experiments.plan(spec, settings.max_experiment_jobs)
-    for job in ([plan.baseline] if plan.baseline else []) + [
-        s for v in plan.variants for s in v.specs
-    ]:
-        limits.check_job(job, settings)
+    for where, job in plan.specs():
+        try:
+            limits.check_job(job, settings)
+        except store.InvalidField as e:
+            raise store.InvalidField(f"{where}.{e.field}", str(e)) from None
     start: int | str | None = None
     if isinstance(spec.baseline, JobBaseline):
         start = spec.baseline.job

@@ -44,6 +44,8 @@ SERVICE_ENV = (
     "LSQ_DATA_ROOTS",
     "LSQ_TOKEN",
     "LSQ_ALLOWED_HOSTS",
+    "LSQ_REQUESTS_PER_SECOND",
+    "LSQ_REQUEST_BURST",
     "CUDA_VISIBLE_DEVICES",
 )
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -139,6 +141,9 @@ def service_env(
         "LSQ_LEASE_SECONDS": "5",
         "LSQ_RETRY_SECONDS": "1",
         "LSQ_DATA_ROOTS": str(data_dir / "datasets"),
+        # Tests poll hard with one token; test_security checks the limits themselves.
+        "LSQ_REQUESTS_PER_SECOND": "1000",
+        "LSQ_REQUEST_BURST": "1000",
         "PYTHONUNBUFFERED": "1",
     }
     if database_url:

@@ -167,7 +167,12 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
         ({"baseline": {"checkpoint": "/etc/passwd"}}, "baseline.checkpoint"),
         ({"baseline": {"nope": 1}}, "baseline"),
         (
-            {"grid": {"training.seed": list(range(16)), "training.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}},
+            {
+                "grid": {
+                    "training.lr": [i / 100 for i in range(1, 17)],
+                    "training.momentum": [0, 0.5, 0.6, 0.7, 0.8],
+                }
+            },
             "grid",
         ),  # 80 jobs: over the limit
     ],
@@ -194,3 +199,39 @@ def test_every_example_experiment_plans_its_table(path) -> None:
     if "quick" not in path.stem:
         assert all(v.reference is not None for v in plan.variants)
         assert all(v.specs[0].training.epochs == 90 for v in plan.variants)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"grid": {"training." * 900 + "lr": [1]}}, "grid"),  # a RecursionError once
+        ({"grid": {"training.seed": [1, 2]}}, "grid.training.seed"),  # `seeds` sets it
+        ({"grid": {"model.init": [{"job": 1}]}}, "grid.model.init"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"grid": {}}, "grid"),
+        ({"grid": None, "variants": []}, "grid"),
+        ({"base": {"model": {"arch": "resnet20"}}}, "base.dataset"),
+        ({"grid": None, "variants": [{"name": "a\x1bb"}]}, "variants.0.name"),
+        (
+            {"grid": None, "variants": [{"training": {"epochs": 5000}}]},
+            "variants.0.training.epochs",
+        ),
+    ],
+)
+def test_what_a_hostile_client_found_in_experiments_is_a_clean_422(
+    service: Service, change: dict, field: str
+) -> None:
+    response = service.http.post("/v1/experiments", json=experiment(**change))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"][0]["field"].startswith(field), response.json()
+    assert len(response.content) < 5000
+
+
+def test_a_dollar_in_a_name_is_text_not_math(tmp_path: Path) -> None:
+    from lsq.metrics import EpochMetrics
+    from lsq.plot import run_curves
+
+    e = EpochMetrics(epoch=1, train_loss=1, train_top1=50, test_loss=1, test_top1=40,
+                     test_top5=90, lr=0.1, seconds=1, images_per_second=100)  # fmt: skip
+    run_curves([e], [tmp_path / "plot.png"], title=r"a $\frac{a$ b")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
