@@ -7,6 +7,7 @@ import logging
 import time
 
 from sqlalchemy import select
+from sqlalchemy.orm import load_only
 
 from api import store
 from api.artifacts import experiment_folder
@@ -44,7 +45,8 @@ def _draw(experiment_id: int) -> None:
         ids = [j.id for j in experiment.jobs]
         query = select(Epoch).where(Epoch.job_id.in_(ids)).order_by(Epoch.job_id, Epoch.epoch)
         epochs: dict[int, list[EpochMetrics]] = {}
-        for e in session.scalars(query.options(*_numbers_only())):
+        numbers = load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))
+        for e in session.scalars(query.options(numbers)):
             epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
         base = experiment.spec["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
@@ -56,9 +58,3 @@ def _draw(experiment_id: int) -> None:
     ]
     folder = experiment_folder(get_settings(), experiment_id)
     experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)
-
-
-def _numbers_only() -> list:
-    from sqlalchemy.orm import load_only
-
-    return [load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))]
