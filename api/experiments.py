@@ -145,8 +145,6 @@ def _depth(value: Any) -> int:
 class Variant:
     where: str  # the request's field it came from: grid or variants.N
     index: int  # 0-based; the table's ID is index + 1
-    label: str
-    settings: dict[str, Any]  # dotted path: value, what this variant changes
     reference: Reference | None
     specs: list[ServiceJobSpec]  # one per seed, model.init still unset
 
@@ -167,7 +165,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
     if (exp.grid is None) == (exp.variants is None) or not (exp.grid or exp.variants):
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
-    overrides = _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
+    overrides = _overrides(exp)
     for where, change, _, _ in overrides:
         _not_set_here(where, change)
     base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
@@ -188,15 +186,14 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
         spec["training"] = {**spec.get("training", {}), "seed": seeds[0]}
         baseline = _validated(spec, "baseline")
     variants = []
-    for index, (where, change, name, reference) in enumerate(overrides):
+    for index, (where, change, _, reference) in enumerate(overrides):
         specs = []
         for seed in seeds:
             spec = _merge(exp.base, change)
             spec["name"] = f"{exp.name}/{index + 1}" + (f"/seed {seed}" if len(seeds) > 1 else "")
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_validated(spec, where))
-        label = name or specs[0].quantization.describe()
-        variants.append(Variant(where, index, label, _flatten(change), reference, specs))
+        variants.append(Variant(where, index, reference, specs))
     return Plan(baseline, variants)
 
 
@@ -210,6 +207,11 @@ def _not_set_here(where: str, change: dict[str, Any]) -> None:
         if path in SET_BY_EXPERIMENT or path.startswith("model.init."):
             why = SET_BY_EXPERIMENT.get(path, "the baseline")
             raise InvalidField(f"{where}.{path}", f"set by the experiment: use {why}")
+
+
+def _overrides(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference | None]]:
+    """Per variant: the request's field it came from, its change, name and reference."""
+    return _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
@@ -356,6 +358,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         if j.variant is not None:
             by_variant.setdefault(j.variant, []).append(j)
     start = _start(baseline_jobs, jobs, done)
+    overrides = _overrides(exp)
     out = []
     if baseline_jobs or start is not None:
         specs = [ServiceJobSpec.model_validate(j.spec) for j in baseline_jobs] or [
@@ -370,19 +373,16 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         )  # fmt: skip
     for index, variant_jobs in sorted(by_variant.items()):
         specs = [ServiceJobSpec.model_validate(j.spec) for j in variant_jobs]
-        meta = exp.variants[index] if exp.variants else {}
-        reference = meta.get("reference") if isinstance(meta, dict) else None
+        _, change, name, ref = overrides[index]
         results = [done[j.id] for j in variant_jobs if j.id in done]
         top1 = [r["final_top1"] for r in results]
         top5 = [r["final_top5"] for r in results]
         drop1 = [start[0] - v for v in top1] if start else []
         drop5 = [start[1] - v for v in top5] if start else []
-        ref = Reference.model_validate(reference) if reference else None
         delta = statistics.fmean(top1) - ref.test_top1 if ref and top1 else None
-        label = meta.get("name") if isinstance(meta, dict) and meta.get("name") else None
         out.append(
-            _row(str(index + 1), label or specs[0].quantization.describe(), specs, variant_jobs,
-                 baseline=False, settings=_settings(exp, index), test_top1=_stat(top1),
+            _row(str(index + 1), name or specs[0].quantization.describe(), specs, variant_jobs,
+                 baseline=False, settings=_flatten(change), test_top1=_stat(top1),
                  test_top5=_stat(top5), drop_top1=_stat(drop1), drop_top5=_stat(drop5),
                  reference=ref, delta_vs_reference=delta)
         )  # fmt: skip
@@ -399,16 +399,6 @@ def _start(baseline_jobs: list[Job], jobs: list[Job], done: dict) -> tuple[float
         if result and result.get("init_top1") is not None:
             return result["init_top1"], result["init_top5"]
     return None
-
-
-def _settings(exp: ExperimentSpec, index: int) -> dict[str, Any]:
-    if exp.grid is not None:
-        combos = list(itertools.product(*exp.grid.values()))
-        return dict(zip(exp.grid, combos[index], strict=True))
-    change = {
-        k: v for k, v in (exp.variants or [])[index].items() if k not in ("name", "reference")
-    }
-    return _flatten(change)
 
 
 # --------------------------------------------------------------------------- the tables

@@ -73,22 +73,17 @@ def submit_job(
     """Add a queued job of `owner`, or, for an Idempotency-Key seen before with the same spec,
     return the job it created. True when the job is new."""
     if key is not None:
-        earlier = _job_of_key(session, owner, key, _spec_hash(spec), key_expiry)
+        earlier = _job_of_key(
+            session, owner, key, _digest(spec.model_dump(mode="json")), key_expiry
+        )
         if earlier is not None:
             return earlier, False
     _check_source(session, owner, spec)
     if _unfinished(session, owner) >= max_unfinished:
         raise TooManyJobs(f"{owner} has {max_unfinished} unfinished jobs, the most allowed")
-    job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
-    job.status = JobStatus.queued
-    session.add(job)
-    session.flush()  # assigns the id
+    job = _add(session, owner, spec)
     if key is not None:
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
-            .values(job_id=job.id)
-        )
+        _bind_key(session, owner, key, job.id)
     return job, True
 
 
@@ -107,8 +102,18 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
         )
 
 
-def _spec_hash(spec: ServiceJobSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+def _digest(body: dict[str, Any]) -> str:
+    """What an Idempotency-Key's request is compared by: its JSON, keys sorted."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _bind_key(session: Session, owner: str, key: str, job_id: int) -> None:
+    """The key now names `job_id`: a repeated request finds it."""
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+        .values(job_id=job_id)
+    )
 
 
 def _job_of_key(
@@ -238,8 +243,7 @@ def create_experiment(
     Idempotency-Key seen before with the same request, the experiment it made (False)."""
     if key is not None:  # keys of experiments and of jobs live apart
         key = f"experiment:{key}"
-        body = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        earlier = _job_of_key(session, owner, key, body, key_expiry)
+        earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False
     new = len(variants) + (baseline is not None)
@@ -264,17 +268,18 @@ def create_experiment(
         job = _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
         first = first or job
     if key is not None:  # the key names the experiment through its first variant's job
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
-            .values(job_id=first.id)
-        )
+        _bind_key(session, owner, key, first.id)
     return experiment, True
 
 
 def _add(
-    session: Session, owner: str, spec: ServiceJobSpec, experiment_id: int, variant: int | None
+    session: Session,
+    owner: str,
+    spec: ServiceJobSpec,
+    experiment_id: int | None = None,
+    variant: int | None = None,
 ) -> Job:
+    """A new queued job, its id assigned."""
     job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
     job.status, job.experiment_id, job.variant = JobStatus.queued, experiment_id, variant
     session.add(job)
