@@ -19,8 +19,13 @@ COPY migrations migrations
 # Not editable: the code goes into the venv, and /src stays behind in this stage.
 RUN pip install .
 
-# --- runtime: the venv on a slim base; no compiler, no sources, not root ---------------------
+# --- runtime: the venv on a slim base; no sources, not root ----------------------------------
 FROM python:3.11-slim-bookworm
+# g++: torch.compile generates C++ (CPU) and builds Triton's launchers (CUDA) at run time;
+# without it, training.compile falls back to eager, about 1.3x slower for W/A quantized jobs.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 # Files on the artifacts volume belong to this uid: match it to the owner of an NFS export.
 ARG LSQ_UID=1000
 # The folders exist, owned by lsq, before a volume is mounted there: Docker copies that

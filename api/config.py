@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,6 +61,13 @@ class Settings(BaseSettings):
     # without its data loses messages); the lease keeps a duplicate harmless.
     republish_seconds: float = Field(600.0, gt=0, alias="LSQ_REPUBLISH_SECONDS")
 
+    # -- a worker's share of its host: torch starts a thread per core in every process, and
+    # several such processes on one host spin against each other (a quantized job slowed 30x)
+    torch_threads: int = Field(
+        0, ge=0, le=4096, alias="LSQ_TORCH_THREADS", description="0: cores / workers per host"
+    )
+    workers_per_host: int = Field(1, ge=1, le=4096, alias="LSQ_WORKERS_PER_HOST")
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
         # A lease must survive a couple of missed beats, or running jobs get taken over.
@@ -98,6 +106,13 @@ class Settings(BaseSettings):
     @property
     def roots(self) -> list[Path]:
         return [Path(p).expanduser().resolve() for p in self.data_roots.split(":") if p]
+
+    @property
+    def cpu_threads(self) -> int:
+        """Torch threads for one worker process: LSQ_TORCH_THREADS, else the cores this
+        process may run on divided by LSQ_WORKERS_PER_HOST."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return self.torch_threads or max(1, (cores or os.cpu_count() or 1) // self.workers_per_host)
 
     @property
     def token_file(self) -> Path:

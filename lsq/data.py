@@ -1,8 +1,9 @@
 """Datasets in their standard on-disk formats, plus a synthetic one for tests and demos.
 
 Each loader returns the train and test sets and a DatasetInfo (channels, size, classes) from
-which the network is built. Image tensors are kept as uint8 in memory; augmentation and
-normalisation run on tensors (torchvision.transforms.v2).
+which the network is built. CIFAR-10, Fashion-MNIST and synthetic sets are held as uint8
+tensors (TensorImages) whose augmentation and normalisation run on whole batches on the
+training device (lsq.batches); ImageNet is read from files through torchvision transforms.
 """
 
 from __future__ import annotations
@@ -34,21 +35,81 @@ class DatasetInfo:
     image_size: int
 
 
-class TensorImages(Dataset):
-    """Images held as a uint8 tensor (N, C, H, W) with integer labels."""
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation: a random crop of the image zero-padded by `pad` pixels on every
+    side, and a horizontal flip with probability one half."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
-        self.images, self.targets, self.transform = images, labels, transform
+    pad: int = 0
+    flip: bool = False
+
+    def draw(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop offsets (n, 2) and flips (n,) for n images, on the CPU."""
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator)
+        flips = (
+            torch.rand(n, generator=generator) < 0.5
+            if self.flip
+            else torch.zeros(n, dtype=torch.bool)
+        )
+        return offsets, flips
+
+    def apply(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop and flip a uint8 batch (N, C, H, W), each image by its own offsets and flip."""
+        if self.pad:
+            n, c, h, w = x.shape
+            padded = torch.nn.functional.pad(x, (self.pad,) * 4)
+            rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            x = padded[batch, torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        if self.flip:
+            x = torch.where(flips[:, None, None, None], x.flip(3), x)
+        return x
+
+
+class TensorImages(Dataset):
+    """Images held as a uint8 tensor (N, C, H, W) with integer labels, normalised by `mean` and
+    `std` and, for training, augmented: both as batched tensor ops on the images' device
+    (``batch``), so a training set that fits in memory needs no DataLoader (lsq.loop)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: list[float],
+        std: list[float],
+        augment: Augment | None = None,
+    ) -> None:
+        self.images, self.targets, self.augment = images, labels, augment
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[i]), int(self.targets[i])
+        """One sample, augmented with torch's global RNG (the DataLoader path)."""
+        x = self.images[i : i + 1]
+        draws = self.augment.draw(1, None) if self.augment else None
+        return self.batch(x, draws)[0], int(self.targets[i])
 
+    def batch(
+        self, x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """A uint8 batch of these images, augmented with `draws` (Augment.draw) when given, as
+        normalised float32 (the same operations as torchvision's ToDtype and Normalize)."""
+        if self.augment is not None and draws is not None:
+            offsets, flips = (d.to(x.device, non_blocking=True) for d in draws)
+            x = self.augment.apply(x, offsets, flips)
+        mean = torch.as_tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
-def _normalise(mean: list[float], std: list[float]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    def to(self, device: torch.device) -> TensorImages:
+        """These images and labels on `device` (the same object when already there)."""
+        if self.images.device == device:
+            return self
+        images, labels = self.images.to(device), self.targets.to(device)
+        return TensorImages(images, labels, self.mean, self.std, self.augment)
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickle batches)
@@ -101,11 +162,9 @@ def _cifar_batches(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
 def cifar10(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
     train_x, train_y = _cifar_batches(root, [f"data_batch_{i}" for i in range(1, 6)])
     test_x, test_y = _cifar_batches(root, ["test_batch"])
-    norm = _normalise(CIFAR_MEAN, CIFAR_STD)
-    augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *norm])
     return (
-        TensorImages(train_x, train_y, augment),
-        TensorImages(test_x, test_y, v2.Compose(norm)),
+        TensorImages(train_x, train_y, CIFAR_MEAN, CIFAR_STD, Augment(pad=4, flip=True)),
+        TensorImages(test_x, test_y, CIFAR_MEAN, CIFAR_STD),
         DatasetInfo(10, 3, 32),
     )
 
@@ -155,12 +214,10 @@ def fashion_mnist(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
             raise DatasetError(f"Fashion-MNIST in {root}: images {x.shape} and labels {y.shape}")
         return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
-    norm = _normalise(FASHION_MEAN, FASHION_STD)
-    augment = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip(), *norm])
     (train_x, train_y), (test_x, test_y) = split("train"), split("t10k")
     return (
-        TensorImages(train_x, train_y, augment),
-        TensorImages(test_x, test_y, v2.Compose(norm)),
+        TensorImages(train_x, train_y, FASHION_MEAN, FASHION_STD, Augment(pad=2, flip=True)),
+        TensorImages(test_x, test_y, FASHION_MEAN, FASHION_STD),
         DatasetInfo(10, 1, 28),
     )
 
@@ -171,7 +228,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def imagenet(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
-    norm = [v2.ToImage(), *_normalise(IMAGENET_MEAN, IMAGENET_STD)]
+    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    norm.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     train_tf = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *norm])
     test_tf = v2.Compose([v2.Resize(256), v2.CenterCrop(224), *norm])
     sets = []
@@ -209,10 +267,10 @@ def synthetic(
         noisy = 0.4 * patterns[labels] + 0.6 * torch.rand(n, 3, size, size, generator=g)
         return (noisy * 255).round().to(torch.uint8), labels
 
-    norm = v2.Compose(_normalise([0.5] * 3, [0.25] * 3))
+    mean, std = [0.5] * 3, [0.25] * 3
     (train_x, train_y), (test_x, test_y) = make(train_size), make(test_size)
     info = DatasetInfo(classes, 3, size)
-    return TensorImages(train_x, train_y, norm), TensorImages(test_x, test_y, norm), info
+    return TensorImages(train_x, train_y, mean, std), TensorImages(test_x, test_y, mean, std), info
 
 
 # ---------------------------------------------------------------- entry point
@@ -222,6 +280,28 @@ LAYOUTS = {
     "imagenet": "train/<class>/*.JPEG and val/<class>/*.JPEG",
     "fashion-mnist": "the IDX files train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte[.gz]",
 }
+
+
+def in_memory(dataset: Dataset) -> tuple[TensorImages, torch.Tensor] | None:
+    """The images a set holds in memory and the indices it uses of them (a subset's), or None
+    for a set read from files (ImageNet)."""
+    if isinstance(dataset, TensorImages):
+        return dataset, torch.arange(len(dataset), device=dataset.images.device)
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorImages):
+        base = dataset.dataset
+        return base, torch.as_tensor(dataset.indices, device=base.images.device)
+    return None
+
+
+def on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """The set with its in-memory images moved to `device` once (a file-backed set as it is)."""
+    if isinstance(dataset, TensorImages):
+        return dataset.to(device)
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorImages):
+        subset = Subset(dataset.dataset.to(device), dataset.indices)
+        subset.targets = dataset.targets
+        return subset
+    return dataset
 
 
 def targets(dataset: Dataset) -> torch.Tensor:
@@ -255,8 +335,8 @@ def balanced_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
 def load_datasets(spec: DatasetSpec, seed: int = 0) -> tuple[Dataset, Dataset, DatasetInfo]:
     """The train and test sets a dataset spec names, with its optional fixed subsets applied."""
     if spec.name == "synthetic":
-        train, test, info = synthetic(spec.train_size or 2048, spec.test_size or 512)
-        return train, test, info
+        size = spec.image_size or 16
+        return synthetic(spec.train_size or 2048, spec.test_size or 512, size=size)
     root = spec.folder()
     if root is None:
         raise DatasetError(

@@ -17,11 +17,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from . import distributed, health
+from .batches import MemoryBatches
+from .compiled import StepCompiler
+from .data import in_memory
 from .device import autocast
 from .distributed import SINGLE, Rank
 from .metrics import Accuracy, EpochMetrics, QuantizerHealth
 from .quantizer import LsqQuantizer, step_parameters
 from .spec import JobSpec, TrainingSpec
+
+Batches = DataLoader | MemoryBatches
 
 # Data-parallel ranks agree on cancellation every this many batches (it is a collective).
 CANCEL_EVERY = 10
@@ -48,9 +53,14 @@ def loader(
     shuffle: bool,
     seed: int = 0,
     rank: Rank = SINGLE,
-) -> DataLoader:
-    """CPU: load in the training process (2 cores are better spent on compute). CUDA: worker
-    processes started by forkserver, never forked from a process that already ran torch."""
+) -> Batches:
+    """Batches of `dataset`: straight from memory on its device when it is held there
+    (lsq.batches), else a DataLoader. CPU: loading in the training process (2 cores are
+    better spent on compute). CUDA: worker processes started by forkserver, never forked from
+    a process that already ran torch, pinned memory, kept across epochs."""
+    held = in_memory(dataset)
+    if held is not None:
+        return MemoryBatches(*held, batch_size, shuffle, seed, rank)
     extra: dict[str, Any] = {}
     if device.type == "cuda":
         extra = dict(
@@ -66,14 +76,19 @@ def loader(
     return DataLoader(dataset, batch_size, shuffle=shuffle, generator=g, **extra)
 
 
+def eval_batch_size(batch_size: int) -> int:
+    """Evaluation keeps no activations for a backward pass: 4x the training batch, to 1024."""
+    return max(batch_size, min(4 * batch_size, 1024))
+
+
 def _correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top == y[:, None]).any(dim=1).sum()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
-    model: nn.Module, data: DataLoader, device: torch.device, amp: torch.dtype | None = None
+    model: nn.Module, data: Batches, device: torch.device, amp: torch.dtype | None = None
 ) -> Accuracy:
     """Test loss and top-1/top-5 accuracy in percent."""
     model.eval()
@@ -142,6 +157,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ddp: DistributedDataParallel | None = None
+    compiler: StepCompiler | None = None
 
     @classmethod
     def create(
@@ -169,7 +185,7 @@ class Trainer:
         for k in self.STATEFUL:
             getattr(self, k).load_state_dict(state[k])
 
-    def epoch(self, train_set: Dataset, test_data: DataLoader, epoch: int) -> EpochMetrics | None:
+    def epoch(self, train_set: Dataset, test_data: Batches, epoch: int) -> EpochMetrics | None:
         """Train one epoch and evaluate; the metrics on rank 0 (which evaluates), else None."""
         t = self.spec.training
         start = time.perf_counter()
@@ -177,10 +193,10 @@ class Trainer:
         # shuffle and augmentation seeded by (seed, epoch, rank): the same after a resume
         torch.manual_seed((t.seed * 100_003 + epoch) * 1_009 + self.rank.rank)
         data = loader(train_set, t.batch_size, self.device, True, t.seed + epoch, self.rank)
-        if isinstance(data.sampler, DistributedSampler):
+        if isinstance(getattr(data, "sampler", None), DistributedSampler):
             data.sampler.set_epoch(epoch)
-        loss, top1, n = self._train(data, epoch)
-        train_seconds = time.perf_counter() - start
+        loss, top1, n, compile_seconds = self._train(data, epoch)
+        train_seconds = time.perf_counter() - start - compile_seconds
         self.scheduler.step()
         if not self.rank.main:
             return None
@@ -199,19 +215,21 @@ class Trainer:
             seconds=end - start,
             images_per_second=n / train_seconds,
             eval_seconds=end - eval_start,
+            compile_seconds=compile_seconds or None,
             quantizers=quantizers,
         )
 
-    def _health(self, test_data: DataLoader) -> list[QuantizerHealth]:
+    def _health(self, test_data: Batches) -> list[QuantizerHealth]:
         """The quantizers' health on the first test batch (lsq.health)."""
         x, _ = next(iter(test_data))
         with autocast(self.device, self.amp):
             return health.measure(self.model, x.to(self.device))
 
-    def _train(self, data: DataLoader, epoch: int) -> tuple[float, float, int]:
-        """One pass over `data`: mean loss, top-1 in percent, and the images seen (all ranks)."""
-        model = self._forward_module()
-        model.train()
+    def _train(self, data: Batches, epoch: int) -> tuple[float, float, int, float]:
+        """One pass over `data`: mean loss, top-1 in percent, the images seen (all ranks) and
+        the seconds spent compiling."""
+        compiler = self._compiler(len(data), epoch)
+        compiler.eager.train()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = torch.zeros((), device=self.device, dtype=torch.long)
@@ -223,7 +241,8 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if i == 0 and epoch == 1:
                 init_steps(self.model, x, self.amp)
-            logits, loss = self._step(model, x, y)
+            full = len(y) == data.batch_size
+            logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
             total += loss.detach() * len(y)
             correct += _correct(logits.detach(), y, 1)
             n += len(y)
@@ -233,7 +252,7 @@ class Trainer:
         if not math.isfinite(total.item()):
             raise RuntimeError(f"training diverged: the loss is {total.item()} in epoch {epoch}")
         count = n.item()
-        return total.item() / count, 100 * correct.item() / count, count
+        return total.item() / count, 100 * correct.item() / count, count, compiler.take_seconds()
 
     def _step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, Any]:
         with autocast(self.device, self.amp):
@@ -244,6 +263,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return logits, loss
+
+    def _compiler(self, batches: int, epoch: int) -> StepCompiler:
+        """The step compiler, made on the first epoch this process trains (after a resume too)."""
+        if self.compiler is None:
+            left = batches * (self.spec.training.epochs - epoch + 1)
+            module = self._forward_module()
+            self.compiler = StepCompiler(self.spec.training.compile, module, left, self.device)
+        return self.compiler
 
     def _forward_module(self) -> nn.Module:
         if self.rank.distributed and self.ddp is None:

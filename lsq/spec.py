@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from .levels import ACCEPTED, Levels, LevelSet, parse_levels
@@ -80,6 +81,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
 MAX_DEVICES = 64
 MAX_SEED = 2**32 - 1
+MAX_SYNTHETIC_BYTES = 2**30  # a synthetic set's uint8 images, train and test together
 
 
 def _text(max_length: int) -> Any:
@@ -110,6 +112,25 @@ class DatasetSpec(_Strict):
     test_size: int | None = Field(
         None, ge=1, le=MAX_SUBSET, description="Seeded class-balanced test subset"
     )
+    image_size: int | None = Field(
+        None, ge=8, le=256, description="synthetic only: the images' side (default 16)"
+    )
+
+    @model_validator(mode="after")
+    def _synthetic_fits(self) -> Self:
+        if self.name != "synthetic":
+            if self.image_size is not None:
+                raise ValueError("image_size applies to the synthetic dataset only")
+            return self
+        size = (
+            (self.image_size or 16) ** 2 * 3 * ((self.train_size or 2048) + (self.test_size or 512))
+        )
+        if size > MAX_SYNTHETIC_BYTES:
+            raise ValueError(
+                f"a synthetic set of train_size + test_size images of image_size^2 x 3 bytes "
+                f"holds {size} bytes, more than {MAX_SYNTHETIC_BYTES}"
+            )
+        return self
 
     def folder(self) -> Path | None:
         """The folder the dataset is read from; None where it needs one and has none."""
@@ -177,6 +198,11 @@ class TrainingSpec(_Strict):
     )
     devices: int = Field(
         1, ge=1, le=MAX_DEVICES, description="Data-parallel processes on the worker's host"
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the training step: auto compiles a job long enough for it "
+        "to pay (timed on its first batches) and keeps it only if faster",
     )
 
 

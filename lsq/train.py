@@ -16,10 +16,10 @@ from torch import nn
 
 from . import checkpoint, distributed, outputs
 from .convert import quantize_as_specified
-from .data import DatasetInfo, load_datasets
+from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
 from .distributed import SINGLE, Rank
-from .loop import Cancelled, Hooks, Trainer, evaluate, loader
+from .loop import Cancelled, Hooks, Trainer, eval_batch_size, evaluate, loader
 from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
 from .networks import build_model
 from .spec import JobSpec
@@ -75,7 +75,8 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     amp = autocast_dtype(t.precision, device)
     torch.manual_seed(t.seed)
     train_set, test_set, info = load_datasets(spec.dataset, t.seed)
-    test_data = loader(test_set, t.batch_size, device, shuffle=False)
+    train_set, test_set = on_device(train_set, device), on_device(test_set, device)
+    test_data = loader(test_set, eval_batch_size(t.batch_size), device, shuffle=False)
     saved = outputs.load_progress(out, spec) if resume else None
 
     model = build(spec, info, device, load_init=saved is None)

@@ -73,9 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 def worker(args: argparse.Namespace) -> int:
     if args.gpus:
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        # A process per GPU, each seeing only its own: started fresh, never forked.
+        # A process per GPU, each seeing only its own: started fresh, never forked, and each
+        # with its share of the host's cores.
         command = ["worker", "--log-level", args.log_level]
-        return _supervise([_spawn(command, {"CUDA_VISIBLE_DEVICES": g}) for g in gpus])
+        share = str(get_settings().workers_per_host * len(gpus))
+        envs = [{"CUDA_VISIBLE_DEVICES": g, "LSQ_WORKERS_PER_HOST": share} for g in gpus]
+        return _supervise([_spawn(command, env) for env in envs])
+    _share_cores(get_settings())
     from .app import celery_app
 
     quiet = args.no_banner or args.log_level in ("warning", "error")
@@ -94,6 +98,18 @@ def worker(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _share_cores(settings: Settings) -> None:
+    import torch
+
+    torch.set_num_threads(settings.cpu_threads)
+    print(
+        f"lsq worker: {torch.get_num_threads()} torch threads (LSQ_TORCH_THREADS, or the cores "
+        f"divided by LSQ_WORKERS_PER_HOST={settings.workers_per_host})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

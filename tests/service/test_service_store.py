@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0006"  # the newest migration in migrations/versions
+HEAD = "0007"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,

@@ -59,9 +59,9 @@ def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, t
         env |= {k: str(v) for k, v in services[service]["environment"].items()}
         assert env["LSQ_ARTIFACTS_DIR"] == "/var/lib/lsq/artifacts"  # the volume's mount point
         env |= {"LSQ_DATA_DIR": str(tmp_path / service), "LSQ_ARTIFACTS_DIR": str(artifacts)}
-        # `lsq` is the console script of this venv; one thread each: two workers on 2 cores
+        # `lsq` is the console script of this venv; two workers share this host's cores
         return env | {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
-                      "OMP_NUM_THREADS": "1"}  # fmt: skip
+                      "LSQ_WORKERS_PER_HOST": "2"}  # fmt: skip
 
     processes: list[Proc] = []
     try:
@@ -111,6 +111,9 @@ def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, t
             assert [e["epoch"] for e in job["epochs"]] == [1, 2]
             assert job["attempts"] == 1
         assert len({job["worker"] for job in jobs}) == 2, "both workers take jobs"
+        threads = max(1, len(os.sched_getaffinity(0)) // 2)  # each its share of the cores
+        for w in workers:
+            assert f"lsq worker: {threads} torch threads" in w.output()
         # no job ran twice: each job's start is logged once, by one of the two workers
         starts = [m for w in workers for m in re.findall(r"job (\d+): attempt", w.output())]
         assert sorted(map(int, starts)) == sorted(ids)
