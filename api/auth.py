@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from . import tokens
 from .config import Settings, get_settings
-from .db import session_scope
+from .deps import ReadSessionDep
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `lsq token create OWNER`")
 
@@ -49,10 +49,13 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def current_owner(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     settings: Annotated[Settings, Depends(get_settings)],
+    session: ReadSessionDep,
 ) -> str:
-    """The owner of the request's token; 401 without a valid one, 429 past its rate."""
+    """The owner of the request's token; 401 without a valid one, 429 past its rate. The
+    token is read in the request's read session, which a read route then uses too."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             401, "missing token: send Authorization: Bearer <token>", headers=CHALLENGE
@@ -61,8 +64,11 @@ def current_owner(
     if len(plain) > 200:
         owner = None
     else:
-        with session_scope(read_only=True) as session:
-            owner = tokens.owner_of(session, plain)
+        owner = tokens.owner_of(session, plain)
+        if request.method not in ("GET", "HEAD"):
+            # A write route opens its own session: hand this one's connection back now, not
+            # after the route (under load the pool would be held by requests still waiting).
+            session.commit()
     if owner is None:
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
     LIMITER.take(tokens.digest(plain), settings.requests_per_second, settings.request_burst)

@@ -66,6 +66,10 @@ def get_engine() -> Engine:
 @lru_cache
 def _sessionmaker(read_only: bool = False) -> sessionmaker[Session]:
     engine = get_engine().execution_options(lsq_read_only=read_only)
+    if read_only and engine.dialect.name == "postgresql":
+        # Each read is its own statement under READ COMMITTED anyway: autocommit spares the
+        # BEGIN and COMMIT round trips.
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -80,7 +80,8 @@ class Job(Base):
     # folders (artifacts/jobs/<id>) unambiguous.
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),  # the workers' sweeps
-        Index("ix_jobs_owner_status_id", "owner", "status", "id"),  # an owner's list and quota
+        Index("ix_jobs_owner_status_id", "owner", "status", "id"),  # by status, and the quota
+        Index("ix_jobs_owner_id", "owner", "id"),  # an owner's list, a page at a time
         {"sqlite_autoincrement": True},
     )
 
@@ -113,6 +114,9 @@ class Job(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the quantizers' health says is wrong, as of the last epoch (written with it, so a
+    # read of the job needs no look at the epochs' health).
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
 
     epochs: Mapped[list[Epoch]] = relationship(
         back_populates="job",

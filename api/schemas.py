@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
+from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult
 
 from .experiments import Row
 from .experiments import status as experiment_status
@@ -100,14 +100,9 @@ class JobDetail(JobOut):
     )
 
     @classmethod
-    def of(  # type: ignore[override]
-        cls, job: Job, epochs: list[Epoch] | None = None, health: list[list[dict]] | None = None
-    ) -> JobDetail:
+    def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
         rows = job.epochs if epochs is None else epochs
-        history = [[QuantizerHealth.model_validate(h) for h in e] for e in health or []]
-        return super().of(
-            job, epochs=[epoch_numbers(e) for e in rows], warnings=health_warnings(history)
-        )
+        return super().of(job, epochs=[epoch_numbers(e) for e in rows], warnings=job.warnings or [])
 
 
 class EpochHealth(BaseModel):

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, defer, object_session, selectinload
+from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
 
-from lsq.metrics import EpochMetrics, RunResult
+from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 from lsq.spec import upgrade_spec
 
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
@@ -160,9 +160,9 @@ def get_job(
     query = select(Job).where(Job.id == job_id)
     if owner is not None:
         query = query.where(Job.owner == owner)
-    if with_epochs:
-        query = query.options(selectinload(Job.epochs).defer(Epoch.quantizers))
-    job = session.scalars(query).one_or_none()
+    if with_epochs:  # one query: the job joined with its epochs
+        query = query.options(joinedload(Job.epochs).defer(Epoch.quantizers))
+    job = session.scalars(query).unique().one_or_none()
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -198,13 +198,14 @@ def list_epochs(
     return list(session.scalars(query if health else query.options(defer(Epoch.quantizers))))
 
 
-def health_history(session: Session, job_id: int) -> list[list[dict[str, Any]]]:
-    """The quantizer health of a job's first and last three epochs: what its warnings read."""
+def _health_warnings(session: Session, job_id: int) -> list[str]:
+    """What the quantizer health of a job's first and last three epochs says is wrong."""
     numbers = select(Epoch.epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)
     epochs = list(session.scalars(numbers))
     wanted = sorted({*epochs[:1], *epochs[-3:]})
     query = select(Epoch.quantizers).where(Epoch.job_id == job_id, Epoch.epoch.in_(wanted))
-    return [q for q in session.scalars(query.order_by(Epoch.epoch)) if q]
+    rows = [q for q in session.scalars(query.order_by(Epoch.epoch)) if q]
+    return health_warnings([[QuantizerHealth.model_validate(h) for h in e] for e in rows])
 
 
 def cancel_job(session: Session, job_id: int, owner: str) -> Job:
@@ -421,6 +422,8 @@ def record_epoch(session: Session, job_id: int, worker: str, metrics: EpochMetri
     session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "epoch"], set_=updated))
     if values["epoch"] >= job.progress_epoch:  # a resume rewrites earlier epochs too
         job.progress_epoch, job.progress_fraction = values["epoch"], 1.0
+    if metrics.quantizers:
+        job.warnings = _health_warnings(session, job_id)
     return True
 
 

@@ -13,6 +13,7 @@ PostgreSQL and Redis: LSQ_BENCH_PG_URL (a server URL) and LSQ_BENCH_REDIS_URL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,17 +110,20 @@ class Load:
             self.errors.append(what)
 
 
-def run(backend: str, clients: int, jobs: int, folder: Path) -> None:
+@contextlib.contextmanager
+def service(backend: str, folder: Path, **settings: str) -> Iterator[tuple[str, str, dict]]:
+    """An API and a worker on `backend` (embedded or postgres, on a new database): yields the
+    API's URL, a token, and the processes by name; stops them and drops the database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LSQ_", "DATABASE_URL"))}
     env |= {
         "LSQ_DATA_DIR": str(folder),
         "LSQ_QUEUE": f"lsq-load-{uuid.uuid4().hex[:8]}",
-        "LSQ_MAX_QUEUED_PER_OWNER": str(jobs + 1),
         "LSQ_REQUESTS_PER_SECOND": "100000",
         "LSQ_REQUEST_BURST": "100000",
         "LSQ_HEARTBEAT_SECONDS": "1",
         "LSQ_LEASE_SECONDS": "10",
-        "OMP_NUM_THREADS": "1",
+        "LSQ_TORCH_THREADS": "1",
+        **settings,
     }
     database = None
     if backend == "postgres":
@@ -134,13 +139,26 @@ def run(backend: str, clients: int, jobs: int, folder: Path) -> None:
         [sys.executable, "-m", "worker.cli", "token", "create", "load"], env=env, cwd=ROOT,
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()[-1]  # fmt: skip
-    procs = [
-        lsq("api", "--port", str(port), "--access-log", "writes", "--log-level", "warning",
-            env=env, log=folder / "api.log"),
-        lsq("worker", "--no-banner", "--log-level", "warning", env=env, log=folder / "worker.log"),
-    ]  # fmt: skip
+    procs = {
+        "api": lsq("api", "--port", str(port), "--access-log", "writes", "--log-level",
+                   "warning", env=env, log=folder / "api.log"),
+        "worker": lsq("worker", "--no-banner", "--log-level", "warning", env=env,
+                      log=folder / "worker.log"),
+    }  # fmt: skip
     try:
         _wait_ready(url)
+        yield url, token, procs
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(120)
+        if database:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def run(backend: str, clients: int, jobs: int, folder: Path) -> None:
+    with service(backend, folder, LSQ_MAX_QUEUED_PER_OWNER=str(jobs + 1)) as (url, token, _):
         load = Load(url, token)
         keys = [f"load-{i}" for i in range(jobs)]
         started = time.perf_counter()
@@ -149,13 +167,6 @@ def run(backend: str, clients: int, jobs: int, folder: Path) -> None:
         seconds = time.perf_counter() - started
         _report(backend, clients, jobs, seconds, load)
         _verify(url, token, load, timeout=60 + 3 * jobs)
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(120)
-        if database:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 def _wait_ready(url: str) -> None:

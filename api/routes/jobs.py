@@ -86,8 +86,7 @@ def list_jobs(
 
 @router.get("/{job_id}", responses=NOT_FOUND, summary="A job with its epochs so far")
 def get_job(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> JobDetail:
-    job = store.get_job(session, job_id, owner=owner, with_epochs=True)
-    return JobDetail.of(job, health=store.health_history(session, job_id))
+    return JobDetail.of(store.get_job(session, job_id, owner=owner, with_epochs=True))
 
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")

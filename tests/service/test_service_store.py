@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, inspect, select, text, update
+from sqlalchemy import Engine, event, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0007"  # the newest migration in migrations/versions
+HEAD = "0008"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -312,6 +312,9 @@ def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
 # A spec exactly as this version of the service stores it (spec_version 1). Later versions of
 # lsq.spec must keep it readable: upgrade it (lsq.spec.UPGRADES), never reject it.
 STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").read_text())
+# Optional fields added since, without a version bump (a stored spec stays valid): a stored
+# spec runs with their defaults.
+ADDED_SINCE_V1 = {"dataset": {"image_size": None}, "training": {"compile": "auto"}}
 
 
 def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
@@ -326,7 +329,8 @@ def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
         job = store.get_job(session, job_id, with_epochs=True)
         assert JobDetail.of(job).spec == STORED_V1  # what GET /v1/jobs/{id} returns
         spec = ServiceJobSpec.model_validate(store.stored_spec(job))  # what the worker runs
-        assert spec.model_dump(mode="json") == STORED_V1
+        added = {k: {**STORED_V1[k], **v} for k, v in ADDED_SINCE_V1.items()}
+        assert spec.model_dump(mode="json") == {**STORED_V1, **added}
         assert spec.quantization.first_last == from_bits(8, signed=True)
 
 
@@ -434,3 +438,56 @@ def test_jobs_that_lost_their_message_are_found_for_republishing(db) -> None:
         session.execute(update(Job).where(Job.id == running).values(lease_expires_at=long_ago))
     with db.begin() as session:
         assert store.stale_jobs(session, utcnow() - timedelta(minutes=10)) == ([queued], [running])
+
+
+def _health(zero: float, step: float) -> list[dict]:
+    shares = [(1 - zero) / 2, zero, (1 - zero) / 2]
+    return [
+        {"layer": "conv", "kind": "weight", "step": step, "zero": zero, "levels": [-1, 0, 1],
+         "shares": shares},
+    ]  # fmt: skip
+
+
+def test_reading_a_job_is_one_query_whatever_its_epochs(db) -> None:
+    """GET /v1/jobs/{id}: the job joined with its epochs in one statement; its warnings were
+    computed when the epochs were written, from their quantizer health."""
+    job_id = add_job(db)
+    assert claim(db, job_id, "w1").outcome == "claimed"
+    with db.begin() as session:
+        for epoch, zero in enumerate([0.3, 0.5, 0.97], start=1):
+            health = _health(zero, step=0.1 * epoch)
+            metrics = EpochMetrics(**{**METRICS, "epoch": epoch, "quantizers": health})
+            assert store.record_epoch(session, job_id, "w1", metrics)
+    statements: list[str] = []
+    engine = db.kw["bind"]
+
+    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with db.begin() as session:
+            detail = JobDetail.of(store.get_job(session, job_id, owner=OWNER, with_epochs=True))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1 and "JOIN epochs" in selects[0], statements
+    assert [e.epoch for e in detail.epochs] == [1, 2, 3]
+    # the last epoch's weights collapsed; the step tripled (not 10x) and kept moving
+    assert detail.warnings == [
+        "conv (weight): 97% of the weights are 0, the step is too large (lower the step's "
+        "learning rate, or check its initialisation)"
+    ]
+
+
+def test_an_owners_list_is_read_by_index(db) -> None:
+    if db.kw["bind"].dialect.name != "sqlite":
+        pytest.skip("the plan of a tiny PostgreSQL table is a sequential scan whatever the index")
+    with db.begin() as session:
+        plan = session.execute(
+            text(
+                "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE owner = 'x' ORDER BY id DESC LIMIT 51"
+            )
+        ).all()
+    detail = " ".join(str(row[-1]) for row in plan)
+    assert "ix_jobs_owner_id" in detail and "TEMP B-TREE" not in detail, detail
