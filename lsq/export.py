@@ -4,7 +4,8 @@ The file holds, per quantized layer, ``weight_codes`` (int8 when the levels fit,
 or int32), the weight step(s) and the input step, and ``float_state`` with everything that
 stays in floating point (batch norm, biases, unquantized layers). ``load_integer`` rebuilds
 the network from the spec stored in the file and sets each weight to codes * step, so its
-predictions equal the fake-quantized model's.
+predictions equal the fake-quantized model's; those weights already lie on their grid, so it
+drops their quantizers (quantizing them again would change no value, only cost time).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def save_integer(model: nn.Module, spec: JobSpec, info: dict, path: Path) -> Non
 
 
 def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
-    """Rebuild the fake-quantized network from an integer export (eval mode, on the CPU)."""
+    """Rebuild the quantized network from an integer export (eval mode, on the CPU): weights
+    are codes * step, inputs are still fake-quantized."""
     data = checkpoint.load(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an LSQ integer export ({FORMAT})")
@@ -75,4 +77,6 @@ def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
         state[f"{name}.weight"] = codes * (step.reshape(-1, *[1] * (codes.dim() - 1)))
         state[f"{name}.weight_quantizer.step"] = layer["weight_step"]
     model.load_state_dict(state)
+    for name in data["layers"]:
+        model.get_submodule(name).weight_quantizer = None
     return model.eval(), spec

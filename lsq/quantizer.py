@@ -48,6 +48,10 @@ class _LsqFunction(torch.autograd.Function):
 
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, levels: LevelSet, n: int) -> torch.Tensor:
     """Fake-quantize v with step size(s) `step`; the step's gradient is scaled by 1/sqrt(n*Q_P)."""
+    if not (torch.is_grad_enabled() and (v.requires_grad or step.requires_grad)):
+        # Evaluation: the forward's own operations, in place, and nothing kept for a backward.
+        s = step.clamp_min(MIN_STEP)
+        return (v.float() / s).clamp_(-levels.q_n, levels.q_p).round_().mul_(s).to(v.dtype)
     g = 1.0 / math.sqrt(n * levels.q_p) if levels.q_p > 0 else 1.0 / math.sqrt(n * levels.q_n)
     return _LsqFunction.apply(v, step, levels.q_n, levels.q_p, g)
 

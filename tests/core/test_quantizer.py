@@ -123,6 +123,24 @@ def test_matches_the_plain_autograd_composition(levels):
     assert q.step.grad.item() == pytest.approx(s2.grad.item(), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("levels", [[-1, 0, 1], [0, 1, 2, 3], {"bits": 4, "signed": True}])
+@pytest.mark.parametrize("channels", [1, 8])
+def test_evaluation_gives_the_training_forward_bit_for_bit(levels, channels):
+    """Without autograd the quantizer takes a shorter path (in place, nothing saved): the
+    same values to the last bit, per tensor and per channel, steps at MIN_STEP included."""
+    torch.manual_seed(2)
+    q = lsq.LsqQuantizer(levels, channels=channels)
+    v = 3 * torch.randn(8, 5, 4, 4)
+    q.init_from(v)
+    with torch.no_grad():
+        q.step[0] = 0.0  # clamped to MIN_STEP by both paths
+    trained = q(v.clone().requires_grad_())
+    assert trained.grad_fn is not None
+    with torch.inference_mode():
+        evaluated = q(v)
+    assert evaluated.grad_fn is None and torch.equal(evaluated, trained.detach())
+
+
 def test_step_stays_positive_and_recovers():
     q = lsq.LsqQuantizer([-1, 0, 1])
     q._initialized = True
