@@ -7,11 +7,20 @@ from pathlib import Path
 from fastapi import HTTPException
 from fastapi.responses import FileResponse
 
-from lsq.files import CHECKPOINT, HEALTH_PLOT, METRICS, MODEL, MODEL_INT, PLOT, PLOT_SVG
+from lsq.files import (
+    CHECKPOINT,
+    HEALTH_PLOT,
+    METRICS,
+    MODEL,
+    MODEL_INT,
+    MODEL_ONNX,
+    PLOT,
+    PLOT_SVG,
+)
 
 from .config import Settings
 
-DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT)
+DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT)
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:

@@ -19,6 +19,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
     p.set_defaults(func=run_command)
 
+    p = subparsers.add_parser(
+        "export", help="check a quantized run's integer export; --onnx writes model.onnx"
+    )
+    p.add_argument("dir", type=Path, help="the run folder (holds model-int.pt and model.pt)")
+    p.add_argument("--onnx", action="store_true", help="write DIR/model.onnx")
+    p.set_defaults(func=export_command)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Print the integer export's size and compliance; with --onnx, write model.onnx."""
+    from . import export, outputs
+    from .files import MODEL, MODEL_INT, MODEL_ONNX
+
+    try:
+        size = export.check(export.read_integer(args.dir / MODEL_INT))
+        model, info = export.load_trained(args.dir / MODEL_INT, args.dir / MODEL)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
+        sys.exit(f"lsq export: {args.dir} holds no readable quantized run: {e}")
+    print(
+        f"{args.dir / MODEL_INT}: {size.model_bits} bits ({size.model_bits / 8e6:.3g} MB), "
+        f"{size.compression:.1f}x smaller than float32; "
+        + ("every code in its level set" if not size.violations else "; ".join(size.violations))
+    )
+    if args.onnx:
+        outputs.save_onnx(args.dir, model, info)
+        if not (args.dir / MODEL_ONNX).is_file():
+            sys.exit("lsq export: model.onnx could not be written (see the log above)")
+        print(f"wrote {args.dir / MODEL_ONNX}")
+    return 1 if size.violations else 0
+
 
 def run_command(args: argparse.Namespace) -> int:
     try:

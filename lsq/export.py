@@ -10,6 +10,8 @@ drops their quantizers (quantizing them again would change no value, only cost t
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 from . import checkpoint
 from .convert import quantize_as_specified
+from .data import DatasetInfo
 from .layers import QuantConv2d, QuantLinear
 from .networks import build_model
 from .quantizer import MIN_STEP
@@ -54,22 +57,62 @@ def integer_state(model: nn.Module) -> dict:
     return {"layers": layers, "float_state": float_state}
 
 
+@dataclass(frozen=True)
+class Compliance:
+    """What an integer export holds: its size, and any code outside its level set."""
+
+    model_bits: int  # codes at ceil(log2(levels)) bits, steps and the float rest at 32
+    float_bits: int  # the same network in float32
+    violations: list[str]
+
+    @property
+    def compression(self) -> float:
+        return self.float_bits / self.model_bits
+
+
+def check(state: dict) -> Compliance:
+    """Check an integer state (``integer_state`` or a loaded model-int.pt): every weight code
+    lies in its layer's level set [-Q_N, Q_P]; and measure the model's size in bits."""
+    bits = floats = 0
+    violations = []
+    for name, layer in state["layers"].items():
+        codes, step = layer["weight_codes"], layer["weight_step"]
+        low, high = layer["weight_levels"]
+        outside = int(((codes < low) | (codes > high)).sum())
+        if outside:
+            violations.append(f"{name}: {outside} weight codes outside [{low}, {high}]")
+        bits += codes.numel() * math.ceil(math.log2(high - low + 1)) + 32 * step.numel()
+        floats += 32 * codes.numel()
+    rest = sum(32 * v.numel() for v in state["float_state"].values() if v.is_floating_point())
+    return Compliance(bits + rest, floats + rest, violations)
+
+
 def save_integer(model: nn.Module, spec: JobSpec, info: dict, path: Path) -> None:
     """Write the integer export of a trained quantized `model` built from `spec`."""
     payload = {"format": FORMAT, "spec": spec.model_dump(mode="json"), "dataset": info}
     checkpoint.save_atomic({**payload, **integer_state(model)}, path)
 
 
-def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
-    """Rebuild the quantized network from an integer export (eval mode, on the CPU): weights
-    are codes * step, inputs are still fake-quantized."""
+def read_integer(path: str | Path) -> dict:
+    """The contents of an integer export (ValueError when it is not one)."""
     data = checkpoint.load(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an LSQ integer export ({FORMAT})")
+    return data
+
+
+def _network(data: dict) -> tuple[nn.Module, JobSpec]:
     spec = JobSpec.model_validate(data["spec"])
     info = data["dataset"]
     model = build_model(spec.model.arch, info["num_classes"], info["in_channels"])
-    model = quantize_as_specified(model, spec.quantization)
+    return quantize_as_specified(model, spec.quantization), spec
+
+
+def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
+    """Rebuild the quantized network from an integer export (eval mode, on the CPU): weights
+    are codes * step, inputs are still fake-quantized."""
+    data = read_integer(path)
+    model, spec = _network(data)
     state = dict(data["float_state"])
     for name, layer in data["layers"].items():
         step = layer["weight_step"]
@@ -80,3 +123,12 @@ def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
     for name in data["layers"]:
         model.get_submodule(name).weight_quantizer = None
     return model.eval(), spec
+
+
+def load_trained(int_path: str | Path, model_path: str | Path) -> tuple[nn.Module, DatasetInfo]:
+    """A finished run's quantized network as trained (its model.pt, every quantizer in place,
+    eval mode, CPU) and its dataset's shape, from the spec its integer export records."""
+    data = read_integer(int_path)
+    model, _ = _network(data)
+    model.load_state_dict(checkpoint.load(model_path))
+    return model.eval(), DatasetInfo(**data["dataset"])

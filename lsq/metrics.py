@@ -88,6 +88,12 @@ class RunResult(_Record):
     init_top5: float | None = None
     drop_top1: float | None = Field(None, description="init_top1 - final_top1, in points")
     drop_top5: float | None = None
+    model_bits: int | None = Field(
+        None,
+        description="Quantized jobs: the model's size in bits (codes at their level sets' "
+        "bit width, steps and the rest in float32)",
+    )
+    compression: float | None = Field(None, description="float32 size / model_bits")
 
     @classmethod
     def of(cls, epochs: list[EpochMetrics], init: Accuracy | None) -> RunResult:
@@ -159,4 +165,8 @@ def summary_line(title: str, result: RunResult) -> str:
     line = f"{title}: test top-1 {result.final_top1:.2f}%"
     if result.drop_top1 is not None:
         line += f", drop {result.drop_top1:.2f} points from {result.init_top1:.2f}%"
+    if result.model_bits is not None:
+        line += (
+            f"; {result.model_bits / 8e6:.3g} MB, {result.compression:.1f}x smaller than float32"
+        )
     return line

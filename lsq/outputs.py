@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from . import checkpoint, export, plot
+from . import checkpoint, export, onnx_export, plot
 from .data import DatasetInfo
-from .files import CHECKPOINT, HEALTH_PLOT, METRICS, MODEL, MODEL_INT, PLOT, PLOT_SVG, atomic_file
+from .files import (
+    CHECKPOINT,
+    HEALTH_PLOT,
+    METRICS,
+    MODEL,
+    MODEL_INT,
+    MODEL_ONNX,
+    PLOT,
+    PLOT_SVG,
+    atomic_file,
+)
 from .loop import Trainer
 from .metrics import Accuracy, EpochMetrics, RunMetrics
 from .spec import JobSpec
@@ -77,8 +88,21 @@ def save_final(
     checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out / MODEL)
     if spec.quantization.enabled:
         export.save_integer(model, spec, dataclasses.asdict(info), out / MODEL_INT)
+        save_onnx(out, model, info)
     save_plots(out, spec, metrics.epochs)
     write_metrics(out, metrics)
+
+
+def save_onnx(out: Path, model: nn.Module, info: DatasetInfo) -> None:
+    """model.onnx, written whole; a model the exporter cannot take is a warning, never the
+    run's failure (its model.pt and integer export stand)."""
+    tmp = out / f".{MODEL_ONNX}.tmp"
+    try:
+        onnx_export.export_onnx(model, info.in_channels, info.image_size, tmp)
+        os.replace(tmp, out / MODEL_ONNX)
+    except Exception:
+        log.exception("model.onnx could not be written")
+        tmp.unlink(missing_ok=True)
 
 
 def save_plots(out: Path, spec: JobSpec, epochs: list[EpochMetrics]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, outputs
+from . import checkpoint, distributed, export, outputs
 from .convert import quantize_as_specified
 from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
@@ -114,6 +114,13 @@ def _finish(
     start: Accuracy | None,
 ) -> RunResult:
     result = RunResult.of(epochs, start)
+    if spec.quantization.enabled:
+        size = export.check(export.integer_state(model))
+        if size.violations:  # the codes come from a clamp: this would be a bug, say so loudly
+            raise RuntimeError(f"integer export out of its level sets: {size.violations}")
+        result = result.model_copy(
+            update={"model_bits": size.model_bits, "compression": size.compression}
+        )
     outputs.save_final(out, spec, model, info, RunMetrics(epochs=epochs, result=result))
     return result
 

@@ -1,0 +1,74 @@
+"""ONNX export of a quantized network: a standard graph that onnxruntime (or any ONNX runtime)
+runs, with each quantized tensor as Clip -> QuantizeLinear -> DequantizeLinear.
+
+The clip enforces the level set ([-Q_N * s, Q_P * s], per channel for per-channel weights), and
+QuantizeLinear rounds to the integer code (int8, zero point 0) that DequantizeLinear scales
+back, so the graph computes what the fake-quantized model does. Level sets must fit int8
+(Q_N <= 128, Q_P <= 127). The exporter is torch's TorchScript one (its dynamo exporter cannot
+trace the quantize ops with tensor scales), opset 17.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .layers import QuantConv2d, QuantLinear
+from .quantizer import MIN_STEP, LsqQuantizer
+
+OPSET = 17
+
+
+class _QuantizeDequantize(nn.Module):
+    """What an LsqQuantizer computes, in the ops ONNX has (Clip, QuantizeLinear, ...)."""
+
+    def __init__(self, q: LsqQuantizer) -> None:
+        super().__init__()
+        if q.q_n > 128 or q.q_p > 127:
+            raise ValueError(f"ONNX export: levels {q.levels} do not fit int8 (-128..127)")
+        self.q_n, self.q_p = q.q_n, q.q_p
+        step = q.step.detach().clamp_min(MIN_STEP).float().cpu()
+        self.register_buffer("step", step)
+        self.per_channel = step.numel() > 1
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if not self.per_channel:
+            s = float(self.step)
+            v = torch.clamp(v, -self.q_n * s, self.q_p * s)
+            return torch.fake_quantize_per_tensor_affine(v, s, 0, -128, 127)
+        s = self.step.reshape(-1, *[1] * (v.dim() - 1))
+        v = torch.maximum(torch.minimum(v, self.q_p * s), -self.q_n * s)
+        zero = torch.zeros(len(self.step), dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(v, self.step, zero, 0, -128, 127)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A copy of the quantized `model` (eval mode, CPU) whose quantizers are ONNX ops."""
+    model = copy.deepcopy(model).cpu().eval()
+    for layer in model.modules():
+        if isinstance(layer, QuantConv2d | QuantLinear):
+            for side in ("weight_quantizer", "input_quantizer"):
+                q = getattr(layer, side)
+                if q is not None:
+                    setattr(layer, side, _QuantizeDequantize(q))
+    return model
+
+
+def export_onnx(model: nn.Module, in_channels: int, image_size: int, path: Path) -> None:
+    """Write `model` (quantized, as trained) to `path` as ONNX: input `images` (N, C, H, W)
+    normalised as for training, output `logits` (N, classes); the batch size is free."""
+    example = torch.zeros(2, in_channels, image_size, image_size)
+    with torch.no_grad():
+        torch.onnx.export(
+            exportable(model),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
