@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from torch import nn
@@ -28,6 +29,7 @@ def quantize_model(
     first_last: Any = "float",
     per_channel: bool = False,
     inplace: bool = False,
+    layers: dict[str, dict[str, Any]] | None = None,
 ) -> nn.Module:
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
@@ -38,6 +40,9 @@ def quantize_model(
     - The first layer's input is a normalised image and so signed: an unsigned activation set
       there is replaced by the signed set with as many levels ([0,1,2,3] -> [-2,-1,0,1]).
       Every other quantized layer's input is taken to be post-ReLU (true of all our networks).
+    - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
+      "activation": levels}}`` (a side left out keeps its level set, None is float); the first
+      matching pattern applies, after ``first_last``.
     - The activation step is initialised from the first training batch; weight steps now.
     """
     weight_levels = parse_levels(weight) if weight is not None else None
@@ -50,11 +55,11 @@ def quantize_model(
         if twin is None:
             continue
         w, a = weight_levels, act_levels
-        if name in (first, last):
-            if first_last == "float":
-                continue
-            if first_last != "same":
-                w = a = parse_levels(first_last)
+        if name in (first, last) and first_last == "float":
+            w = a = None
+        elif name in (first, last) and first_last != "same":
+            w = a = parse_levels(first_last)
+        w, a = _override(name, w, a, layers or {})
         if name == first and a is not None:
             a = a.as_signed()
         if w is None and a is None:
@@ -63,12 +68,28 @@ def quantize_model(
     return model
 
 
+def _override(name: str, w: Any, a: Any, layers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    for pattern, sides in layers.items():
+        if fnmatchcase(name, pattern):
+            w = _levels(sides["weight"]) if "weight" in sides else w
+            a = _levels(sides["activation"]) if "activation" in sides else a
+            break
+    return w, a
+
+
+def _levels(value: Any) -> LevelSet | None:
+    return None if value is None else parse_levels(value)
+
+
 def quantize_as_specified(model: nn.Module, q: QuantizationSpec) -> nn.Module:
     """A job spec's `quantization` applied to `model` in place (unchanged when it is off)."""
     if not q.enabled:
         return model
     per_channel = q.granularity == "per_channel"
-    return quantize_model(model, q.weight, q.activation, q.first_last, per_channel, inplace=True)
+    layers = {pattern: o.given() for pattern, o in q.layers.items()}
+    return quantize_model(
+        model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers
+    )
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -8,6 +8,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from .archs import layer_names
 from .levels import ACCEPTED, Levels, LevelSet, parse_levels
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
@@ -162,6 +164,20 @@ class ModelSpec(_Strict):
     )
 
 
+class LayerLevels(_Strict):
+    """Levels for the layers a pattern matches: a side given (null = full precision) replaces
+    the job's; a side left out keeps it."""
+
+    weight: Levels | None = None
+    activation: Levels | None = None
+
+    def given(self) -> dict[str, LevelSet | None]:
+        return {side: getattr(self, side) for side in sorted(self.model_fields_set)}
+
+
+MAX_LAYER_PATTERNS = 64
+
+
 class QuantizationSpec(_Strict):
     weight: Levels | None = Field(None, description="Weight levels; null = full precision")
     activation: Levels | None = Field(None, description="Activation levels; null = full precision")
@@ -169,17 +185,27 @@ class QuantizationSpec(_Strict):
     granularity: Literal["per_tensor", "per_channel"] = Field(
         "per_tensor", description="One weight step per layer or per output channel"
     )
+    layers: dict[_text(200), LayerLevels] = Field(  # type: ignore[valid-type]
+        {},
+        max_length=MAX_LAYER_PATTERNS,
+        description="Per-layer levels (mixed precision): a glob of module names (`lsq layers "
+        "ARCH` lists them) to {weight, activation}; the first pattern that matches a layer "
+        "applies, after first_last",
+    )
 
     @property
     def enabled(self) -> bool:
-        return self.weight is not None or self.activation is not None
+        sides = [self.weight, self.activation]
+        sides += [v for o in self.layers.values() for v in o.given().values()]
+        return any(v is not None for v in sides)
 
     def describe(self) -> str:
         """E.g. 'W[-1,0,1] A[0,1,2,3], first/last float' or 'full precision'."""
         if not self.enabled:
             return "full precision"
         sides = [f"{k}{v}" for k, v in (("W", self.weight), ("A", self.activation)) if v]
-        return f"{' '.join(sides)}, first/last {self.first_last}"
+        more = f", {len(self.layers)} per-layer override(s)" if self.layers else ""
+        return f"{' '.join(sides) or 'float'}, first/last {self.first_last}{more}"
 
 
 class TrainingSpec(_Strict):
@@ -236,6 +262,21 @@ class JobSpec(_Strict):
             return cls.model_validate(data)
         except ValidationError as e:
             raise SpecError(f"{path} is not a valid job spec", describe_errors(e, cls)) from None
+
+    @model_validator(mode="after")
+    def _layer_patterns_match(self) -> Self:
+        names = layer_names(self.model.arch)
+        unknown = [p for p in self.quantization.layers if not any(fnmatchcase(n, p) for n in names)]
+        if unknown:
+            shown = ", ".join(names[:12]) + (
+                f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            )
+            raise ValueError(
+                f"quantization.layers: {', '.join(map(repr, unknown))} matches no layer of "
+                f"{self.model.arch}; its quantizable layers are {shown} (lsq layers "
+                f"{self.model.arch})"
+            )
+        return self
 
     def describe(self) -> str:
         """E.g. 'fp: resnet20 on cifar10, full precision'."""

@@ -2,6 +2,7 @@
 
 lsq run SPEC [--out DIR] | --resume DIR    run a job spec on this machine (lsq.cli)
 lsq export DIR [--onnx]                    check a run's integer export; write model.onnx
+lsq layers ARCH [--dataset NAME]           a network's quantizable layers (quantization.layers)
 lsq serve [--host H] [--port P] [--demo]   API + one worker on this machine
 lsq api [--host H] [--port P]              the API alone (api.cli)
 lsq worker [--gpus 0,1]                    a worker (one process per listed GPU)

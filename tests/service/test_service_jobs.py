@@ -7,12 +7,13 @@ import signal
 from datetime import datetime
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
 from api.config import Settings
 from api.queue import RUN_JOB
-from lsq.export import load_integer
+from lsq.export import load_integer, read_integer
 from worker.app import make_celery
 
 from .conftest import Service, tiny_spec
@@ -37,6 +38,7 @@ def job_count(service: Service) -> int:
         ({"model": {"init": {"job": 999999}}}, "model.init.job"),  # no such job
         ({"model": {"init": {"job": 0}}}, "model.init.job"),  # not an id
         ({"model": {"init": 5}}, "model.init"),  # neither a path nor {job: ID}
+        ({"quantization": {"weight": [-1, 0, 1], "layers": {"layer9.*": {}}}}, "body"),
     ],
 )
 def test_a_bad_spec_gets_422_naming_the_field_and_creates_no_job(
@@ -82,7 +84,11 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
         tiny_spec(
             "2bit",
             model={"init": {"job": fp["id"]}},
-            quantization={"weight": [-2, -1, 0, 1], "activation": [0, 1, 2, 3]},
+            quantization={
+                "weight": [-2, -1, 0, 1],
+                "activation": [0, 1, 2, 3],
+                "layers": {"layers.0.*": {"weight": [-1, 0, 1]}},  # mixed precision
+            },
             training={"epochs": 2, "lr": 0.01},
         )
     )
@@ -107,7 +113,7 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
 
     listed = service.http.get(f"/v1/jobs/{q['id']}/artifacts").json()
     names = {a["name"] for a in listed}
-    assert {"checkpoint.pt", "model-int.pt", "model.pt", "metrics.json"} <= names
+    assert {"checkpoint.pt", "model-int.pt", "model.onnx", "model.pt", "metrics.json"} <= names
     for artifact in listed:
         response = service.http.get(artifact["url"])
         assert response.status_code == 200 and len(response.content) == artifact["size"]
@@ -115,6 +121,15 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
     model, spec = load_integer(tmp_path / "model-int.pt")
     assert spec.name == "2bit" and spec.quantization.weight.levels == [-2, -1, 0, 1]
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+    layers = read_integer(tmp_path / "model-int.pt")["layers"]
+    assert layers["layers.0.conv1"]["weight_levels"] == [-1, 1]
+    assert layers["layers.1.conv1"]["weight_levels"] == [-2, 1]
+    onnx_model = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        predicted = model(x).argmax(1).tolist()
+    assert onnx_model.run(["logits"], {"images": x.numpy()})[0].argmax(1).tolist() == predicted
+    assert q["result"]["compression"] > 10
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epochs"][-1]["epoch"] == 2
     assert service.http.get(f"/v1/jobs/{q['id']}/artifacts/spec.txt").status_code == 404
     assert service.http.get(f"/v1/jobs/{q['id']}/artifacts/..%2Flsq.db").status_code == 404

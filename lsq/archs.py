@@ -1,0 +1,28 @@
+"""Each network's quantizable layers (its Conv2d and Linear modules) by name, without building
+it: torch-free, so the API checks `quantization.layers` patterns in microseconds. A test
+compares these names with the real modules of every network in lsq.networks."""
+
+from __future__ import annotations
+
+CIFAR_DEPTHS = (20, 32, 44, 56)
+# torchvision's ResNets: blocks per stage, and convs per block (basic 2, bottleneck 3)
+TORCHVISION = {"resnet18": ((2, 2, 2, 2), 2), "resnet34": ((3, 4, 6, 3), 2)}
+TORCHVISION["resnet50"] = ((3, 4, 6, 3), 3)
+
+
+def layer_names(arch: str) -> list[str]:
+    """The names of `arch`'s Conv2d and Linear modules, in registration order."""
+    if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
+        blocks = 3 * (int(arch[6:]) - 2) // 6
+        convs = [f"layers.{i}.conv{c}" for i in range(blocks) for c in (1, 2)]
+        return ["conv1", *convs, "fc"]
+    stages, per_block = TORCHVISION[arch]
+    names = ["conv1"]
+    for stage, count in enumerate(stages, start=1):
+        for block in range(count):
+            prefix = f"layer{stage}.{block}"
+            names += [f"{prefix}.conv{c}" for c in range(1, per_block + 1)]
+            # the first block of a stage projects its shortcut, except where shapes agree
+            if block == 0 and (stage > 1 or per_block == 3):
+                names.append(f"{prefix}.downsample.0")
+    return [*names, "fc"]

@@ -1,0 +1,120 @@
+"""Per-layer levels (mixed precision): `quantization.layers` patterns, matched against the
+networks' real module names; `lsq layers`."""
+
+import pytest
+import torch
+from jobs import synthetic_spec as spec
+from pydantic import ValidationError
+from torch import nn
+
+from lsq import cli, export
+from lsq.archs import layer_names
+from lsq.convert import quantize_as_specified
+from lsq.networks import ARCHS, build_model
+from lsq.spec import JobSpec, QuantizationSpec
+from lsq.train import run
+
+W, A = [-1, 0, 1], [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_the_torch_free_names_are_the_networks_real_ones(arch: str) -> None:
+    with torch.device("meta"):
+        model = build_model(arch, 10, 3)
+    real = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    assert layer_names(arch) == real
+
+
+def levels_of(model: nn.Module, name: str) -> tuple:
+    layer = model.get_submodule(name)
+    w, a = layer.weight_quantizer, layer.input_quantizer
+    return (w and w.levels.levels), (a and a.levels.levels)
+
+
+def test_overrides_apply_in_order_after_first_last_and_leave_the_other_side() -> None:
+    q = QuantizationSpec.model_validate(
+        {
+            "weight": W,
+            "activation": A,
+            "first_last": "float",
+            "layers": {
+                "layers.0.conv1": {"weight": {"bits": 4, "signed": True}},  # first match wins
+                "layers.0.*": {"activation": None},
+                "layers.8.conv2": {"weight": None, "activation": None},  # all float
+                "fc": {"weight": [-1, 0, 1]},  # the last layer: float by first_last, then this
+            },
+        }
+    )
+    model = quantize_as_specified(build_model("resnet20", 10, 3), q)
+    assert levels_of(model, "layers.0.conv1") == (list(range(-8, 8)), A)
+    assert levels_of(model, "layers.0.conv2") == (W, None)
+    assert levels_of(model, "layers.4.conv1") == (W, A)
+    assert isinstance(model.get_submodule("layers.8.conv2"), nn.Conv2d)  # left a float conv
+    assert levels_of(model, "fc") == (W, None)
+    assert isinstance(model.get_submodule("conv1"), nn.Conv2d)
+    assert "4 per-layer override(s)" in q.describe()
+
+
+def test_overrides_alone_quantize_and_the_first_layers_input_stays_signed() -> None:
+    q = QuantizationSpec.model_validate({"layers": {"conv1": {"activation": A}}})
+    assert q.enabled
+    model = quantize_as_specified(build_model("resnet20", 10, 3), q)
+    assert levels_of(model, "conv1") == (None, [-2, -1, 0, 1])  # an image is signed
+    assert isinstance(model.get_submodule("layers.0.conv1"), nn.Conv2d)
+
+
+def test_a_pattern_matching_no_layer_is_refused_naming_it_and_the_layers() -> None:
+    body = {
+        "name": "x",
+        "dataset": {"name": "cifar10"},
+        "model": {"arch": "resnet20"},
+        "quantization": {"weight": W, "layers": {"layers.*": {}, "layer1.*": {}, "fc": {}}},
+    }
+    with pytest.raises(ValidationError) as e:
+        JobSpec.model_validate(body)
+    message = str(e.value)
+    assert "'layer1.*' matches no layer of resnet20" in message
+    assert "conv1, layers.0.conv1" in message and "(20 in all)" in message
+    assert "lsq layers resnet20" in message
+    body["model"]["arch"] = "resnet18"  # torchvision's names: layer1.0.conv1, ...
+    body["quantization"]["layers"] = {"layer1.*": {}, "fc": {}}
+    JobSpec.model_validate(body)
+
+
+def test_overrides_are_bounded_and_strict() -> None:
+    many = {f"layers.{i}.conv1": {} for i in range(65)}
+    with pytest.raises(ValidationError, match="at most 64"):
+        QuantizationSpec.model_validate({"layers": many})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        QuantizationSpec.model_validate({"layers": {"fc": {"bits": 2}}})
+    with pytest.raises(ValidationError):
+        QuantizationSpec.model_validate({"layers": {"fc": {"weight": [0, 5]}}})
+
+
+def test_a_mixed_precision_run_exports_each_layers_own_levels(fp_model, tmp_path) -> None:
+    quant = {
+        "weight": W,
+        "activation": A,
+        "layers": {"layers.[0-2].*": {"weight": {"bits": 4, "signed": True}}},
+    }
+    run(spec(init=fp_model, quant=quant, epochs=1), tmp_path)
+    layers = export.read_integer(tmp_path / "model-int.pt")["layers"]
+    assert layers["layers.0.conv1"]["weight_levels"] == [-8, 7]
+    assert layers["layers.2.conv2"]["weight_levels"] == [-8, 7]
+    assert layers["layers.3.conv1"]["weight_levels"] == [-1, 1]
+    codes = layers["layers.1.conv1"]["weight_codes"]
+    assert codes.min() >= -8 and codes.max() <= 7 and len(codes.unique()) > 3
+    assert export.check(export.read_integer(tmp_path / "model-int.pt")).violations == []
+
+
+def test_lsq_layers_lists_names_shapes_and_parameters(capsys) -> None:
+    assert cli.main(["layers", "resnet20", "--dataset", "fashion-mnist"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "resnet20 for fashion-mnist (1 channel(s), 10 classes):"
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == layer_names("resnet20")
+    assert rows["conv1"].split()[-2:] == ["144", "(first)"]  # 16 x 1 x 3 x 3
+    assert rows["fc"].split()[-2:] == ["650", "(last)"]  # 10 x 64 + 10
+    assert "(32, 16, 3, 3)" in rows["layers.3.conv1"]
+    with pytest.raises(SystemExit):
+        cli.main(["layers", "vgg16"])
