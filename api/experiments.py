@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -94,6 +95,18 @@ class Reference(_Strict):
     test_top5: float | None = Field(None, ge=0, le=100)
 
 
+class DistillOptions(_Strict):
+    """The baseline teaches every variant (training.distill with the baseline as teacher)."""
+
+    temperature: float = Field(1.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term")
+
+
+def _options(value: Any) -> Any:
+    """`distill: true` is the default options, `false` none."""
+    return {True: {}, False: None}.get(value, value) if isinstance(value, bool) else value
+
+
 class ExperimentSpec(_Strict):
     """A baseline and variants of a base job spec; every variant runs once per seed."""
 
@@ -113,6 +126,11 @@ class ExperimentSpec(_Strict):
         description="Override objects one by one, e.g. {quantization: {...}}; each may carry "
         "`name` and `reference: {test_top1, test_top5}`",
         max_length=64,
+    )
+    distill: Annotated[DistillOptions | None, BeforeValidator(_options)] = Field(
+        None,
+        description="true (temperature 1, alpha 0.5, as the LSQ paper) or {temperature, alpha}: "
+        "the baseline is every variant's distillation teacher",
     )
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
         None, min_length=1, max_length=MAX_SEEDS, description="Run every variant once per seed"
@@ -153,6 +171,7 @@ class Variant:
 class Plan:
     baseline: ServiceJobSpec | None  # the job to train, for {train: true}
     variants: list[Variant]
+    distill: dict[str, float] | None = None  # the variants' training.distill, but the teacher
 
     def specs(self) -> list[tuple[str, ServiceJobSpec]]:
         """Every job spec with the request's field it came from."""
@@ -167,7 +186,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
     overrides = _overrides(exp)
     for where, change, _, _ in overrides:
-        _not_set_here(where, change)
+        _not_set_here(where, change, exp.distill is not None)
     base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
     seeds = exp.seeds or [base.training.seed]
     if len(set(seeds)) != len(seeds):
@@ -194,7 +213,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_validated(spec, where))
         variants.append(Variant(where, index, reference, specs))
-    return Plan(baseline, variants)
+    return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
 
 
 # What an experiment sets itself in every job: a variant changing them would be overwritten.
@@ -202,8 +221,10 @@ SET_BY_EXPERIMENT = {"name": "the experiment names its jobs", "model.init": "the
                      "training.seed": "`seeds`"}  # fmt: skip
 
 
-def _not_set_here(where: str, change: dict[str, Any]) -> None:
+def _not_set_here(where: str, change: dict[str, Any], distill: bool) -> None:
     for path in _flatten(change):
+        if distill and path.startswith("training.distill"):
+            raise InvalidField(f"{where}.{path}", "set by the experiment: use `distill`")
         if path in SET_BY_EXPERIMENT or path.startswith("model.init."):
             why = SET_BY_EXPERIMENT.get(path, "the baseline")
             raise InvalidField(f"{where}.{path}", f"set by the experiment: use {why}")

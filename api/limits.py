@@ -32,13 +32,16 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_files(spec: JobSpec, settings: Settings) -> None:
-    """The dataset folder and a model.init path must be readable under LSQ_DATA_ROOTS."""
+    """The dataset folder, a model.init path and a teacher's must be under LSQ_DATA_ROOTS."""
     folder = spec.dataset.root or DEFAULT_ROOTS.get(spec.dataset.name)
     if folder is not None:
         check_file("dataset.root", folder, settings)
     init = spec.model.init
     if isinstance(init, str) and init != "pretrained":
         check_file("model.init", init, settings)
+    teacher = spec.training.distill.teacher if spec.training.distill else None
+    if isinstance(teacher, str) and teacher != "pretrained":
+        check_file("training.distill.teacher", teacher, settings)
 
 
 def check_file(field: str, path: str, settings: Settings) -> None:

@@ -1,8 +1,9 @@
-"""The job spec as the service accepts it: lsq's JobSpec, with one more kind of `model.init`.
+"""The job spec as the service accepts it: lsq's JobSpec, where a model may also be another job's.
 
-A spec submitted to the service may start from another job's final model, `{job: ID}`; the
-worker resolves it to that job's model.pt before handing the core a plain `lsq.spec.JobSpec`.
-Everything else is the core's model, not a copy of it.
+A spec submitted to the service may start from another job's final model (`model.init:
+{job: ID}`) and distil from one (`training.distill.teacher: {job: ID}`); the worker resolves
+each to that job's model.pt before handing the core a plain `lsq.spec.JobSpec`. Everything
+else is the core's model, not a copy of it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from lsq.spec import JobSpec, ModelSpec, Path_
+from lsq.spec import DistillSpec, JobSpec, ModelSpec, Path_, TrainingSpec
 
 # Job ids are 32-bit integers in the service's schema.
 MAX_JOB_ID = 2**31 - 1
@@ -52,21 +53,45 @@ class ServiceModelSpec(ModelSpec):
     )
 
 
+class ServiceDistillSpec(DistillSpec):
+    teacher: ServiceInit = Field(
+        description="'pretrained', the path of a model.pt of the same arch, or {job: ID}"
+    )
+
+
+class ServiceTrainingSpec(TrainingSpec):
+    distill: ServiceDistillSpec | None = Field(
+        None, description="Learn from a teacher's softened outputs as well as from the labels"
+    )
+
+
 class ServiceJobSpec(JobSpec):
     """A quantize-and-evaluate job submitted to the service (see lsq.spec.JobSpec)."""
 
     model: ServiceModelSpec
+    training: ServiceTrainingSpec = ServiceTrainingSpec()
 
 
-def source_job(spec: ServiceJobSpec) -> int | None:
-    """The id of the job whose final model this one starts from, if any."""
-    init = spec.model.init
-    return init.job if isinstance(init, JobRef) else None
+# The fields where a spec may name another job's final model.
+MODEL_FIELDS = ("model.init", "training.distill.teacher")
 
 
-def for_the_core(spec: ServiceJobSpec, source_model: str | None) -> JobSpec:
-    """The core's JobSpec, with `{job: ID}` replaced by the path of that job's model."""
+def _at(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def source_jobs(spec: dict[str, Any]) -> dict[str, int]:
+    """Field -> id of each job whose final model a spec (a JSON object, as stored) uses."""
+    found = {field: _at(spec, field) for field in MODEL_FIELDS}
+    return {f: v["job"] for f, v in found.items() if isinstance(v, dict) and "job" in v}
+
+
+def for_the_core(spec: ServiceJobSpec, models: dict[str, str]) -> JobSpec:
+    """The core's JobSpec, each `{job: ID}` replaced by the path of that job's model."""
     data = spec.model_dump(mode="json")
-    if source_model is not None:
-        data["model"]["init"] = source_model
+    for field, path in models.items():
+        *parents, last = field.split(".")
+        _at(data, ".".join(parents))[last] = path
     return JobSpec.model_validate(data)

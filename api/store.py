@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warning
 from lsq.spec import upgrade_spec
 
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
-from .spec import MAX_JOB_ID, ServiceJobSpec, source_job
+from .spec import MAX_JOB_ID, ServiceJobSpec, source_jobs
 
 
 class JobNotFound(LookupError):
@@ -88,18 +88,17 @@ def submit_job(
 
 
 def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
-    """A ``model.init: {job: ID}`` must name a job of the same owner that can still succeed."""
-    source_id = source_job(spec)
-    if source_id is None:
-        return
-    source = session.get(Job, source_id)
-    if source is None or source.owner != owner:
-        raise InvalidField("model.init.job", f"job {source_id} does not exist")
-    if source.status in (JobStatus.failed, JobStatus.cancelled):
-        raise InvalidField(
-            "model.init.job",
-            f"job {source.id} ended {source.status}; it has no final model to start from",
-        )
+    """A ``{job: ID}`` (model.init, the teacher) must name a job of the same owner that can
+    still succeed."""
+    for field, source_id in source_jobs(spec.model_dump(mode="json")).items():
+        source = session.get(Job, source_id)
+        if source is None or source.owner != owner:
+            raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
+        if source.status in (JobStatus.failed, JobStatus.cancelled):
+            raise InvalidField(
+                f"{field}.job",
+                f"job {source.id} ended {source.status}; it has no final model to use",
+            )
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -236,12 +235,14 @@ def create_experiment(
     *,
     start: int | str | None,
     max_unfinished: int,
+    distill: dict[str, float] | None = None,
     key: str | None = None,
     key_expiry: timedelta = timedelta(days=1),
 ) -> tuple[Experiment, bool]:
     """Store an experiment and its jobs: the baseline to train (if any), then each variant's,
-    starting from `start` (the baseline's job id, or a model path) unless it is None. For an
-    Idempotency-Key seen before with the same request, the experiment it made (False)."""
+    starting from `start` (the baseline's job id, or a model path) unless it is None, and with
+    `distill`, taught by it. For an Idempotency-Key seen before with the same request, the
+    experiment it made (False)."""
     if key is not None:  # keys of experiments and of jobs live apart
         key = f"experiment:{key}"
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
@@ -266,6 +267,8 @@ def create_experiment(
         init = {"job": start} if isinstance(start, int) else start
         data = spec.model_dump(mode="json")
         data["model"]["init"] = init
+        if distill is not None:
+            data["training"]["distill"] = {**distill, "teacher": init}
         job = _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
         first = first or job
     if key is not None:  # the key names the experiment through its first variant's job

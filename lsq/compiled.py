@@ -90,6 +90,7 @@ class StepCompiler:
         except Exception as e:  # noqa: BLE001 - any compiler failure: train on, eagerly
             log.warning("torch.compile failed (%s): training in eager mode", str(e)[:500])
             self.compiled, self.state = None, "settled"
+            self.compile_seconds += self._now() - start  # not training time either
             return run(self.eager)
         self.compile_seconds += self._now() - start
         self.state = "timing_compiled" if self.choice == "auto" else "settled"

@@ -264,8 +264,12 @@ def synthetic(
     def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % classes
         labels = labels[torch.randperm(n, generator=g)]
-        noisy = 0.4 * patterns[labels] + 0.6 * torch.rand(n, 3, size, size, generator=g)
-        return (noisy * 255).round().to(torch.uint8), labels
+        images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+        for start in range(0, n, 1024):  # float temporaries a chunk at a time, not n images
+            chunk = labels[start : start + 1024]
+            noise = torch.rand(len(chunk), 3, size, size, generator=g)
+            images[start : start + 1024] = ((0.4 * patterns[chunk] + 0.6 * noise) * 255).round()
+        return images, labels
 
     mean, std = [0.5] * 3, [0.25] * 3
     (train_x, train_y), (test_x, test_y) = make(train_size), make(test_size)

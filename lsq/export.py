@@ -4,8 +4,8 @@ The file holds, per quantized layer, ``weight_codes`` (int8 when the levels fit,
 or int32), the weight step(s) and the input step, and ``float_state`` with everything that
 stays in floating point (batch norm, biases, unquantized layers). ``load_integer`` rebuilds
 the network from the spec stored in the file and sets each weight to codes * step, so its
-predictions equal the fake-quantized model's; those weights already lie on their grid, so it
-drops their quantizers (quantizing them again would change no value, only cost time).
+predictions equal the fake-quantized model's (quantizing weights that lie on their grid
+changes no value).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def _network(data: dict) -> tuple[nn.Module, JobSpec]:
 
 
 def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
-    """Rebuild the quantized network from an integer export (eval mode, on the CPU): weights
-    are codes * step, inputs are still fake-quantized."""
+    """Rebuild the quantized network from an integer export (eval mode, on the CPU), its
+    weights set to codes * step."""
     data = read_integer(path)
     model, spec = _network(data)
     state = dict(data["float_state"])
@@ -120,8 +120,6 @@ def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:
         state[f"{name}.weight"] = codes * (step.reshape(-1, *[1] * (codes.dim() - 1)))
         state[f"{name}.weight_quantizer.step"] = layer["weight_step"]
     model.load_state_dict(state)
-    for name in data["layers"]:
-        model.get_submodule(name).weight_quantizer = None
     return model.eval(), spec
 
 

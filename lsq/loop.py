@@ -81,6 +81,38 @@ def eval_batch_size(batch_size: int) -> int:
     return max(batch_size, min(4 * batch_size, 1024))
 
 
+class Stopwatch:
+    """Time spent inside ``with stopwatch:`` blocks: CUDA events on a GPU (read once, by
+    ``take``, so the blocks never wait for the device), the wall clock on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.seconds, self.events = 0.0, []
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            self.events.append(torch.cuda.Event(enable_timing=True))
+            self.events[-1].record()
+        else:
+            self.seconds -= time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        if self.cuda:
+            self.events.append(torch.cuda.Event(enable_timing=True))
+            self.events[-1].record()
+        else:
+            self.seconds += time.perf_counter()
+
+    def take(self) -> float:
+        """The seconds since the last take."""
+        if self.events:
+            self.events[-1].synchronize()
+            pairs = zip(self.events[::2], self.events[1::2], strict=True)
+            self.seconds += sum(a.elapsed_time(b) for a, b in pairs) / 1000
+        seconds, self.seconds, self.events = self.seconds, 0.0, []
+        return seconds
+
+
 def _correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top == y[:, None]).any(dim=1).sum()
@@ -158,6 +190,8 @@ class Trainer:
     scaler: torch.amp.GradScaler
     ddp: DistributedDataParallel | None = None
     compiler: StepCompiler | None = None
+    teacher: nn.Module | None = None  # distillation: a float model in eval mode
+    teacher_clock: Stopwatch | None = None
 
     @classmethod
     def create(
@@ -168,13 +202,17 @@ class Trainer:
         amp: torch.dtype | None,
         rank: Rank,
         hooks: Hooks,
+        teacher: nn.Module | None = None,
     ) -> Trainer:
         t = spec.training
         groups = param_groups(model, t.weight_decay)
         optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         scheduler = make_scheduler(optimizer, t)
-        return cls(spec, rank, hooks, device, amp, model, optimizer, scheduler, scaler)
+        trainer = cls(spec, rank, hooks, device, amp, model, optimizer, scheduler, scaler)
+        trainer.teacher = teacher
+        trainer.teacher_clock = Stopwatch(device) if teacher is not None else None
+        return trainer
 
     STATEFUL = ("model", "optimizer", "scheduler", "scaler")  # what a checkpoint restores
 
@@ -190,9 +228,12 @@ class Trainer:
         t = self.spec.training
         start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
-        # shuffle and augmentation seeded by (seed, epoch, rank): the same after a resume
-        torch.manual_seed((t.seed * 100_003 + epoch) * 1_009 + self.rank.rank)
-        data = loader(train_set, t.batch_size, self.device, True, t.seed + epoch, self.rank)
+        # Shuffle and augmentation seeded by (seed, epoch): the same after a resume. The ranks
+        # share the shuffle's seed (each takes its part of one order); the DataLoader path's
+        # per-sample augmentation draws from torch's RNG, seeded per rank.
+        mixed = (t.seed * 100_003 + epoch) * 1_009
+        torch.manual_seed(mixed + self.rank.rank)
+        data = loader(train_set, t.batch_size, self.device, True, mixed, self.rank)
         if isinstance(getattr(data, "sampler", None), DistributedSampler):
             data.sampler.set_epoch(epoch)
         loss, top1, n, compile_seconds = self._train(data, epoch)
@@ -216,6 +257,7 @@ class Trainer:
             images_per_second=n / train_seconds,
             eval_seconds=end - eval_start,
             compile_seconds=compile_seconds or None,
+            teacher_seconds=self.teacher_clock.take() if self.teacher_clock else None,
             quantizers=quantizers,
         )
 
@@ -258,18 +300,35 @@ class Trainer:
         with autocast(self.device, self.amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
+            if self.teacher is not None:
+                loss = self._distilled(loss, logits, x)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return logits, loss
 
+    def _distilled(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> Any:
+        """alpha T^2 KL(teacher || student) at temperature T, plus (1 - alpha) the labels' loss
+        (Hinton et al. 2015); the teacher sees the same augmented batch."""
+        d = self.spec.training.distill
+        assert d is not None and self.teacher is not None and self.teacher_clock is not None
+        with torch.no_grad(), self.teacher_clock:
+            target = self.teacher(x).float()
+        t = d.temperature
+        student, teacher = F.log_softmax(logits.float() / t, 1), F.log_softmax(target / t, 1)
+        kd = F.kl_div(student, teacher, reduction="batchmean", log_target=True) * t * t
+        return d.alpha * kd + (1 - d.alpha) * loss
+
     def _compiler(self, batches: int, epoch: int) -> StepCompiler:
         """The step compiler, made on the first epoch this process trains (after a resume too)."""
         if self.compiler is None:
             left = batches * (self.spec.training.epochs - epoch + 1)
             module = self._forward_module()
-            self.compiler = StepCompiler(self.spec.training.compile, module, left, self.device)
+            choice = self.spec.training.compile
+            if self.rank.distributed and choice == "auto":
+                choice = "off"  # each rank would time and decide alone: compile only when asked
+            self.compiler = StepCompiler(choice, module, left, self.device)
         return self.compiler
 
     def _forward_module(self) -> nn.Module:

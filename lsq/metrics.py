@@ -67,6 +67,9 @@ class EpochMetrics(_Record):
     seconds: float = Field(description="Wall time of the epoch, evaluation included")
     images_per_second: float = Field(description="Training throughput")
     eval_seconds: float | None = Field(None, description="Of `seconds`, the test evaluation")
+    teacher_seconds: float | None = Field(
+        None, description="Of `seconds`, the distillation teacher's forward passes"
+    )
     compile_seconds: float | None = Field(
         None, description="Of `seconds`, torch.compile's (not counted in images_per_second)"
     )

@@ -23,6 +23,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -174,6 +175,11 @@ class LayerLevels(_Strict):
     def given(self) -> dict[str, LevelSet | None]:
         return {side: getattr(self, side) for side in sorted(self.model_fields_set)}
 
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: Any) -> dict[str, Any]:
+        # A side left out must stay out of the stored JSON: read back, null would mean float.
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
 
 MAX_LAYER_PATTERNS = 64
 
@@ -208,6 +214,25 @@ class QuantizationSpec(_Strict):
         return f"{' '.join(sides) or 'float'}, first/last {self.first_last}{more}"
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 habits: an unquoted `on` / `off` arrives as true / false."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class DistillSpec(_Strict):
+    """Knowledge distillation from a full-precision teacher of the same network."""
+
+    teacher: Annotated[Path_, BeforeValidator(_local_init)] = Field(
+        description="'pretrained' or the path of a model.pt of the same arch (the service also "
+        "takes {job: ID})"
+    )
+    # The LSQ paper's distillation: temperature 1, the two terms weighted equally.
+    temperature: float = Field(1.0, gt=0, le=100, description="Softens both distributions")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the labels"
+    )
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(
@@ -225,7 +250,10 @@ class TrainingSpec(_Strict):
     devices: int = Field(
         1, ge=1, le=MAX_DEVICES, description="Data-parallel processes on the worker's host"
     )
-    compile: Literal["auto", "on", "off"] = Field(
+    distill: DistillSpec | None = Field(
+        None, description="Learn from a teacher's softened outputs as well as from the labels"
+    )
+    compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
         "auto",
         description="torch.compile the training step: auto compiles a job long enough for it "
         "to pay (timed on its first batches) and keeps it only if faster",

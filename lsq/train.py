@@ -84,7 +84,8 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     if saved is None and spec.model.init is not None and rank.main:
         start = evaluate(model, test_data, device, amp)  # so the result states the drop
     model = quantize_as_specified(model, spec.quantization)
-    trainer = Trainer.create(spec, model, device, amp, rank, hooks)
+    teacher = build_teacher(spec, info, device) if t.distill else None
+    trainer = Trainer.create(spec, model, device, amp, rank, hooks, teacher)
     epochs: list[EpochMetrics] = []
     if saved is not None:
         trainer.load_state_dict(saved.trainer)
@@ -123,6 +124,19 @@ def _finish(
         )
     outputs.save_final(out, spec, model, info, RunMetrics(epochs=epochs, result=result))
     return result
+
+
+def build_teacher(spec: JobSpec, info: DatasetInfo, device: torch.device) -> nn.Module:
+    """The distillation teacher: the spec's network in float, its weights from
+    training.distill.teacher, in eval mode and frozen."""
+    assert spec.training.distill is not None
+    source = spec.training.distill.teacher
+    teacher = build_model(
+        spec.model.arch, info.num_classes, info.in_channels, source == "pretrained"
+    )
+    if source != "pretrained":
+        checkpoint.load_init_weights(teacher, source)
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 def build(

@@ -26,7 +26,7 @@ from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
 from api.limits import check_files
 from api.models import JobStatus, utcnow
-from api.spec import ServiceJobSpec, for_the_core, source_job
+from api.spec import ServiceJobSpec, for_the_core, source_jobs
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
@@ -149,7 +149,7 @@ class Claimed:
     job_id: int
     attempt: int
     spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
-    source: JobStatus | None  # the status of the job it starts from, if any
+    sources: dict[int, JobStatus | None]  # the jobs whose models it uses, and their status
     experiment_id: int | None = None
 
 
@@ -170,12 +170,12 @@ def claim(job_id: int) -> Claimed | Outcome:
         except store.JobNotFound:
             return Ack(None, "no such job")
         spec = store.stored_spec(job)
-        source_id = _source_id(spec)
-        source = _status_of(session, source_id)
-        if job.status == JobStatus.queued and source in (JobStatus.queued, JobStatus.running):
-            log.info("job %s: waiting for job %s, its starting model", job_id, source_id)
+        sources = {i: _status_of(session, i) for i in source_jobs(spec).values()}
+        waiting = [i for i, s in sources.items() if s in (JobStatus.queued, JobStatus.running)]
+        if job.status == JobStatus.queued and waiting:
+            log.info("job %s: waiting for job %s, whose model it uses", job_id, waiting[0])
             store.mark_published(session, [job_id])  # its message is alive: no sweep needed
-            return RetryLater(settings.retry_seconds, "its starting model is not ready")
+            return RetryLater(settings.retry_seconds, "a model it uses is not ready")
         taken = store.claim_job(
             session, job_id, worker_name(), settings.lease_seconds, settings.max_attempts
         )
@@ -187,7 +187,7 @@ def claim(job_id: int) -> Claimed | Outcome:
         return RetryLater(wait, "another worker holds its lease")
     if taken.outcome != "claimed":
         return Ack(None, f"job {taken.outcome}")
-    return Claimed(job_id, attempt, spec, source, experiment_id)
+    return Claimed(job_id, attempt, spec, sources, experiment_id)
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
@@ -242,12 +242,6 @@ def _stopped(job_id: int, worker: str, reason: Stop | None, settings: Settings) 
             raise RuntimeError(f"job {job_id} stopped without a reason")
 
 
-def _source_id(spec: dict[str, Any]) -> int | None:
-    """The job a stored spec starts from (model.init: {job: ID}), read without validating."""
-    init = spec.get("model", {}).get("init")
-    return init.get("job") if isinstance(init, dict) else None
-
-
 def _status_of(session: Session, job_id: int | None) -> JobStatus | None:
     if job_id is None:
         return None
@@ -258,19 +252,19 @@ def _status_of(session: Session, job_id: int | None) -> JobStatus | None:
 
 
 def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
-    """The core's spec: `model.init: {job: ID}` replaced by the path of that job's model."""
+    """The core's spec: each `{job: ID}` replaced by the path of that job's model."""
     spec = ServiceJobSpec.model_validate(claimed.spec)
     check_files(spec, settings)  # again: a folder may have become a symlink since submission
-    source_id = source_job(spec)
-    if source_id is None:
-        return for_the_core(spec, None)
-    path = job_folder(settings, source_id) / MODEL
-    if claimed.source != JobStatus.succeeded or not path.is_file():
-        state = f"ended {claimed.source}" if claimed.source else "does not exist"
-        raise FileNotFoundError(
-            f"model.init names job {source_id}, which {state}; there is no final model ({path})"
-        )
-    return for_the_core(spec, str(path))
+    models = {}
+    for field, source_id in source_jobs(claimed.spec).items():
+        path, status = job_folder(settings, source_id) / MODEL, claimed.sources.get(source_id)
+        if status != JobStatus.succeeded or not path.is_file():
+            state = f"ended {status}" if status else "does not exist"
+            raise FileNotFoundError(
+                f"{field} names job {source_id}, which {state}; there is no final model ({path})"
+            )
+        models[field] = str(path)
+    return for_the_core(spec, models)
 
 
 def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:

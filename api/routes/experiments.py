@@ -61,7 +61,8 @@ def submit_experiment(
     with session_scope() as session:  # writes commit in this thread (api.deps)
         experiment, new = store.create_experiment(
             session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
-            start=start, max_unfinished=settings.max_queued_per_owner, key=idempotency_key,
+            start=start, distill=plan.distill, max_unfinished=settings.max_queued_per_owner,
+            key=idempotency_key,
             key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip
         session.flush()

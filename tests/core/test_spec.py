@@ -78,7 +78,9 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
                 "weight": [-1, 0, 1],
                 "activation": {"bits": 2},
                 "first_last": {"bits": 8, "signed": True},
-            }
+                "layers": {"layers.0.*": {"weight": {"bits": 4, "signed": True}}},
+            },
+            training={"compile": True},  # YAML's unquoted `on`
         )
     )
     dumped = json.loads(spec.model_dump_json())
@@ -87,8 +89,12 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
         "activation": [0, 1, 2, 3],
         "first_last": {"bits": 8, "signed": True, "symmetric": False},
         "granularity": "per_tensor",
+        "layers": {"layers.0.*": {"weight": list(range(-8, 8))}},  # a side left out stays out
     }
+    assert dumped["training"]["compile"] == "on"
     assert JobSpec.model_validate(dumped) == spec
+    again = JobSpec.model_validate(dumped).quantization.layers["layers.0.*"].given()
+    assert again == spec.quantization.layers["layers.0.*"].given() and "activation" not in again
     assert JobSpec.model_validate(__import__("yaml").safe_load(spec.to_yaml())) == spec
 
 

@@ -83,8 +83,9 @@ def test_integer_export_predicts_exactly_like_the_fake_quantized_model(
 
     int_model, loaded_spec = export.load_integer(tmp_path / "model-int.pt")
     assert loaded_spec == s
-    # the weights are on their grid: no weight quantizer left to run
-    assert all(m.weight_quantizer is None for m in export.quantized_layers(int_model).values())
+    # it is an integer export again, code for code
+    again = export.integer_state(int_model)["layers"]["layers.0.conv1"]["weight_codes"]
+    assert torch.equal(again, codes)
     fake = quantize_as_specified(build_model("resnet20", 10, 3), s.quantization).eval()
     fake.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     _, test_set, _ = load_datasets(s.dataset)

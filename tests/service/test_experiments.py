@@ -154,9 +154,36 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
     assert (row["label"], row["reference"]) == ("ternary", {"test_top1": 89.69, "test_top5": None})
 
 
+def test_with_distill_the_baseline_teaches_every_variant(service: Service) -> None:
+    request = experiment(
+        name="distilled",
+        grid=None,
+        seeds=None,
+        baseline={"train": True},
+        variants=[{"quantization": {"weight": TERNARY, "activation": [0, 1, 2, 3]}}],
+        distill={"temperature": 2.0, "alpha": 0.5},
+    )
+    body = service.http.post("/v1/experiments", json=request).json()
+    done = wait_experiment(service, body["id"])
+    assert done["status"] == "succeeded", done
+    baseline_id, variant_id = done["rows"][0]["jobs"][0], done["rows"][1]["jobs"][0]
+    variant = service.job(variant_id)
+    assert variant["spec"]["training"]["distill"] == {
+        "teacher": {"job": baseline_id}, "temperature": 2.0, "alpha": 0.5,
+    }  # fmt: skip
+    assert all(e["teacher_seconds"] > 0 for e in variant["epochs"])  # its cost, per epoch
+    assert service.job(baseline_id)["epochs"][0]["teacher_seconds"] is None
+    assert variant["result"]["final_top1"] > 20  # learned, on 10 classes
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
+        (
+            {"distill": True, "grid": None, "variants": [{"training": {"distill": {"alpha": 1}}}]},
+            "variants.0.training.distill.alpha",
+        ),  # the experiment sets it
+        ({"distill": {"alpha": 2}}, "distill.alpha"),
         ({"grid": {"quantization.weight": [[0, 2]]}}, "grid.quantization.weight"),
         ({"grid": {"training.epochs": [2, 0]}}, "grid.training.epochs"),
         ({"grid": {"a b": [1]}}, "grid.a b"),

@@ -39,6 +39,8 @@ def job_count(service: Service) -> int:
         ({"model": {"init": {"job": 0}}}, "model.init.job"),  # not an id
         ({"model": {"init": 5}}, "model.init"),  # neither a path nor {job: ID}
         ({"quantization": {"weight": [-1, 0, 1], "layers": {"layer9.*": {}}}}, "body"),
+        ({"training": {"distill": {"teacher": "/etc/passwd"}}}, "training.distill.teacher"),
+        ({"training": {"distill": {"teacher": {"job": 999999}}}}, "training.distill.teacher.job"),
     ],
 )
 def test_a_bad_spec_gets_422_naming_the_field_and_creates_no_job(

@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0008"  # the newest migration in migrations/versions
+HEAD = "0009"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -314,7 +314,11 @@ def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
 STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").read_text())
 # Optional fields added since, without a version bump (a stored spec stays valid): a stored
 # spec runs with their defaults.
-ADDED_SINCE_V1 = {"dataset": {"image_size": None}, "training": {"compile": "auto"}}
+ADDED_SINCE_V1 = {
+    "dataset": {"image_size": None},
+    "quantization": {"layers": {}},
+    "training": {"compile": "auto", "distill": None},
+}
 
 
 def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
@@ -491,3 +495,42 @@ def test_an_owners_list_is_read_by_index(db) -> None:
         ).all()
     detail = " ".join(str(row[-1]) for row in plan)
     assert "ix_jobs_owner_id" in detail and "TEMP B-TREE" not in detail, detail
+
+
+def test_migration_0008_gives_existing_jobs_their_warnings(database_url: str) -> None:
+    from alembic import command
+
+    from api.db import alembic_config
+
+    engine = make_engine(database_url)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0007")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, owner, name, status, spec, spec_version, created_at, "
+                "progress_epoch, progress_fraction, attempts, history, cancel_requested) VALUES "
+                "(7, 'ann', 'old', 'succeeded', '{}', 1, CURRENT_TIMESTAMP, 2, 1.0, 1, '[]', "
+                "false)"
+            )
+        )
+        for epoch, zero in ((1, 0.2), (2, 0.99)):
+            health = json.dumps(_health(zero, step=0.1 * epoch))
+            conn.execute(
+                text(
+                    "INSERT INTO epochs (job_id, epoch, train_loss, train_top1, test_loss, "
+                    "test_top1, test_top5, lr, seconds, images_per_second, recorded_at, "
+                    "quantizers) VALUES (7, :e, 1, 1, 1, 1, 1, 0.1, 1, 1, CURRENT_TIMESTAMP, :q)"
+                ),
+                {"e": epoch, "q": health},
+            )
+    upgrade_database(engine)
+    with sessionmaker(engine)() as session:
+        job = session.get(Job, 7)
+        assert job.warnings == [
+            "conv (weight): 99% of the weights are 0, the step is too large (lower the step's "
+            "learning rate, or check its initialisation)"
+        ]
+    engine.dispose()
