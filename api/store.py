@@ -255,6 +255,7 @@ def create_experiment(
     session.add(experiment)
     session.flush()
     if baseline is not None:
+        _check_source(session, owner, baseline)
         start = _add(session, owner, baseline, experiment.id, None).id
     elif isinstance(start, int):
         source = session.get(Job, start)
@@ -269,7 +270,9 @@ def create_experiment(
         data["model"]["init"] = init
         if distill is not None:
             data["training"]["distill"] = {**distill, "teacher": init}
-        job = _add(session, owner, ServiceJobSpec.model_validate(data), experiment.id, index)
+        spec = ServiceJobSpec.model_validate(data)
+        _check_source(session, owner, spec)  # ids the base names: this owner's, existing
+        job = _add(session, owner, spec, experiment.id, index)
         first = first or job
     if key is not None:  # the key names the experiment through its first variant's job
         _bind_key(session, owner, key, first.id)

@@ -70,7 +70,8 @@ def export_command(args: argparse.Namespace) -> int:
 
     try:
         size = export.check(export.read_integer(args.dir / MODEL_INT))
-        model, info = export.load_trained(args.dir / MODEL_INT, args.dir / MODEL)
+        if args.onnx:  # the network as trained: every quantizer, from model.pt
+            model, info = export.load_trained(args.dir / MODEL_INT, args.dir / MODEL)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         sys.exit(f"lsq export: {args.dir} holds no readable quantized run: {e}")
     print(

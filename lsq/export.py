@@ -61,8 +61,8 @@ def integer_state(model: nn.Module) -> dict:
 class Compliance:
     """What an integer export holds: its size, and any code outside its level set."""
 
-    model_bits: int  # codes at ceil(log2(levels)) bits, steps and the float rest at 32
-    float_bits: int  # the same network in float32
+    model_bits: int  # codes at ceil(log2(levels)) bits; steps and the float rest at 32
+    float_bits: int  # the same network in float32 (no quantizers)
     violations: list[str]
 
     @property
@@ -83,8 +83,11 @@ def check(state: dict) -> Compliance:
             violations.append(f"{name}: {outside} weight codes outside [{low}, {high}]")
         bits += codes.numel() * math.ceil(math.log2(high - low + 1)) + 32 * step.numel()
         floats += 32 * codes.numel()
-    rest = sum(32 * v.numel() for v in state["float_state"].values() if v.is_floating_point())
-    return Compliance(bits + rest, floats + rest, violations)
+    floating = {k: v for k, v in state["float_state"].items() if v.is_floating_point()}
+    # the input steps belong to the quantized model; a float model has no quantizer at all
+    inputs = sum(32 * v.numel() for k, v in floating.items() if k.endswith("input_quantizer.step"))
+    rest = sum(32 * v.numel() for k, v in floating.items() if "_quantizer." not in k)
+    return Compliance(bits + inputs + rest, floats + rest, violations)
 
 
 def save_integer(model: nn.Module, spec: JobSpec, info: dict, path: Path) -> None:

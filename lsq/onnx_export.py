@@ -4,8 +4,13 @@ runs, with each quantized tensor as Clip -> QuantizeLinear -> DequantizeLinear.
 The clip enforces the level set ([-Q_N * s, Q_P * s], per channel for per-channel weights), and
 QuantizeLinear rounds to the integer code (int8, zero point 0) that DequantizeLinear scales
 back, so the graph computes what the fake-quantized model does. Level sets must fit int8
-(Q_N <= 128, Q_P <= 127). The exporter is torch's TorchScript one (its dynamo exporter cannot
-trace the quantize ops with tensor scales), opset 17.
+(Q_N <= 128, Q_P <= 127) or, unsigned, uint8 (Q_P <= 255). The exporter is torch's
+TorchScript one (its dynamo exporter cannot trace the quantize ops with tensor scales), opset 17.
+
+A layer with float weights beside a quantized input (activation-only jobs, a per-layer
+`weight: null`): onnxruntime's default WeightBiasQuantization pass quantizes such weights to
+int8 on its own; create the session with `disabled_optimizers=["WeightBiasQuantization"]` to
+run the graph as written.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ class _QuantizeDequantize(nn.Module):
 
     def __init__(self, q: LsqQuantizer) -> None:
         super().__init__()
-        if q.q_n > 128 or q.q_p > 127:
-            raise ValueError(f"ONNX export: levels {q.levels} do not fit int8 (-128..127)")
+        # int8 codes, or uint8 for an unsigned set (8-bit activations: 0..255)
+        self.range = (0, 255) if q.q_n == 0 else (-128, 127)
+        if -q.q_n < self.range[0] or q.q_p > self.range[1]:
+            raise ValueError(f"ONNX export: levels {q.levels} fit neither int8 nor uint8")
         self.q_n, self.q_p = q.q_n, q.q_p
         step = q.step.detach().clamp_min(MIN_STEP).float().cpu()
         self.register_buffer("step", step)
@@ -38,11 +45,11 @@ class _QuantizeDequantize(nn.Module):
         if not self.per_channel:
             s = float(self.step)
             v = torch.clamp(v, -self.q_n * s, self.q_p * s)
-            return torch.fake_quantize_per_tensor_affine(v, s, 0, -128, 127)
+            return torch.fake_quantize_per_tensor_affine(v, s, 0, *self.range)
         s = self.step.reshape(-1, *[1] * (v.dim() - 1))
         v = torch.maximum(torch.minimum(v, self.q_p * s), -self.q_n * s)
         zero = torch.zeros(len(self.step), dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(v, self.step, zero, 0, -128, 127)
+        return torch.fake_quantize_per_channel_affine(v, self.step, zero, 0, *self.range)
 
 
 def exportable(model: nn.Module) -> nn.Module:

@@ -294,15 +294,30 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _layer_patterns_match(self) -> Self:
         names = layer_names(self.model.arch)
-        unknown = [p for p in self.quantization.layers if not any(fnmatchcase(n, p) for n in names)]
-        if unknown:
+        first = {
+            next((p for p in self.quantization.layers if fnmatchcase(n, p)), None) for n in names
+        }
+        unused = [p for p in self.quantization.layers if p not in first]
+        if unused:
             shown = ", ".join(names[:12]) + (
                 f", ... ({len(names)} in all)" if len(names) > 12 else ""
             )
             raise ValueError(
-                f"quantization.layers: {', '.join(map(repr, unknown))} matches no layer of "
-                f"{self.model.arch}; its quantizable layers are {shown} (lsq layers "
+                f"quantization.layers: {', '.join(repr(p[:80]) for p in unused[:5])} is the first "
+                f"pattern to match no layer of {self.model.arch} (none, or only layers an "
+                f"earlier pattern takes); its quantizable layers are {shown} (lsq layers "
                 f"{self.model.arch})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_fits(self) -> Self:
+        d = self.training.distill
+        if d is not None and d.teacher == "pretrained" and self.dataset.name != "imagenet":
+            raise ValueError(
+                "training.distill.teacher: 'pretrained' is torchvision's ImageNet model, whose "
+                f"head knows ImageNet's classes, not {self.dataset.name}'s: give a model.pt "
+                "trained on this dataset"
             )
         return self
 

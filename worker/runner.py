@@ -170,9 +170,11 @@ def claim(job_id: int) -> Claimed | Outcome:
         except store.JobNotFound:
             return Ack(None, "no such job")
         spec = store.stored_spec(job)
-        sources = {i: _status_of(session, i) for i in source_jobs(spec).values()}
+        sources = {i: _status_of(session, i, job.owner) for i in source_jobs(spec).values()}
         waiting = [i for i, s in sources.items() if s in (JobStatus.queued, JobStatus.running)]
-        if job.status == JobStatus.queued and waiting:
+        doomed = any(s not in (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
+                     for s in sources.values())  # fmt: skip
+        if job.status == JobStatus.queued and waiting and not doomed:
             log.info("job %s: waiting for job %s, whose model it uses", job_id, waiting[0])
             store.mark_published(session, [job_id])  # its message is alive: no sweep needed
             return RetryLater(settings.retry_seconds, "a model it uses is not ready")
@@ -242,11 +244,10 @@ def _stopped(job_id: int, worker: str, reason: Stop | None, settings: Settings) 
             raise RuntimeError(f"job {job_id} stopped without a reason")
 
 
-def _status_of(session: Session, job_id: int | None) -> JobStatus | None:
-    if job_id is None:
-        return None
+def _status_of(session: Session, job_id: int, owner: str) -> JobStatus | None:
+    """The status of a job whose model another uses; None: missing, or not its owner's."""
     try:
-        return store.get_job(session, job_id).status
+        return store.get_job(session, job_id, owner=owner).status
     except store.JobNotFound:
         return None
 

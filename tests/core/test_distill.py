@@ -50,6 +50,19 @@ def test_distill_is_bounded_and_strict() -> None:
             spec(distill=distill)
 
 
+def test_a_pretrained_teacher_is_imagenet_only() -> None:
+    with pytest.raises(ValidationError, match="'pretrained' is torchvision's ImageNet model"):
+        spec(distill={"teacher": "pretrained"})  # synthetic data: its head would be random
+    JobSpec.model_validate(
+        {
+            "name": "x",
+            "dataset": {"name": "imagenet", "root": "/data/imagenet"},
+            "model": {"arch": "resnet18", "init": "pretrained"},
+            "training": {"distill": {"teacher": "pretrained"}},
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def plain_run(fp_model, tmp_path_factory):
     epochs = []

@@ -73,11 +73,24 @@ def test_a_pattern_matching_no_layer_is_refused_naming_it_and_the_layers() -> No
     with pytest.raises(ValidationError) as e:
         JobSpec.model_validate(body)
     message = str(e.value)
-    assert "'layer1.*' matches no layer of resnet20" in message
+    assert "'layer1.*' is the first pattern to match no layer of resnet20" in message
     assert "conv1, layers.0.conv1" in message and "(20 in all)" in message
     assert "lsq layers resnet20" in message
     body["model"]["arch"] = "resnet18"  # torchvision's names: layer1.0.conv1, ...
     body["quantization"]["layers"] = {"layer1.*": {}, "fc": {}}
+    JobSpec.model_validate(body)
+
+
+def test_a_pattern_shadowed_by_an_earlier_one_is_refused() -> None:
+    body = {
+        "name": "x",
+        "dataset": {"name": "cifar10"},
+        "model": {"arch": "resnet20"},
+        "quantization": {"weight": W, "layers": {"layers.*": {}, "layers.0.*": {}}},
+    }
+    with pytest.raises(ValidationError, match=r"'layers.0.\*' is the first pattern to match no"):
+        JobSpec.model_validate(body)
+    body["quantization"]["layers"] = {"layers.0.*": {}, "layers.*": {}}  # specific first: fine
     JobSpec.model_validate(body)
 
 

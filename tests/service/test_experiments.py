@@ -184,6 +184,14 @@ def test_with_distill_the_baseline_teaches_every_variant(service: Service) -> No
             "variants.0.training.distill.alpha",
         ),  # the experiment sets it
         ({"distill": {"alpha": 2}}, "distill.alpha"),
+        (  # a job the base names must exist and be this owner's (not a future variant's)
+            {"base": BASE | {"training": {"distill": {"teacher": {"job": 999999}}}}},
+            "training.distill.teacher.job",
+        ),
+        (
+            {"base": BASE | {"model": {"arch": "resnet20", "init": {"job": 999999}}}},
+            "model.init.job",
+        ),
         ({"grid": {"quantization.weight": [[0, 2]]}}, "grid.quantization.weight"),
         ({"grid": {"training.epochs": [2, 0]}}, "grid.training.epochs"),
         ({"grid": {"a b": [1]}}, "grid.a b"),
@@ -223,9 +231,11 @@ def test_every_example_experiment_plans_its_table(path) -> None:
             for v in plan.variants}  # fmt: skip
     assert rows == {("float", True), ("same", True), ("float", False), ("same", False)}
     assert all(v.specs[0].quantization.weight.levels == [-1, 0, 1] for v in plan.variants)
-    if "quick" not in path.stem:
+    if path.stem.split("-")[1] in ("cifar10", "imagenet"):  # the published tables
         assert all(v.reference is not None for v in plan.variants)
         assert all(v.specs[0].training.epochs == 90 for v in plan.variants)
+    if "distill" in path.stem:
+        assert plan.distill == {"temperature": 1.0, "alpha": 0.5}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,91 @@
+"""How much accuracy the four results-table variants keep, on full Fashion-MNIST.
+
+The recipe: ResNet-20, a 4-epoch full-precision model (lr 0.1, cosine), then 2 epochs of LSQ
+from it (lr 0.01, cosine, weight decay 2.5e-5, batch 128) for each variant: W[-1,0,1] and
+W[-1,0,1]/A[0,1,2,3], with the first and last layer float and quantized alike. Each
+configuration (one controlled change against the defaults) runs every variant once per seed.
+Runs go through lsq.train.run (what `lsq run` calls) with training.compile on; every run's
+folder stays under --out. Prints the table as Markdown (mean over seeds, drop against full
+precision), which bench/accuracy.md records.
+
+    .venv/bin/python bench/accuracy.py [--seeds 0 1] [--configs default distill]
+        [--out runs/accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from lsq.spec import JobSpec
+from lsq.train import run
+
+DATASET = {"name": "fashion-mnist"}
+FP = {"epochs": 4, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "compile": "on"}
+LSQ = {"epochs": 2, "batch_size": 128, "lr": 0.01, "weight_decay": 2.5e-5, "compile": "on"}
+W, A = [-1, 0, 1], [0, 1, 2, 3]
+VARIANTS = {
+    "W, first/last float": {"weight": W, "first_last": "float"},
+    "W+A, first/last float": {"weight": W, "activation": A, "first_last": "float"},
+    "W, first/last same": {"weight": W, "first_last": "same"},
+    "W+A, first/last same": {"weight": W, "activation": A, "first_last": "same"},
+}
+
+
+def configs(fp_model: str) -> dict[str, dict]:
+    """Training changes, one at a time against the defaults."""
+    return {
+        "default": {},
+        "distill": {"distill": {"teacher": fp_model}},  # T = 1, alpha = 0.5 (the paper's)
+    }
+
+
+def job(name: str, quantization: dict, training: dict, init: str | None = None) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "dataset": DATASET,
+            "model": {"arch": "resnet20", "init": init},
+            "quantization": quantization,
+            "training": training,
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--configs", nargs="+", default=["default", "distill"])
+    parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    args = parser.parse_args()
+    fp_dir = args.out / "fp"
+    fp = run(job("fp", {}, {**FP, "seed": 0}), fp_dir, resume=True)
+    print(f"full precision: {fp.final_top1:.2f}%", flush=True)
+    fp_model = str(fp_dir / "model.pt")
+    rows = []
+    for config in args.configs:
+        change = configs(fp_model)[config]
+        for variant, quantization in VARIANTS.items():
+            top1 = []
+            for seed in args.seeds:
+                name = f"{config}-{variant}-{seed}".replace(" ", "").replace(",", "-")
+                training = {**LSQ, **change, "seed": seed}
+                spec = job(name, quantization, training, init=fp_model)
+                result = run(spec, args.out / name, resume=True)
+                top1.append(result.final_top1)
+                print(
+                    f"{config:>8} {variant:<22} seed {seed}: {result.final_top1:.2f}%", flush=True
+                )
+            rows.append((config, variant, top1))
+    print(f"\n| configuration | variant | test top-1 (seeds {args.seeds}) | mean | drop |")
+    print("|---|---|---|---|---|")
+    print(f"| full precision | 4 epochs | {fp.final_top1:.2f} | {fp.final_top1:.2f} | |")
+    for config, variant, top1 in rows:
+        mean = statistics.mean(top1)
+        each = ", ".join(f"{t:.2f}" for t in top1)
+        print(f"| {config} | {variant} | {each} | {mean:.2f} | {fp.final_top1 - mean:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
