@@ -15,6 +15,7 @@ precision), which bench/accuracy.md records.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def main() -> None:
         for variant, quantization in VARIANTS.items():
             top1 = []
             for seed in args.seeds:
-                name = f"{config}-{variant}-{seed}".replace(" ", "").replace(",", "-")
+                name = re.sub(r"[^A-Za-z0-9+]+", "-", f"{config} {variant} seed {seed}")
                 training = {**LSQ, **change, "seed": seed}
                 spec = job(name, quantization, training, init=fp_model)
                 result = run(spec, args.out / name, resume=True)
