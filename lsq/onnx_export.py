@@ -48,7 +48,7 @@ class _QuantizeDequantize(nn.Module):
             return torch.fake_quantize_per_tensor_affine(v, s, 0, *self.range)
         s = self.step.reshape(-1, *[1] * (v.dim() - 1))
         v = torch.maximum(torch.minimum(v, self.q_p * s), -self.q_n * s)
-        zero = torch.zeros(len(self.step), dtype=torch.int32)
+        zero = torch.zeros(self.step.shape[0], dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(v, self.step, zero, 0, *self.range)
 
 
