@@ -27,7 +27,14 @@ from pydantic import (
     field_validator,
 )
 
-from lsq.spec import MAX_SEED, Path_, QuantizationSpec, describe_errors, printable
+from lsq.spec import (
+    MAX_SEED,
+    DistillOptions,
+    Path_,
+    QuantizationSpec,
+    describe_errors,
+    printable,
+)
 
 from .models import Job, JobStatus
 from .spec import MAX_JOB_ID, ServiceJobSpec
@@ -93,13 +100,6 @@ class Reference(_Strict):
 
     test_top1: float = Field(ge=0, le=100)
     test_top5: float | None = Field(None, ge=0, le=100)
-
-
-class DistillOptions(_Strict):
-    """The baseline teaches every variant (training.distill with the baseline as teacher)."""
-
-    temperature: float = Field(1.0, gt=0, le=100)
-    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term")
 
 
 def _options(value: Any) -> Any:

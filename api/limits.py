@@ -12,6 +12,7 @@ from pathlib import Path
 from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 from .config import Settings
+from .spec import named_models
 from .store import InvalidField
 
 
@@ -36,12 +37,9 @@ def check_files(spec: JobSpec, settings: Settings) -> None:
     folder = spec.dataset.root or DEFAULT_ROOTS.get(spec.dataset.name)
     if folder is not None:
         check_file("dataset.root", folder, settings)
-    init = spec.model.init
-    if isinstance(init, str) and init != "pretrained":
-        check_file("model.init", init, settings)
-    teacher = spec.training.distill.teacher if spec.training.distill else None
-    if isinstance(teacher, str) and teacher != "pretrained":
-        check_file("training.distill.teacher", teacher, settings)
+    for field, path in named_models(spec).items():
+        if isinstance(path, str) and path != "pretrained":
+            check_file(field, path, settings)
 
 
 def check_file(field: str, path: str, settings: Settings) -> None:

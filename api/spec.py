@@ -72,8 +72,14 @@ class ServiceJobSpec(JobSpec):
     training: ServiceTrainingSpec = ServiceTrainingSpec()
 
 
-# The fields where a spec may name another job's final model.
+# The fields where a spec names a model: a path, 'pretrained', or (service) another job's.
 MODEL_FIELDS = ("model.init", "training.distill.teacher")
+
+
+def named_models(spec: JobSpec) -> dict[str, Any]:
+    """Field -> what each of MODEL_FIELDS holds in a validated spec (None where unset)."""
+    distill = spec.training.distill
+    return dict(zip(MODEL_FIELDS, (spec.model.init, distill and distill.teacher), strict=True))
 
 
 def _at(data: dict[str, Any], dotted: str) -> Any:

@@ -24,7 +24,7 @@ from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warning
 from lsq.spec import upgrade_spec
 
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
-from .spec import MAX_JOB_ID, ServiceJobSpec, source_jobs
+from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models
 
 
 class JobNotFound(LookupError):
@@ -90,7 +90,10 @@ def submit_job(
 def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
     """A ``{job: ID}`` (model.init, the teacher) must name a job of the same owner that can
     still succeed."""
-    for field, source_id in source_jobs(spec.model_dump(mode="json")).items():
+    for field, ref in named_models(spec).items():
+        if not isinstance(ref, JobRef):
+            continue
+        source_id = ref.job
         source = session.get(Job, source_id)
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")

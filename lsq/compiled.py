@@ -89,10 +89,11 @@ class StepCompiler:
             out = run(self.compiled)
         except Exception as e:  # noqa: BLE001 - any compiler failure: train on, eagerly
             log.warning("torch.compile failed (%s): training in eager mode", str(e)[:500])
-            self.compiled, self.state = None, "settled"
-            self.compile_seconds += self._now() - start  # not training time either
+            self.compiled = None
+        self.compile_seconds += self._now() - start  # a failed compile is not training either
+        if self.compiled is None:
+            self.state = "settled"
             return run(self.eager)
-        self.compile_seconds += self._now() - start
         self.state = "timing_compiled" if self.choice == "auto" else "settled"
         return out
 

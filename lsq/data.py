@@ -82,6 +82,9 @@ class TensorImages(Dataset):
     ) -> None:
         self.images, self.targets, self.augment = images, labels, augment
         self.mean, self.std = mean, std
+        # on the images' device once, not per batch (the training loop's hot path)
+        self._mean = torch.as_tensor(mean, device=images.device).view(-1, 1, 1)
+        self._std = torch.as_tensor(std, device=images.device).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -100,9 +103,7 @@ class TensorImages(Dataset):
         if self.augment is not None and draws is not None:
             offsets, flips = (d.to(x.device, non_blocking=True) for d in draws)
             x = self.augment.apply(x, offsets, flips)
-        mean = torch.as_tensor(self.mean, device=x.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, device=x.device).view(-1, 1, 1)
-        return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+        return x.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)
 
     def to(self, device: torch.device) -> TensorImages:
         """These images and labels on `device` (the same object when already there)."""
@@ -228,8 +229,11 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def imagenet(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
-    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    norm.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    norm = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
     train_tf = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *norm])
     test_tf = v2.Compose([v2.Resize(256), v2.CenterCrop(224), *norm])
     sets = []

@@ -209,10 +209,11 @@ class Trainer:
         optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         scheduler = make_scheduler(optimizer, t)
-        trainer = cls(spec, rank, hooks, device, amp, model, optimizer, scheduler, scaler)
-        trainer.teacher = teacher
-        trainer.teacher_clock = Stopwatch(device) if teacher is not None else None
-        return trainer
+        clock = Stopwatch(device) if teacher is not None else None
+        return cls(
+            spec, rank, hooks, device, amp, model, optimizer, scheduler, scaler,
+            teacher=teacher, teacher_clock=clock,
+        )  # fmt: skip
 
     STATEFUL = ("model", "optimizer", "scheduler", "scaler")  # what a checkpoint restores
 

@@ -219,17 +219,23 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-class DistillSpec(_Strict):
+class DistillOptions(_Strict):
+    """How a student learns from its teacher (an experiment's `distill` names no teacher: its
+    baseline is)."""
+
+    # The LSQ paper's distillation: temperature 1, the two terms weighted equally.
+    temperature: float = Field(1.0, gt=0, le=100, description="Softens both distributions")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the labels"
+    )
+
+
+class DistillSpec(DistillOptions):
     """Knowledge distillation from a full-precision teacher of the same network."""
 
     teacher: Annotated[Path_, BeforeValidator(_local_init)] = Field(
         description="'pretrained' or the path of a model.pt of the same arch (the service also "
         "takes {job: ID})"
-    )
-    # The LSQ paper's distillation: temperature 1, the two terms weighted equally.
-    temperature: float = Field(1.0, gt=0, le=100, description="Softens both distributions")
-    alpha: float = Field(
-        0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the labels"
     )
 
 

@@ -79,7 +79,7 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     test_data = loader(test_set, eval_batch_size(t.batch_size), device, shuffle=False)
     saved = outputs.load_progress(out, spec) if resume else None
 
-    model = build(spec, info, device, load_init=saved is None)
+    model = build(spec, info, device, init=spec.model.init if saved is None else None)
     start = saved.start if saved else None
     if saved is None and spec.model.init is not None and rank.main:
         start = evaluate(model, test_data, device, amp)  # so the result states the drop
@@ -130,23 +130,17 @@ def build_teacher(spec: JobSpec, info: DatasetInfo, device: torch.device) -> nn.
     """The distillation teacher: the spec's network in float, its weights from
     training.distill.teacher, in eval mode and frozen."""
     assert spec.training.distill is not None
-    source = spec.training.distill.teacher
-    teacher = build_model(
-        spec.model.arch, info.num_classes, info.in_channels, source == "pretrained"
-    )
-    if source != "pretrained":
-        checkpoint.load_init_weights(teacher, source)
-    return teacher.to(device).eval().requires_grad_(False)
+    teacher = build(spec, info, device, init=spec.training.distill.teacher)
+    return teacher.eval().requires_grad_(False)
 
 
 def build(
-    spec: JobSpec, info: DatasetInfo, device: torch.device, load_init: bool = True
+    spec: JobSpec, info: DatasetInfo, device: torch.device, init: str | None = None
 ) -> nn.Module:
-    """The network the spec names, its init loaded (unless `load_init` is off), before
-    quantization."""
-    init = spec.model.init
-    pretrained = load_init and init == "pretrained"
+    """The network the spec names, in float, with the weights of `init` ('pretrained', a
+    model.pt path, or None for a random init)."""
+    pretrained = init == "pretrained"
     model = build_model(spec.model.arch, info.num_classes, info.in_channels, pretrained=pretrained)
-    if load_init and init and init != "pretrained":
+    if init and init != "pretrained":
         checkpoint.load_init_weights(model, init)
     return model.to(device)
