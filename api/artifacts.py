@@ -16,11 +16,13 @@ from lsq.files import (
     MODEL_ONNX,
     PLOT,
     PLOT_SVG,
+    SENSITIVITY_PLOT,
 )
 
 from .config import Settings
 
-DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT)
+DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
+             SENSITIVITY_PLOT)  # fmt: skip
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:

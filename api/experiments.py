@@ -27,11 +27,14 @@ from pydantic import (
     field_validator,
 )
 
+from lsq.archs import layer_names
 from lsq.spec import (
+    MAX_EPOCHS,
     MAX_SEED,
     DistillOptions,
     Path_,
     QuantizationSpec,
+    SensitivitySpec,
     describe_errors,
     printable,
 )
@@ -107,9 +110,26 @@ def _options(value: Any) -> Any:
     return {True: {}, False: None}.get(value, value) if isinstance(value, bool) else value
 
 
+class SensitivityOptions(SensitivitySpec):
+    """A sensitivity experiment's probes: the core's, and whether each fine-tunes."""
+
+    fine_tune: int = Field(
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="0: one job evaluates every probe, untrained (far cheaper); N: one job per "
+        "probed layer (and one with every layer quantized), each trained N epochs",
+    )
+
+
 class ExperimentSpec(_Strict):
     """A baseline and variants of a base job spec; every variant runs once per seed."""
 
+    kind: Literal["variants", "sensitivity"] = Field(
+        "variants",
+        description="variants: the rows of `grid` or `variants`; sensitivity: one row per "
+        "layer, alone quantized or alone float (`sensitivity`)",
+    )
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
     base: dict[str, Any] = Field(
         description="A job spec without its name: what every job shares (dataset, model, ...)"
@@ -134,6 +154,9 @@ class ExperimentSpec(_Strict):
     )
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
         None, min_length=1, max_length=MAX_SEEDS, description="Run every variant once per seed"
+    )
+    sensitivity: SensitivityOptions | None = Field(
+        None, description="kind sensitivity: which layers, which mode, fine-tuned or not"
     )
 
     @field_validator("base", "grid", "variants")
@@ -182,8 +205,7 @@ class Plan:
 def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     """The experiment's jobs, each validated as a job spec (InvalidField names the first bad
     field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
-    if (exp.grid is None) == (exp.variants is None) or not (exp.grid or exp.variants):
-        raise InvalidField("grid", "give either grid or variants (not both, not neither)")
+    _check_kind(exp)
     overrides = _overrides(exp)
     for where, change, _, _ in overrides:
         _not_set_here(where, change, exp.distill is not None)
@@ -194,7 +216,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     trained = isinstance(exp.baseline, TrainBaseline)
     if len(overrides) * len(seeds) + trained > max_jobs:
         raise InvalidField(
-            "grid" if exp.grid is not None else "variants",
+            "sensitivity" if exp.kind == "sensitivity" else _rows_field(exp),
             f"{len(overrides)} variants x {len(seeds)} seeds is more than the "
             f"{max_jobs} jobs an experiment may have (LSQ_MAX_EXPERIMENT_JOBS)",
         )
@@ -205,13 +227,14 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
         spec["training"] = {**spec.get("training", {}), "seed": seeds[0]}
         baseline = _validated(spec, "baseline")
     variants = []
-    for index, (where, change, _, reference) in enumerate(overrides):
+    for index, (where, change, name, reference) in enumerate(overrides):
         specs = []
+        label = name if exp.kind == "sensitivity" else str(index + 1)
         for seed in seeds:
-            spec = _merge(exp.base, change)
-            spec["name"] = f"{exp.name}/{index + 1}" + (f"/seed {seed}" if len(seeds) > 1 else "")
+            spec = _merge(_variant_base(exp), change)
+            spec["name"] = f"{exp.name}/{label}" + (f"/seed {seed}" if len(seeds) > 1 else "")
             spec["training"] = {**spec.get("training", {}), "seed": seed}
-            specs.append(_validated(spec, where))
+            specs.append(_validated_variant(spec, where))
         variants.append(Variant(where, index, reference, specs))
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
 
@@ -230,9 +253,76 @@ def _not_set_here(where: str, change: dict[str, Any], distill: bool) -> None:
             raise InvalidField(f"{where}.{path}", f"set by the experiment: use {why}")
 
 
+def _check_kind(exp: ExperimentSpec) -> None:
+    """Rows come from grid or variants, or (kind sensitivity) from the network's layers."""
+    given = "grid" if exp.grid is not None else "variants" if exp.variants is not None else None
+    if exp.kind == "sensitivity":
+        if given:
+            raise InvalidField(given, "a sensitivity experiment makes its rows from `sensitivity`")
+        if exp.distill and not (exp.sensitivity and exp.sensitivity.fine_tune):
+            raise InvalidField("distill", "untrained probes learn nothing: set fine_tune")
+    elif exp.sensitivity is not None:
+        raise InvalidField("sensitivity", "for kind: sensitivity only")
+    elif (exp.grid is None) == (exp.variants is None) or not (exp.grid or exp.variants):
+        raise InvalidField("grid", "give either grid or variants (not both, not neither)")
+
+
 def _overrides(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference | None]]:
     """Per variant: the request's field it came from, its change, name and reference."""
+    if exp.kind == "sensitivity":
+        return _probes(exp)
     return _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
+
+
+# What an untrained probe's spec is checked with: the experiment sets model.init when stored.
+SOME_JOB = {"job": 1}
+
+
+def _probes(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference | None]]:
+    """Untrained: one job probes every layer (lsq.sensitivity). Fine-tuned: one job with every
+    layer quantized, then one per probed layer, each with its levels named layer by layer."""
+    options = exp.sensitivity or SensitivityOptions()
+    if not options.fine_tune:
+        probe = {"sensitivity": options.model_dump(exclude={"fine_tune"})}
+        return [("sensitivity", probe, "probes", None)]
+    base = _validated(_merge(exp.base, {"name": exp.name}), "base")
+    arch, q = base.model.arch, base.quantization
+    if not q.enabled:
+        raise InvalidField("base.quantization", "give the levels to probe each layer at")
+    try:
+        layers = options.probed(arch, q)
+    except ValueError as e:
+        raise InvalidField("sensitivity.layers", str(e)) from None
+    training = {"epochs": options.fine_tune}
+    return [
+        ("sensitivity", {"quantization": {"layers": options.levels_for(arch, q, layer)},
+                         "training": training}, layer or "every layer", None)
+        for layer in [None, *layers]
+    ]  # fmt: skip
+
+
+def _rows_field(exp: ExperimentSpec) -> str:
+    return "grid" if exp.grid is not None else "variants"
+
+
+def _validated_variant(spec: dict[str, Any], where: str) -> ServiceJobSpec:
+    """A variant's spec, model.init unset; an untrained probe's is checked as it will run,
+    from a model (the experiment sets which)."""
+    if "sensitivity" not in spec:
+        return _validated(spec, where)
+    checked = _validated(_merge(spec, {"model": {"init": SOME_JOB}}), where)
+    return checked.model_copy(update={"model": checked.model.model_copy(update={"init": None})})
+
+
+def _variant_base(exp: ExperimentSpec) -> dict[str, Any]:
+    """What variants are laid over: the base, less its per-layer levels where a fine-tuned
+    probe names every layer's own (they already hold the base's)."""
+    if exp.kind != "sensitivity" or not (exp.sensitivity and exp.sensitivity.fine_tune):
+        return exp.base
+    base = copy.deepcopy(exp.base)
+    if isinstance(base.get("quantization"), dict):
+        base["quantization"].pop("layers", None)
+    return base
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
@@ -338,6 +428,9 @@ class Row(BaseModel):
     delta_vs_reference: float | None = Field(
         None, description="test_top1 minus the reference's, in points"
     )
+    layer: str | None = Field(
+        None, description="Sensitivity rows: the probed layer (constr_w/constr_a are its levels)"
+    )
 
 
 def _stat(values: list[float]) -> Stat | None:
@@ -379,7 +472,6 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         if j.variant is not None:
             by_variant.setdefault(j.variant, []).append(j)
     start = _start(baseline_jobs, jobs, done)
-    overrides = _overrides(exp)
     out = []
     if baseline_jobs or start is not None:
         specs = [ServiceJobSpec.model_validate(j.spec) for j in baseline_jobs] or [
@@ -392,6 +484,9 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
                  settings={}, test_top1=_stat(top1), test_top5=_stat(top5), drop_top1=None,
                  drop_top5=None)
         )  # fmt: skip
+    if exp.kind == "sensitivity":
+        return out + _probe_rows(exp, by_variant, done, start)
+    overrides = _overrides(exp)
     for index, variant_jobs in sorted(by_variant.items()):
         specs = [ServiceJobSpec.model_validate(j.spec) for j in variant_jobs]
         _, change, name, ref = overrides[index]
@@ -408,6 +503,65 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
                  reference=ref, delta_vs_reference=delta)
         )  # fmt: skip
     return out
+
+
+def _probe_rows(
+    exp: ExperimentSpec,
+    by_variant: dict[int, list[Job]],
+    done: dict[int, dict],
+    start: tuple[float, float] | None,
+) -> list[Row]:
+    """Every layer quantized, then one row per probed layer: from the untrained probe job's
+    result, or from each layer's fine-tuned job (variant 1, 2, ... in network order)."""
+    options = exp.sensitivity or SensitivityOptions()
+    first = by_variant.get(0, [])
+    if not first:
+        return []
+    spec = ServiceJobSpec.model_validate(first[0].spec)
+    arch, q = spec.model.arch, spec.quantization
+    levels = q.levels_by_layer(layer_names(arch))
+    results = [done[j.id] for j in first if j.id in done]
+    quantized = (q.weight, q.activation)
+    out = [_probe_row("all", "every layer", options, spec, first, results, start, quantized)]
+    for i, layer in enumerate(options.probed(arch, q), start=1):
+        if options.fine_tune:
+            jobs = by_variant.get(i, [])
+            found = [done[j.id] for j in jobs if j.id in done]
+        else:
+            jobs, found = first, [_probe_of(r, layer) for r in results]
+        out.append(_probe_row(str(i), layer, options, spec, jobs, found, start, levels[layer]))
+    return out
+
+
+def _probe_of(result: dict[str, Any], layer: str) -> dict[str, float]:
+    """An untrained probe, as a fine-tuned job's result reads."""
+    probe = next(p for p in result["sensitivity"] if p["layer"] == layer)
+    return {"final_top1": probe["test_top1"], "final_top5": probe["test_top5"]}
+
+
+def _probe_row(
+    rid: str,
+    label: str,
+    options: SensitivityOptions,
+    spec: ServiceJobSpec,
+    jobs: list[Job],
+    results: list[dict],
+    start: tuple[float, float] | None,
+    levels: tuple[Any, Any],
+) -> Row:
+    """A sensitivity row: `levels` are the probed layer's (weight, activation)."""
+    (w, a), layer = levels, label if rid != "all" else None
+    top1, top5 = [r["final_top1"] for r in results], [r["final_top5"] for r in results]
+    return Row(
+        id=rid, label=label, baseline=False, layer=layer,
+        settings={"layer": layer, "mode": options.mode, "fine_tune": options.fine_tune},
+        epochs=options.fine_tune, quan_lr=_quan_lr(spec.quantization),
+        constr_w=str(w) if w else "none", constr_a=str(a) if a else "none",
+        lr_base=spec.training.lr, jobs=[j.id for j in jobs],
+        finished=sum(j.status == JobStatus.succeeded for j in jobs), test_top1=_stat(top1),
+        test_top5=_stat(top5), drop_top1=_stat([start[0] - v for v in top1] if start else []),
+        drop_top5=_stat([start[1] - v for v in top5] if start else []),
+    )  # fmt: skip
 
 
 def _start(baseline_jobs: list[Job], jobs: list[Job], done: dict) -> tuple[float, float] | None:
@@ -434,8 +588,19 @@ def _fmt(stat: Stat | None) -> str:
     return f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
 
 
+PROBE_COLUMNS = ["ID", "layer", "constr_w", "constr_a", "epoch", "test_acc", "drop_acc",
+                 "acc_top5", "drop_top5"]  # fmt: skip
+
+
 def table(table_rows: list[Row]) -> list[list[str]]:
-    """The reference's columns, and ref_acc / delta when any row has a reference."""
+    """The reference's columns, and ref_acc / delta when any row has a reference; a
+    sensitivity experiment's name the layer instead of quan_lr and lr_base."""
+    if any(r.settings.get("mode") for r in table_rows):
+        return [PROBE_COLUMNS] + [
+            [r.id, r.label, r.constr_w, r.constr_a, str(r.epochs), _fmt(r.test_top1),
+             _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
+            for r in table_rows
+        ]  # fmt: skip
     refs = any(r.reference for r in table_rows)
     head = COLUMNS + (["ref_acc", "delta"] if refs else [])
     body = []

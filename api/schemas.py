@@ -19,7 +19,9 @@ from .store import stored_spec
 class Progress(BaseModel):
     epoch: int = Field(description="The epoch being trained (1-based); 0 before the first")
     fraction: float = Field(description="Fraction of that epoch done, 0 to 1")
-    epochs: int = Field(description="Epochs the job trains in all")
+    epochs: int = Field(
+        description="Epochs the job trains in all (1 for a sensitivity job: its probes)"
+    )
 
 
 def _progress(job: Job, spec: dict[str, Any] | None = None) -> Progress:
@@ -27,7 +29,7 @@ def _progress(job: Job, spec: dict[str, Any] | None = None) -> Progress:
     return Progress(
         epoch=job.progress_epoch,
         fraction=job.progress_fraction,
-        epochs=spec["training"]["epochs"],
+        epochs=1 if spec.get("sensitivity") else spec["training"]["epochs"],
     )
 
 

@@ -8,8 +8,8 @@ Runs go through lsq.train.run (what `lsq run` calls) with training.compile on; e
 folder stays under --out. Prints the table as Markdown (mean over seeds, drop against full
 precision), which bench/accuracy.md records.
 
-    .venv/bin/python bench/accuracy.py [--seeds 0 1] [--configs default distill]
-        [--out runs/accuracy]
+    .venv/bin/python bench/accuracy.py [--seeds 0 1] [--configs default distill ...]
+        [--variants W+A] [--out runs/accuracy]
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ VARIANTS = {
 
 
 def configs(fp_model: str) -> dict[str, dict]:
-    """Training changes, one at a time against the defaults."""
+    """Changes to the spec, one at a time against the defaults: {section: {field: value}}."""
     return {
         "default": {},
-        "distill": {"distill": {"teacher": fp_model}},  # T = 1, alpha = 0.5 (the paper's)
+        "distill": {"training": {"distill": {"teacher": fp_model}}},  # T 1, alpha 0.5 (paper's)
+        "mse-init": {"quantization": {"activation_init": "mse"}},
+        "bn-reestimate": {"training": {"bn_reestimate": 100}},
+        "4-epochs": {"training": {"epochs": 4}},
     }
 
 
@@ -59,6 +62,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--configs", nargs="+", default=["default", "distill"])
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument(
+        "--variants", default="", help="only the variants whose name contains this, e.g. W+A"
+    )
     args = parser.parse_args()
     fp_dir = args.out / "fp"
     fp = run(job("fp", {}, {**FP, "seed": 0}), fp_dir, resume=True)
@@ -68,11 +74,14 @@ def main() -> None:
     for config in args.configs:
         change = configs(fp_model)[config]
         for variant, quantization in VARIANTS.items():
+            if args.variants not in variant:
+                continue
             top1 = []
             for seed in args.seeds:
                 name = re.sub(r"[^A-Za-z0-9+]+", "-", f"{config} {variant} seed {seed}")
-                training = {**LSQ, **change, "seed": seed}
-                spec = job(name, quantization, training, init=fp_model)
+                training = {**LSQ, **change.get("training", {}), "seed": seed}
+                quantized = {**quantization, **change.get("quantization", {})}
+                spec = job(name, quantized, training, init=fp_model)
                 result = run(spec, args.out / name, resume=True)
                 top1.append(result.final_top1)
                 print(

@@ -112,13 +112,16 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sys.exit("lsq run: give a SPEC file or --resume DIR")
 
-    from .metrics import summary_line, table_header, table_row
+    from .metrics import sensitivity_table, summary_line, table_header, table_row
     from .train import run  # torch loads here, after the spec is known to be good
 
     print(f"{spec.name}: {spec.model.arch} on {spec.dataset.name}, writing to {out}")
-    print(table_header())
+    if spec.sensitivity is None:
+        print(table_header())
     on_epoch = lambda m: print(table_row(m), flush=True)  # noqa: E731
     result = run(spec, out, on_epoch=on_epoch, resume=bool(args.resume), progress_bar=True)
+    if result.sensitivity is not None:
+        print(sensitivity_table(result.sensitivity, spec.sensitivity.mode))
     print(summary_line(spec.describe(), result))
     print(f"files in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from torch import nn
 
 from .layers import QUANTIZED
-from .levels import LevelSet, parse_levels
+from .levels import LevelSet, layer_levels, parse_levels
 from .spec import QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
@@ -30,6 +29,7 @@ def quantize_model(
     per_channel: bool = False,
     inplace: bool = False,
     layers: dict[str, dict[str, Any]] | None = None,
+    activation_init: Literal["lsq", "mse"] = "lsq",
 ) -> nn.Module:
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
@@ -43,10 +43,12 @@ def quantize_model(
     - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
       "activation": levels}}`` (a side left out keeps its level set, None is float); the first
       matching pattern applies, after ``first_last``.
-    - The activation step is initialised from the first training batch; weight steps now.
+    - The activation step is initialised from the first training batch (``activation_init``:
+      the paper's rule or the least-squared-error step); weight steps now.
     """
-    weight_levels = parse_levels(weight) if weight is not None else None
-    act_levels = parse_levels(activation) if activation is not None else None
+    job = tuple(parse_levels(v) if v is not None else None for v in (weight, activation))
+    layers = layers or {}
+    overrides = {p: {k: _levels(v) for k, v in sides.items()} for p, sides in layers.items()}
     if not inplace:
         model = copy.deepcopy(model)
     first, last = first_and_last(model)
@@ -54,27 +56,14 @@ def quantize_model(
         twin = QUANTIZED.get(type(module))
         if twin is None:
             continue
-        w, a = weight_levels, act_levels
-        if name in (first, last) and first_last == "float":
-            w = a = None
-        elif name in (first, last) and first_last != "same":
-            w = a = parse_levels(first_last)
-        w, a = _override(name, w, a, layers or {})
+        role = "first" if name == first else "last" if name == last else None
+        w, a = layer_levels(name, role, job, first_last, overrides)
         if name == first and a is not None:
             a = a.as_signed()
         if w is None and a is None:
             continue
-        _set_submodule(model, name, twin.from_float(module, w, a, per_channel))
+        _set_submodule(model, name, twin.from_float(module, w, a, per_channel, activation_init))
     return model
-
-
-def _override(name: str, w: Any, a: Any, layers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
-    for pattern, sides in layers.items():
-        if fnmatchcase(name, pattern):
-            w = _levels(sides["weight"]) if "weight" in sides else w
-            a = _levels(sides["activation"]) if "activation" in sides else a
-            break
-    return w, a
 
 
 def _levels(value: Any) -> LevelSet | None:
@@ -88,8 +77,9 @@ def quantize_as_specified(model: nn.Module, q: QuantizationSpec) -> nn.Module:
     per_channel = q.granularity == "per_channel"
     layers = {pattern: o.given() for pattern, o in q.layers.items()}
     return quantize_model(
-        model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers
-    )
+        model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers,
+        activation_init=q.activation_init,
+    )  # fmt: skip
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

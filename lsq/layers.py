@@ -8,7 +8,7 @@ A side whose level set is None stays full precision.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class _Quantized(nn.Module):
         weight_levels: Any = None,
         activation_levels: Any = None,
         per_channel: bool = False,
+        activation_init: Literal["lsq", "mse"] = "lsq",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
@@ -44,7 +45,9 @@ class _Quantized(nn.Module):
                 self.weight_quantizer.init_from(self.weight)
         self.input_quantizer = None
         if activation_levels is not None:
-            self.input_quantizer = LsqQuantizer(activation_levels, activation=True, device=device)
+            self.input_quantizer = LsqQuantizer(
+                activation_levels, activation=True, init=activation_init, device=device
+            )
 
     @staticmethod
     def _hyperparameters(layer: nn.Module) -> dict[str, Any]:
@@ -57,6 +60,7 @@ class _Quantized(nn.Module):
         weight: Any = None,
         activation: Any = None,
         per_channel: bool = False,
+        activation_init: Literal["lsq", "mse"] = "lsq",
     ) -> Self:
         """The quantized twin of `layer`: its hyperparameters, device, weight and bias (and
         their requires_grad), in its training mode. Hooks on `layer` are not carried over."""
@@ -71,6 +75,7 @@ class _Quantized(nn.Module):
                 weight_levels=weight,
                 activation_levels=activation,
                 per_channel=per_channel,
+                activation_init=activation_init,
             )
         for name in ("weight", "bias"):
             if getattr(layer, name) is not None:

@@ -8,6 +8,7 @@ as the shorthand ``{bits: B, signed: bool, symmetric: bool}``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -117,6 +118,31 @@ def parse_levels(value: Any) -> LevelSet:
     if not low <= 0 <= high:
         raise ValueError(f"{_show(value)} does not contain 0; expected {ACCEPTED}")
     return LevelSet(q_n=-low, q_p=high)
+
+
+Sides = tuple[LevelSet | None, LevelSet | None]  # (weight, activation); None is float
+
+
+def layer_levels(
+    name: str,
+    role: str | None,
+    job: Sides,
+    first_last: str | LevelSet,
+    layers: dict[str, dict[str, LevelSet | None]],
+) -> Sides:
+    """What one layer gets: the job's (weight, activation) sets, unless it is the first or the
+    last layer (`role`) and `first_last` says otherwise, then the first per-layer pattern that
+    matches its name replaces the sides it gives. Shared by the conversion and by checks that
+    must not build the network."""
+    w, a = job
+    if role is not None and first_last == "float":
+        w = a = None
+    elif role is not None and first_last != "same":
+        w = a = parse_levels(first_last)
+    for pattern, sides in layers.items():
+        if fnmatchcase(name, pattern):
+            return sides.get("weight", w), sides.get("activation", a)
+    return w, a
 
 
 def _show(value: Any) -> str:

@@ -168,6 +168,26 @@ def init_activation_steps(model: nn.Module, x: torch.Tensor) -> None:
             v.copy_(saved[k])
 
 
+@torch.no_grad()
+def reestimate_batch_norm(
+    model: nn.Module, data: Batches, batches: int, device: torch.device, amp: torch.dtype | None
+) -> None:
+    """Batch-norm running statistics recomputed as the plain average over `batches` training
+    batches of the network as it now is: the running averages of an epoch mix statistics of
+    weights that kept moving between quantization levels (Nagel et al. 2022)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    model.train()
+    for (x, _), _ in zip(data, range(batches), strict=False):
+        with autocast(device, amp):
+            model(x.to(device, non_blocking=True))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
 def init_steps(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None = None) -> None:
     """Activation steps from the first batch; under DDP, every replica then takes rank 0's."""
     with autocast(x.device, amp):
@@ -242,6 +262,9 @@ class Trainer:
         self.scheduler.step()
         if not self.rank.main:
             return None
+        if t.bn_reestimate:
+            data = loader(train_set, t.batch_size, self.device, True, mixed + 1)
+            reestimate_batch_norm(self.model, data, t.bn_reestimate, self.device, self.amp)
         eval_start = time.perf_counter()
         test = evaluate(self.model, test_data, self.device, self.amp)
         end = time.perf_counter()

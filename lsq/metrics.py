@@ -78,6 +78,19 @@ class EpochMetrics(_Record):
     )
 
 
+class LayerSensitivity(_Record):
+    """One probe of a sensitivity job (lsq.sensitivity): a layer alone quantized, or alone float."""
+
+    layer: str = Field(description="The probed layer's module name")
+    weight: str | None = Field(description="Its weight levels as the spec gives them; null: float")
+    activation: str | None = Field(description="Its input levels; null: float")
+    parameters: int = Field(description="Its parameter count (what more bits there would cost)")
+    test_top1: float
+    test_top5: float
+    drop_top1: float = Field(description="The float model's top-1 minus this probe's, in points")
+    drop_top5: float
+
+
 class RunResult(_Record):
     """A finished run: final and best test accuracy, and the drop against its starting model."""
 
@@ -97,6 +110,11 @@ class RunResult(_Record):
         "bit width, steps and the rest in float32)",
     )
     compression: float | None = Field(None, description="float32 size / model_bits")
+    sensitivity: list[LayerSensitivity] | None = Field(
+        None,
+        description="Sensitivity jobs: one probe per layer; final_top1 is then the network "
+        "with every layer quantized as the spec says, without training",
+    )
 
     @classmethod
     def of(cls, epochs: list[EpochMetrics], init: Accuracy | None) -> RunResult:
@@ -118,6 +136,25 @@ class RunResult(_Record):
             best_epoch=best.epoch,
             epochs=len(epochs),
             **start,
+        )
+
+    @classmethod
+    def of_probes(
+        cls, whole: Accuracy, start: Accuracy, probes: list[LayerSensitivity]
+    ) -> RunResult:
+        """A sensitivity job's result: `whole` is every layer quantized, untrained."""
+        return cls(
+            final_top1=whole.top1,
+            final_top5=whole.top5,
+            best_top1=whole.top1,
+            best_top5=whole.top5,
+            best_epoch=0,
+            epochs=0,
+            init_top1=start.top1,
+            init_top5=start.top5,
+            drop_top1=start.top1 - whole.top1,
+            drop_top5=start.top5 - whole.top5,
+            sensitivity=probes,
         )
 
 
@@ -163,9 +200,27 @@ def epoch_table(epochs: list[EpochMetrics]) -> str:
     return "\n".join([table_header(), *map(table_row, epochs)])
 
 
+def sensitivity_table(probes: list[LayerSensitivity], mode: str) -> str:
+    """A sensitivity job's probes, one line per layer, the largest drop marked."""
+    head = "only this layer quantized" if mode == "quantize_one" else "only this layer float"
+    worst = max(p.drop_top1 for p in probes) if probes else 0
+    lines = [
+        f"{'layer':<24} {'weight':>9} {'input':>9} {'parameters':>10} {'top-1':>6} {'drop':>6}"
+        f"  ({head})"
+    ]
+    for p in probes:
+        mark = "  <- largest" if p.drop_top1 == worst else ""
+        lines.append(
+            f"{p.layer:<24} {p.weight or 'float':>9} {p.activation or 'float':>9} "
+            f"{p.parameters:>10,} {p.test_top1:>6.2f} {p.drop_top1:>6.2f}{mark}"
+        )
+    return "\n".join(lines)
+
+
 def summary_line(title: str, result: RunResult) -> str:
     """One line that says what a run was (`JobSpec.describe()`) and what it kept."""
-    line = f"{title}: test top-1 {result.final_top1:.2f}%"
+    every = " with every layer quantized, untrained" if result.sensitivity is not None else ""
+    line = f"{title}: test top-1 {result.final_top1:.2f}%{every}"
     if result.drop_top1 is not None:
         line += f", drop {result.drop_top1:.2f} points from {result.init_top1:.2f}%"
     if result.model_bits is not None:

@@ -3,7 +3,8 @@
 ``checkpoint.pt`` holds everything a resume needs (the trainer's state, the epochs so far and
 the starting model's accuracy); at the end come ``model.pt`` (the float state dict, another
 job's ``model.init``) and, for a quantized job, ``model-int.pt``. The plots (``plot.png``,
-``plot.svg``, ``quantizers.png``) are drawn during the run too.
+``plot.svg``, ``quantizers.png``) are drawn during the run too. A sensitivity job writes only
+``sensitivity.png`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from .files import (
     MODEL_ONNX,
     PLOT,
     PLOT_SVG,
+    SENSITIVITY_PLOT,
     atomic_file,
 )
 from .loop import Trainer
-from .metrics import Accuracy, EpochMetrics, RunMetrics
+from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,19 @@ def save_plots(out: Path, spec: JobSpec, epochs: list[EpochMetrics]) -> None:
             plot.quantizer_health(epochs, [out / HEALTH_PLOT], title)
     except Exception:
         log.exception("%s: the plots could not be drawn", spec.name)
+
+
+def save_sensitivity(out: Path, spec: JobSpec, result: RunResult) -> None:
+    """A sensitivity job's files: its bar plot, then metrics.json with the probes."""
+    assert spec.sensitivity is not None and result.sensitivity is not None
+    bars = [plot.Bar(p.layer, p.drop_top1) for p in result.sensitivity]
+    try:
+        plot.sensitivity_bars(
+            bars, spec.sensitivity.mode, [out / SENSITIVITY_PLOT], spec.describe(), result.drop_top1
+        )
+    except Exception:
+        log.exception("%s: the sensitivity plot could not be drawn", spec.name)
+    write_metrics(out, RunMetrics(result=result))
 
 
 def write_metrics(out: Path, metrics: RunMetrics) -> None:

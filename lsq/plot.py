@@ -1,5 +1,6 @@
-"""Plots people would rather look at than read: a run's curves, its quantizers' health, and an
-experiment's variants side by side. Files only (matplotlib's Agg backend), PNG and SVG."""
+"""Plots people would rather look at than read: a run's curves, its quantizers' health, an
+experiment's variants side by side, and the accuracy drop per layer of a sensitivity probe.
+Files only (matplotlib's Agg backend), PNG and SVG."""
 
 from __future__ import annotations
 
@@ -119,4 +120,40 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
     if any(curve.start for curve in curves):
         ax.set_xlabel("epoch (the variants continue from the baseline's final model)")
     ax.legend(loc="lower right", fontsize=8)
+    _save(fig, paths)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One probed layer: its drop in test top-1 (mean over seeds, and their spread)."""
+
+    layer: str
+    drop: float
+    std: float | None = None
+
+
+PROBED = {
+    "quantize_one": "only this layer quantized",
+    "float_one": "every other layer quantized, this one float",
+}
+
+
+def sensitivity_bars(
+    bars: list[Bar], mode: str, paths: Sequence[Path], title: str = "", whole: float | None = None
+) -> None:
+    """One horizontal bar per layer, in network order from the top: the drop in test top-1
+    against the float network; `whole`, the drop with every layer quantized, as a line."""
+    fig, ax = _pyplot().subplots(figsize=(8, 1.5 + 0.28 * max(len(bars), 1)), dpi=100)
+    y = range(len(bars))
+    errors = [b.std or 0 for b in bars] if any(b.std for b in bars) else None
+    ax.barh(y, [b.drop for b in bars], xerr=errors, color="tab:red", alpha=0.75)
+    ax.set_yticks(list(y), [b.layer for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    if whole is not None:
+        label = f"every layer quantized: {whole:.2f}"
+        ax.axvline(whole, color="black", linestyle="--", label=label)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(xlabel=f"drop in test top-1 (points), {PROBED[mode]}", title=title)
+    ax.grid(axis="x", alpha=0.3)
     _save(fig, paths)

@@ -8,7 +8,7 @@ in one pass, with the gradient scale g = 1 / sqrt(N * Q_P) applied to the step's
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -63,6 +63,25 @@ def initial_step(v: torch.Tensor, levels: LevelSet, dims: list[int] | None = Non
     return (2 * mean / math.sqrt(q)).clamp_min(MIN_STEP)
 
 
+MSE_CANDIDATES, MSE_SAMPLE = 100, 1 << 18
+
+
+def mse_step(v: torch.Tensor, levels: LevelSet) -> torch.Tensor:
+    """The step among 100 evenly spaced up to max|v| / Q with the least squared quantization
+    error on v (on an evenly strided sample of 2^18 values at most). At 2 bits the paper's
+    rule clips far less than the error-optimal step does (Banner et al. 2019)."""
+    flat = v.detach().float().flatten()
+    flat = flat[:: max(1, flat.numel() // MSE_SAMPLE)]
+    q = levels.q_p if levels.q_p > 0 else levels.q_n
+    top = flat.abs().max().clamp_min(MIN_STEP) / q
+    best, best_error = top, torch.tensor(float("inf"), device=flat.device)
+    for k in range(1, MSE_CANDIDATES + 1):
+        s = top * k / MSE_CANDIDATES
+        error = ((flat / s).clamp(-levels.q_n, levels.q_p).round() * s - flat).square().sum()
+        best, best_error = torch.where(error < best_error, s, best), error.minimum(best_error)
+    return best.clamp_min(MIN_STEP)
+
+
 class LsqQuantizer(nn.Module):
     """A learned-step quantizer for a weight tensor or for the activations entering a layer.
 
@@ -71,6 +90,8 @@ class LsqQuantizer(nn.Module):
       sample (the batch dimension is not counted, as in the paper); for weights N is the
       number of elements one step covers. The activation step is initialised from the first
       batch seen in training mode, unless ``init_from`` was called first.
+    - ``init``: ``lsq``, the paper's step 2 mean(|v|) / sqrt(Q_P), or ``mse``, the step with the
+      least squared quantization error (per-tensor steps only; per-channel ones use ``lsq``).
     """
 
     def __init__(
@@ -79,11 +100,13 @@ class LsqQuantizer(nn.Module):
         *,
         channels: int = 1,
         activation: bool = False,
+        init: Literal["lsq", "mse"] = "lsq",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.levels = parse_levels(levels)
         self.activation = activation
+        self.init = init
         self.step = nn.Parameter(torch.ones(channels, device=device))
         # Persisted so a reloaded model does not re-initialise; mirrored in a Python bool so the
         # forward never reads a device tensor on the host.
@@ -111,9 +134,9 @@ class LsqQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from(self, v: torch.Tensor) -> None:
-        """Set the step to 2 * mean(|v|) / sqrt(Q_P) (per channel if this quantizer is)."""
+        """Set the step from v by this quantizer's rule (per channel if this quantizer is)."""
         if self.step.numel() == 1:
-            s = initial_step(v, self.levels)
+            s = mse_step(v, self.levels) if self.init == "mse" else initial_step(v, self.levels)
         else:
             s = initial_step(v, self.levels, dims=list(range(1, v.dim())))
         self.step.copy_(s.reshape(self.step.shape))

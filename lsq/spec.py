@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .archs import layer_names
-from .levels import ACCEPTED, Levels, LevelSet, parse_levels
+from .levels import ACCEPTED, Levels, LevelSet, Sides, layer_levels, parse_levels
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
 Arch = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"]
@@ -198,12 +198,27 @@ class QuantizationSpec(_Strict):
         "ARCH` lists them) to {weight, activation}; the first pattern that matches a layer "
         "applies, after first_last",
     )
+    activation_init: Literal["lsq", "mse"] = Field(
+        "lsq",
+        description="How activation steps start, from the first training batch: lsq, the "
+        "paper's 2 mean(|x|) / sqrt(Q_P); mse, the step with the least squared quantization "
+        "error (bench/accuracy.md compares them)",
+    )
 
     @property
     def enabled(self) -> bool:
         sides = [self.weight, self.activation]
         sides += [v for o in self.layers.values() for v in o.given().values()]
         return any(v is not None for v in sides)
+
+    def levels_by_layer(self, names: Sequence[str]) -> dict[str, Sides]:
+        """(weight, activation) levels of each of a network's quantizable layers (`names`, in
+        order: the first is its first layer, the last its last), as the conversion applies
+        them; None is float. The first layer's unsigned input set is shown unsigned."""
+        job = (self.weight, self.activation)
+        layers = {p: o.given() for p, o in self.layers.items()}
+        roles = {names[0]: "first", names[-1]: "last"} if names else {}
+        return {n: layer_levels(n, roles.get(n), job, self.first_last, layers) for n in names}
 
     def describe(self) -> str:
         """E.g. 'W[-1,0,1] A[0,1,2,3], first/last float' or 'full precision'."""
@@ -239,6 +254,9 @@ class DistillSpec(DistillOptions):
     )
 
 
+MAX_BN_BATCHES = 1000
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(
@@ -258,6 +276,13 @@ class TrainingSpec(_Strict):
     )
     distill: DistillSpec | None = Field(
         None, description="Learn from a teacher's softened outputs as well as from the labels"
+    )
+    bn_reestimate: int = Field(
+        0,
+        ge=0,
+        le=MAX_BN_BATCHES,
+        description="After each epoch, re-estimate batch-norm statistics on this many training "
+        "batches with the quantized network (0: keep the running averages)",
     )
     compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
         "auto",
@@ -279,6 +304,56 @@ def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
     return data
 
 
+class SensitivitySpec(_Strict):
+    """Per-layer sensitivity in one job, without training: the network of model.init quantized
+    as the spec says, then each probed layer alone quantized (quantize_one) or alone left in
+    float (float_one), evaluated on the test set (lsq.sensitivity)."""
+
+    mode: Literal["quantize_one", "float_one"] = Field(
+        "quantize_one",
+        description="quantize_one: only the probed layer is quantized; float_one: every layer "
+        "the spec quantizes but the probed one",
+    )
+    layers: list[_text(200)] = Field(  # type: ignore[valid-type]
+        ["*"],
+        min_length=1,
+        max_length=MAX_LAYER_PATTERNS,
+        description="Globs of the layers to probe, among those the spec quantizes (default all)",
+    )
+
+    def probed(self, arch: str, q: QuantizationSpec) -> list[str]:
+        """The layers to probe, in network order: those `q` quantizes that a glob matches.
+        ValueError names a glob that matches none of them."""
+        quantized = [n for n, sides in q.levels_by_layer(layer_names(arch)).items() if any(sides)]
+        for glob in self.layers:
+            if not any(fnmatchcase(n, glob) for n in quantized):
+                raise ValueError(
+                    f"{glob[:80]!r} matches no layer this spec quantizes; those of {arch} are "
+                    f"{_listed(quantized)}"
+                )
+        return [n for n in quantized if any(fnmatchcase(n, g) for g in self.layers)]
+
+    def levels_for(self, arch: str, q: QuantizationSpec, layer: str | None) -> dict[str, dict]:
+        """`quantization.layers` for a job that probes `layer` by training (one entry per
+        layer, by name): what `q` gives each layer, with `layer` alone quantized or alone
+        float. None as `layer`: every layer as `q` gives it."""
+        out = {}
+        for name, (w, a) in q.levels_by_layer(layer_names(arch)).items():
+            float_here = name == layer if self.mode == "float_one" else name != layer
+            if layer is not None and float_here:
+                w = a = None
+            out[name] = {"weight": _json(w), "activation": _json(a)}
+        return out
+
+
+def _json(levels: LevelSet | None) -> Any:
+    return levels.to_json() if levels is not None else None
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+
+
 class JobSpec(_Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
@@ -287,6 +362,11 @@ class JobSpec(_Strict):
     model: ModelSpec
     quantization: QuantizationSpec = QuantizationSpec()
     training: TrainingSpec = TrainingSpec()
+    sensitivity: SensitivitySpec | None = Field(
+        None,
+        description="Probe each layer's sensitivity instead of training (needs model.init; "
+        "training.epochs is not used)",
+    )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
@@ -305,9 +385,7 @@ class JobSpec(_Strict):
         }
         unused = [p for p in self.quantization.layers if p not in first]
         if unused:
-            shown = ", ".join(names[:12]) + (
-                f", ... ({len(names)} in all)" if len(names) > 12 else ""
-            )
+            shown = _listed(names)
             raise ValueError(
                 f"quantization.layers: {', '.join(repr(p[:80]) for p in unused[:5])} is the first "
                 f"pattern to match no layer of {self.model.arch} (none, or only layers an "
@@ -325,6 +403,22 @@ class JobSpec(_Strict):
                 f"head knows ImageNet's classes, not {self.dataset.name}'s: give a model.pt "
                 "trained on this dataset"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _probe_fits(self) -> Self:
+        if self.sensitivity is None:
+            return self
+        if self.model.init is None:
+            raise ValueError("sensitivity: probes a trained network; give model.init")
+        if self.training.devices > 1:
+            raise ValueError("sensitivity: probes run on one device; set training.devices: 1")
+        if not self.quantization.enabled:
+            raise ValueError("sensitivity: give quantization the levels to probe each layer at")
+        try:
+            self.sensitivity.probed(self.model.arch, self.quantization)
+        except ValueError as e:
+            raise ValueError(f"sensitivity.layers: {e}") from None
         return self
 
     def describe(self) -> str:

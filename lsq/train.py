@@ -7,19 +7,31 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from . import checkpoint, distributed, export, outputs
+from . import checkpoint, distributed, export, outputs, sensitivity
 from .convert import quantize_as_specified
 from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
 from .distributed import SINGLE, Rank
-from .loop import Cancelled, Hooks, Trainer, eval_batch_size, evaluate, loader
+from .loop import (
+    Batches,
+    Cancelled,
+    Hooks,
+    Trainer,
+    eval_batch_size,
+    evaluate,
+    init_steps,
+    loader,
+)
 from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
 from .networks import build_model
 from .spec import JobSpec
@@ -84,6 +96,9 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     if saved is None and spec.model.init is not None and rank.main:
         start = evaluate(model, test_data, device, amp)  # so the result states the drop
     model = quantize_as_specified(model, spec.quantization)
+    if spec.sensitivity is not None:  # validated: model.init is given, one device
+        assert start is not None
+        return _probe(out, spec, model, (train_set, test_data), device, amp, start, hooks)
     teacher = build_teacher(spec, info, device) if t.distill else None
     trainer = Trainer.create(spec, model, device, amp, rank, hooks, teacher)
     epochs: list[EpochMetrics] = []
@@ -123,6 +138,41 @@ def _finish(
             update={"model_bits": size.model_bits, "compression": size.compression}
         )
     outputs.save_final(out, spec, model, info, RunMetrics(epochs=epochs, result=result))
+    return result
+
+
+def _probe(
+    out: Path,
+    spec: JobSpec,
+    model: nn.Module,
+    data: tuple[Dataset, Batches],
+    device: torch.device,
+    amp: torch.dtype | None,
+    start: Accuracy,
+    hooks: Hooks,
+) -> RunResult:
+    """A sensitivity job (lsq.sensitivity): steps set from one training batch, the whole network
+    evaluated, then one evaluation per probed layer; no training."""
+    assert spec.sensitivity is not None
+    (train_set, test_data), t = data, spec.training
+    x, _ = next(iter(loader(train_set, t.batch_size, device, True, t.seed)))
+    init_steps(model, x.to(device), amp)
+    measure = functools.partial(evaluate, model, test_data, device, amp)
+    names = spec.sensitivity.probed(spec.model.arch, spec.quantization)
+    shown = None if hooks.progress_bar else True  # None: on a terminal only
+    bar = tqdm(total=len(names), desc="probes", leave=False, disable=shown)
+
+    def after_each(i: int) -> None:
+        bar.update()
+        if hooks.on_progress is not None:
+            hooks.on_progress(1, (i + 1) / len(names))
+        if hooks.should_cancel is not None and hooks.should_cancel():
+            raise Cancelled(f"cancelled after {i + 1} of {len(names)} probes")
+
+    with bar:
+        probes = sensitivity.probe(model, names, spec.sensitivity, measure, start, after_each)
+    result = RunResult.of_probes(measure(), start, probes)
+    outputs.save_sensitivity(out, spec, result)
     return result
 
 

@@ -1,10 +1,12 @@
 """Plots the workers draw as jobs progress, so the API only serves files: an experiment's
-curves (every row's test top-1 per epoch) in artifacts/experiments/<id>/plot.png and .svg."""
+curves (every row's test top-1 per epoch), or a sensitivity experiment's drop per layer, in
+artifacts/experiments/<id>/plot.png and .svg."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import load_only
@@ -13,7 +15,7 @@ from api import store
 from api.artifacts import experiment_folder
 from api.config import get_settings
 from api.db import session_scope
-from api.experiments import ExperimentSpec, rows
+from api.experiments import ExperimentSpec, Row, rows
 from api.models import EPOCH_NUMBERS, Epoch
 from api.schemas import epoch_numbers
 from lsq.files import PLOT, PLOT_SVG
@@ -41,7 +43,8 @@ def _draw(experiment_id: int) -> None:
 
     with session_scope(read_only=True) as session:
         experiment = store.get_experiment(session, experiment_id, owner=None)
-        table = rows(ExperimentSpec.model_validate(experiment.spec), experiment.jobs)
+        spec = ExperimentSpec.model_validate(experiment.spec)
+        table = rows(spec, experiment.jobs)
         ids = [j.id for j in experiment.jobs]
         query = select(Epoch).where(Epoch.job_id.in_(ids)).order_by(Epoch.job_id, Epoch.epoch)
         epochs: dict[int, list[EpochMetrics]] = {}
@@ -50,11 +53,25 @@ def _draw(experiment_id: int) -> None:
             epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
         base = experiment.spec["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
+    folder = experiment_folder(get_settings(), experiment_id)
+    if spec.kind == "sensitivity":
+        return _bars(spec, table, [folder / PLOT, folder / PLOT_SVG], title)
     # variants continue from a baseline trained here: draw them after its epochs
     start = next((r.epochs for r in table if r.baseline and r.jobs), 0)
     curves = [
         Curve(r.label, [epochs.get(j, []) for j in r.jobs], r.baseline, 0 if r.baseline else start)
         for r in table
     ]
-    folder = experiment_folder(get_settings(), experiment_id)
     experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)
+
+
+def _bars(spec: ExperimentSpec, table: list[Row], paths: list[Path], title: str) -> None:
+    """A sensitivity experiment's plot: the drop per probed layer (mean over seeds, spread)."""
+    from lsq.plot import Bar, sensitivity_bars
+
+    bars = [
+        Bar(r.label, r.drop_top1.mean, r.drop_top1.std) for r in table if r.layer and r.drop_top1
+    ]
+    whole = next((r.drop_top1.mean for r in table if r.id == "all" and r.drop_top1), None)
+    mode = spec.sensitivity.mode if spec.sensitivity else "quantize_one"
+    sensitivity_bars(bars, mode, paths, title, whole)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
-from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG
+from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG, SENSITIVITY_PLOT
 from lsq.metrics import EpochMetrics
 
 from .. import artifacts, limits, store
@@ -118,10 +118,12 @@ def _image(name: str, what: str) -> None:
         return artifacts.image(artifacts.job_folder(settings, job_id), name)
 
 
-IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", HEALTH_PLOT: "image/png"}
+IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", HEALTH_PLOT: "image/png",
+         SENSITIVITY_PLOT: "image/png"}  # fmt: skip
 _image(PLOT, "Accuracy and loss per epoch (PNG)")
 _image(PLOT_SVG, "Accuracy and loss per epoch (SVG)")
 _image(HEALTH_PLOT, "Step sizes and weights at zero per epoch (PNG)")
+_image(SENSITIVITY_PLOT, "A sensitivity job's drop in accuracy per layer (PNG)")
 
 
 @router.post(

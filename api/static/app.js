@@ -140,8 +140,8 @@ async function jobPage(id) {
       <span>top-5</span><span>${pct(r.final_top5)}</span>
       ${r.init_top1 != null ? `<span>start (before quantization)</span><span>${pct(r.init_top1)}</span>
       <span>drop</span><b>${r.drop_top1.toFixed(2)} points</b>` : ""}</div>` : ""}
-    <h2>Curves</h2><div class="plots"><img id="plot" alt="accuracy and loss per epoch">
-      ${q.weight || q.activation ? `<img id="health" alt="quantizer health">` : ""}</div>
+    ${j.spec.sensitivity ? probes(r) : `<h2>Curves</h2><div class="plots"><img id="plot" alt="accuracy and loss per epoch">
+      ${q.weight || q.activation ? `<img id="health" alt="quantizer health">` : ""}</div>`}
     <h2>Epochs</h2><table id="epochs"><tr><th class="num">epoch</th><th class="num">train loss</th>
       <th class="num">train top-1</th><th class="num">test loss</th><th class="num">test top-1</th>
       <th class="num">test top-5</th><th class="num">lr</th><th class="num">seconds</th></tr>
@@ -153,6 +153,7 @@ async function jobPage(id) {
     <h2>Files</h2><p id="files" class="muted">…</p>`;
   const cancel = document.getElementById("cancel");
   if (cancel) cancel.onclick = () => api(`/v1/jobs/${id}/cancel`, { method: "POST" }).then(route);
+  if (j.spec.sensitivity) await picture("bars", `/v1/jobs/${id}/sensitivity.png`, running);
   await picture("plot", `/v1/jobs/${id}/plot.png`, running);
   await picture("health", `/v1/jobs/${id}/quantizers.png`, running);
   const files = await api(`/v1/jobs/${id}/artifacts`);
@@ -167,6 +168,19 @@ async function download(url, name) {
   const blob = await api(url);
   const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: name });
   a.click();
+}
+
+// A sensitivity job: its drop per layer, as a plot and a table (the largest drop in bold).
+function probes(r) {
+  const rows = (r && r.sensitivity) || [];
+  const worst = Math.max(...rows.map((p) => p.drop_top1));
+  return `<h2>Drop per layer</h2><div class="plots"><img id="bars" alt="drop in test top-1 per layer"></div>
+    <table id="probes"><tr><th>layer</th><th>weight</th><th>input</th><th class="num">parameters</th>
+      <th class="num">test top-1</th><th class="num">drop</th></tr>
+      ${rows.map((p) => `<tr><td>${esc(p.layer)}</td><td>${levels(p.weight)}</td><td>${levels(p.activation)}</td>
+        <td class="num">${p.parameters.toLocaleString()}</td><td class="num">${pct(p.test_top1)}</td>
+        <td class="num">${p.drop_top1 === worst ? `<b>${p.drop_top1.toFixed(2)}</b>` : p.drop_top1.toFixed(2)}</td></tr>`).join("")}
+    </table>`;
 }
 
 async function experimentPage(id) {
@@ -191,7 +205,8 @@ async function experimentPage(id) {
         <td>${r.jobs.map((j) => `<a href="#/jobs/${j}">${j}</a>`).join(" ")}
           <span class="muted">(${r.finished}/${r.jobs.length})</span></td></tr>`).join("")}
     </table>
-    <h2>Test accuracy per epoch</h2><div class="plots"><img id="plot" alt="test top-1 per epoch of every row"></div>
+    <h2>${x.spec.kind === "sensitivity" ? "Drop in test top-1 per layer" : "Test accuracy per epoch"}</h2>
+    <div class="plots"><img id="plot" alt="the experiment's plot"></div>
     <h2>Jobs</h2><table><tr><th>id</th><th>name</th><th>status</th><th>progress</th></tr>
       ${x.jobs.map((j) => `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.name)}</td>
         <td>${tag(j.status)}</td><td>${progress(j.progress, j.status)}</td></tr>`).join("")}</table>`;

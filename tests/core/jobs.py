@@ -7,7 +7,9 @@ TERNARY = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "floa
 TERNARY_ALL = {**TERNARY, "first_last": "same"}
 
 
-def synthetic_spec(name="syn", epochs=2, init=None, quant=None, **training) -> JobSpec:
+def synthetic_spec(
+    name="syn", epochs=2, init=None, quant=None, sensitivity=None, **training
+) -> JobSpec:
     """A small job on the synthetic dataset (a few seconds on a CPU)."""
     lr = 0.05 if init is None else 0.01
     return JobSpec.model_validate(
@@ -18,4 +20,5 @@ def synthetic_spec(name="syn", epochs=2, init=None, quant=None, **training) -> J
             "quantization": quant or {},
             "training": {"epochs": epochs, "batch_size": 64, "lr": lr, "seed": 0} | training,
         }
+        | ({"sensitivity": sensitivity} if sensitivity is not None else {})
     )

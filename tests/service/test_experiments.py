@@ -176,6 +176,90 @@ def test_with_distill_the_baseline_teaches_every_variant(service: Service) -> No
     assert variant["result"]["final_top1"] > 20  # learned, on 10 classes
 
 
+def sensitivity(**options: object) -> dict:
+    """A sensitivity experiment on a trained baseline: ternary weights, 2-bit inputs."""
+    base = BASE | {"quantization": {"weight": TERNARY, "activation": [0, 1, 2, 3]}}
+    return experiment(
+        name="layers", kind="sensitivity", grid=None, seeds=None, base=base,
+        sensitivity={"layers": ["layers.0.*", "layers.8.conv2"]} | options,
+    )  # fmt: skip
+
+
+def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service) -> None:
+    body = service.http.post("/v1/experiments", json=sensitivity()).json()
+    assert body["total_jobs"] == 2, body  # the baseline and one probe job
+    done = wait_experiment(service, body["id"])
+    assert done["status"] == "succeeded", done
+    baseline, every, *layers = done["rows"]
+    assert [r["label"] for r in layers] == ["layers.0.conv1", "layers.0.conv2", "layers.8.conv2"]
+    probe_job = service.job(every["jobs"][0])
+    result = probe_job["result"]
+    assert probe_job["spec"]["model"]["init"] == {"job": baseline["jobs"][0]}
+    assert probe_job["progress"] == {"epoch": 1, "fraction": 1.0, "epochs": 1}
+    fp = baseline["test_top1"]["mean"]
+    assert every["test_top1"]["mean"] == result["final_top1"] and every["layer"] is None
+    for row, probe in zip(layers, result["sensitivity"], strict=True):
+        assert row["layer"] == probe["layer"] and row["jobs"] == every["jobs"]
+        assert (row["constr_w"], row["constr_a"]) == ("[-1,0,1]", "[0,1,2,3]") == (
+            probe["weight"], probe["activation"]
+        )  # fmt: skip
+        assert row["test_top1"]["mean"] == probe["test_top1"]
+        assert row["drop_top1"]["mean"] == pytest.approx(fp - probe["test_top1"])
+        assert row["settings"] == {"layer": row["layer"], "mode": "quantize_one", "fine_tune": 0}
+    md = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "md"}).text
+    lines = md.splitlines()
+    assert lines[0].startswith("| ID | layer | constr_w | constr_a | epoch | test_acc | drop_acc")
+    assert lines[3].startswith("| all | every layer | [-1,0,1] | [0,1,2,3] | 0 |")
+    assert lines[4].startswith("| 1 | layers.0.conv1 | [-1,0,1] | [0,1,2,3] | 0 |")
+    for path in (
+        f"/v1/experiments/{body['id']}/plot.png",
+        f"/v1/jobs/{probe_job['id']}/sensitivity.png",
+    ):
+        image = service.http.get(path)
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG", path
+
+
+def test_a_fine_tuned_sensitivity_experiment_runs_a_job_per_layer(service: Service) -> None:
+    request = sensitivity(mode="float_one", fine_tune=1, layers=["layers.8.conv2"])
+    body = service.http.post("/v1/experiments", json=request).json()
+    assert body["total_jobs"] == 3, body  # baseline, every layer, layers.8.conv2 float
+    done = wait_experiment(service, body["id"])
+    assert done["status"] == "succeeded", done
+    _, every, layer = done["rows"]
+    assert (every["label"], layer["label"], layer["epochs"]) == ("every layer", "layers.8.conv2", 1)
+    spec = service.job(layer["jobs"][0])["spec"]
+    assert spec["name"] == "layers/layers.8.conv2" and spec["training"]["epochs"] == 1
+    levels = spec["quantization"]["layers"]
+    assert levels["layers.8.conv2"] == {"weight": None, "activation": None}
+    assert levels["layers.8.conv1"] == {"weight": TERNARY, "activation": [0, 1, 2, 3]}
+    assert levels["conv1"] == levels["fc"] == {"weight": None, "activation": None}  # first/last
+    health = service.http.get(f"/v1/jobs/{layer['jobs'][0]}/quantizers").json()
+    quantized = {h["layer"] for h in health[0]["quantizers"]}
+    assert "layers.8.conv2" not in quantized and len(quantized) == 17
+    assert layer["test_top1"]["n"] == 1 and layer["drop_top1"] is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"sensitivity": {"layers": ["conv9"]}}, "sensitivity"),
+        ({"sensitivity": {"layers": ["conv9"], "fine_tune": 1}}, "sensitivity.layers"),
+        ({"sensitivity": {"mode": "all"}}, "sensitivity.mode"),
+        ({"grid": {"training.lr": [0.1]}}, "grid"),
+        ({"distill": True}, "distill"),
+        ({"kind": "variants"}, "sensitivity"),
+        ({"base": BASE}, "sensitivity"),  # nothing quantized
+        ({"base": BASE, "sensitivity": {"fine_tune": 1}}, "base.quantization"),
+    ],
+)
+def test_a_bad_sensitivity_experiment_gets_422_naming_the_field(
+    service: Service, change: dict, field: str
+) -> None:
+    response = service.http.post("/v1/experiments", json=sensitivity() | change)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"][0]["field"] == field, response.json()
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -226,6 +310,9 @@ def test_a_bad_experiment_gets_422_naming_the_field(
 def test_every_example_experiment_plans_its_table(path) -> None:
     spec = ExperimentSpec.model_validate(read_document(path))
     plan = experiments.plan(spec, max_jobs=64)
+    if spec.kind == "sensitivity":  # resnet20: 18 layers between the first and the last
+        assert len(plan.variants) == 1 and plan.variants[0].specs[0].sensitivity is not None
+        return
     assert len(plan.variants) == 4 and all(len(v.specs) == 1 for v in plan.variants)
     rows = {(v.specs[0].quantization.first_last, v.specs[0].quantization.activation is None)
             for v in plan.variants}  # fmt: skip
