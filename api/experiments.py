@@ -207,7 +207,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
     _check_kind(exp)
     overrides = _overrides(exp)
-    for where, change, _, _ in overrides:
+    for where, change, _, _ in overrides if exp.kind != "sensitivity" else []:  # ours
         _not_set_here(where, change, exp.distill is not None)
     base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
     seeds = exp.seeds or [base.training.seed]
@@ -217,13 +217,15 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     if len(overrides) * len(seeds) + trained > max_jobs:
         raise InvalidField(
             "sensitivity" if exp.kind == "sensitivity" else _rows_field(exp),
-            f"{len(overrides)} variants x {len(seeds)} seeds is more than the "
+            f"{len(overrides)} {'rows' if exp.kind == 'sensitivity' else 'variants'} x "
+            f"{len(seeds)} seeds is more than the "
             f"{max_jobs} jobs an experiment may have (LSQ_MAX_EXPERIMENT_JOBS)",
         )
     baseline = None
     if isinstance(exp.baseline, TrainBaseline):
-        full_precision = {"quantization": {}, "training": exp.baseline.training}
-        spec = _merge(exp.base, full_precision) | {"name": f"{exp.name}/baseline"}
+        spec = _merge(exp.base, {"training": exp.baseline.training})
+        spec |= {"name": f"{exp.name}/baseline", "quantization": {}}  # float, whatever the base
+        spec.pop("sensitivity", None)
         spec["training"] = {**spec.get("training", {}), "seed": seeds[0]}
         baseline = _validated(spec, "baseline")
     variants = []
@@ -519,7 +521,8 @@ def _probe_rows(
         return []
     spec = ServiceJobSpec.model_validate(first[0].spec)
     arch, q = spec.model.arch, spec.quantization
-    levels = q.levels_by_layer(layer_names(arch))
+    names = layer_names(arch)
+    levels = q.levels_by_layer(names)
     results = [done[j.id] for j in first if j.id in done]
     quantized = (q.weight, q.activation)
     out = [_probe_row("all", "every layer", options, spec, first, results, start, quantized)]
@@ -528,15 +531,18 @@ def _probe_rows(
             jobs = by_variant.get(i, [])
             found = [done[j.id] for j in jobs if j.id in done]
         else:
-            jobs, found = first, [_probe_of(r, layer) for r in results]
-        out.append(_probe_row(str(i), layer, options, spec, jobs, found, start, levels[layer]))
+            jobs, found = first, _probe_of(results, layer)
+        w, a = levels[layer]
+        if layer == names[0] and a is not None:  # as the conversion applies it
+            a = a.as_signed()
+        out.append(_probe_row(str(i), layer, options, spec, jobs, found, start, (w, a)))
     return out
 
 
-def _probe_of(result: dict[str, Any], layer: str) -> dict[str, float]:
-    """An untrained probe, as a fine-tuned job's result reads."""
-    probe = next(p for p in result["sensitivity"] if p["layer"] == layer)
-    return {"final_top1": probe["test_top1"], "final_top5": probe["test_top5"]}
+def _probe_of(results: list[dict[str, Any]], layer: str) -> list[dict[str, float]]:
+    """The untrained probes of `layer` in the jobs' results, as fine-tuned jobs' results read."""
+    probes = [p for r in results for p in r.get("sensitivity") or [] if p["layer"] == layer]
+    return [{"final_top1": p["test_top1"], "final_top5": p["test_top5"]} for p in probes]
 
 
 def _probe_row(

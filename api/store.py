@@ -97,11 +97,15 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
         source = session.get(Job, source_id)
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
-        if source.status in (JobStatus.failed, JobStatus.cancelled):
-            raise InvalidField(
-                f"{field}.job",
-                f"job {source.id} ended {source.status}; it has no final model to use",
-            )
+        _has_a_model(f"{field}.job", source)
+
+
+def _has_a_model(field: str, source: Job) -> None:
+    """A job whose model another may start from: not ended without one, not a probe."""
+    if source.status in (JobStatus.failed, JobStatus.cancelled):
+        raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
+    if source.spec.get("sensitivity"):
+        raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -266,6 +270,7 @@ def create_experiment(
             raise InvalidField("baseline.job", f"job {start} does not exist")
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
+        _has_a_model("baseline.job", source)
     first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start

@@ -26,6 +26,7 @@ DATASET = {"name": "fashion-mnist"}
 FP = {"epochs": 4, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "compile": "on"}
 LSQ = {"epochs": 2, "batch_size": 128, "lr": 0.01, "weight_decay": 2.5e-5, "compile": "on"}
 W, A = [-1, 0, 1], [0, 1, 2, 3]
+EIGHT_BITS = {"bits": 8, "signed": True}
 VARIANTS = {
     "W, first/last float": {"weight": W, "first_last": "float"},
     "W+A, first/last float": {"weight": W, "activation": A, "first_last": "float"},
@@ -42,6 +43,8 @@ def configs(fp_model: str) -> dict[str, dict]:
         "mse-init": {"quantization": {"activation_init": "mse"}},
         "bn-reestimate": {"training": {"bn_reestimate": 100}},
         "4-epochs": {"training": {"epochs": 4}},
+        # the image entering the first conv at 8 bits (it is 8-bit data); for first/last same
+        "8-bit-input": {"quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}}},
     }
 
 

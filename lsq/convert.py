@@ -8,7 +8,7 @@ from typing import Any, Literal
 from torch import nn
 
 from .layers import QUANTIZED
-from .levels import LevelSet, layer_levels, parse_levels
+from .levels import FirstMatch, LevelSet, layer_levels, parse_levels
 from .spec import QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
@@ -49,6 +49,7 @@ def quantize_model(
     job = tuple(parse_levels(v) if v is not None else None for v in (weight, activation))
     layers = layers or {}
     overrides = {p: {k: _levels(v) for k, v in sides.items()} for p, sides in layers.items()}
+    first_match = FirstMatch(overrides)
     if not inplace:
         model = copy.deepcopy(model)
     first, last = first_and_last(model)
@@ -57,7 +58,8 @@ def quantize_model(
         if twin is None:
             continue
         role = "first" if name == first else "last" if name == last else None
-        w, a = layer_levels(name, role, job, first_last, overrides)
+        pattern = first_match(name)
+        w, a = layer_levels(role, job, first_last, overrides[pattern] if pattern else None)
         if name == first and a is not None:
             a = a.as_signed()
         if w is None and a is None:

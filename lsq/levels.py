@@ -7,6 +7,7 @@ as the shorthand ``{bits: B, signed: bool, symmetric: bool}``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
@@ -124,25 +125,50 @@ Sides = tuple[LevelSet | None, LevelSet | None]  # (weight, activation); None is
 
 
 def layer_levels(
-    name: str,
     role: str | None,
     job: Sides,
     first_last: str | LevelSet,
-    layers: dict[str, dict[str, LevelSet | None]],
+    override: dict[str, LevelSet | None] | None,
 ) -> Sides:
     """What one layer gets: the job's (weight, activation) sets, unless it is the first or the
-    last layer (`role`) and `first_last` says otherwise, then the first per-layer pattern that
-    matches its name replaces the sides it gives. Shared by the conversion and by checks that
-    must not build the network."""
+    last layer (`role`) and `first_last` says otherwise; then `override`, the sides given by
+    the first per-layer pattern that matches it (FirstMatch), replaces those. Shared by the
+    conversion and by checks that must not build the network."""
     w, a = job
     if role is not None and first_last == "float":
         w = a = None
     elif role is not None and first_last != "same":
         w = a = parse_levels(first_last)
-    for pattern, sides in layers.items():
-        if fnmatchcase(name, pattern):
-            return sides.get("weight", w), sides.get("activation", a)
+    if override is not None:
+        w, a = override.get("weight", w), override.get("activation", a)
     return w, a
+
+
+def _is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern or "[" in pattern
+
+
+class FirstMatch:
+    """The first of `patterns` (fnmatch globs, in order) that matches a name. Patterns without
+    a wildcard (the layer names a sensitivity probe writes out) are found by lookup, so a spec
+    naming every layer is checked in linear time."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = list(patterns)
+        self.literal: dict[str, int] = {}
+        for i, p in enumerate(self.patterns):
+            if not _is_glob(p):
+                self.literal.setdefault(p, i)
+        self.globs = [(i, p) for i, p in enumerate(self.patterns) if _is_glob(p)]
+
+    def __call__(self, name: str) -> str | None:
+        best = self.literal.get(name)
+        for i, pattern in self.globs:
+            if best is not None and i > best:
+                break
+            if fnmatchcase(name, pattern):
+                return pattern
+        return None if best is None else self.patterns[best]
 
 
 def _show(value: Any) -> str:

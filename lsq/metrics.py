@@ -205,13 +205,13 @@ def sensitivity_table(probes: list[LayerSensitivity], mode: str) -> str:
     head = "only this layer quantized" if mode == "quantize_one" else "only this layer float"
     worst = max(p.drop_top1 for p in probes) if probes else 0
     lines = [
-        f"{'layer':<24} {'weight':>9} {'input':>9} {'parameters':>10} {'top-1':>6} {'drop':>6}"
+        f"{'layer':<24} {'weight':>11} {'input':>11} {'parameters':>10} {'top-1':>6} {'drop':>6}"
         f"  ({head})"
     ]
     for p in probes:
         mark = "  <- largest" if p.drop_top1 == worst else ""
         lines.append(
-            f"{p.layer:<24} {p.weight or 'float':>9} {p.activation or 'float':>9} "
+            f"{p.layer:<24} {p.weight or 'float':>11} {p.activation or 'float':>11} "
             f"{p.parameters:>10,} {p.test_top1:>6.2f} {p.drop_top1:>6.2f}{mark}"
         )
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Files only (matplotlib's Agg backend), PNG and SVG."""
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,7 @@ def sensitivity_bars(
         ax.axvline(whole, color="black", linestyle="--", label=label)
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set(xlabel=f"drop in test top-1 (points), {PROBED[mode]}", title=title)
+    ax.set_xlabel(f"drop in test top-1 (points), {PROBED[mode]}")
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, paths)

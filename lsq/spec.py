@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .archs import layer_names
-from .levels import ACCEPTED, Levels, LevelSet, Sides, layer_levels, parse_levels
+from .levels import ACCEPTED, FirstMatch, Levels, LevelSet, Sides, layer_levels, parse_levels
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
 Arch = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"]
@@ -218,7 +218,12 @@ class QuantizationSpec(_Strict):
         job = (self.weight, self.activation)
         layers = {p: o.given() for p, o in self.layers.items()}
         roles = {names[0]: "first", names[-1]: "last"} if names else {}
-        return {n: layer_levels(n, roles.get(n), job, self.first_last, layers) for n in names}
+        first_match, out = FirstMatch(layers), {}
+        for n in names:
+            pattern = first_match(n)
+            override = layers[pattern] if pattern is not None else None
+            out[n] = layer_levels(roles.get(n), job, self.first_last, override)
+        return out
 
     def describe(self) -> str:
         """E.g. 'W[-1,0,1] A[0,1,2,3], first/last float' or 'full precision'."""
@@ -380,9 +385,8 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _layer_patterns_match(self) -> Self:
         names = layer_names(self.model.arch)
-        first = {
-            next((p for p in self.quantization.layers if fnmatchcase(n, p)), None) for n in names
-        }
+        first_match = FirstMatch(self.quantization.layers)
+        first = {first_match(n) for n in names}
         unused = [p for p in self.quantization.layers if p not in first]
         if unused:
             shown = _listed(names)

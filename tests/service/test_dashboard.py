@@ -156,3 +156,38 @@ def test_an_experiment_page_shows_the_live_table_and_its_plot(
     until(lambda: "browser-table" in text(browser, "h1"), 10, "the experiment page")
     time.sleep(1)  # its plot
     assert shot(browser, "dashboard-experiment").stat().st_size > 10_000
+
+
+def test_a_sensitivity_experiment_shows_the_drop_per_layer(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    quantized = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "same"}
+    request = EXPERIMENT | {
+        "name": "browser-layers", "kind": "sensitivity", "grid": None,
+        "base": EXPERIMENT["base"] | {"quantization": quantized},
+        "sensitivity": {"layers": ["conv1", "layers.0.*", "fc"]},
+    }  # fmt: skip
+    experiment = service.http.post("/v1/experiments", json=request).json()
+    browser.get(f"{service.url}/#/experiments/{experiment['id']}")
+    until(lambda: "succeeded" in text(browser, "h1"), 300, "the experiment to succeed")
+    until(lambda: "per layer" in text(browser, "main"), 10, "the plot's heading")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")
+    labels = [r.find_elements(By.CSS_SELECTOR, "td")[1].text for r in rows[1:]]
+    assert labels == ["full precision (baseline)", "every layer", "conv1", "layers.0.conv1",
+                      "layers.0.conv2", "fc"]  # fmt: skip
+    until(lambda: browser.execute_script(
+        "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
+    ), 30, "the bar plot")  # fmt: skip
+    time.sleep(1)
+    assert shot(browser, "dashboard-sensitivity").stat().st_size > 10_000
+
+    probe_job = [j for j in experiment["jobs"] if j["variant"] == 0][0]["id"]
+    browser.get(f"{service.url}/#/jobs/{probe_job}")
+    until(lambda: "succeeded" in text(browser, "h1"), 30, "the probe job's page")
+    probes = browser.find_elements(By.CSS_SELECTOR, "#probes tr")
+    assert len(probes) == 5 and probes[1].text.startswith("conv1 [-1,0,1] [-2,-1,0,1] 432")
+    until(lambda: browser.execute_script(
+        "const i = document.getElementById('bars'); return i.complete && i.naturalWidth > 0"
+    ), 30, "the probe job's bars")  # fmt: skip
+    time.sleep(1)
+    assert shot(browser, "dashboard-probe-job").stat().st_size > 10_000

@@ -11,7 +11,7 @@ from api import experiments
 from api.experiments import ExperimentSpec
 from lsq.spec import read_document
 
-from .conftest import TINY, Service
+from .conftest import TINY, Service, tiny_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -194,6 +194,12 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
     assert [r["label"] for r in layers] == ["layers.0.conv1", "layers.0.conv2", "layers.8.conv2"]
     probe_job = service.job(every["jobs"][0])
     result = probe_job["result"]
+    baseline_spec = service.job(baseline["jobs"][0])["spec"]
+    assert baseline_spec["quantization"]["weight"] is None  # float, though the base quantizes
+    assert baseline_spec["sensitivity"] is None and baseline["constr_w"] == "none"
+    after = tiny_spec("after-probe", model={"arch": "resnet20", "init": {"job": probe_job["id"]}})
+    refused = service.http.post("/v1/jobs", json=after)  # a probe writes no model
+    assert refused.status_code == 422 and "sensitivity probe" in refused.text
     assert probe_job["spec"]["model"]["init"] == {"job": baseline["jobs"][0]}
     assert probe_job["progress"] == {"epoch": 1, "fraction": 1.0, "epochs": 1}
     fp = baseline["test_top1"]["mean"]
@@ -310,8 +316,9 @@ def test_a_bad_experiment_gets_422_naming_the_field(
 def test_every_example_experiment_plans_its_table(path) -> None:
     spec = ExperimentSpec.model_validate(read_document(path))
     plan = experiments.plan(spec, max_jobs=64)
-    if spec.kind == "sensitivity":  # resnet20: 18 layers between the first and the last
+    if spec.kind == "sensitivity":  # one untrained probe job, from a float baseline
         assert len(plan.variants) == 1 and plan.variants[0].specs[0].sensitivity is not None
+        assert not plan.baseline.quantization.enabled and plan.baseline.sensitivity is None
         return
     assert len(plan.variants) == 4 and all(len(v.specs) == 1 for v in plan.variants)
     rows = {(v.specs[0].quantization.first_last, v.specs[0].quantization.activation is None)
@@ -359,3 +366,26 @@ def test_a_dollar_in_a_name_is_text_not_math(tmp_path: Path) -> None:
                      test_top5=90, lr=0.1, seconds=1, images_per_second=100)  # fmt: skip
     run_curves([e], [tmp_path / "plot.png"], title=r"a $\frac{a$ b")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
+    """Rows are read from stored results: one missing a layer (or its probes) gives empty
+    cells, never a 500."""
+    from api.models import Job, JobStatus
+
+    spec = ExperimentSpec.model_validate(sensitivity())
+    plan = experiments.plan(spec, max_jobs=64)
+    probe_spec = plan.variants[0].specs[0].model_dump(mode="json")
+    probe_spec["model"]["init"] = {"job": 1}
+    whole = {"final_top1": 50.0, "final_top5": 90.0, "init_top1": 80.0, "init_top5": 99.0}
+    one = {"layer": "layers.0.conv1", "test_top1": 70.0, "test_top5": 95.0}
+    jobs = [
+        Job(id=2, status=JobStatus.succeeded, variant=0, spec=probe_spec,
+            result=whole | {"sensitivity": [one]}),
+        Job(id=3, status=JobStatus.succeeded, variant=0, spec=probe_spec, result=whole),
+    ]  # fmt: skip
+    fp, every, conv1, conv2, last = experiments.rows(spec, jobs)
+    assert fp.test_top1.mean == 80.0 and every.id == "all" and every.test_top1.n == 2
+    assert conv1.test_top1.mean == 70.0 and conv1.drop_top1.mean == 10.0
+    assert conv2.test_top1 is None and last.test_top1 is None
+    assert "| 2 | layers.0.conv2 |" in experiments.markdown(experiments.rows(spec, jobs))
