@@ -193,7 +193,16 @@ def claim(job_id: int) -> Claimed | Outcome:
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
-    """Train a claimed job to its end; every error of the job ends it `failed`."""
+    """Train a claimed job to its end; every error of the job ends it `failed`. Then redraw
+    its experiment's plot, from what the job recorded (its result too)."""
+    try:
+        return _attempt(claimed)
+    finally:
+        if claimed.experiment_id is not None:
+            experiment_plot(claimed.experiment_id, final=True)
+
+
+def _attempt(claimed: Claimed) -> Outcome:
     from lsq.train import Cancelled, run  # torch loads in the worker only, at its first job
 
     settings, me, job_id = get_settings(), worker_name(), claimed.job_id
@@ -223,8 +232,6 @@ def run_claimed(claimed: Claimed) -> Outcome:
         return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
     finally:
         keeper.close()
-        if claimed.experiment_id is not None:
-            experiment_plot(claimed.experiment_id, final=True)
     return _finish(job_id, me, JobStatus.succeeded, result=result)
 
 

@@ -142,7 +142,7 @@ async function jobPage(id) {
       <span>drop</span><b>${r.drop_top1.toFixed(2)} points</b>` : ""}</div>` : ""}
     ${j.spec.sensitivity ? probes(r) : `<h2>Curves</h2><div class="plots"><img id="plot" alt="accuracy and loss per epoch">
       ${q.weight || q.activation ? `<img id="health" alt="quantizer health">` : ""}</div>`}
-    <h2>Epochs</h2><table id="epochs"><tr><th class="num">epoch</th><th class="num">train loss</th>
+    <h2${j.spec.sensitivity ? ' hidden' : ""}>Epochs</h2><table id="epochs"${j.spec.sensitivity ? " hidden" : ""}><tr><th class="num">epoch</th><th class="num">train loss</th>
       <th class="num">train top-1</th><th class="num">test loss</th><th class="num">test top-1</th>
       <th class="num">test top-5</th><th class="num">lr</th><th class="num">seconds</th></tr>
       ${j.epochs.map((e) => `<tr><td class="num">${e.epoch}</td><td class="num">${e.train_loss.toFixed(4)}</td>
@@ -217,8 +217,10 @@ async function experimentPage(id) {
     const text = await (await api(`/v1/experiments/${id}?format=md`)).text();
     main.insertAdjacentHTML("beforeend", `<h2>Markdown</h2><pre>${esc(text)}</pre>`);
   };
-  await picture("plot", `/v1/experiments/${id}/plot.png`, running);
-  if (!running) stop();
+  const plot = `/v1/experiments/${id}/plot.png`;
+  await picture("plot", plot, running);
+  // a succeeded experiment's last plot is drawn just after its last result: poll until it is
+  if (!running && (images[plot] || x.status !== "succeeded")) stop();
 }
 
 const EXAMPLES = {

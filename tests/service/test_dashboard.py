@@ -168,13 +168,18 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
         "sensitivity": {"layers": ["conv1", "layers.0.*", "fc"]},
     }  # fmt: skip
     experiment = service.http.post("/v1/experiments", json=request).json()
+    browser.get(f"{service.url}/#token={service.token}")  # also when run alone
     browser.get(f"{service.url}/#/experiments/{experiment['id']}")
     until(lambda: "succeeded" in text(browser, "h1"), 300, "the experiment to succeed")
     until(lambda: "per layer" in text(browser, "main"), 10, "the plot's heading")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")
-    labels = [r.find_elements(By.CSS_SELECTOR, "td")[1].text for r in rows[1:]]
-    assert labels == ["full precision (baseline)", "every layer", "conv1", "layers.0.conv1",
-                      "layers.0.conv2", "fc"]  # fmt: skip
+    expected = ["full precision (baseline)", "every layer", "conv1", "layers.0.conv1",
+                "layers.0.conv2", "fc"]  # fmt: skip
+
+    def labels() -> list[str]:  # read again if the page re-renders meanwhile
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")[1:]
+        return [r.find_elements(By.CSS_SELECTOR, "td")[1].text for r in rows]
+
+    until(lambda: labels() == expected, 30, f"the rows {expected}")
     until(lambda: browser.execute_script(
         "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
     ), 30, "the bar plot")  # fmt: skip

@@ -185,6 +185,15 @@ def sensitivity(**options: object) -> dict:
     )  # fmt: skip
 
 
+def until_drawn(service: Service, path: str, timeout: float = 20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (image := service.http.get(path)).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return image
+
+
 def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service) -> None:
     body = service.http.post("/v1/experiments", json=sensitivity()).json()
     assert body["total_jobs"] == 2, body  # the baseline and one probe job
@@ -220,8 +229,8 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
     for path in (
         f"/v1/experiments/{body['id']}/plot.png",
         f"/v1/jobs/{probe_job['id']}/sensitivity.png",
-    ):
-        image = service.http.get(path)
+    ):  # the experiment's is drawn once the result is stored: a moment later
+        image = until_drawn(service, path)
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG", path
 
 
