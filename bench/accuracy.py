@@ -9,7 +9,8 @@ folder stays under --out. Prints the table as Markdown (mean over seeds, drop ag
 precision), which bench/accuracy.md records.
 
     .venv/bin/python bench/accuracy.py [--seeds 0 1] [--configs default distill ...]
-        [--variants W+A] [--out runs/accuracy]
+        [--variants W+A] [--dataset fashion-mnist|synthetic-32] [--compile on|off]
+        [--out runs/accuracy]
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from pathlib import Path
 from lsq.spec import JobSpec
 from lsq.train import run
 
-DATASET = {"name": "fashion-mnist"}
+DATASETS = {
+    "fashion-mnist": {"name": "fashion-mnist"},
+    # CIFAR-shaped (3 x 32 x 32, 10 classes), small enough to be learnt imperfectly
+    "synthetic-32": {"name": "synthetic", "train_size": 2048, "test_size": 1024, "image_size": 32},
+}
 FP = {"epochs": 4, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "compile": "on"}
 LSQ = {"epochs": 2, "batch_size": 128, "lr": 0.01, "weight_decay": 2.5e-5, "compile": "on"}
 W, A = [-1, 0, 1], [0, 1, 2, 3]
@@ -48,11 +53,13 @@ def configs(fp_model: str) -> dict[str, dict]:
     }
 
 
-def job(name: str, quantization: dict, training: dict, init: str | None = None) -> JobSpec:
+def job(
+    name: str, dataset: str, quantization: dict, training: dict, init: str | None = None
+) -> JobSpec:
     return JobSpec.model_validate(
         {
             "name": name,
-            "dataset": DATASET,
+            "dataset": DATASETS[dataset],
             "model": {"arch": "resnet20", "init": init},
             "quantization": quantization,
             "training": training,
@@ -65,12 +72,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--configs", nargs="+", default=["default", "distill"])
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    parser.add_argument(
+        "--compile", choices=["on", "off", "auto"], default="on", help="training.compile"
+    )
     parser.add_argument(
         "--variants", default="", help="only the variants whose name contains this, e.g. W+A"
     )
     args = parser.parse_args()
     fp_dir = args.out / "fp"
-    fp = run(job("fp", {}, {**FP, "seed": 0}), fp_dir, resume=True)
+    fp_training = {**FP, "seed": 0, "compile": args.compile}
+    fp = run(job("fp", args.dataset, {}, fp_training), fp_dir, resume=True)
     print(f"full precision: {fp.final_top1:.2f}%", flush=True)
     fp_model = str(fp_dir / "model.pt")
     rows = []
@@ -83,8 +95,9 @@ def main() -> None:
             for seed in args.seeds:
                 name = re.sub(r"[^A-Za-z0-9+]+", "-", f"{config} {variant} seed {seed}")
                 training = {**LSQ, **change.get("training", {}), "seed": seed}
+                training["compile"] = args.compile
                 quantized = {**quantization, **change.get("quantization", {})}
-                spec = job(name, quantized, training, init=fp_model)
+                spec = job(name, args.dataset, quantized, training, init=fp_model)
                 result = run(spec, args.out / name, resume=True)
                 top1.append(result.final_top1)
                 print(
