@@ -64,7 +64,7 @@ def load_progress(out: Path, spec: JobSpec) -> Progress | None:
     if not (out / CHECKPOINT).exists():
         return None
     state = checkpoint.load(out / CHECKPOINT)
-    if state["spec"] != spec.model_dump(mode="json"):
+    if not _same_spec(state["spec"], spec):
         raise ValueError(f"{out / CHECKPOINT} belongs to a different job spec; use a new folder")
     start = state["init_metrics"]
     return Progress(
@@ -72,6 +72,15 @@ def load_progress(out: Path, spec: JobSpec) -> Progress | None:
         epochs=_epochs(state),
         start=Accuracy.model_validate(start) if start else None,
     )
+
+
+def _same_spec(saved: dict[str, Any], spec: JobSpec) -> bool:
+    """Compared as specs, not as documents: a field added since with its default (a newer
+    version of this code) still resumes the run."""
+    try:
+        return type(spec).model_validate(saved) == spec
+    except ValueError:  # pydantic's ValidationError: no longer a valid spec at all
+        return False
 
 
 def saved_epochs(out: Path) -> list[EpochMetrics]:

@@ -117,6 +117,17 @@ def test_resume_refuses_a_checkpoint_of_another_spec(fp_run, tmp_path):
         run(spec(epochs=1, lr=0.1), tmp_path, resume=True)
 
 
+def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
+    """An upgrade that adds a spec field (with its default) must not strand running jobs."""
+    done = []
+    with pytest.raises(Cancelled):
+        run(spec(epochs=2), tmp_path, on_epoch=done.append, should_cancel=lambda: bool(done))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["spec"]["sensitivity"], state["spec"]["training"]["bn_reestimate"]  # older code
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert run(spec(epochs=2), tmp_path, resume=True).epochs == 2
+
+
 def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
     fp_out, _, _ = fp_run
     s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=1, lr=0.01, precision="bf16")
