@@ -454,6 +454,8 @@ def finish_job(
     if job is None:
         return False
     _end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
+    if status == JobStatus.succeeded:  # done, though the last progress beat may not be written
+        job.progress_epoch, job.progress_fraction = max(job.progress_epoch, 1), 1.0
     return True
 
 

@@ -139,12 +139,16 @@ def evaluate(
     return Accuracy(loss=loss.item() / n, top1=100 * top1.item() / n, top5=100 * top5.item() / n)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on everything but the step sizes (decay would shrink them towards zero)."""
+def param_groups(model: nn.Module, t: TrainingSpec) -> list[dict[str, Any]]:
+    """Weight decay on everything but the step sizes (decay would shrink them towards zero);
+    the steps learn at their own rate. The weights' group comes first: it sets the logged lr."""
     steps = step_parameters(model)
     ids = {id(p) for p in steps}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest, "weight_decay": weight_decay}, {"params": steps, "weight_decay": 0.0}]
+    return [
+        {"params": rest, "weight_decay": t.weight_decay},
+        {"params": steps, "weight_decay": 0.0, "lr": t.lr * t.step_lr_scale},
+    ]
 
 
 def make_scheduler(
@@ -225,7 +229,7 @@ class Trainer:
         teacher: nn.Module | None = None,
     ) -> Trainer:
         t = spec.training
-        groups = param_groups(model, t.weight_decay)
+        groups = param_groups(model, t)
         optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         scheduler = make_scheduler(optimizer, t)

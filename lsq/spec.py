@@ -270,6 +270,12 @@ class TrainingSpec(_Strict):
     lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, le=1, description="Never applied to step sizes")
+    step_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="The step sizes' learning rate as a multiple of lr (the paper's: 1)",
+    )
     scheduler: Literal["cosine", "constant"] = "cosine"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -88,14 +88,22 @@ def test_weight_only_and_per_channel(net):
     assert torch.allclose(layer.weight_quantizer.step, expected)
 
 
-def test_step_sizes_get_no_weight_decay(net):
-    from lsq.loop import param_groups
+def test_step_sizes_get_no_weight_decay_and_their_own_learning_rate(net):
+    from lsq.loop import make_scheduler, param_groups
+    from lsq.spec import TrainingSpec
 
     q = lsq.quantize_model(net, [-1, 0, 1], [0, 1, 2, 3])
-    decayed, free = param_groups(q, 1e-4)
+    t = TrainingSpec(lr=0.01, weight_decay=1e-4, step_lr_scale=10, epochs=2)
+    groups = param_groups(q, t)
+    decayed, free = groups
     steps = {id(p) for n, p in q.named_parameters() if n.endswith("step")}
     assert len(steps) == 36 and {id(p) for p in free["params"]} == steps
     assert free["weight_decay"] == 0 and not steps & {id(p) for p in decayed["params"]}
+    optimizer = torch.optim.SGD(groups, lr=t.lr)
+    scheduler = make_scheduler(optimizer, t)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1])
+    scheduler.step()  # cosine over 2 epochs: half way, each group at half its own rate
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.005, 0.05])
 
 
 def test_quantized_layers_are_built_like_their_torch_parents():

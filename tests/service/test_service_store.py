@@ -316,9 +316,10 @@ STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").rea
 # spec runs with their defaults.
 ADDED_SINCE_V1 = {
     "dataset": {"image_size": None},
-    "quantization": {"layers": {}},
-    "training": {"compile": "auto", "distill": None},
+    "quantization": {"layers": {}, "activation_init": "lsq"},
+    "training": {"compile": "auto", "distill": None, "bn_reestimate": 0, "step_lr_scale": 1.0},
 }
+ADDED_TOP_LEVEL_SINCE_V1 = {"sensitivity": None}
 
 
 def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
@@ -334,7 +335,7 @@ def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
         assert JobDetail.of(job).spec == STORED_V1  # what GET /v1/jobs/{id} returns
         spec = ServiceJobSpec.model_validate(store.stored_spec(job))  # what the worker runs
         added = {k: {**STORED_V1[k], **v} for k, v in ADDED_SINCE_V1.items()}
-        assert spec.model_dump(mode="json") == {**STORED_V1, **added}
+        assert spec.model_dump(mode="json") == {**STORED_V1, **added, **ADDED_TOP_LEVEL_SINCE_V1}
         assert spec.quantization.first_last == from_bits(8, signed=True)
 
 
