@@ -154,9 +154,18 @@ def param_groups(model: nn.Module, t: TrainingSpec) -> list[dict[str, Any]]:
 def make_scheduler(
     optimizer: torch.optim.Optimizer, t: TrainingSpec
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The once-per-epoch schedule; cosine_batch keeps it constant and anneals per batch."""
     if t.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def anneal(optimizer: torch.optim.Optimizer, progress: float) -> None:
+    """Every group's lr at `progress` (0 to 1) of the whole training along a cosine from its
+    initial lr to 0. A function of the batch alone, so a resumed run anneals the same."""
+    factor = 0.5 * (1 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
 
 
 @torch.no_grad()
@@ -252,6 +261,8 @@ class Trainer:
         """Train one epoch and evaluate; the metrics on rank 0 (which evaluates), else None."""
         t = self.spec.training
         start = time.perf_counter()
+        if t.scheduler == "cosine_batch":
+            anneal(self.optimizer, (epoch - 1) / t.epochs)
         lr = self.optimizer.param_groups[0]["lr"]
         # Shuffle and augmentation seeded by (seed, epoch): the same after a resume. The ranks
         # share the shuffle's seed (each takes its part of one order); the DataLoader path's
@@ -311,6 +322,8 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if i == 0 and epoch == 1:
                 init_steps(self.model, x, self.amp)
+            if self.spec.training.scheduler == "cosine_batch":
+                anneal(self.optimizer, (epoch - 1 + i / len(data)) / self.spec.training.epochs)
             full = len(y) == data.batch_size
             logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
             total += loss.detach() * len(y)

@@ -276,7 +276,11 @@ class TrainingSpec(_Strict):
         le=100,
         description="The step sizes' learning rate as a multiple of lr (the paper's: 1)",
     )
-    scheduler: Literal["cosine", "constant"] = "cosine"
+    scheduler: Literal["cosine", "cosine_batch", "constant"] = Field(
+        "cosine",
+        description="cosine: annealed once per epoch (the paper's, over 90 epochs); "
+        "cosine_batch: annealed after every batch, reaching 0 at the end",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

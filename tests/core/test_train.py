@@ -1,6 +1,7 @@
 """The training loop on the synthetic dataset: learning, resume, cancellation, integer export."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -126,6 +127,32 @@ def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
     del state["spec"]["sensitivity"], state["spec"]["training"]["bn_reestimate"]  # older code
     torch.save(state, tmp_path / "checkpoint.pt")
     assert run(spec(epochs=2), tmp_path, resume=True).epochs == 2
+
+
+def test_cosine_batch_anneals_after_every_batch_and_the_steps_at_their_own_rate(
+    fp_run, tmp_path, monkeypatch
+):
+    rates = []
+    sgd_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):  # the real step, its rates written down
+        rates.append([g["lr"] for g in self.param_groups])
+        return sgd_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    init = str(fp_run[0] / "model.pt")
+    job = spec(epochs=2, init=init, quant=TERNARY, scheduler="cosine_batch", step_lr_scale=10)
+    seen = []
+    run(job, tmp_path, on_epoch=seen.append)
+    batches = 512 // 64  # per epoch
+    expected = [
+        0.01 * 0.5 * (1 + math.cos(math.pi * (e + i / batches) / 2))
+        for e in range(2)
+        for i in range(batches)
+    ]  # 0.01 at the first batch, 0.01 * (1 + cos(15 pi / 16)) / 2 = 0.0001 at the last
+    assert [w for w, _ in rates] == pytest.approx(expected)
+    assert [s for _, s in rates] == pytest.approx([10 * r for r in expected])
+    assert [e.lr for e in seen] == pytest.approx([0.01, 0.005])  # at each epoch's start
 
 
 def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
