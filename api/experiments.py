@@ -12,7 +12,9 @@ import copy
 import csv
 import io
 import itertools
+import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -44,6 +46,7 @@ from .spec import MAX_JOB_ID, ServiceJobSpec
 from .store import InvalidField
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
+MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
 
 
 class _Strict(BaseModel):
@@ -130,7 +133,16 @@ class ExperimentSpec(_Strict):
         description="variants: the rows of `grid` or `variants`; sensitivity: one row per "
         "layer, alone quantized or alone float (`sensitivity`)",
     )
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[^\x00-\x1f\x7f]*$",
+            description=f"At most {MAX_NEW_NAME} characters in a new experiment: its jobs are "
+            "named after it (`NAME/layers.26.conv2/seed 3`)",
+        ),
+    ]
     base: dict[str, Any] = Field(
         description="A job spec without its name: what every job shares (dataset, model, ...)"
     )
@@ -206,21 +218,18 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     """The experiment's jobs, each validated as a job spec (InvalidField names the first bad
     field as the request has it: `grid.quantization.weight`, `variants.2.training.lr`)."""
     _check_kind(exp)
-    overrides = _overrides(exp)
-    for where, change, _, _ in overrides if exp.kind != "sensitivity" else []:  # ours
-        _not_set_here(where, change, exp.distill is not None)
+    if len(exp.name) > MAX_NEW_NAME:  # stored ones may be longer: reads never re-plan
+        raise InvalidField("name", f"at most {MAX_NEW_NAME} characters: its jobs carry it")
     base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
+    _check_teacher(exp, base)
     seeds = exp.seeds or [base.training.seed]
     if len(set(seeds)) != len(seeds):
         raise InvalidField("seeds", "each seed once")
     trained = isinstance(exp.baseline, TrainBaseline)
-    if len(overrides) * len(seeds) + trained > max_jobs:
-        raise InvalidField(
-            "sensitivity" if exp.kind == "sensitivity" else _rows_field(exp),
-            f"{len(overrides)} {'rows' if exp.kind == 'sensitivity' else 'variants'} x "
-            f"{len(seeds)} seeds is more than the "
-            f"{max_jobs} jobs an experiment may have (LSQ_MAX_EXPERIMENT_JOBS)",
-        )
+    limit = JobLimit(exp, len(seeds), max_jobs - trained, max_jobs)
+    overrides = _overrides(exp, limit)  # counted before any is built
+    for where, change, _, _ in overrides if exp.kind != "sensitivity" else []:  # ours
+        _not_set_here(where, change, exp.distill is not None)
     baseline = None
     if isinstance(exp.baseline, TrainBaseline):
         spec = _merge(exp.base, {"training": exp.baseline.training})
@@ -234,11 +243,42 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
         label = name if exp.kind == "sensitivity" else str(index + 1)
         for seed in seeds:
             spec = _merge(_variant_base(exp), change)
+            if not isinstance(spec.get("training", {}), dict):
+                raise InvalidField(f"{where}.training", "must be an object")
             spec["name"] = f"{exp.name}/{label}" + (f"/seed {seed}" if len(seeds) > 1 else "")
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_validated_variant(spec, where))
         variants.append(Variant(where, index, reference, specs))
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
+
+
+@dataclass(frozen=True)
+class JobLimit:
+    """How many rows an experiment may plan: checked on their count, before they are built."""
+
+    exp: ExperimentSpec
+    seeds: int
+    jobs_left: int  # after the trained baseline's
+    max_jobs: int
+
+    def check(self, rows: int) -> None:
+        if rows * self.seeds > self.jobs_left:
+            sensitivity = self.exp.kind == "sensitivity"
+            raise InvalidField(
+                "sensitivity" if sensitivity else _rows_field(self.exp),
+                f"{rows} {'rows' if sensitivity else 'variants'} x {self.seeds} seeds is more "
+                f"than the {self.max_jobs} jobs an experiment may have (LSQ_MAX_EXPERIMENT_JOBS)",
+            )
+
+
+def _check_teacher(exp: ExperimentSpec, base: ServiceJobSpec) -> None:
+    if exp.distill and isinstance(exp.baseline, PretrainedBaseline):
+        if base.dataset.name != "imagenet":
+            raise InvalidField(
+                "distill",
+                "the pretrained baseline is torchvision's ImageNet model, whose head knows "
+                f"ImageNet's classes, not {base.dataset.name}'s: train the baseline or name one",
+            )
 
 
 # What an experiment sets itself in every job: a variant changing them would be overwritten.
@@ -269,22 +309,32 @@ def _check_kind(exp: ExperimentSpec) -> None:
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
 
 
-def _overrides(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference | None]]:
-    """Per variant: the request's field it came from, its change, name and reference."""
+def _overrides(
+    exp: ExperimentSpec, limit: JobLimit | None = None
+) -> list[tuple[str, dict, str | None, Reference | None]]:
+    """Per variant: the request's field it came from, its change, name and reference. With a
+    limit (a new request), their count is checked before any is built."""
+    check = limit.check if limit is not None else lambda rows: None
     if exp.kind == "sensitivity":
-        return _probes(exp)
-    return _grid(exp.grid) if exp.grid is not None else _listed(exp.variants or [])
+        return _probes(exp, check)
+    if exp.grid is not None:
+        return _grid(exp.grid, check)
+    check(len(exp.variants or []))
+    return _listed(exp.variants or [])
 
 
 # What an untrained probe's spec is checked with: the experiment sets model.init when stored.
 SOME_JOB = {"job": 1}
 
 
-def _probes(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference | None]]:
+def _probes(
+    exp: ExperimentSpec, check: Callable[[int], None]
+) -> list[tuple[str, dict, str | None, Reference | None]]:
     """Untrained: one job probes every layer (lsq.sensitivity). Fine-tuned: one job with every
     layer quantized, then one per probed layer, each with its levels named layer by layer."""
     options = exp.sensitivity or SensitivityOptions()
     if not options.fine_tune:
+        check(1)
         probe = {"sensitivity": options.model_dump(exclude={"fine_tune"})}
         return [("sensitivity", probe, "probes", None)]
     base = _validated(_merge(exp.base, {"name": exp.name}), "base")
@@ -295,6 +345,7 @@ def _probes(exp: ExperimentSpec) -> list[tuple[str, dict, str | None, Reference 
         layers = options.probed(arch, q)
     except ValueError as e:
         raise InvalidField("sensitivity.layers", str(e)) from None
+    check(1 + len(layers))
     training = {"epochs": options.fine_tune}
     return [
         ("sensitivity", {"quantization": {"layers": options.levels_for(arch, q, layer)},
@@ -327,7 +378,9 @@ def _variant_base(exp: ExperimentSpec) -> dict[str, Any]:
     return base
 
 
-def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
+def _grid(
+    grid: dict[str, list[Any]], check: Callable[[int], None]
+) -> list[tuple[str, dict, str | None, Reference | None]]:
     for path, values in grid.items():
         shown = path if len(path) <= 60 else path[:57] + "..."
         parts = path.split(".")
@@ -335,6 +388,7 @@ def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict, str | None, Refer
             raise InvalidField(f"grid.{shown}", "not a dotted path such as quantization.weight")
         if not 1 <= len(values) <= MAX_VALUES:
             raise InvalidField(f"grid.{path}", f"give 1 to {MAX_VALUES} values")
+    check(math.prod(len(values) for values in grid.values()))
     combos = itertools.product(*grid.values())
     return [("grid", _nested(dict(zip(grid, combo, strict=True))), None, None) for combo in combos]
 

@@ -17,7 +17,8 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 MAX_BITS = 16
 ACCEPTED = (
     "a list of contiguous integers that contains 0, e.g. [-1, 0, 1] or [0, 1, 2, 3], "
-    "or {bits: B, signed: true|false, symmetric: true|false} with 1 <= B <= 16"
+    "{bits: B, signed: true|false, symmetric: true|false} with 1 <= B <= 16, "
+    "or {min: LOW, max: HIGH} with LOW <= 0 <= HIGH"
 )
 
 
@@ -55,14 +56,15 @@ class LevelSet:
         return LevelSet(q_n=self.size // 2, q_p=self.size - self.size // 2 - 1)
 
     def to_json(self) -> list[int] | dict[str, Any]:
-        """The list of levels, or the bits shorthand when the list would be long."""
+        """The list of levels, or a shorthand when the list would be long (never a list of
+        thousands: specs written out layer by layer repeat it)."""
         if self.size <= 16:
             return self.levels
         bits = (self.size - 1).bit_length()
         for signed, symmetric in ((False, False), (True, False), (True, True)):
             if from_bits(bits, signed, symmetric) == self:
                 return {"bits": bits, "signed": signed, "symmetric": symmetric}
-        return self.levels
+        return {"min": -self.q_n, "max": self.q_p}
 
     def __str__(self) -> str:
         if self.size <= 8:
@@ -90,6 +92,8 @@ def parse_levels(value: Any) -> LevelSet:
     """A level list, the bits shorthand or a LevelSet; a ValueError says what is wrong."""
     if isinstance(value, LevelSet):
         return value
+    if isinstance(value, dict) and ("min" in value or "max" in value):
+        return _from_range(value)
     if isinstance(value, dict):
         unknown = set(value) - {"bits", "signed", "symmetric"}
         if unknown:
@@ -119,6 +123,17 @@ def parse_levels(value: Any) -> LevelSet:
     if not low <= 0 <= high:
         raise ValueError(f"{_show(value)} does not contain 0; expected {ACCEPTED}")
     return LevelSet(q_n=-low, q_p=high)
+
+
+def _from_range(value: dict[str, Any]) -> LevelSet:
+    if set(value) != {"min", "max"}:
+        raise ValueError(f"give exactly 'min' and 'max'; expected {ACCEPTED}")
+    low, high = value["min"], value["max"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise ValueError(f"'min' and 'max' must be integers; expected {ACCEPTED}")
+    if not low <= 0 <= high:
+        raise ValueError(f"min {low} and max {high} do not take in 0; expected {ACCEPTED}")
+    return LevelSet(q_n=-low, q_p=high)  # it bounds the size (at most 2^16 levels)
 
 
 Sides = tuple[LevelSet | None, LevelSet | None]  # (weight, activation); None is float
@@ -195,6 +210,15 @@ Levels = Annotated[
                         "symmetric": {"type": "boolean", "default": False},
                     },
                     "required": ["bits"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "min": {"type": "integer", "maximum": 0},
+                        "max": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["min", "max"],
                     "additionalProperties": False,
                 },
             ],

@@ -28,6 +28,8 @@ EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
         ({"bits": 2}, 0, 3),
         ({"bits": 8, "signed": True}, 128, 127),
         ({"bits": 16}, 0, 65535),
+        ({"min": -1, "max": 40000}, 1, 40000),
+        ({"min": 0, "max": 1}, 0, 1),
     ],
 )
 def test_accepted_level_sets(given, q_n, q_p):
@@ -50,13 +52,27 @@ def test_accepted_level_sets(given, q_n, q_p):
         ({"bit": 2}, "unknown key"),
         ("ternary", "expected a list of contiguous integers"),
         (list(range(-1, 2**16)), "at most 2^16"),
+        ({"min": -1, "max": 2**16}, "at most 2^16"),
+        ({"min": 1, "max": 3}, "do not take in 0"),
+        ({"min": 0, "max": 0}, "at least 2 levels"),
+        ({"min": -1}, "exactly 'min' and 'max'"),
+        ({"min": -1, "max": 1, "bits": 2}, "exactly 'min' and 'max'"),
+        ({"min": -1.0, "max": 1}, "must be integers"),
     ],
 )
 def test_rejected_level_sets_say_what_is_wrong_and_what_is_accepted(given, says):
     with pytest.raises(ValueError, match=re.escape(says)) as err:
         parse_levels(given)
-    if says != "between 1 and 16" and "signed" not in says and "at most" not in says:
+    if not any(s in says for s in ("between 1 and 16", "signed", "at most", "at least")):
         assert "contiguous integers that contains 0" in str(err.value)
+
+
+def test_a_level_set_is_written_short_and_reads_back_the_same():
+    assert LevelSet(1, 1).to_json() == [-1, 0, 1]
+    assert LevelSet(128, 127).to_json() == {"bits": 8, "signed": True, "symmetric": False}
+    assert LevelSet(1, 40000).to_json() == {"min": -1, "max": 40000}  # no 40002-long list
+    for levels in (LevelSet(1, 1), LevelSet(128, 127), LevelSet(1, 40000)):
+        assert parse_levels(levels.to_json()) == levels
 
 
 def test_signed_twin_of_an_unsigned_set_has_as_many_levels():

@@ -356,6 +356,12 @@ def test_every_example_experiment_plans_its_table(path) -> None:
             {"grid": None, "variants": [{"training": {"epochs": 5000}}]},
             "variants.0.training.epochs",
         ),
+        # 16^8 = 4.3e9 rows from a body under 1 KB: refused on the count, nothing built
+        ({"grid": {f"training.k{i}": list(range(16)) for i in range(8)}}, "grid"),
+        ({"grid": None, "variants": [{"training": 5}]}, "variants.0.training"),  # a 500 once
+        ({"grid": {"training": [1]}}, "grid.training"),
+        ({"baseline": {"pretrained": True}, "distill": True}, "distill"),  # ImageNet's teacher
+        ({"name": "x" * 150}, "name"),  # its jobs' names would pass 200
     ],
 )
 def test_what_a_hostile_client_found_in_experiments_is_a_clean_422(
@@ -375,6 +381,20 @@ def test_a_dollar_in_a_name_is_text_not_math(tmp_path: Path) -> None:
                      test_top5=90, lr=0.1, seconds=1, images_per_second=100)  # fmt: skip
     run_curves([e], [tmp_path / "plot.png"], title=r"a $\frac{a$ b")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_fine_tuned_probe_plan_writes_long_level_sets_short() -> None:
+    """Every probe job names every layer's levels: a 40 002-level list is written as
+    {min, max}, not repeated layer by layer (a 250 KB request once planned gigabytes)."""
+    wide = {"weight": list(range(-1, 40001)), "activation": [0, 1, 2, 3]}
+    spec = ExperimentSpec.model_validate(
+        sensitivity(fine_tune=1) | {"base": BASE | {"quantization": wide}}
+    )
+    plan = experiments.plan(spec, max_jobs=64)
+    assert len(plan.variants) == 4  # every layer, then the three probed
+    for variant in plan.variants:
+        written = variant.specs[0].model_dump_json()
+        assert len(written) < 6000 and '{"min":-1,"max":40000}' in written
 
 
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
