@@ -38,6 +38,7 @@ from lsq.spec import (
     QuantizationSpec,
     SensitivitySpec,
     describe_errors,
+    pretrained_cannot_teach,
     printable,
 )
 
@@ -273,12 +274,9 @@ class JobLimit:
 
 def _check_teacher(exp: ExperimentSpec, base: ServiceJobSpec) -> None:
     if exp.distill and isinstance(exp.baseline, PretrainedBaseline):
-        if base.dataset.name != "imagenet":
-            raise InvalidField(
-                "distill",
-                "the pretrained baseline is torchvision's ImageNet model, whose head knows "
-                f"ImageNet's classes, not {base.dataset.name}'s: train the baseline or name one",
-            )
+        problem = pretrained_cannot_teach(base.dataset.name)
+        if problem:
+            raise InvalidField("distill", f"{problem}: train the baseline or name one")
 
 
 # What an experiment sets itself in every job: a variant changing them would be overwritten.

@@ -261,8 +261,7 @@ class Trainer:
         """Train one epoch and evaluate; the metrics on rank 0 (which evaluates), else None."""
         t = self.spec.training
         start = time.perf_counter()
-        if t.scheduler == "cosine_batch":
-            anneal(self.optimizer, (epoch - 1) / t.epochs)
+        self._anneal(epoch, 0.0)  # so the lr logged is the epoch's first
         lr = self.optimizer.param_groups[0]["lr"]
         # Shuffle and augmentation seeded by (seed, epoch): the same after a resume. The ranks
         # share the shuffle's seed (each takes its part of one order); the DataLoader path's
@@ -300,6 +299,12 @@ class Trainer:
             quantizers=quantizers,
         )
 
+    def _anneal(self, epoch: int, fraction: float) -> None:
+        """cosine_batch: the lr at `fraction` of `epoch` (the other schedules step per epoch)."""
+        t = self.spec.training
+        if t.scheduler == "cosine_batch":
+            anneal(self.optimizer, (epoch - 1 + fraction) / t.epochs)
+
     def _health(self, test_data: Batches) -> list[QuantizerHealth]:
         """The quantizers' health on the first test batch (lsq.health)."""
         x, _ = next(iter(test_data))
@@ -322,8 +327,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if i == 0 and epoch == 1:
                 init_steps(self.model, x, self.amp)
-            if self.spec.training.scheduler == "cosine_batch":
-                anneal(self.optimizer, (epoch - 1 + i / len(data)) / self.spec.training.epochs)
+            self._anneal(epoch, i / len(data))
             full = len(y) == data.batch_size
             logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
             total += loss.detach() * len(y)

@@ -369,6 +369,16 @@ def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
 
 
+def pretrained_cannot_teach(dataset: str) -> str | None:
+    """Why torchvision's ImageNet weights cannot teach a network on `dataset`, or None."""
+    if dataset == "imagenet":
+        return None
+    return (
+        "'pretrained' is torchvision's ImageNet model, whose head knows ImageNet's classes, "
+        f"not {dataset}'s"
+    )
+
+
 class JobSpec(_Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
@@ -411,12 +421,10 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _teacher_fits(self) -> Self:
         d = self.training.distill
-        if d is not None and d.teacher == "pretrained" and self.dataset.name != "imagenet":
-            raise ValueError(
-                "training.distill.teacher: 'pretrained' is torchvision's ImageNet model, whose "
-                f"head knows ImageNet's classes, not {self.dataset.name}'s: give a model.pt "
-                "trained on this dataset"
-            )
+        if d is not None and d.teacher == "pretrained":
+            problem = pretrained_cannot_teach(self.dataset.name)
+            if problem:
+                raise ValueError(f"training.distill.teacher: {problem}: give a model.pt")
         return self
 
     @model_validator(mode="after")
