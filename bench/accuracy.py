@@ -49,6 +49,7 @@ def configs(fp_model: str) -> dict[str, dict]:
         "bn-reestimate": {"training": {"bn_reestimate": 100}},
         "step-lr-10": {"training": {"step_lr_scale": 10}},
         "cosine-batch": {"training": {"scheduler": "cosine_batch"}},
+        "warmup": {"training": {"warmup_epochs": 0.5}},
         "4-epochs": {"training": {"epochs": 4}},
         # the image entering the first conv at 8 bits (it is 8-bit data); for first/last same
         "8-bit-input": {"quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}}},

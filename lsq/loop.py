@@ -168,6 +168,14 @@ def anneal(optimizer: torch.optim.Optimizer, progress: float) -> None:
         group["lr"] = group["initial_lr"] * factor
 
 
+def warmup_factor(warmup_epochs: float, step: int, batches: int) -> float:
+    """The linear warm-up's share of the lr at optimizer step `step` (1-based), with `batches`
+    steps an epoch: step / warm-up steps until it reaches 1."""
+    if not warmup_epochs:
+        return 1.0
+    return min(1.0, step / (warmup_epochs * batches))
+
+
 @torch.no_grad()
 def init_activation_steps(model: nn.Module, x: torch.Tensor) -> None:
     """Initialise every activation step from batch x, leaving batch-norm statistics untouched."""
@@ -305,6 +313,17 @@ class Trainer:
         if t.scheduler == "cosine_batch":
             anneal(self.optimizer, (epoch - 1 + fraction) / t.epochs)
 
+    def _set_lr(self, epoch: int, i: int, batches: int, epoch_lrs: list[float]) -> None:
+        """Batch i's lr: the schedule's (the epoch's, or annealed per batch for cosine_batch),
+        times the warm-up's share while it lasts."""
+        for group, lr in zip(self.optimizer.param_groups, epoch_lrs, strict=True):
+            group["lr"] = lr
+        self._anneal(epoch, i / batches)
+        warmup = self.spec.training.warmup_epochs
+        factor = warmup_factor(warmup, (epoch - 1) * batches + i + 1, batches)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
     def _health(self, test_data: Batches) -> list[QuantizerHealth]:
         """The quantizers' health on the first test batch (lsq.health)."""
         x, _ = next(iter(test_data))
@@ -321,13 +340,14 @@ class Trainer:
         n = torch.zeros((), device=self.device, dtype=torch.long)
         # None: tqdm draws only on a terminal (a log file gets no wall of \r updates)
         bar = None if self.hooks.progress_bar and self.rank.main else True
+        epoch_lrs = [group["lr"] for group in self.optimizer.param_groups]
         for i, (x, y) in enumerate(tqdm(data, f"epoch {epoch}", leave=False, disable=bar)):
             if self._cancelled(i):
                 raise Cancelled(f"cancelled during epoch {epoch}")
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if i == 0 and epoch == 1:
                 init_steps(self.model, x, self.amp)
-            self._anneal(epoch, i / len(data))
+            self._set_lr(epoch, i, len(data), epoch_lrs)
             full = len(y) == data.batch_size
             logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
             total += loss.detach() * len(y)
@@ -335,6 +355,8 @@ class Trainer:
             n += len(y)
             if self.hooks.on_progress is not None:
                 self.hooks.on_progress(epoch, (i + 1) / len(data))
+        for group, lr in zip(self.optimizer.param_groups, epoch_lrs, strict=True):
+            group["lr"] = lr  # the epoch's own lr for the scheduler to step from, warm-up or not
         distributed.all_sum(total, correct, n)
         if not math.isfinite(total.item()):
             raise RuntimeError(f"training diverged: the loss is {total.item()} in epoch {epoch}")

@@ -281,6 +281,13 @@ class TrainingSpec(_Strict):
         description="cosine: annealed once per epoch (the paper's, over 90 epochs); "
         "cosine_batch: annealed after every batch, reaching 0 at the end",
     )
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="Linear warm-up: the lr rises from lr/steps to the schedule's over this many "
+        "epochs (fractions allowed, at most epochs; 0: none)",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -304,6 +311,15 @@ class TrainingSpec(_Strict):
         description="torch.compile the training step: auto compiles a job long enough for it "
         "to pay (timed on its first batches) and keeps it only if faster",
     )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Self:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs:g}) is longer than the training's "
+                f"{self.epochs} epochs"
+            )
+        return self
 
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored

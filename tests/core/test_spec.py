@@ -139,6 +139,13 @@ def test_each_offending_field_is_named():
     }
 
 
+def test_a_warm_up_longer_than_the_training_is_refused():
+    assert error_locations(minimal(training={"epochs": 2, "warmup_epochs": 2.5})) == {"training"}
+    with pytest.raises(ValidationError, match=r"warmup_epochs \(2.5\) is longer than"):
+        JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2.5}))
+    assert JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2})).training
+
+
 def test_the_json_schema_documents_level_sets():
     schema = json.dumps(JobSpec.model_json_schema())
     assert "contiguous integers" in schema and "bits" in schema

@@ -129,17 +129,23 @@ def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
     assert run(spec(epochs=2), tmp_path, resume=True).epochs == 2
 
 
-def test_cosine_batch_anneals_after_every_batch_and_the_steps_at_their_own_rate(
-    fp_run, tmp_path, monkeypatch
-):
+@pytest.fixture
+def sgd_rates(monkeypatch) -> list[list[float]]:
+    """Every SGD step's group lrs, written down before the real step runs."""
     rates = []
     sgd_step = torch.optim.SGD.step
 
-    def recording_step(self, *args, **kwargs):  # the real step, its rates written down
+    def recording_step(self, *args, **kwargs):
         rates.append([g["lr"] for g in self.param_groups])
         return sgd_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    return rates
+
+
+def test_cosine_batch_anneals_after_every_batch_and_the_steps_at_their_own_rate(
+    fp_run, tmp_path, sgd_rates
+):
     init = str(fp_run[0] / "model.pt")
     job = spec(epochs=2, init=init, quant=TERNARY, scheduler="cosine_batch", step_lr_scale=10)
     seen = []
@@ -150,9 +156,27 @@ def test_cosine_batch_anneals_after_every_batch_and_the_steps_at_their_own_rate(
         for e in range(2)
         for i in range(batches)
     ]  # 0.01 at the first batch, 0.01 * (1 + cos(15 pi / 16)) / 2 = 0.0001 at the last
-    assert [w for w, _ in rates] == pytest.approx(expected)
-    assert [s for _, s in rates] == pytest.approx([10 * r for r in expected])
+    assert [w for w, _ in sgd_rates] == pytest.approx(expected)
+    assert [s for _, s in sgd_rates] == pytest.approx([10 * r for r in expected])
     assert [e.lr for e in seen] == pytest.approx([0.01, 0.005])  # at each epoch's start
+
+
+def test_warm_up_rises_linearly_then_the_epochs_cosine_goes_on_as_without_it(
+    fp_run, tmp_path, sgd_rates
+):
+    init = str(fp_run[0] / "model.pt")
+    seen = []
+    run(spec(epochs=2, init=init, quant=TERNARY, warmup_epochs=1.5), tmp_path, on_epoch=seen.append)
+    batches = 512 // 64
+    cosine = [0.01, 0.005]  # per epoch: the second epoch's lr steps from the first's own 0.01
+    expected = [
+        cosine[e] * min(1.0, (e * batches + i + 1) / 12)  # 12 warm-up steps: 1.5 epochs
+        for e in range(2)
+        for i in range(batches)
+    ]  # 0.01/12, 0.02/12, ..., 0.01 * 8/12; then 0.005 * 9/12, ..., 0.005 from step 12
+    assert [w for w, _ in sgd_rates] == pytest.approx(expected)
+    assert [s for _, s in sgd_rates] == pytest.approx(expected)
+    assert [e.lr for e in seen] == pytest.approx(cosine)
 
 
 def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):

@@ -317,7 +317,13 @@ STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").rea
 ADDED_SINCE_V1 = {
     "dataset": {"image_size": None},
     "quantization": {"layers": {}, "activation_init": "lsq"},
-    "training": {"compile": "auto", "distill": None, "bn_reestimate": 0, "step_lr_scale": 1.0},
+    "training": {
+        "compile": "auto",
+        "distill": None,
+        "bn_reestimate": 0,
+        "step_lr_scale": 1.0,
+        "warmup_epochs": 0.0,
+    },
 }
 ADDED_TOP_LEVEL_SINCE_V1 = {"sensitivity": None}
 
