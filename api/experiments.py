@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from lsq.archs import layer_names
+from lsq.archs import layer_names, pretrained_missing
 from lsq.spec import (
     MAX_EPOCHS,
     MAX_SEED,
@@ -172,10 +172,11 @@ class ExperimentSpec(_Strict):
         None, description="kind sensitivity: which layers, which mode, fine-tuned or not"
     )
 
-    @field_validator("base", "grid", "variants")
+    @field_validator("base", "grid", "variants", "baseline", "sensitivity", mode="before")
     @classmethod
     def _shallow(cls, value: Any) -> Any:
-        # A job spec is 3 levels deep: anything much deeper is an attack on the recursion.
+        # A job spec is 3 levels deep: anything much deeper is an attack on the recursion
+        # (of the plan's deep copies and merges), whichever part of the request carries it.
         if _depth(value) > MAX_DEPTH:
             raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
         return value
@@ -273,6 +274,10 @@ class JobLimit:
 
 
 def _check_teacher(exp: ExperimentSpec, base: ServiceJobSpec) -> None:
+    if isinstance(exp.baseline, PretrainedBaseline):
+        problem = pretrained_missing(base.model.arch)
+        if problem:
+            raise InvalidField("baseline.pretrained", problem)
     if exp.distill and isinstance(exp.baseline, PretrainedBaseline):
         problem = pretrained_cannot_teach(base.dataset.name)
         if problem:

@@ -97,15 +97,19 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
         source = session.get(Job, source_id)
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
-        _has_a_model(f"{field}.job", source)
+        _has_a_model(f"{field}.job", source, spec.model.arch)
 
 
-def _has_a_model(field: str, source: Job) -> None:
-    """A job whose model another may start from: not ended without one, not a probe."""
+def _has_a_model(field: str, source: Job, arch: str) -> None:
+    """A job whose model another `arch` job may start from: not ended without one, not a
+    probe, the same network."""
     if source.status in (JobStatus.failed, JobStatus.cancelled):
         raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
     if source.spec.get("sensitivity"):
         raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
+    source_arch = source.spec.get("model", {}).get("arch")
+    if source_arch != arch:
+        raise InvalidField(field, f"job {source.id} trained a {source_arch}, not a {arch}")
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -250,8 +254,8 @@ def create_experiment(
     starting from `start` (the baseline's job id, or a model path) unless it is None, and with
     `distill`, taught by it. For an Idempotency-Key seen before with the same request, the
     experiment it made (False)."""
-    if key is not None:  # keys of experiments and of jobs live apart
-        key = f"experiment:{key}"
+    if key is not None:  # apart from jobs' keys, which never hold a space
+        key = f"experiment {key}"
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False
@@ -270,7 +274,7 @@ def create_experiment(
             raise InvalidField("baseline.job", f"job {start} does not exist")
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
-        _has_a_model("baseline.job", source)
+        _has_a_model("baseline.job", source, variants[0][1].model.arch)
     first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start

@@ -10,6 +10,13 @@ TORCHVISION = {"resnet18": ((2, 2, 2, 2), 2), "resnet34": ((3, 4, 6, 3), 2)}
 TORCHVISION["resnet50"] = ((3, 4, 6, 3), 3)
 
 
+def pretrained_missing(arch: str) -> str | None:
+    """Why `model.init: pretrained` cannot build `arch`, or None (torchvision's ResNets can)."""
+    if arch in TORCHVISION:
+        return None
+    return f"{arch} has no pretrained weights (only {', '.join(TORCHVISION)} do): give a model.pt"
+
+
 def layer_names(arch: str) -> list[str]:
     """The names of `arch`'s Conv2d and Linear modules, in registration order."""
     if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:

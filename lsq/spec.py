@@ -22,12 +22,14 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
-from .archs import layer_names
+from .archs import layer_names, pretrained_missing
 from .levels import ACCEPTED, FirstMatch, Levels, LevelSet, Sides, layer_levels, parse_levels
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
@@ -163,6 +165,13 @@ class ModelSpec(_Strict):
         description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
         "of a model.pt state dict",
     )
+
+    @model_validator(mode="after")
+    def _pretrained_exists(self) -> Self:
+        problem = self.init == "pretrained" and pretrained_missing(self.arch)
+        if problem:
+            raise ValueError(f"model.init: {problem}")
+        return self
 
 
 class LayerLevels(_Strict):
@@ -312,14 +321,13 @@ class TrainingSpec(_Strict):
         "to pay (timed on its first batches) and keeps it only if faster",
     )
 
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> Self:
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(
-                f"warmup_epochs ({self.warmup_epochs:g}) is longer than the training's "
-                f"{self.epochs} epochs"
-            )
-        return self
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_fits(cls, value: float, info: ValidationInfo) -> float:
+        epochs = info.data.get("epochs")  # absent when epochs itself was invalid
+        if epochs is not None and value > epochs:
+            raise ValueError(f"{value:g} epochs is longer than the training's {epochs}")
+        return value
 
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored
@@ -438,7 +446,9 @@ class JobSpec(_Strict):
     def _teacher_fits(self) -> Self:
         d = self.training.distill
         if d is not None and d.teacher == "pretrained":
-            problem = pretrained_cannot_teach(self.dataset.name)
+            problem = pretrained_cannot_teach(self.dataset.name) or pretrained_missing(
+                self.model.arch
+            )
             if problem:
                 raise ValueError(f"training.distill.teacher: {problem}: give a model.pt")
         return self
@@ -523,6 +533,14 @@ def field_name(loc: Sequence[str | int]) -> str:
     return ".".join(parts) or "body"
 
 
+MAX_KEY = 80
+
+
+def _shown(field: str) -> str:
+    """A client's long key cut short: a 250 KB key is not a 500 KB error."""
+    return ".".join(p if len(p) <= MAX_KEY else p[: MAX_KEY - 3] + "..." for p in field.split("."))
+
+
 def describe_errors(
     errors: ValidationError | Sequence[dict[str, Any]], root: type[BaseModel] | None = None
 ) -> list[tuple[str, str]]:
@@ -534,7 +552,7 @@ def describe_errors(
         field, message = field_name(e["loc"]), e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(field, root) or message
-        described.append((field, message))
+        described.append((_shown(field), message))
     return described
 
 

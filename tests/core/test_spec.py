@@ -133,6 +133,7 @@ def test_each_offending_field_is_named():
         "dataset.name",
         "model.arch",
     }
+    assert error_locations(minimal(model={"arch": "resnet20", "init": "pretrained"})) == {"model"}
     # a job of the service is the service's notion (api.spec widens model.init)
     assert error_locations(minimal(model={"arch": "resnet20", "init": {"job": 3}})) == {
         "model.init"
@@ -140,8 +141,10 @@ def test_each_offending_field_is_named():
 
 
 def test_a_warm_up_longer_than_the_training_is_refused():
-    assert error_locations(minimal(training={"epochs": 2, "warmup_epochs": 2.5})) == {"training"}
-    with pytest.raises(ValidationError, match=r"warmup_epochs \(2.5\) is longer than"):
+    assert error_locations(minimal(training={"epochs": 2, "warmup_epochs": 2.5})) == {
+        "training.warmup_epochs"
+    }
+    with pytest.raises(ValidationError, match=r"2.5 epochs is longer than the training's 2"):
         JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2.5}))
     assert JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2})).training
 

@@ -3,6 +3,7 @@ results table (JSON, Markdown, CSV) with drops from real runs, plots, and quanti
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,9 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
         ],  # fmt: skip
     )
     key = {"Idempotency-Key": f"listed-{service.name}"}
+    job_key = {"Idempotency-Key": f"experiment:listed-{service.name}"}  # jobs' keys live apart
+    job = service.http.post("/v1/jobs", json=tiny_spec("keyed"), headers=job_key)
+    service.http.post(f"/v1/jobs/{job.json()['id']}/cancel").raise_for_status()
     first = service.http.post("/v1/experiments", json=request, headers=key)
     again = service.http.post("/v1/experiments", json=request, headers=key)
     assert (first.status_code, again.status_code) == (201, 200)
@@ -341,6 +345,9 @@ def test_every_example_experiment_plans_its_table(path) -> None:
         assert plan.distill == {"temperature": 1.0, "alpha": 0.5}
 
 
+DEEP = functools.reduce(lambda inner, _: [inner], range(700), [])  # JSON allows 1000 levels
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -360,8 +367,18 @@ def test_every_example_experiment_plans_its_table(path) -> None:
         ({"grid": {f"training.k{i}": list(range(16)) for i in range(8)}}, "grid"),
         ({"grid": None, "variants": [{"training": 5}]}, "variants.0.training"),  # a 500 once
         ({"grid": {"training": [1]}}, "grid.training"),
-        ({"baseline": {"pretrained": True}, "distill": True}, "distill"),  # ImageNet's teacher
+        (  # ImageNet's teacher
+            {
+                "base": BASE | {"model": {"arch": "resnet18"}},
+                "baseline": {"pretrained": True},
+                "distill": True,
+            },
+            "distill",
+        ),  # fmt: skip
         ({"name": "x" * 150}, "name"),  # its jobs' names would pass 200
+        ({"baseline": {"train": True, "training": {"x": DEEP}}}, "baseline"),  # a 500 once
+        ({"baseline": {"pretrained": True}}, "baseline.pretrained"),  # resnet20 has none
+        ({"base": BASE | {"k" * 20_000: 1}}, "base.kkk"),  # echoed in full (40 KB) once
     ],
 )
 def test_what_a_hostile_client_found_in_experiments_is_a_clean_422(

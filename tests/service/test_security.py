@@ -156,6 +156,9 @@ def test_a_revoked_token_stops_working(api: Api) -> None:
         ({"dataset": {"name": "synthetic", "train_size": 10**12}}, "dataset.train_size", ""),
         ({"name": "nul\x00name"}, "name", "control characters"),
         ({"dataset": {"name": "cifar10", "root": "/tmp/a\x00b"}}, "dataset.root", "control"),
+        ({"model": {"init": "pretrained"}}, "model", "resnet20 has no pretrained weights"),
+        ({"training": {"epochs": 1, "warmup_epochs": 2}}, "training.warmup_epochs", "longer"),
+        ({"training": {"k" * 20_000: 1}}, "training." + "k" * 77 + "...", "unknown key"),
     ],
 )
 def test_hostile_specs_get_a_prompt_422_naming_the_field(
@@ -165,6 +168,7 @@ def test_hostile_specs_get_a_prompt_422_naming_the_field(
     response = ann.post("/v1/jobs", json={**tiny_spec("probe"), **change} if "name" in change
                         else tiny_spec("probe", **change))  # fmt: skip
     assert time.perf_counter() - started < 1.0
+    assert len(response.content) < 5000  # a long key is not echoed in full
     if field == "body":
         assert response.status_code == 413 and says in error_of(response)["message"]
         return
@@ -373,6 +377,17 @@ def test_the_embedded_default_holds_50_concurrent_clients(api: Api, ann: httpx.C
     with ThreadPoolExecutor(50) as pool:
         codes = [code for codes in pool.map(client, range(50)) for code in codes]
     assert codes.count(201) == 100 and codes.count(200) == 100, sorted(set(codes))
+
+
+def test_a_model_of_another_network_is_refused_at_submission(ann: httpx.Client) -> None:
+    source = ann.post("/v1/jobs", json=tiny_spec("a resnet20")).json()  # queued or running
+    spec = tiny_spec("x", model={"arch": "resnet32", "init": {"job": source["id"]}})
+    response = ann.post("/v1/jobs", json=spec)
+    ann.post(f"/v1/jobs/{source['id']}/cancel").raise_for_status()
+    assert response.status_code == 422, response.text
+    [error] = error_of(response)["fields"]
+    assert error["field"] == "model.init.job"
+    assert error["message"] == f"job {source['id']} trained a resnet20, not a resnet32"
 
 
 def test_what_a_hostile_client_found_later_is_a_clean_422(
