@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -37,6 +36,7 @@ from lsq.spec import (
     Path_,
     QuantizationSpec,
     SensitivitySpec,
+    Strict,
     describe_errors,
     pretrained_cannot_teach,
     printable,
@@ -50,30 +50,26 @@ MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class TrainBaseline(_Strict):
+class TrainBaseline(Strict):
     """Train the full-precision model inside the experiment: the base spec, quantization off."""
 
     train: Literal[True]
     training: dict[str, Any] = Field({}, description="Overrides of the base's training")
 
 
-class JobBaseline(_Strict):
+class JobBaseline(Strict):
     """An existing succeeded job of yours is the baseline."""
 
     job: int = Field(ge=1, le=MAX_JOB_ID)
 
 
-class CheckpointBaseline(_Strict):
+class CheckpointBaseline(Strict):
     """A model.pt under the data roots is the baseline (evaluated by every variant first)."""
 
     checkpoint: Path_
 
 
-class PretrainedBaseline(_Strict):
+class PretrainedBaseline(Strict):
     """torchvision's ImageNet weights are the baseline (evaluated by every variant first)."""
 
     pretrained: Literal[True]
@@ -102,7 +98,7 @@ Baseline = Annotated[
 ]
 
 
-class Reference(_Strict):
+class Reference(Strict):
     """A published figure to compare a variant with, in percent."""
 
     test_top1: float = Field(ge=0, le=100)
@@ -126,7 +122,7 @@ class SensitivityOptions(SensitivitySpec):
     )
 
 
-class ExperimentSpec(_Strict):
+class ExperimentSpec(Strict):
     """A baseline and variants of a base job spec; every variant runs once per seed."""
 
     kind: Literal["variants", "sensitivity"] = Field(

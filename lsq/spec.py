@@ -63,9 +63,21 @@ FirstLast = Annotated[
 ]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Strict: no "3" for 3 and no true for 1; finite floats only; unknown keys are mistakes.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_keys(cls, data: Any) -> Any:
+        # Each unknown key costs an error, and only 20 are shown: 20,000 of them (a 250 KB
+        # body) would cost the API 30 ms. Refused on the count instead, before any is checked.
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_UNKNOWN_KEYS:
+            raise ValueError(f"{len(data)} keys; accepted: {', '.join(cls.model_fields)}")
+        return data
+
+
+MAX_UNKNOWN_KEYS = 20
 
 
 # Control characters (C0, DEL, C1), line separators and bidirectional overrides: they break
@@ -108,7 +120,7 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     name: DatasetName
     root: Path_ | None = Field(None, description="Folder of the dataset files; default per dataset")
     train_size: int | None = Field(
@@ -157,7 +169,7 @@ def _local_init(value: Any) -> Any:
     return value
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     arch: Arch
     # The service widens this field to accept {job: ID} as well (api.spec).
     init: Annotated[Path_ | None, BeforeValidator(_local_init)] = Field(
@@ -174,7 +186,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class LayerLevels(_Strict):
+class LayerLevels(Strict):
     """Levels for the layers a pattern matches: a side given (null = full precision) replaces
     the job's; a side left out keeps it."""
 
@@ -193,7 +205,7 @@ class LayerLevels(_Strict):
 MAX_LAYER_PATTERNS = 64
 
 
-class QuantizationSpec(_Strict):
+class QuantizationSpec(Strict):
     weight: Levels | None = Field(None, description="Weight levels; null = full precision")
     activation: Levels | None = Field(None, description="Activation levels; null = full precision")
     first_last: FirstLast = "float"
@@ -248,7 +260,7 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-class DistillOptions(_Strict):
+class DistillOptions(Strict):
     """How a student learns from its teacher (an experiment's `distill` names no teacher: its
     baseline is)."""
 
@@ -271,7 +283,7 @@ class DistillSpec(DistillOptions):
 MAX_BN_BATCHES = 1000
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(Strict):
     epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(
         128, ge=1, le=MAX_BATCH, description="Global batch size (split across devices)"
@@ -343,7 +355,7 @@ def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
     return data
 
 
-class SensitivitySpec(_Strict):
+class SensitivitySpec(Strict):
     """Per-layer sensitivity in one job, without training: the network of model.init quantized
     as the spec says, then each probed layer alone quantized (quantize_one) or alone left in
     float (float_one), evaluated on the test set (lsq.sensitivity)."""
@@ -403,7 +415,7 @@ def pretrained_cannot_teach(dataset: str) -> str | None:
     )
 
 
-class JobSpec(_Strict):
+class JobSpec(Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
     name: _text(200)  # type: ignore[valid-type]

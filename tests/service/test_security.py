@@ -414,5 +414,6 @@ def test_what_a_hostile_client_found_later_is_a_clean_422(
     many = {**tiny_spec("x"), **{f"k{i}": 0 for i in range(5_000)}}  # just under the body limit
     started = time.perf_counter()
     response = ann.post("/v1/jobs", json=many)
-    assert response.status_code == 422 and len(error_of(response)["fields"]) == 20
+    [error] = error_of(response)["fields"]  # refused on the count, none checked one by one
+    assert response.status_code == 422 and error["message"].startswith("5004 keys; accepted:")
     assert time.perf_counter() - started < 2
