@@ -53,6 +53,11 @@ def configs(fp_model: str) -> dict[str, dict]:
         "4-epochs": {"training": {"epochs": 4}},
         # the image entering the first conv at 8 bits (it is 8-bit data); for first/last same
         "8-bit-input": {"quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}}},
+        # two changes at once: how far both go together
+        "4-epochs-8-bit-input": {
+            "training": {"epochs": 4},
+            "quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}},
+        },
     }
 
 
