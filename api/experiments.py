@@ -417,6 +417,8 @@ def _validated(spec: dict[str, Any], where: str) -> ServiceJobSpec:
         return ServiceJobSpec.model_validate(spec)
     except ValidationError as e:
         field, message = describe_errors(e, ServiceJobSpec)[0]
+        if field.split(".")[0] == where:  # `sensitivity`: the experiment's is the job's
+            raise InvalidField(field, message) from None
         raise InvalidField(f"{where}.{field}" if field != "body" else where, message) from None
 
 

@@ -16,6 +16,7 @@ run the graph as written.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,7 +69,11 @@ def export_onnx(model: nn.Module, in_channels: int, image_size: int, path: Path)
     """Write `model` (quantized, as trained) to `path` as ONNX: input `images` (N, C, H, W)
     normalised as for training, output `logits` (N, classes); the batch size is free."""
     example = torch.zeros(2, in_channels, image_size, image_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Expected, and noise in a job's log: a step read as a Python float is a constant of
+        # the graph (TracerWarning), and the exporter cannot fold some Slice ops.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
         torch.onnx.export(
             exportable(model),
             (example,),

@@ -546,6 +546,7 @@ def field_name(loc: Sequence[str | int]) -> str:
 
 
 MAX_KEY = 80
+_NAMED = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)*): ")
 
 
 def _shown(field: str) -> str:
@@ -562,6 +563,9 @@ def describe_errors(
     described = []
     for e in errors:
         field, message = field_name(e["loc"]), e["msg"].removeprefix("Value error, ")
+        named = _NAMED.match(message)  # a check of a whole object that names its field
+        if named and (field == "body" or named[1].startswith(field + ".")):
+            field, message = named[1], message[named.end() :]
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(field, root) or message
         described.append((_shown(field), message))

@@ -180,6 +180,10 @@ def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
     print("\nThe demo's two jobs:")
     for job in ended:
         print(job_summary(job, str(job_folder(get_settings(), job["id"]))))
+    print(
+        f"\nNext: `lsq serve` keeps the service running (the dashboard at {url}/, the API's "
+        f"docs at {url}/docs), and `lsq submit SPEC --wait` runs a job of yours on it."
+    )
     return 0 if all(job["status"] == "succeeded" for job in ended) else 1
 
 

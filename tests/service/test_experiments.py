@@ -261,13 +261,13 @@ def test_a_fine_tuned_sensitivity_experiment_runs_a_job_per_layer(service: Servi
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"sensitivity": {"layers": ["conv9"]}}, "sensitivity"),
+        ({"sensitivity": {"layers": ["conv9"]}}, "sensitivity.layers"),
         ({"sensitivity": {"layers": ["conv9"], "fine_tune": 1}}, "sensitivity.layers"),
         ({"sensitivity": {"mode": "all"}}, "sensitivity.mode"),
         ({"grid": {"training.lr": [0.1]}}, "grid"),
         ({"distill": True}, "distill"),
         ({"kind": "variants"}, "sensitivity"),
-        ({"base": BASE}, "sensitivity"),  # nothing quantized
+        ({"base": BASE}, "sensitivity"),  # nothing quantized (the probe job's own check)
         ({"base": BASE, "sensitivity": {"fine_tune": 1}}, "base.quantization"),
     ],
 )

@@ -156,7 +156,7 @@ def test_a_revoked_token_stops_working(api: Api) -> None:
         ({"dataset": {"name": "synthetic", "train_size": 10**12}}, "dataset.train_size", ""),
         ({"name": "nul\x00name"}, "name", "control characters"),
         ({"dataset": {"name": "cifar10", "root": "/tmp/a\x00b"}}, "dataset.root", "control"),
-        ({"model": {"init": "pretrained"}}, "model", "resnet20 has no pretrained weights"),
+        ({"model": {"init": "pretrained"}}, "model.init", "resnet20 has no pretrained weights"),
         ({"training": {"epochs": 1, "warmup_epochs": 2}}, "training.warmup_epochs", "longer"),
         ({"training": {"k" * 20_000: 1}}, "training." + "k" * 77 + "...", "unknown key"),
     ],

@@ -38,7 +38,10 @@ def job_count(service: Service) -> int:
         ({"model": {"init": {"job": 999999}}}, "model.init.job"),  # no such job
         ({"model": {"init": {"job": 0}}}, "model.init.job"),  # not an id
         ({"model": {"init": 5}}, "model.init"),  # neither a path nor {job: ID}
-        ({"quantization": {"weight": [-1, 0, 1], "layers": {"layer9.*": {}}}}, "body"),
+        (
+            {"quantization": {"weight": [-1, 0, 1], "layers": {"layer9.*": {}}}},
+            "quantization.layers",
+        ),
         ({"training": {"distill": {"teacher": "/etc/passwd"}}}, "training.distill.teacher"),
         ({"training": {"distill": {"teacher": {"job": 999999}}}}, "training.distill.teacher.job"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -294,6 +295,19 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
         Settings()
     monkeypatch.setenv("LSQ_LEASE_SECONDS", "6")
     assert Settings().lease_seconds == 6
+
+
+def test_torch_threads_come_from_lsq_torch_threads_then_omp_num_threads(monkeypatch) -> None:
+    from api.config import Settings
+
+    monkeypatch.delenv("LSQ_TORCH_THREADS", raising=False)
+    monkeypatch.setenv("LSQ_WORKERS_PER_HOST", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert Settings().cpu_threads == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert Settings().cpu_threads == 3
+    monkeypatch.setenv("LSQ_TORCH_THREADS", "5")
+    assert Settings().cpu_threads == 5
 
 
 def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:

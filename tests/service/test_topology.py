@@ -56,6 +56,7 @@ def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, t
 
     def env_of(service: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
+        env.pop("OMP_NUM_THREADS", None)  # the workers split the cores themselves
         env |= {k: str(v) for k, v in services[service]["environment"].items()}
         assert env["LSQ_ARTIFACTS_DIR"] == "/var/lib/lsq/artifacts"  # the volume's mount point
         env |= {"LSQ_DATA_DIR": str(tmp_path / service), "LSQ_ARTIFACTS_DIR": str(artifacts)}
