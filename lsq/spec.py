@@ -566,10 +566,19 @@ def describe_errors(
         named = _NAMED.match(message)  # a check of a whole object that names its field
         if named and (field == "body" or named[1].startswith(field + ".")):
             field, message = named[1], message[named.end() :]
+        if e["type"].endswith("_type") and "input" in e:  # strict: "3" is not 3; say so
+            message += f", not {_kind(e['input'])}"
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(field, root) or message
         described.append((_shown(field), message))
     return described
+
+
+def _kind(value: Any) -> str:
+    """What a JSON (or YAML) value is, as its writer would call it."""
+    kinds = {bool: "true/false", str: "a string", int: "an integer", float: "a number",
+             list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _unknown_key(field: str, root: type[BaseModel]) -> str | None:
