@@ -168,6 +168,11 @@ def anneal(optimizer: torch.optim.Optimizer, progress: float) -> None:
         group["lr"] = group["initial_lr"] * factor
 
 
+def set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+
+
 def warmup_factor(warmup_epochs: float, step: int, batches: int) -> float:
     """The linear warm-up's share of the lr at optimizer step `step` (1-based), with `batches`
     steps an epoch: step / warm-up steps until it reaches 1."""
@@ -316,8 +321,7 @@ class Trainer:
     def _set_lr(self, epoch: int, i: int, batches: int, epoch_lrs: list[float]) -> None:
         """Batch i's lr: the schedule's (the epoch's, or annealed per batch for cosine_batch),
         times the warm-up's share while it lasts."""
-        for group, lr in zip(self.optimizer.param_groups, epoch_lrs, strict=True):
-            group["lr"] = lr
+        set_lrs(self.optimizer, epoch_lrs)
         self._anneal(epoch, i / batches)
         warmup = self.spec.training.warmup_epochs
         factor = warmup_factor(warmup, (epoch - 1) * batches + i + 1, batches)
@@ -355,8 +359,7 @@ class Trainer:
             n += len(y)
             if self.hooks.on_progress is not None:
                 self.hooks.on_progress(epoch, (i + 1) / len(data))
-        for group, lr in zip(self.optimizer.param_groups, epoch_lrs, strict=True):
-            group["lr"] = lr  # the epoch's own lr for the scheduler to step from, warm-up or not
+        set_lrs(self.optimizer, epoch_lrs)  # the scheduler steps from the epoch's own lr
         distributed.all_sum(total, correct, n)
         if not math.isfinite(total.item()):
             raise RuntimeError(f"training diverged: the loss is {total.item()} in epoch {epoch}")
