@@ -345,7 +345,8 @@ def _probes(
     except ValueError as e:
         raise InvalidField("sensitivity.layers", str(e)) from None
     check(1 + len(layers))
-    training = {"epochs": options.fine_tune}
+    warmup = min(base.training.warmup_epochs, options.fine_tune or 0)
+    training = {"epochs": options.fine_tune, "warmup_epochs": warmup}
     return [
         ("sensitivity", {"quantization": {"layers": options.levels_for(arch, q, layer)},
                          "training": training}, layer or "every layer", None)

@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
 
+from lsq.archs import pretrained_missing
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 from lsq.spec import upgrade_spec
 
@@ -91,6 +92,8 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
     """A ``{job: ID}`` (model.init, the teacher) must name a job of the same owner that can
     still succeed."""
     for field, ref in named_models(spec).items():
+        if ref == "pretrained" and (problem := pretrained_missing(spec.model.arch)):
+            raise InvalidField(field, problem)  # checked here, not in the spec: stored ones stay
         if not isinstance(ref, JobRef):
             continue
         source_id = ref.job
@@ -254,8 +257,8 @@ def create_experiment(
     starting from `start` (the baseline's job id, or a model path) unless it is None, and with
     `distill`, taught by it. For an Idempotency-Key seen before with the same request, the
     experiment it made (False)."""
-    if key is not None:  # apart from jobs' keys, which never hold a space
-        key = f"experiment {key}"
+    if key is not None:  # keys of experiments and of jobs live apart
+        key = f"experiment:{key}"
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False

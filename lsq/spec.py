@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .archs import layer_names, pretrained_missing
+from .archs import layer_names
 from .levels import ACCEPTED, FirstMatch, Levels, LevelSet, Sides, layer_levels, parse_levels
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
@@ -177,13 +177,6 @@ class ModelSpec(Strict):
         description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
         "of a model.pt state dict",
     )
-
-    @model_validator(mode="after")
-    def _pretrained_exists(self) -> Self:
-        problem = self.init == "pretrained" and pretrained_missing(self.arch)
-        if problem:
-            raise ValueError(f"model.init: {problem}")
-        return self
 
 
 class LayerLevels(Strict):
@@ -458,9 +451,7 @@ class JobSpec(Strict):
     def _teacher_fits(self) -> Self:
         d = self.training.distill
         if d is not None and d.teacher == "pretrained":
-            problem = pretrained_cannot_teach(self.dataset.name) or pretrained_missing(
-                self.model.arch
-            )
+            problem = pretrained_cannot_teach(self.dataset.name)
             if problem:
                 raise ValueError(f"training.distill.teacher: {problem}: give a model.pt")
         return self

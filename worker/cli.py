@@ -107,8 +107,9 @@ def _share_cores(settings: Settings) -> None:
 
     torch.set_num_threads(settings.cpu_threads)
     print(
-        f"lsq worker: {torch.get_num_threads()} torch threads (LSQ_TORCH_THREADS, or the cores "
-        f"divided by LSQ_WORKERS_PER_HOST={settings.workers_per_host})",
+        f"lsq worker: {torch.get_num_threads()} torch threads (LSQ_TORCH_THREADS, else "
+        f"OMP_NUM_THREADS, else the cores divided by LSQ_WORKERS_PER_HOST="
+        f"{settings.workers_per_host})",
         file=sys.stderr,
         flush=True,
     )

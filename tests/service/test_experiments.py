@@ -140,9 +140,6 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
         ],  # fmt: skip
     )
     key = {"Idempotency-Key": f"listed-{service.name}"}
-    job_key = {"Idempotency-Key": f"experiment:listed-{service.name}"}  # jobs' keys live apart
-    job = service.http.post("/v1/jobs", json=tiny_spec("keyed"), headers=job_key)
-    service.http.post(f"/v1/jobs/{job.json()['id']}/cancel").raise_for_status()
     first = service.http.post("/v1/experiments", json=request, headers=key)
     again = service.http.post("/v1/experiments", json=request, headers=key)
     assert (first.status_code, again.status_code) == (201, 200)
@@ -302,6 +299,14 @@ def test_a_bad_sensitivity_experiment_gets_422_naming_the_field(
         ({"grid": None}, "grid"),  # neither
         ({"variants": [{"training": {"lrr": 1}}], "grid": None}, "variants.0.training.lrr"),
         ({"baseline": {"job": 999999}}, "baseline.job"),
+        (  # ImageNet weights for a network that has none, among a grid's (a 500 once)
+            {
+                "base": BASE | {"model": {"arch": "resnet18"}},
+                "baseline": {"pretrained": True},
+                "grid": {"model.arch": ["resnet18", "resnet20"]},
+            },
+            "model.init",
+        ),  # fmt: skip
         ({"baseline": {"checkpoint": "/etc/passwd"}}, "baseline.checkpoint"),
         ({"baseline": {"nope": 1}}, "baseline"),
         (
@@ -412,6 +417,14 @@ def test_a_fine_tuned_probe_plan_writes_long_level_sets_short() -> None:
     for variant in plan.variants:
         written = variant.specs[0].model_dump_json()
         assert len(written) < 6000 and '{"min":-1,"max":40000}' in written
+
+
+def test_a_fine_tuned_probe_warms_up_within_its_own_epochs() -> None:
+    request = sensitivity(fine_tune=1)
+    request["base"]["training"] = {**request["base"]["training"], "warmup_epochs": 1.5}
+    plan = experiments.plan(ExperimentSpec.model_validate(request), max_jobs=64)
+    assert plan.baseline.training.warmup_epochs == 1.5  # the baseline trains 2 epochs
+    assert {v.specs[0].training.warmup_epochs for v in plan.variants} == {1.0}
 
 
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:

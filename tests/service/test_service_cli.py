@@ -89,8 +89,11 @@ def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None
     # Per-epoch accuracy of both jobs; the 2-bit job started from the full-precision one.
     assert out.count("epoch train_loss train_top1 test_loss test_top1") == 2
     assert "start " in out and "drop " in out
-    # It ends with what each job kept and where its files are, on this machine.
-    fp, q = out.splitlines()[-4:-2], out.splitlines()[-2:]
+    # It ends with what each job kept and where its files are, on this machine, then what next.
+    lines = out.splitlines()
+    summary = lines[lines.index("The demo's two jobs:") + 1 :]
+    fp, q = summary[0:2], summary[2:4]
+    assert summary[5].startswith("Next: `lsq serve` keeps the service running")
     assert fp[0].startswith("job 1 succeeded: demo-fp32: resnet20 on synthetic, full precision")
     assert "W[-2,-1,0,1] A[0,1,2,3], first/last float: test top-1" in q[0] and "drop" in q[0]
     assert q[1] == f"  files: {tmp_path / 'data' / 'artifacts' / 'jobs' / '2'}"
