@@ -112,9 +112,11 @@ class Settings(BaseSettings):
         """Torch threads for one worker process: LSQ_TORCH_THREADS, else OMP_NUM_THREADS (the
         usual way to say it), else the cores this process may run on divided by
         LSQ_WORKERS_PER_HOST."""
+        if self.torch_threads:
+            return self.torch_threads
         omp = os.environ.get("OMP_NUM_THREADS", "")
-        if self.torch_threads or (omp.isdigit() and int(omp) > 0):
-            return self.torch_threads or int(omp)
+        if omp.isdigit() and int(omp) > 0:
+            return int(omp)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return max(1, (cores or os.cpu_count() or 1) // self.workers_per_host)
 

@@ -270,14 +270,12 @@ class JobLimit:
 
 
 def _check_teacher(exp: ExperimentSpec, base: ServiceJobSpec) -> None:
-    if isinstance(exp.baseline, PretrainedBaseline):
-        problem = pretrained_missing(base.model.arch)
-        if problem:
-            raise InvalidField("baseline.pretrained", problem)
-    if exp.distill and isinstance(exp.baseline, PretrainedBaseline):
-        problem = pretrained_cannot_teach(base.dataset.name)
-        if problem:
-            raise InvalidField("distill", f"{problem}: train the baseline or name one")
+    if not isinstance(exp.baseline, PretrainedBaseline):
+        return
+    if problem := pretrained_missing(base.model.arch):
+        raise InvalidField("baseline.pretrained", problem)
+    if exp.distill and (problem := pretrained_cannot_teach(base.dataset.name)):
+        raise InvalidField("distill", f"{problem}: train the baseline or name one")
 
 
 # What an experiment sets itself in every job: a variant changing them would be overwritten.
