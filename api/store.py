@@ -27,6 +27,10 @@ from lsq.spec import upgrade_spec
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
 from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models
 
+# An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
+# space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
+EXPERIMENT_KEY = "experiment "
+
 
 class JobNotFound(LookupError):
     def __init__(self, job_id: int) -> None:
@@ -258,7 +262,7 @@ def create_experiment(
     `distill`, taught by it. For an Idempotency-Key seen before with the same request, the
     experiment it made (False)."""
     if key is not None:  # keys of experiments and of jobs live apart
-        key = f"experiment:{key}"
+        key = f"{EXPERIMENT_KEY}{key}"
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False

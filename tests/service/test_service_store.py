@@ -25,7 +25,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0009"  # the newest migration in migrations/versions
+HEAD = "0010"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -407,6 +407,63 @@ def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
         assert expired[1] and expired[0].id != first.id
     with db.begin() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 3
+
+
+def test_a_jobs_key_and_an_experiments_key_never_meet(db) -> None:
+    """A job's key "experiment:k" and an experiment's key "k" are two keys, not one reused."""
+    spec = ServiceJobSpec.model_validate(tiny_spec("e"))
+    with db.begin() as session:
+        job, new_job = store.submit_job(session, OWNER, spec, max_unfinished=10, key="experiment:k")
+        experiment, new_experiment = store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
+            max_unfinished=10, key="k",
+        )  # fmt: skip
+        assert new_job and new_experiment and job.experiment_id is None
+    with db.begin() as session:
+        again, new = store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
+            max_unfinished=10, key="k",
+        )  # fmt: skip
+        assert (again.id, new) == (experiment.id, False)
+
+
+def test_migration_0010_moves_only_experiments_keys(database_url: str) -> None:
+    from alembic import command
+
+    from api.db import alembic_config
+
+    engine = make_engine(database_url)
+    config = alembic_config()
+    job = (
+        "INSERT INTO jobs (id, owner, name, status, spec, spec_version, created_at, "
+        "progress_epoch, progress_fraction, attempts, history, cancel_requested, experiment_id) "
+        "VALUES (:id, 'ann', 'j', 'queued', '{}', 1, CURRENT_TIMESTAMP, 0, 0, 0, '[]', false, :e)"
+    )
+    key = (
+        "INSERT INTO idempotency_keys (owner, key, body_hash, job_id, created_at) "
+        "VALUES ('ann', :key, 'h', :job, CURRENT_TIMESTAMP)"
+    )
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0009")
+        conn.execute(
+            text("INSERT INTO experiments (id, owner, name, spec, created_at) "
+                 "VALUES (3, 'ann', 'e', '{}', CURRENT_TIMESTAMP)")
+        )  # fmt: skip
+        conn.execute(text(job), [{"id": 7, "e": 3}, {"id": 8, "e": None}])
+        conn.execute(
+            text(key), [{"key": "experiment:k", "job": 7}, {"key": "experiment:x", "job": 8}]
+        )
+    stored = "SELECT key, job_id FROM idempotency_keys ORDER BY job_id"
+    upgrade_database(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text(stored)).all() == [("experiment k", 7), ("experiment:x", 8)]
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+    with engine.connect() as conn:
+        assert conn.execute(text(stored)).all() == [("experiment:k", 7), ("experiment:x", 8)]
+    engine.dispose()
 
 
 def test_an_owner_has_at_most_so_many_unfinished_jobs(db) -> None:
