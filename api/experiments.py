@@ -245,7 +245,7 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
                 raise InvalidField(f"{where}.training", "must be an object")
             spec["name"] = f"{exp.name}/{label}" + (f"/seed {seed}" if len(seeds) > 1 else "")
             spec["training"] = {**spec.get("training", {}), "seed": seed}
-            specs.append(_validated_variant(spec, where))
+            specs.append(_starts_from(_validated_variant(spec, where), base, where))
         variants.append(Variant(where, index, reference, specs))
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
 
@@ -276,6 +276,20 @@ def _check_teacher(exp: ExperimentSpec, base: ServiceJobSpec) -> None:
         raise InvalidField("baseline.pretrained", problem)
     if exp.distill and (problem := pretrained_cannot_teach(base.dataset.name)):
         raise InvalidField("distill", f"{problem}: train the baseline or name one")
+
+
+def _starts_from(variant: ServiceJobSpec, base: ServiceJobSpec, where: str) -> ServiceJobSpec:
+    """A variant starts from the baseline's model: the same network on the same data."""
+    for field, own, baseline in (
+        ("model.arch", variant.model.arch, base.model.arch),
+        ("dataset.name", variant.dataset.name, base.dataset.name),
+    ):
+        if own != baseline:
+            raise InvalidField(
+                f"{where}.{field}", f"the variants start from the baseline, whose {field} is "
+                f"{baseline}, not {own} (another one is another experiment)",
+            )  # fmt: skip
+    return variant
 
 
 # What an experiment sets itself in every job: a variant changing them would be overwritten.

@@ -305,8 +305,13 @@ def test_a_bad_sensitivity_experiment_gets_422_naming_the_field(
                 "baseline": {"pretrained": True},
                 "grid": {"model.arch": ["resnet18", "resnet20"]},
             },
-            "model.init",
+            "grid.model.arch",
         ),  # fmt: skip
+        ({"grid": {"model.arch": ["resnet20", "resnet32"]}}, "grid.model.arch"),  # a failed job
+        (
+            {"grid": None, "variants": [{}, {"dataset": {"name": "cifar10"}}]},
+            "variants.1.dataset.name",
+        ),
         ({"baseline": {"checkpoint": "/etc/passwd"}}, "baseline.checkpoint"),
         ({"baseline": {"nope": 1}}, "baseline"),
         (
