@@ -1,5 +1,6 @@
 """Who is calling: every /v1 request carries `Authorization: Bearer <token>` (see api.tokens);
-each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST)."""
+each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST), and
+each client address as many with a token that is not valid."""
 
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def current_owner(
             # after the route (under load the pool would be held by requests still waiting).
             session.commit()
     if owner is None:
+        # Guesses cost a lookup each: an address gets as many a second as a token's requests.
+        guesser = f"failed from {request.client.host if request.client else '?'}"
+        LIMITER.take(guesser, settings.requests_per_second, settings.request_burst)
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
     LIMITER.take(tokens.digest(plain), settings.requests_per_second, settings.request_burst)
     return owner

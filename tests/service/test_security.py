@@ -286,6 +286,11 @@ def test_quota_and_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> No
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
             time.sleep(1.1)
             assert client.get("/v1/jobs").status_code == 200
+        with httpx.Client(base_url=strict.url, headers=bearer("lsq_guess"), timeout=30) as guess:
+            codes = [guess.get("/v1/jobs").status_code for _ in range(8)]
+            assert codes[:5] == [401] * 5 and 429 in codes[5:]  # guessing from one address
+        with strict.client("valid") as client:  # a valid token from there is not held back
+            assert client.get("/v1/jobs").status_code == 200
     finally:
         strict.proc.stop()
 
