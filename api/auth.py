@@ -1,12 +1,14 @@
 """Who is calling: every /v1 request carries `Authorization: Bearer <token>` (see api.tokens);
 each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST), and
-each client address as many with a token that is not valid."""
+each client address as many with a token that is not valid: past that, the address waits."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -26,27 +28,53 @@ class TooManyRequests(Exception):
 
 
 class RateLimiter:
-    """A token bucket per API token, in this process (each API process counts its own)."""
+    """A token bucket per key, in this process (each API process counts its own). At most
+    `keys` buckets: past them the least recently used is forgotten (it was idle longest)."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}  # token hash: (tokens, at)
+    def __init__(self, keys: int = 10_000) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: (level, at)
+        self._keys = keys
         self._lock = threading.Lock()
 
+    def _level(self, key: str, rate: float, burst: int, now: float) -> float:
+        level, at = self._buckets.get(key, (float(burst), now))
+        return min(float(burst), level + (now - at) * rate)
+
+    def check(self, key: str, rate: float, burst: int) -> None:
+        """429 when `key` has no request left, taking none."""
+        with self._lock:
+            level = self._level(key, rate, burst, time.monotonic())
+        if level < 1:
+            raise TooManyRequests((1 - level) / rate)
+
     def take(self, key: str, rate: float, burst: int) -> None:
+        """Count a request of `key`; 429 when it has none left."""
         now = time.monotonic()
         with self._lock:
-            if len(self._buckets) > 10_000:  # forget idle callers rather than grow
-                self._buckets.clear()
-            level, at = self._buckets.get(key, (float(burst), now))
-            level = min(float(burst), level + (now - at) * rate)
-            if level < 1:
-                self._buckets[key] = (level, now)
-                raise TooManyRequests((1 - level) / rate)
-            self._buckets[key] = (level - 1, now)
+            level = self._level(key, rate, burst, now)
+            self._buckets[key] = (level - (level >= 1), now)
+            self._buckets.move_to_end(key)
+            if len(self._buckets) > self._keys:
+                self._buckets.popitem(last=False)
+        if level < 1:
+            raise TooManyRequests((1 - level) / rate)
 
 
-LIMITER = RateLimiter()
+LIMITER = RateLimiter()  # per valid token
+GUESSES = RateLimiter()  # invalid-token requests, per client address
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _address(request: Request) -> str:
+    """The client's address; an IPv6 one by its /64 (what one host is usually given)."""
+    host = request.client.host if request.client else "?"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 def current_owner(
@@ -55,12 +83,17 @@ def current_owner(
     settings: Annotated[Settings, Depends(get_settings)],
     session: ReadSessionDep,
 ) -> str:
-    """The owner of the request's token; 401 without a valid one, 429 past its rate. The
-    token is read in the request's read session, which a read route then uses too."""
+    """The owner of the request's token; 401 without a valid one, 429 past its rate or past
+    its address's rate of invalid tokens. The token is read in the request's read session,
+    which a read route then uses too."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             401, "missing token: send Authorization: Bearer <token>", headers=CHALLENGE
         )
+    rate, burst = settings.requests_per_second, settings.request_burst
+    # An address that guessed too often waits before any lookup: no lookup, and no answer
+    # that tells a right guess from a wrong one.
+    GUESSES.check(_address(request), rate, burst)
     plain = credentials.credentials
     if len(plain) > 200:
         owner = None
@@ -71,11 +104,9 @@ def current_owner(
             # after the route (under load the pool would be held by requests still waiting).
             session.commit()
     if owner is None:
-        # Guesses cost a lookup each: an address gets as many a second as a token's requests.
-        guesser = f"failed from {request.client.host if request.client else '?'}"
-        LIMITER.take(guesser, settings.requests_per_second, settings.request_burst)
+        GUESSES.take(_address(request), rate, burst)
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
-    LIMITER.take(tokens.digest(plain), settings.requests_per_second, settings.request_burst)
+    LIMITER.take(tokens.digest(plain), rate, burst)
     return owner
 
 

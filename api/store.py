@@ -104,19 +104,24 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
         source = session.get(Job, source_id)
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
-        _has_a_model(f"{field}.job", source, spec.model.arch)
+        _has_a_model(f"{field}.job", source, spec)
 
 
-def _has_a_model(field: str, source: Job, arch: str) -> None:
-    """A job whose model another `arch` job may start from: not ended without one, not a
-    probe, the same network."""
+def _has_a_model(field: str, source: Job, spec: ServiceJobSpec) -> None:
+    """A job whose model `spec`'s job may start from (or learn from): not ended without one,
+    not a probe, the same network on the same data (so its layers' shapes fit)."""
     if source.status in (JobStatus.failed, JobStatus.cancelled):
         raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
     if source.spec.get("sensitivity"):
         raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
-    source_arch = source.spec.get("model", {}).get("arch")
-    if source_arch != arch:
-        raise InvalidField(field, f"job {source.id} trained a {source_arch}, not a {arch}")
+    arch, data = (
+        source.spec.get("model", {}).get("arch"),
+        source.spec.get("dataset", {}).get("name"),
+    )
+    if arch != spec.model.arch:
+        raise InvalidField(field, f"job {source.id} trained a {arch}, not a {spec.model.arch}")
+    if data != spec.dataset.name:
+        raise InvalidField(field, f"job {source.id} trained on {data}, not {spec.dataset.name}")
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -281,7 +286,7 @@ def create_experiment(
             raise InvalidField("baseline.job", f"job {start} does not exist")
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
-        _has_a_model("baseline.job", source, variants[0][1].model.arch)
+        _has_a_model("baseline.job", source, variants[0][1])
     first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start

@@ -33,4 +33,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Where a job's key "experiment:K" and an experiment's "K" both exist, the older schema
+    # holds one: the job's stays, the experiment's is forgotten (a retry of it makes another).
+    op.execute(
+        "DELETE FROM idempotency_keys WHERE substr(key, 1, 11) = 'experiment ' AND EXISTS "
+        "(SELECT 1 FROM idempotency_keys AS job_key WHERE job_key.owner = idempotency_keys.owner "
+        "AND job_key.key = 'experiment:' || substr(idempotency_keys.key, 12))"
+    )
     _move("experiment ", "experiment:")

@@ -286,13 +286,45 @@ def test_quota_and_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> No
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
             time.sleep(1.1)
             assert client.get("/v1/jobs").status_code == 200
-        with httpx.Client(base_url=strict.url, headers=bearer("lsq_guess"), timeout=30) as guess:
+        with (
+            strict.client("valid") as client,
+            httpx.Client(base_url=strict.url, headers=bearer("lsq_guess"), timeout=30) as guess,
+        ):
             codes = [guess.get("/v1/jobs").status_code for _ in range(8)]
             assert codes[:5] == [401] * 5 and 429 in codes[5:]  # guessing from one address
-        with strict.client("valid") as client:  # a valid token from there is not held back
+            # then the address waits, whatever its token: a right guess looks like a wrong one
+            assert client.get("/v1/jobs").status_code == 429
+            time.sleep(1.1)
             assert client.get("/v1/jobs").status_code == 200
     finally:
         strict.proc.stop()
+
+
+def test_the_rate_limiter_forgets_the_longest_idle_and_counts_ipv6_by_64() -> None:
+    from starlette.requests import Request
+
+    from api.auth import RateLimiter, TooManyRequests, _address
+
+    limiter = RateLimiter(keys=2)
+    limiter.take("worn", rate=1e-9, burst=1)
+    with pytest.raises(TooManyRequests):
+        limiter.take("worn", rate=1e-9, burst=1)
+    limiter.check("idle", rate=1e-9, burst=1)  # a check takes nothing, stores nothing
+    limiter.take("other", rate=1e-9, burst=1)
+    with pytest.raises(TooManyRequests):
+        limiter.check("worn", rate=1e-9, burst=1)  # two keys fit: still counted
+    limiter.take("third", rate=1e-9, burst=1)
+    limiter.check("worn", rate=1e-9, burst=1)  # the longest idle of three is forgotten
+
+    def address(host: str) -> str:
+        return _address(Request({"type": "http", "client": (host, 1), "headers": []}))
+
+    assert (
+        address("2001:db8:1:2:aaaa::1")
+        == address("2001:db8:1:2:bbbb::9")
+        != address("2001:db8:1:3::1")
+    )
+    assert address("192.0.2.7") != address("192.0.2.8")
 
 
 # -------------------------------------------------------------- a 500 keeps the connection

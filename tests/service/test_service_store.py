@@ -201,6 +201,14 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
         with pytest.raises(store.InvalidField, match=message) as e:
             add_job(db, model={"init": {"job": ref}})
         assert e.value.field == "model.init.job"
+    fits = add_job(db)  # its model's layers fit only the same network on the same data
+    for change, message in [
+        ({"model": {"arch": "resnet32", "init": {"job": fits}}}, "trained a resnet20, not"),
+        ({"model": {"init": {"job": fits}}, "dataset": {"name": "cifar10"}}, "on synthetic, not"),
+    ]:
+        with pytest.raises(store.InvalidField, match=message) as e:
+            add_job(db, **change)
+        assert e.value.field == "model.init.job"
 
 
 def test_pages_stay_correct_while_jobs_are_added(db) -> None:
@@ -450,17 +458,17 @@ def test_migration_0010_moves_only_experiments_keys(database_url: str) -> None:
             text("INSERT INTO experiments (id, owner, name, spec, created_at) "
                  "VALUES (3, 'ann', 'e', '{}', CURRENT_TIMESTAMP)")
         )  # fmt: skip
-        conn.execute(text(job), [{"id": 7, "e": 3}, {"id": 8, "e": None}])
+        conn.execute(text(job), [{"id": 7, "e": 3}, {"id": 8, "e": None}, {"id": 9, "e": 3}])
         conn.execute(
             text(key), [{"key": "experiment:k", "job": 7}, {"key": "experiment:x", "job": 8}]
         )
     stored = "SELECT key, job_id FROM idempotency_keys ORDER BY job_id"
     upgrade_database(engine)
-    with engine.connect() as conn:
-        assert conn.execute(text(stored)).all() == [("experiment k", 7), ("experiment:x", 8)]
     with engine.begin() as conn:
+        assert conn.execute(text(stored)).all() == [("experiment k", 7), ("experiment:x", 8)]
+        conn.execute(text(key), {"key": "experiment x", "job": 9})  # now apart from job 8's
         config.attributes["connection"] = conn
-        command.downgrade(config, "0009")
+        command.downgrade(config, "0009")  # the job's key stays where only one fits
     with engine.connect() as conn:
         assert conn.execute(text(stored)).all() == [("experiment:k", 7), ("experiment:x", 8)]
     engine.dispose()
