@@ -58,6 +58,12 @@ def configs(fp_model: str) -> dict[str, dict]:
             "training": {"epochs": 4},
             "quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}},
         },
+        # 4 epochs' SGD steps in 2 epochs' data passes: is it steps or passes that settle it?
+        "batch-64": {"training": {"batch_size": 64}},
+        "batch-64-8-bit-input": {
+            "training": {"batch_size": 64},
+            "quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}},
+        },
     }
 
 
