@@ -33,7 +33,7 @@ from .files import (
 )
 from .loop import Trainer
 from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
-from .spec import JobSpec
+from .spec import SPEC_VERSION, JobSpec, upgrade_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def save_progress(out: Path, spec: JobSpec, progress: Progress) -> None:
     """After every epoch: the checkpoint, then metrics.json (both written atomically)."""
     state = {
         "spec": spec.model_dump(mode="json"),
+        "spec_version": SPEC_VERSION,
         **progress.trainer,
         "epochs": [e.model_dump() for e in progress.epochs],
         "init_metrics": progress.start.model_dump() if progress.start else None,
@@ -64,7 +65,8 @@ def load_progress(out: Path, spec: JobSpec) -> Progress | None:
     if not (out / CHECKPOINT).exists():
         return None
     state = checkpoint.load(out / CHECKPOINT)
-    if not _same_spec(state["spec"], spec):
+    # a checkpoint without its spec's version was written at version 1
+    if not _same_spec(upgrade_spec(state["spec"], state.get("spec_version", 1)), spec):
         raise ValueError(f"{out / CHECKPOINT} belongs to a different job spec; use a new folder")
     start = state["init_metrics"]
     return Progress(

@@ -314,11 +314,12 @@ class TrainingSpec(Strict):
         None, description="Learn from a teacher's softened outputs as well as from the labels"
     )
     bn_reestimate: int = Field(
-        0,
+        100,
         ge=0,
         le=MAX_BN_BATCHES,
         description="After each epoch, re-estimate batch-norm statistics on this many training "
-        "batches with the quantized network (0: keep the running averages)",
+        "batches (at most one pass) with the network as it then is: a quantized network's "
+        "running averages can be far off (0: keep them)",
     )
     compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
         "auto",
@@ -337,8 +338,21 @@ class TrainingSpec(Strict):
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored
 # specs invalid bumps it and adds the function that upgrades the previous version's documents.
-SPEC_VERSION = 1
-UPGRADES: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {}
+SPEC_VERSION = 2
+
+
+def _bn_reestimate_was_off(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 re-estimates batch norms by default; a version-1 spec without the field ran
+    without."""
+    training = data.get("training")
+    if training is None or isinstance(training, dict):
+        data = {**data, "training": {"bn_reestimate": 0, **(training or {})}}
+    return data
+
+
+UPGRADES: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _bn_reestimate_was_off,
+}
 
 
 def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:

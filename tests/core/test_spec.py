@@ -175,3 +175,14 @@ def test_examples_cover_every_row_of_both_results_tables():
                 assert (s.training.lr, s.training.epochs, s.training.momentum) == (0.01, 90, 0.9)
                 assert s.training.scheduler == "cosine"
     assert {p.stem for p in EXAMPLES} >= {"cifar10-resnet20-fp", "imagenet-resnet18-fp"}
+
+
+def test_a_version_1_spec_keeps_running_without_batch_norm_reestimation() -> None:
+    from lsq.spec import SPEC_VERSION, upgrade_spec
+
+    v1 = {"name": "old", "dataset": {"name": "synthetic"}, "model": {"arch": "resnet20"}}
+    assert JobSpec.model_validate(v1).training.bn_reestimate == 100  # version 2's default
+    assert JobSpec.model_validate(upgrade_spec(v1, 1)).training.bn_reestimate == 0
+    chosen = {**v1, "training": {"bn_reestimate": 50, "lr": 0.1}}
+    assert upgrade_spec(chosen, 1)["training"] == {"bn_reestimate": 50, "lr": 0.1}
+    assert upgrade_spec(v1, SPEC_VERSION) == v1

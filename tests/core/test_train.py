@@ -127,6 +127,15 @@ def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
     del state["spec"]["sensitivity"], state["spec"]["training"]["bn_reestimate"]  # older code
     torch.save(state, tmp_path / "checkpoint.pt")
     assert run(spec(epochs=2), tmp_path, resume=True).epochs == 2
+    # Written at spec version 1 (no version saved), without bn_reestimate: that code ran with
+    # none, as the job's stored version-1 spec says once upgraded; a default of 100 is another
+    # job.
+    del state["spec_version"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert run(spec(epochs=2, bn_reestimate=0), tmp_path, resume=True).epochs == 2
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="different job spec"):
+        run(spec(epochs=2), tmp_path, resume=True)
 
 
 @pytest.fixture

@@ -342,7 +342,7 @@ ADDED_SINCE_V1 = {
     "training": {
         "compile": "auto",
         "distill": None,
-        "bn_reestimate": 0,
+        "bn_reestimate": 0,  # version 2's default is 100: the upgrade keeps version 1's none
         "step_lr_scale": 1.0,
         "warmup_epochs": 0.0,
     },
@@ -360,7 +360,8 @@ def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
         job_id = old.id
     with db.begin() as session:
         job = store.get_job(session, job_id, with_epochs=True)
-        assert JobDetail.of(job).spec == STORED_V1  # what GET /v1/jobs/{id} returns
+        upgraded = {**STORED_V1, "training": {**STORED_V1["training"], "bn_reestimate": 0}}
+        assert JobDetail.of(job).spec == upgraded  # what GET /v1/jobs/{id} returns
         spec = ServiceJobSpec.model_validate(store.stored_spec(job))  # what the worker runs
         added = {k: {**STORED_V1[k], **v} for k, v in ADDED_SINCE_V1.items()}
         assert spec.model_dump(mode="json") == {**STORED_V1, **added, **ADDED_TOP_LEVEL_SINCE_V1}
@@ -375,7 +376,8 @@ def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> N
     with db.begin() as session:
         (job,), _ = store.list_jobs(session, OWNER)
         out = JobOut.of(job)
-        assert out.spec == odd and out.progress.epochs == 10**6
+        upgraded = {**odd, "training": {**odd["training"], "bn_reestimate": 0}}  # not validated
+        assert out.spec == upgraded and out.progress.epochs == 10**6
 
 
 def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
