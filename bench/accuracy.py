@@ -46,7 +46,8 @@ def configs(fp_model: str) -> dict[str, dict]:
         "default": {},
         "distill": {"training": {"distill": {"teacher": fp_model}}},  # T 1, alpha 0.5 (paper's)
         "mse-init": {"quantization": {"activation_init": "mse"}},
-        "bn-reestimate": {"training": {"bn_reestimate": 100}},
+        "bn-reestimate": {"training": {"bn_reestimate": 100}},  # the default since spec v2
+        "no-bn-reestimate": {"training": {"bn_reestimate": 0}},  # the default before
         "step-lr-10": {"training": {"step_lr_scale": 10}},
         "cosine-batch": {"training": {"scheduler": "cosine_batch"}},
         "warmup": {"training": {"warmup_epochs": 0.5}},
