@@ -44,7 +44,7 @@ from lsq.spec import (
 
 from .models import Job, JobStatus
 from .spec import MAX_JOB_ID, ServiceJobSpec
-from .store import InvalidField
+from .store import InvalidField, stored_spec
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
@@ -544,8 +544,8 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     start = _start(baseline_jobs, jobs, done)
     out = []
     if baseline_jobs or start is not None:
-        specs = [ServiceJobSpec.model_validate(j.spec) for j in baseline_jobs] or [
-            ServiceJobSpec.model_validate(jobs[0].spec)
+        specs = [ServiceJobSpec.model_validate(stored_spec(j)) for j in baseline_jobs] or [
+            ServiceJobSpec.model_validate(stored_spec(jobs[0]))
         ]
         top1 = [start[0]] if start else []
         top5 = [start[1]] if start else []
@@ -558,7 +558,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         return out + _probe_rows(exp, by_variant, done, start)
     overrides = _overrides(exp)
     for index, variant_jobs in sorted(by_variant.items()):
-        specs = [ServiceJobSpec.model_validate(j.spec) for j in variant_jobs]
+        specs = [ServiceJobSpec.model_validate(stored_spec(j)) for j in variant_jobs]
         _, change, name, ref = overrides[index]
         results = [done[j.id] for j in variant_jobs if j.id in done]
         top1 = [r["final_top1"] for r in results]
@@ -587,7 +587,7 @@ def _probe_rows(
     first = by_variant.get(0, [])
     if not first:
         return []
-    spec = ServiceJobSpec.model_validate(first[0].spec)
+    spec = ServiceJobSpec.model_validate(stored_spec(first[0]))
     arch, q = spec.model.arch, spec.quantization
     names = layer_names(arch)
     levels = q.levels_by_layer(names)

@@ -99,11 +99,21 @@ def run_command(args: argparse.Namespace) -> int:
         sys.exit("lsq run: interrupted; continue with lsq run --resume DIR")
 
 
+def _resumed_spec(out: Path) -> JobSpec:
+    """The run's spec.yaml as the version it was written at meant it (the checkpoint's), then
+    written back whole at this version."""
+    from .outputs import saved_spec_version  # loads torch: the checkpoint is a torch file
+
+    spec = JobSpec.from_file(out / SPEC_COPY, version=saved_spec_version(out))
+    (out / SPEC_COPY).write_text(spec.to_yaml())
+    return spec
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.spec or args.out:
             sys.exit("lsq run: --resume DIR takes no SPEC or --out (the run folder holds both)")
-        out, spec = args.resume, JobSpec.from_file(args.resume / SPEC_COPY)
+        out, spec = args.resume, _resumed_spec(args.resume)
     elif args.spec:
         spec = JobSpec.from_file(args.spec)
         out = args.out or Path("runs") / spec.name

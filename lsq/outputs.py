@@ -60,6 +60,14 @@ def save_progress(out: Path, spec: JobSpec, progress: Progress) -> None:
     write_metrics(out, RunMetrics(epochs=progress.epochs))
 
 
+def saved_spec_version(out: Path) -> int:
+    """The spec version the checkpoint in `out` was written at: 1 when it records none (or
+    there is none), which upgrades any spec document that lacks a later field."""
+    if not (out / CHECKPOINT).exists():
+        return 1
+    return checkpoint.load(out / CHECKPOINT).get("spec_version", 1)
+
+
 def load_progress(out: Path, spec: JobSpec) -> Progress | None:
     """The progress saved in `out`, if any; refused when it belongs to another spec."""
     if not (out / CHECKPOINT).exists():

@@ -437,9 +437,12 @@ class JobSpec(Strict):
     )
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Self:
-        """Read a spec from a YAML or JSON file; SpecError says what is wrong, field by field."""
+    def from_file(cls, path: str | Path, version: int = SPEC_VERSION) -> Self:
+        """Read a spec from a YAML or JSON file written at spec `version`; SpecError says what
+        is wrong, field by field."""
         data = read_document(path)
+        if isinstance(data, dict):
+            data = upgrade_spec(data, version)
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -5,10 +5,12 @@ import math
 
 import pytest
 import torch
+import yaml
 from jobs import TERNARY, TERNARY_ALL
 from jobs import synthetic_spec as spec
 
 from lsq import export
+from lsq.cli import _resumed_spec
 from lsq.convert import quantize_as_specified
 from lsq.data import load_datasets
 from lsq.loop import loader
@@ -136,6 +138,13 @@ def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="different job spec"):
         run(spec(epochs=2), tmp_path, resume=True)
+    # `lsq run --resume DIR` reads DIR/spec.yaml as that version wrote it, then writes it whole
+    torch.save(state, tmp_path / "checkpoint.pt")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(state["spec"]))
+    resumed = _resumed_spec(tmp_path)
+    assert resumed.training.bn_reestimate == 0
+    assert yaml.safe_load((tmp_path / "spec.yaml").read_text())["training"]["bn_reestimate"] == 0
+    assert run(resumed, tmp_path, resume=True).epochs == 2
 
 
 @pytest.fixture
