@@ -436,6 +436,7 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     """Rows are read from stored results: one missing a layer (or its probes) gives empty
     cells, never a 500."""
     from api.models import Job, JobStatus
+    from lsq.spec import SPEC_VERSION
 
     spec = ExperimentSpec.model_validate(sensitivity())
     plan = experiments.plan(spec, max_jobs=64)
@@ -443,11 +444,12 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     probe_spec["model"]["init"] = {"job": 1}
     whole = {"final_top1": 50.0, "final_top5": 90.0, "init_top1": 80.0, "init_top5": 99.0}
     one = {"layer": "layers.0.conv1", "test_top1": 70.0, "test_top5": 95.0}
+    stored = {"status": JobStatus.succeeded, "variant": 0, "spec": probe_spec,
+              "spec_version": SPEC_VERSION}  # fmt: skip
     jobs = [
-        Job(id=2, status=JobStatus.succeeded, variant=0, spec=probe_spec,
-            result=whole | {"sensitivity": [one]}),
-        Job(id=3, status=JobStatus.succeeded, variant=0, spec=probe_spec, result=whole),
-    ]  # fmt: skip
+        Job(id=2, **stored, result=whole | {"sensitivity": [one]}),
+        Job(id=3, **stored, result=whole),
+    ]
     fp, every, conv1, conv2, last = experiments.rows(spec, jobs)
     assert fp.test_top1.mean == 80.0 and every.id == "all" and every.test_top1.n == 2
     assert conv1.test_top1.mean == 70.0 and conv1.drop_top1.mean == 10.0
