@@ -90,10 +90,10 @@ def current_owner(
         raise HTTPException(
             401, "missing token: send Authorization: Bearer <token>", headers=CHALLENGE
         )
-    rate, burst = settings.requests_per_second, settings.request_burst
+    rate, burst, address = settings.requests_per_second, settings.request_burst, _address(request)
     # An address that guessed too often waits before any lookup: no lookup, and no answer
     # that tells a right guess from a wrong one.
-    GUESSES.check(_address(request), rate, burst)
+    GUESSES.check(address, rate, burst)
     plain = credentials.credentials
     if len(plain) > 200:
         owner = None
@@ -104,7 +104,7 @@ def current_owner(
             # after the route (under load the pool would be held by requests still waiting).
             session.commit()
     if owner is None:
-        GUESSES.take(_address(request), rate, burst)
+        GUESSES.take(address, rate, burst)
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
     LIMITER.take(tokens.digest(plain), rate, burst)
     return owner

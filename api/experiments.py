@@ -532,6 +532,11 @@ def _row(rid: str, label: str, specs: list[ServiceJobSpec], jobs: list[Job], **e
     )
 
 
+def _spec_of(job: Job) -> ServiceJobSpec:
+    """A job's stored spec as it ran: upgraded to this version, then read as a spec."""
+    return ServiceJobSpec.model_validate(stored_spec(job))
+
+
 def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     """The baseline row (when the experiment trains or names one, or once a variant measured
     the checkpoint), then one row per variant."""
@@ -544,9 +549,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     start = _start(baseline_jobs, jobs, done)
     out = []
     if baseline_jobs or start is not None:
-        specs = [ServiceJobSpec.model_validate(stored_spec(j)) for j in baseline_jobs] or [
-            ServiceJobSpec.model_validate(stored_spec(jobs[0]))
-        ]
+        specs = [_spec_of(j) for j in baseline_jobs] or [_spec_of(jobs[0])]
         top1 = [start[0]] if start else []
         top5 = [start[1]] if start else []
         out.append(
@@ -558,7 +561,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         return out + _probe_rows(exp, by_variant, done, start)
     overrides = _overrides(exp)
     for index, variant_jobs in sorted(by_variant.items()):
-        specs = [ServiceJobSpec.model_validate(stored_spec(j)) for j in variant_jobs]
+        specs = [_spec_of(j) for j in variant_jobs]
         _, change, name, ref = overrides[index]
         results = [done[j.id] for j in variant_jobs if j.id in done]
         top1 = [r["final_top1"] for r in results]
@@ -587,7 +590,7 @@ def _probe_rows(
     first = by_variant.get(0, [])
     if not first:
         return []
-    spec = ServiceJobSpec.model_validate(stored_spec(first[0]))
+    spec = _spec_of(first[0])
     arch, q = spec.model.arch, spec.quantization
     names = layer_names(arch)
     levels = q.levels_by_layer(names)

@@ -61,11 +61,14 @@ def save_progress(out: Path, spec: JobSpec, progress: Progress) -> None:
 
 
 def saved_spec_version(out: Path) -> int:
-    """The spec version the checkpoint in `out` was written at: 1 when it records none (or
-    there is none), which upgrades any spec document that lacks a later field."""
-    if not (out / CHECKPOINT).exists():
-        return 1
-    return checkpoint.load(out / CHECKPOINT).get("spec_version", 1)
+    """The spec version the checkpoint in `out` was written at (1 when there is none)."""
+    return _version(checkpoint.load(out / CHECKPOINT)) if (out / CHECKPOINT).exists() else 1
+
+
+def _version(state: dict[str, Any]) -> int:
+    """A checkpoint that records no spec version was written at version 1: upgrading from
+    there fills only the fields its spec lacks."""
+    return state.get("spec_version", 1)
 
 
 def load_progress(out: Path, spec: JobSpec) -> Progress | None:
@@ -73,8 +76,7 @@ def load_progress(out: Path, spec: JobSpec) -> Progress | None:
     if not (out / CHECKPOINT).exists():
         return None
     state = checkpoint.load(out / CHECKPOINT)
-    # a checkpoint without its spec's version was written at version 1
-    if not _same_spec(upgrade_spec(state["spec"], state.get("spec_version", 1)), spec):
+    if not _same_spec(upgrade_spec(state["spec"], _version(state)), spec):
         raise ValueError(f"{out / CHECKPOINT} belongs to a different job spec; use a new folder")
     start = state["init_metrics"]
     return Progress(
