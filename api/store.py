@@ -119,9 +119,9 @@ def _has_a_model(field: str, source: Job, spec: ServiceJobSpec) -> None:
         source.spec.get("dataset", {}).get("name"),
     )
     if arch != spec.model.arch:
-        raise InvalidField(field, f"job {source.id} trained a {arch}, not a {spec.model.arch}")
+        raise InvalidField(field, f"job {source.id} is a {arch}, not a {spec.model.arch}")
     if data != spec.dataset.name:
-        raise InvalidField(field, f"job {source.id} trained on {data}, not {spec.dataset.name}")
+        raise InvalidField(field, f"job {source.id} is on {data}, not {spec.dataset.name}")
 
 
 def _digest(body: dict[str, Any]) -> str:

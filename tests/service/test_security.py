@@ -424,7 +424,7 @@ def test_a_model_of_another_network_is_refused_at_submission(ann: httpx.Client) 
     assert response.status_code == 422, response.text
     [error] = error_of(response)["fields"]
     assert error["field"] == "model.init.job"
-    assert error["message"] == f"job {source['id']} trained a resnet20, not a resnet32"
+    assert error["message"] == f"job {source['id']} is a resnet20, not a resnet32"
 
 
 def test_what_a_hostile_client_found_later_is_a_clean_422(

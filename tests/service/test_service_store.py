@@ -203,7 +203,7 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
         assert e.value.field == "model.init.job"
     fits = add_job(db)  # its model's layers fit only the same network on the same data
     for change, message in [
-        ({"model": {"arch": "resnet32", "init": {"job": fits}}}, "trained a resnet20, not"),
+        ({"model": {"arch": "resnet32", "init": {"job": fits}}}, "is a resnet20, not"),
         ({"model": {"init": {"job": fits}}, "dataset": {"name": "cifar10"}}, "on synthetic, not"),
     ]:
         with pytest.raises(store.InvalidField, match=message) as e:
