@@ -139,6 +139,8 @@ class Experiment(Base):
     owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request, as validated
+    # The lsq.spec version its base (a job spec without its name) was written with.
+    spec_version: Mapped[int] = mapped_column(Integer, default=SPEC_VERSION)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     jobs: Mapped[list[Job]] = relationship(order_by="Job.id", passive_deletes=True)

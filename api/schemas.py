@@ -13,7 +13,7 @@ from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult
 from .experiments import Row
 from .experiments import status as experiment_status
 from .models import EPOCH_NUMBERS, Epoch, Experiment, Job, JobStatus
-from .store import stored_spec
+from .store import stored_experiment_spec, stored_spec
 
 
 class Progress(BaseModel):
@@ -151,7 +151,10 @@ class ExperimentSummary(BaseModel):
 
 
 class ExperimentOut(ExperimentSummary):
-    spec: dict[str, Any] = Field(description="The request, as submitted")
+    spec: dict[str, Any] = Field(
+        description="The request, as submitted (a base written with an older spec version "
+        "upgraded, as jobs' specs are)"
+    )
     jobs: list[ExperimentJob]
     rows: list[Row] = Field(description="The baseline, then one row per variant")
 
@@ -164,7 +167,7 @@ class ExperimentOut(ExperimentSummary):
             )
             for j in experiment.jobs
         ]  # fmt: skip
-        return super().of(experiment, spec=experiment.spec, jobs=jobs, rows=rows)
+        return super().of(experiment, spec=stored_experiment_spec(experiment), jobs=jobs, rows=rows)
 
 
 class ExperimentPage(BaseModel):

@@ -173,6 +173,15 @@ def stored_spec(job: Job) -> dict[str, Any]:
     return upgrade_spec(job.spec, job.spec_version)
 
 
+def stored_experiment_spec(experiment: Experiment) -> dict[str, Any]:
+    """An experiment's request, its base upgraded as a job's spec is: submitted again, it
+    plans the jobs it ran."""
+    spec, base = experiment.spec, experiment.spec.get("base")
+    if not isinstance(base, dict):
+        return spec
+    return {**spec, "base": upgrade_spec(base, experiment.spec_version)}
+
+
 def get_job(
     session: Session, job_id: int, *, owner: str | None = None, with_epochs: bool = False
 ) -> Job:

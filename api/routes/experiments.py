@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERR
 
 
 def _out(experiment: Experiment) -> ExperimentOut:
-    spec = ExperimentSpec.model_validate(experiment.spec)
+    spec = ExperimentSpec.model_validate(store.stored_experiment_spec(experiment))
     return ExperimentOut.of(experiment, experiments.rows(spec, experiment.jobs))
 
 

@@ -17,15 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
 from api.db import make_engine, upgrade_database
-from api.models import Base, Epoch, Job, JobStatus, utcnow
-from api.schemas import JobDetail, JobOut
+from api.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
+from api.schemas import ExperimentOut, JobDetail, JobOut
 from api.spec import ServiceJobSpec
 from lsq.levels import from_bits
 from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0010"  # the newest migration in migrations/versions
+HEAD = "0011"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
@@ -366,6 +366,22 @@ def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
         added = {k: {**STORED_V1[k], **v} for k, v in ADDED_SINCE_V1.items()}
         assert spec.model_dump(mode="json") == {**STORED_V1, **added, **ADDED_TOP_LEVEL_SINCE_V1}
         assert spec.quantization.first_last == from_bits(8, signed=True)
+
+
+def test_an_experiment_stored_at_version_1_reads_as_it_ran(db) -> None:
+    """Its base lacked bn_reestimate and its jobs ran without: read back, the base says 0, so
+    the request submitted again plans the same jobs."""
+    base = {k: v for k, v in STORED_V1.items() if k != "name"}
+    request = {"name": "e", "base": base, "baseline": {"train": True}, "grid": {}}
+    with db.begin() as session:
+        old = Experiment(owner=OWNER, name="e", spec=request, spec_version=1)
+        new = Experiment(owner=OWNER, name="e", spec=request)
+        session.add_all([old, new])
+        session.flush()
+        shown = ExperimentOut.of(old, rows=[]).spec
+        assert shown["base"]["training"] == {**base["training"], "bn_reestimate": 0}
+        assert {**shown, "base": base} == request
+        assert ExperimentOut.of(new, rows=[]).spec == request  # version 2: as submitted
 
 
 def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> None:
