@@ -453,7 +453,7 @@ def test_a_jobs_key_and_an_experiments_key_never_meet(db) -> None:
         assert (again.id, new) == (experiment.id, False)
 
 
-def test_migration_0010_moves_only_experiments_keys(database_url: str) -> None:
+def test_migrations_0010_and_0011_move_experiments_keys_and_version_them(database_url: str) -> None:
     from alembic import command
 
     from api.db import alembic_config
@@ -484,6 +484,8 @@ def test_migration_0010_moves_only_experiments_keys(database_url: str) -> None:
     upgrade_database(engine)
     with engine.begin() as conn:
         assert conn.execute(text(stored)).all() == [("experiment k", 7), ("experiment:x", 8)]
+        version = "SELECT spec_version FROM experiments"  # 0011: written before version 2
+        assert conn.execute(text(version)).scalar_one() == 1
         conn.execute(text(key), {"key": "experiment x", "job": 9})  # now apart from job 8's
         config.attributes["connection"] = conn
         command.downgrade(config, "0009")  # the job's key stays where only one fits
