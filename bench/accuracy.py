@@ -45,7 +45,13 @@ def configs(fp_model: str) -> dict[str, dict]:
     return {
         "default": {},
         "distill": {"training": {"distill": {"teacher": fp_model}}},  # T 1, alpha 0.5 (paper's)
+        # Hinton's softer targets, weighted mostly over the labels
+        "distill-t4": {
+            "training": {"distill": {"teacher": fp_model, "temperature": 4.0, "alpha": 0.9}}
+        },
+        "per-channel": {"quantization": {"granularity": "per_channel"}},
         "mse-init": {"quantization": {"activation_init": "mse"}},
+        "weight-mse-init": {"quantization": {"weight_init": "mse"}},
         "bn-reestimate": {"training": {"bn_reestimate": 100}},  # the default since spec v2
         "no-bn-reestimate": {"training": {"bn_reestimate": 0}},  # the default before
         "step-lr-10": {"training": {"step_lr_scale": 10}},
@@ -54,7 +60,23 @@ def configs(fp_model: str) -> dict[str, dict]:
         "4-epochs": {"training": {"epochs": 4}},
         # the image entering the first conv at 8 bits (it is 8-bit data); for first/last same
         "8-bit-input": {"quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}}},
+        # both 8-bit inputs of the paper's first and last layers (their weights stay the job's)
+        "8-bit-first-last-input": {
+            "quantization": {
+                "layers": {"conv1": {"activation": EIGHT_BITS}, "fc": {"activation": {"bits": 8}}}
+            }
+        },
         # two changes at once: how far both go together
+        "8-bit-first-last-input-weight-mse": {
+            "quantization": {
+                "layers": {"conv1": {"activation": EIGHT_BITS}, "fc": {"activation": {"bits": 8}}},
+                "weight_init": "mse",
+            }
+        },
+        "weight-mse-distill-t4": {
+            "quantization": {"weight_init": "mse"},
+            "training": {"distill": {"teacher": fp_model, "temperature": 4.0, "alpha": 0.9}},
+        },
         "4-epochs-8-bit-input": {
             "training": {"epochs": 4},
             "quantization": {"layers": {"conv1": {"activation": EIGHT_BITS}}},

@@ -9,6 +9,7 @@ from torch import nn
 
 from .layers import QUANTIZED
 from .levels import FirstMatch, LevelSet, layer_levels, parse_levels
+from .quantizer import Init
 from .spec import QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
@@ -29,7 +30,8 @@ def quantize_model(
     per_channel: bool = False,
     inplace: bool = False,
     layers: dict[str, dict[str, Any]] | None = None,
-    activation_init: Literal["lsq", "mse"] = "lsq",
+    activation_init: Init = "lsq",
+    weight_init: Init = "lsq",
 ) -> nn.Module:
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
@@ -43,8 +45,9 @@ def quantize_model(
     - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
       "activation": levels}}`` (a side left out keeps its level set, None is float); the first
       matching pattern applies, after ``first_last``.
-    - The activation step is initialised from the first training batch (``activation_init``:
-      the paper's rule or the least-squared-error step); weight steps now.
+    - Weight steps are initialised now, from the weights (``weight_init``: the paper's rule or
+      the least-squared-error step); activation steps from the first training batch
+      (``activation_init``).
     """
     job = tuple(parse_levels(v) if v is not None else None for v in (weight, activation))
     layers = layers or {}
@@ -64,7 +67,8 @@ def quantize_model(
             a = a.as_signed()
         if w is None and a is None:
             continue
-        _set_submodule(model, name, twin.from_float(module, w, a, per_channel, activation_init))
+        quantized = twin.from_float(module, w, a, per_channel, activation_init, weight_init)
+        _set_submodule(model, name, quantized)
     return model
 
 
@@ -80,7 +84,7 @@ def quantize_as_specified(model: nn.Module, q: QuantizationSpec) -> nn.Module:
     layers = {pattern: o.given() for pattern, o in q.layers.items()}
     return quantize_model(
         model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers,
-        activation_init=q.activation_init,
+        activation_init=q.activation_init, weight_init=q.weight_init,
     )  # fmt: skip
 
 

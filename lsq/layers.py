@@ -8,13 +8,13 @@ A side whose level set is None stays full precision.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizer import LsqQuantizer
+from .quantizer import Init, LsqQuantizer
 
 
 def _maybe(quantizer: LsqQuantizer | None, v: torch.Tensor) -> torch.Tensor:
@@ -33,14 +33,17 @@ class _Quantized(nn.Module):
         weight_levels: Any = None,
         activation_levels: Any = None,
         per_channel: bool = False,
-        activation_init: Literal["lsq", "mse"] = "lsq",
+        activation_init: Init = "lsq",
+        weight_init: Init = "lsq",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
         channels, device = (self.weight.shape[0] if per_channel else 1), self.weight.device
         self.weight_quantizer = None
         if weight_levels is not None:
-            self.weight_quantizer = LsqQuantizer(weight_levels, channels=channels, device=device)
+            self.weight_quantizer = LsqQuantizer(
+                weight_levels, channels=channels, init=weight_init, device=device
+            )
             if not self.weight.is_meta:
                 self.weight_quantizer.init_from(self.weight)
         self.input_quantizer = None
@@ -60,7 +63,8 @@ class _Quantized(nn.Module):
         weight: Any = None,
         activation: Any = None,
         per_channel: bool = False,
-        activation_init: Literal["lsq", "mse"] = "lsq",
+        activation_init: Init = "lsq",
+        weight_init: Init = "lsq",
     ) -> Self:
         """The quantized twin of `layer`: its hyperparameters, device, weight and bias (and
         their requires_grad), in its training mode. Hooks on `layer` are not carried over."""
@@ -76,13 +80,14 @@ class _Quantized(nn.Module):
                 activation_levels=activation,
                 per_channel=per_channel,
                 activation_init=activation_init,
+                weight_init=weight_init,
             )
         for name in ("weight", "bias"):
             if getattr(layer, name) is not None:
                 with torch.no_grad():
                     getattr(q, name).copy_(getattr(layer, name))
                 getattr(q, name).requires_grad_(getattr(layer, name).requires_grad)
-        if q.weight_quantizer is not None:  # the paper's init, from the weights now in place
+        if q.weight_quantizer is not None:  # the step's init, from the weights now in place
             q.weight_quantizer.init_from(q.weight)
         return q.train(layer.training)
 

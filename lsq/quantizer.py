@@ -17,6 +17,8 @@ from .levels import LevelSet, parse_levels
 
 # Step sizes are kept at or above this so the quantizer never divides by zero or goes negative.
 MIN_STEP = 1e-8
+# How a step starts: lsq, the paper's rule; mse, the least squared quantization error.
+Init = Literal["lsq", "mse"]
 
 
 class _LsqFunction(torch.autograd.Function):
@@ -100,7 +102,7 @@ class LsqQuantizer(nn.Module):
         *,
         channels: int = 1,
         activation: bool = False,
-        init: Literal["lsq", "mse"] = "lsq",
+        init: Init = "lsq",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()

@@ -218,6 +218,11 @@ class QuantizationSpec(Strict):
         "paper's 2 mean(|x|) / sqrt(Q_P); mse, the step with the least squared quantization "
         "error (bench/accuracy.md compares them)",
     )
+    weight_init: Literal["lsq", "mse"] = Field(
+        "lsq",
+        description="How weight steps start, from the weights: lsq, the paper's rule; mse, "
+        "the least squared quantization error (per-tensor steps only)",
+    )
 
     @property
     def enabled(self) -> bool:

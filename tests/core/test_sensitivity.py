@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from torch import nn
 
 from lsq.archs import layer_names
-from lsq.convert import quantize_model
+from lsq.convert import quantize_as_specified, quantize_model
 from lsq.data import load_datasets
 from lsq.levels import parse_levels
 from lsq.loop import evaluate, loader, reestimate_batch_norm
 from lsq.networks import build_model
 from lsq.quantizer import initial_step, mse_step
-from lsq.spec import JobSpec, SensitivitySpec
+from lsq.spec import JobSpec, QuantizationSpec, SensitivitySpec
 from lsq.train import run
 
 W_ONLY = {"weight": [-1, 0, 1], "first_last": "same"}
@@ -134,6 +134,17 @@ def test_an_mse_init_job_starts_its_activation_steps_by_the_mse_rule(tmp_path, f
     quantizer.train()(x)
     assert quantizer.step.item() == pytest.approx(mse_step(x, quantizer.levels).item())
     assert run(s, tmp_path).final_top1 > 20
+
+
+def test_a_weight_mse_init_starts_each_weight_step_by_the_mse_rule(fp_model) -> None:
+    q = QuantizationSpec(weight=[-1, 0, 1], activation=[0, 1, 2, 3], weight_init="mse")
+    model = quantize_as_specified(_float_model(fp_model), q)
+    conv = model.layers[0].conv1
+    assert conv.weight_quantizer.init == "mse" and conv.input_quantizer.init == "lsq"
+    ternary = conv.weight_quantizer.levels
+    assert conv.weight_quantizer.step.item() == mse_step(conv.weight, ternary).item()
+    # at 3 levels the error-optimal step is below the paper's 2 mean|w|: fewer weights at 0
+    assert conv.weight_quantizer.step.item() < initial_step(conv.weight, ternary).item()
 
 
 def test_batch_norm_is_reestimated_as_the_plain_average_of_the_batches() -> None:

@@ -107,6 +107,7 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
         "granularity": "per_tensor",
         "layers": {"layers.0.*": {"weight": list(range(-8, 8))}},  # a side left out stays out
         "activation_init": "lsq",
+        "weight_init": "lsq",
     }
     assert dumped["training"]["compile"] == "on"
     assert JobSpec.model_validate(dumped) == spec
