@@ -45,7 +45,7 @@ def configs(fp_model: str) -> dict[str, dict]:
     return {
         "default": {},
         "distill": {"training": {"distill": {"teacher": fp_model}}},  # T 1, alpha 0.5 (paper's)
-        # Hinton's softer targets, weighted mostly over the labels
+        # Hinton's softer targets, weighing the teacher's 0.9 and the labels 0.1
         "distill-t4": {
             "training": {"distill": {"teacher": fp_model, "temperature": 4.0, "alpha": 0.9}}
         },

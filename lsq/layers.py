@@ -38,19 +38,22 @@ class _Quantized(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
-        channels, device = (self.weight.shape[0] if per_channel else 1), self.weight.device
-        self.weight_quantizer = None
+        self.register_module("weight_quantizer", None)  # its place: before the input's
         if weight_levels is not None:
-            self.weight_quantizer = LsqQuantizer(
-                weight_levels, channels=channels, init=weight_init, device=device
-            )
-            if not self.weight.is_meta:
-                self.weight_quantizer.init_from(self.weight)
+            self.quantize_weight(weight_levels, per_channel, weight_init)
         self.input_quantizer = None
         if activation_levels is not None:
             self.input_quantizer = LsqQuantizer(
-                activation_levels, activation=True, init=activation_init, device=device
+                activation_levels, activation=True, init=activation_init, device=self.weight.device
             )
+
+    def quantize_weight(self, levels: Any, per_channel: bool = False, init: Init = "lsq") -> None:
+        """Give the weight a quantizer, its step set from the weight as it is now."""
+        channels = self.weight.shape[0] if per_channel else 1
+        quantizer = LsqQuantizer(levels, channels=channels, init=init, device=self.weight.device)
+        if not self.weight.is_meta:
+            quantizer.init_from(self.weight)
+        self.weight_quantizer = quantizer
 
     @staticmethod
     def _hyperparameters(layer: nn.Module) -> dict[str, Any]:
@@ -76,19 +79,16 @@ class _Quantized(nn.Module):
                 bias=layer.bias is not None,
                 device=w.device,
                 dtype=w.dtype,
-                weight_levels=weight,
                 activation_levels=activation,
-                per_channel=per_channel,
                 activation_init=activation_init,
-                weight_init=weight_init,
             )
         for name in ("weight", "bias"):
             if getattr(layer, name) is not None:
                 with torch.no_grad():
                     getattr(q, name).copy_(getattr(layer, name))
                 getattr(q, name).requires_grad_(getattr(layer, name).requires_grad)
-        if q.weight_quantizer is not None:  # the step's init, from the weights now in place
-            q.weight_quantizer.init_from(q.weight)
+        if weight is not None:  # its step from the weights now in place, once
+            q.quantize_weight(weight, per_channel, weight_init)
         return q.train(layer.training)
 
 

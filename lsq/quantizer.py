@@ -8,17 +8,16 @@ in one pass, with the gradient scale g = 1 / sqrt(N * Q_P) applied to the step's
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from .levels import LevelSet, parse_levels
+from .spec import Init
 
 # Step sizes are kept at or above this so the quantizer never divides by zero or goes negative.
 MIN_STEP = 1e-8
-# How a step starts: lsq, the paper's rule; mse, the least squared quantization error.
-Init = Literal["lsq", "mse"]
 
 
 class _LsqFunction(torch.autograd.Function):
@@ -68,20 +67,23 @@ def initial_step(v: torch.Tensor, levels: LevelSet, dims: list[int] | None = Non
 MSE_CANDIDATES, MSE_SAMPLE = 100, 1 << 18
 
 
-def mse_step(v: torch.Tensor, levels: LevelSet) -> torch.Tensor:
+def mse_step(v: torch.Tensor, levels: LevelSet, per_channel: bool = False) -> torch.Tensor:
     """The step among 100 evenly spaced up to max|v| / Q with the least squared quantization
-    error on v (on an evenly strided sample of 2^18 values at most). At 2 bits the paper's
-    rule clips far less than the error-optimal step does (Banner et al. 2019)."""
-    flat = v.detach().float().flatten()
-    flat = flat[:: max(1, flat.numel() // MSE_SAMPLE)]
+    error on v (on an evenly strided sample of 2^18 values at most), or one per slice along
+    dim 0. At 2 bits the paper's rule clips far less than the error-optimal step does (Banner
+    et al. 2019)."""
+    rows = v.detach().float().flatten(1) if per_channel else v.detach().float().reshape(1, -1)
+    rows = rows[:, :: max(1, rows.numel() // MSE_SAMPLE)]
     q = levels.q_p if levels.q_p > 0 else levels.q_n
-    top = flat.abs().max().clamp_min(MIN_STEP) / q
-    best, best_error = top, torch.tensor(float("inf"), device=flat.device)
+    top = rows.abs().amax(1).clamp_min(MIN_STEP) / q
+    best, best_error = top, torch.full_like(top, float("inf"))
     for k in range(1, MSE_CANDIDATES + 1):
-        s = top * k / MSE_CANDIDATES
-        error = ((flat / s).clamp(-levels.q_n, levels.q_p).round() * s - flat).square().sum()
-        best, best_error = torch.where(error < best_error, s, best), error.minimum(best_error)
-    return best.clamp_min(MIN_STEP)
+        s = (top * k / MSE_CANDIDATES)[:, None]
+        codes = (rows / s).clamp(-levels.q_n, levels.q_p).round()
+        error = (codes * s - rows).square().sum(1)
+        best, best_error = torch.where(error < best_error, s[:, 0], best), error.minimum(best_error)
+    best = best.clamp_min(MIN_STEP)
+    return best if per_channel else best[0]
 
 
 class LsqQuantizer(nn.Module):
@@ -93,7 +95,7 @@ class LsqQuantizer(nn.Module):
       number of elements one step covers. The activation step is initialised from the first
       batch seen in training mode, unless ``init_from`` was called first.
     - ``init``: ``lsq``, the paper's step 2 mean(|v|) / sqrt(Q_P), or ``mse``, the step with the
-      least squared quantization error (per-tensor steps only; per-channel ones use ``lsq``).
+      least squared quantization error (per channel when the steps are).
     """
 
     def __init__(
@@ -137,10 +139,11 @@ class LsqQuantizer(nn.Module):
     @torch.no_grad()
     def init_from(self, v: torch.Tensor) -> None:
         """Set the step from v by this quantizer's rule (per channel if this quantizer is)."""
-        if self.step.numel() == 1:
-            s = mse_step(v, self.levels) if self.init == "mse" else initial_step(v, self.levels)
+        per_channel = self.step.numel() > 1
+        if self.init == "mse":
+            s = mse_step(v, self.levels, per_channel)
         else:
-            s = initial_step(v, self.levels, dims=list(range(1, v.dim())))
+            s = initial_step(v, self.levels, dims=list(range(1, v.dim())) if per_channel else None)
         self.step.copy_(s.reshape(self.step.shape))
         self.initialized.fill_(True)
         self._initialized = True

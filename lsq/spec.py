@@ -198,6 +198,10 @@ class LayerLevels(Strict):
 MAX_LAYER_PATTERNS = 64
 
 
+# How a step starts: lsq, the paper's rule; mse, the least squared quantization error.
+Init = Literal["lsq", "mse"]
+
+
 class QuantizationSpec(Strict):
     weight: Levels | None = Field(None, description="Weight levels; null = full precision")
     activation: Levels | None = Field(None, description="Activation levels; null = full precision")
@@ -212,16 +216,16 @@ class QuantizationSpec(Strict):
         "ARCH` lists them) to {weight, activation}; the first pattern that matches a layer "
         "applies, after first_last",
     )
-    activation_init: Literal["lsq", "mse"] = Field(
+    activation_init: Init = Field(
         "lsq",
         description="How activation steps start, from the first training batch: lsq, the "
         "paper's 2 mean(|x|) / sqrt(Q_P); mse, the step with the least squared quantization "
         "error (bench/accuracy.md compares them)",
     )
-    weight_init: Literal["lsq", "mse"] = Field(
+    weight_init: Init = Field(
         "lsq",
         description="How weight steps start, from the weights: lsq, the paper's rule; mse, "
-        "the least squared quantization error (per-tensor steps only)",
+        "the step with the least squared quantization error (per channel when steps are)",
     )
 
     @property
@@ -343,6 +347,8 @@ class TrainingSpec(Strict):
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored
 # specs invalid bumps it and adds the function that upgrades the previous version's documents.
+# An experiment's base is upgraded the same way (api.store.stored_experiment_spec); an upgrade
+# that renames a field must also reach its grid and variants' overrides.
 SPEC_VERSION = 2
 
 

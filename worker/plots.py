@@ -43,7 +43,8 @@ def _draw(experiment_id: int) -> None:
 
     with session_scope(read_only=True) as session:
         experiment = store.get_experiment(session, experiment_id, owner=None)
-        spec = ExperimentSpec.model_validate(experiment.spec)
+        request = store.stored_experiment_spec(experiment)
+        spec = ExperimentSpec.model_validate(request)
         table = rows(spec, experiment.jobs)
         ids = [j.id for j in experiment.jobs]
         query = select(Epoch).where(Epoch.job_id.in_(ids)).order_by(Epoch.job_id, Epoch.epoch)
@@ -51,7 +52,7 @@ def _draw(experiment_id: int) -> None:
         numbers = load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))
         for e in session.scalars(query.options(numbers)):
             epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
-        base = experiment.spec["base"]
+        base = request["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
     folder = experiment_folder(get_settings(), experiment_id)
     if spec.kind == "sensitivity":

@@ -4,8 +4,9 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-01
 
-Version 2 of lsq.spec re-estimates batch norms by default. An experiment's base stored
-before it ran its jobs without; read back, it is upgraded as its jobs' specs are.
+Version 2 of lsq.spec re-estimates batch norms by default. Version 2 came before this
+revision, so an experiment's version is its jobs' (written with it in one transaction): a
+base stored at version 1 ran its jobs without, and reads back upgraded as their specs do.
 """
 
 from collections.abc import Sequence
@@ -20,9 +21,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Experiments stored before this revision were written with version 1 of lsq.spec.
     op.add_column(
         "experiments", sa.Column("spec_version", sa.Integer(), nullable=False, server_default="1")
+    )
+    op.execute(
+        "UPDATE experiments SET spec_version = COALESCE((SELECT MAX(jobs.spec_version) "
+        "FROM jobs WHERE jobs.experiment_id = experiments.id), 1)"
     )
 
 

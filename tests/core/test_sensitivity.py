@@ -145,6 +145,10 @@ def test_a_weight_mse_init_starts_each_weight_step_by_the_mse_rule(fp_model) -> 
     assert conv.weight_quantizer.step.item() == mse_step(conv.weight, ternary).item()
     # at 3 levels the error-optimal step is below the paper's 2 mean|w|: fewer weights at 0
     assert conv.weight_quantizer.step.item() < initial_step(conv.weight, ternary).item()
+    per_channel = q.model_copy(update={"granularity": "per_channel"})
+    conv = quantize_as_specified(_float_model(fp_model), per_channel).layers[0].conv1
+    each = [mse_step(w, ternary) for w in conv.weight]  # each output channel's own search
+    assert conv.weight_quantizer.step.tolist() == pytest.approx(torch.stack(each).tolist())
 
 
 def test_batch_norm_is_reestimated_as_the_plain_average_of_the_batches() -> None:

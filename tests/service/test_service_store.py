@@ -474,9 +474,10 @@ def test_migrations_0010_and_0011_move_experiments_keys_and_version_them(databas
         command.upgrade(config, "0009")
         conn.execute(
             text("INSERT INTO experiments (id, owner, name, spec, created_at) "
-                 "VALUES (3, 'ann', 'e', '{}', CURRENT_TIMESTAMP)")
+                 "VALUES (:id, 'ann', 'e', '{}', CURRENT_TIMESTAMP)"), [{"id": 3}, {"id": 4}]
         )  # fmt: skip
         conn.execute(text(job), [{"id": 7, "e": 3}, {"id": 8, "e": None}, {"id": 9, "e": 3}])
+        conn.execute(text(job.replace(", 1, CURRENT", ", 2, CURRENT")), {"id": 10, "e": 4})
         conn.execute(
             text(key), [{"key": "experiment:k", "job": 7}, {"key": "experiment:x", "job": 8}]
         )
@@ -484,8 +485,9 @@ def test_migrations_0010_and_0011_move_experiments_keys_and_version_them(databas
     upgrade_database(engine)
     with engine.begin() as conn:
         assert conn.execute(text(stored)).all() == [("experiment k", 7), ("experiment:x", 8)]
-        version = "SELECT spec_version FROM experiments"  # 0011: written before version 2
-        assert conn.execute(text(version)).scalar_one() == 1
+        # 0011: an experiment's spec version is its jobs' (version 2 came before 0011)
+        version = "SELECT id, spec_version FROM experiments ORDER BY id"
+        assert conn.execute(text(version)).all() == [(3, 1), (4, 2)]
         conn.execute(text(key), {"key": "experiment x", "job": 9})  # now apart from job 8's
         config.attributes["connection"] = conn
         command.downgrade(config, "0009")  # the job's key stays where only one fits
