@@ -12,6 +12,7 @@ import copy
 import csv
 import io
 import itertools
+import json
 import math
 import statistics
 from collections.abc import Callable
@@ -669,9 +670,25 @@ PROBE_COLUMNS = ["ID", "layer", "constr_w", "constr_a", "epoch", "test_acc", "dr
                  "acc_top5", "drop_top5"]  # fmt: skip
 
 
+# What the reference's columns already show of a variant's settings.
+IN_COLUMNS = {"quantization.first_last", "quantization.weight", "quantization.activation",
+              "training.lr", "training.epochs"}  # fmt: skip
+
+
+def _other_settings(row: Row) -> str:
+    """A variant's settings that no column shows (`quantization.weight_init=mse`), so rows
+    that differ only there are told apart."""
+    return ", ".join(
+        f"{key}={json.dumps(value, separators=(',', ':')).strip(chr(34))}"
+        for key, value in row.settings.items()
+        if key not in IN_COLUMNS
+    )
+
+
 def table(table_rows: list[Row]) -> list[list[str]]:
-    """The reference's columns, and ref_acc / delta when any row has a reference; a
-    sensitivity experiment's name the layer instead of quan_lr and lr_base."""
+    """The reference's columns, and ref_acc / delta when any row has a reference, and settings
+    when a row has some the columns do not show; a sensitivity experiment's name the layer
+    instead of quan_lr and lr_base."""
     if any(r.settings.get("mode") for r in table_rows):
         return [PROBE_COLUMNS] + [
             [r.id, r.label, r.constr_w, r.constr_a, str(r.epochs), _fmt(r.test_top1),
@@ -679,7 +696,8 @@ def table(table_rows: list[Row]) -> list[list[str]]:
             for r in table_rows
         ]  # fmt: skip
     refs = any(r.reference for r in table_rows)
-    head = COLUMNS + (["ref_acc", "delta"] if refs else [])
+    others = any(_other_settings(r) for r in table_rows)
+    head = COLUMNS + (["ref_acc", "delta"] if refs else []) + (["settings"] if others else [])
     body = []
     for r in table_rows:
         line = [r.id, r.quan_lr, r.constr_w, r.constr_a, f"{r.lr_base:g}", str(r.epochs)]
@@ -689,6 +707,8 @@ def table(table_rows: list[Row]) -> list[list[str]]:
                 f"{r.reference.test_top1:.2f}" if r.reference else "",
                 f"{r.delta_vs_reference:+.2f}" if r.delta_vs_reference is not None else "",
             ]
+        if others:
+            line.append(_other_settings(r))
         body.append(line)
     return [head, *body]
 
@@ -696,6 +716,7 @@ def table(table_rows: list[Row]) -> list[list[str]]:
 def markdown(table_rows: list[Row]) -> str:
     head, *body = table(table_rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = [[cell.replace("|", "\\|") for cell in line] for line in body]  # a | in a value
     return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"
 
 

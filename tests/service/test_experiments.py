@@ -432,6 +432,27 @@ def test_a_fine_tuned_probe_warms_up_within_its_own_epochs() -> None:
     assert {v.specs[0].training.warmup_epochs for v in plan.variants} == {1.0}
 
 
+def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> None:
+    from api.models import Job, JobStatus
+    from lsq.spec import SPEC_VERSION
+
+    grid = {"quantization.weight": [TERNARY], "quantization.weight_init": ["lsq", "mse"]}
+    spec = ExperimentSpec.model_validate(experiment(grid=grid, seeds=None))
+    plan = experiments.plan(spec, max_jobs=64)
+    jobs = [
+        Job(id=i + 2, status=JobStatus.queued, variant=v.index, spec_version=SPEC_VERSION,
+            spec=v.specs[0].model_dump(mode="json"))
+        for i, v in enumerate(plan.variants)
+    ]  # fmt: skip
+    head, *body = experiments.table(experiments.rows(spec, jobs))
+    assert head[-1] == "settings" and [line[-1] for line in body] == [
+        "quantization.weight_init=lsq",
+        "quantization.weight_init=mse",
+    ]
+    plain = ExperimentSpec.model_validate(experiment(seeds=None))
+    assert "settings" not in experiments.table(experiments.rows(plain, []))[0]
+
+
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     """Rows are read from stored results: one missing a layer (or its probes) gives empty
     cells, never a 500."""
