@@ -588,7 +588,7 @@ def describe_errors(
         if e["type"].endswith("_type") and "input" in e:  # strict: "3" is not 3; say so
             message += f", not {_kind(e['input'])}"
         if e["type"] == "extra_forbidden" and root is not None:
-            message = _unknown_key(field, root) or message
+            message = _unknown_key(e["loc"], root) or message
         described.append((_shown(field), message))
     return described
 
@@ -600,14 +600,16 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _unknown_key(field: str, root: type[BaseModel]) -> str | None:
-    *parents, key = field.split(".")
+def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
+    *parents, key = (str(p) for p in loc)
     model: type[BaseModel] | None = root
     for part in parents:
-        info = model.model_fields.get(part) if model else None
-        model = _model_in(info.annotation) if info else None
-    if model is None:
-        return None
+        info = model.model_fields.get(part)
+        if info is None:
+            continue  # not a field: a dict's key (a layer pattern), a list index, a union's tag
+        model = _model_in(info.annotation)
+        if model is None:
+            return None
     known = list(model.model_fields)
     close = difflib.get_close_matches(key[:100], known, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]!r}? " if close else ""

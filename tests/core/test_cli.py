@@ -76,6 +76,10 @@ def test_bad_spec_is_reported_with_the_field(tmp_path):
             yaml.safe_dump({**SPEC, "training": {"epocs": 3}}),
             "training.epocs: unknown key 'epocs'; did you mean 'epochs'? accepted: epochs,",
         ),
+        (  # inside a per-layer override: past the layer's pattern, a dict key
+            yaml.safe_dump({**SPEC, "quantization": {"layers": {"fc": {"wieght": [-1, 0, 1]}}}}),
+            "quantization.layers.fc.wieght: unknown key 'wieght'; did you mean 'weight'?",
+        ),
         (yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}), "model.arch: Input should be"),
         ("", "bad.yaml is empty; a job spec is a mapping"),
     ],
