@@ -696,10 +696,11 @@ def table(table_rows: list[Row]) -> list[list[str]]:
             for r in table_rows
         ]  # fmt: skip
     refs = any(r.reference for r in table_rows)
-    others = any(_other_settings(r) for r in table_rows)
-    head = COLUMNS + (["ref_acc", "delta"] if refs else []) + (["settings"] if others else [])
+    others = [_other_settings(r) for r in table_rows]
+    settings = any(others)
+    head = COLUMNS + (["ref_acc", "delta"] if refs else []) + (["settings"] if settings else [])
     body = []
-    for r in table_rows:
+    for r, other in zip(table_rows, others, strict=True):
         line = [r.id, r.quan_lr, r.constr_w, r.constr_a, f"{r.lr_base:g}", str(r.epochs)]
         line += [_fmt(r.test_top1), _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
         if refs:
@@ -707,8 +708,8 @@ def table(table_rows: list[Row]) -> list[list[str]]:
                 f"{r.reference.test_top1:.2f}" if r.reference else "",
                 f"{r.delta_vs_reference:+.2f}" if r.delta_vs_reference is not None else "",
             ]
-        if others:
-            line.append(_other_settings(r))
+        if settings:
+            line.append(other)
         body.append(line)
     return [head, *body]
 
