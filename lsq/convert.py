@@ -9,8 +9,7 @@ from torch import nn
 
 from .layers import QUANTIZED
 from .levels import FirstMatch, LevelSet, layer_levels, parse_levels
-from .quantizer import Init
-from .spec import QuantizationSpec
+from .spec import Init, QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
 
