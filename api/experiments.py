@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    computed_field,
     field_validator,
 )
 
@@ -477,6 +478,11 @@ class Stat(BaseModel):
     n: int
 
 
+# What the reference's columns already show of a variant's settings.
+IN_COLUMNS = {"quantization.first_last", "quantization.weight", "quantization.activation",
+              "training.lr", "training.epochs"}  # fmt: skip
+
+
 class Row(BaseModel):
     """A line of the results table: the baseline, or a variant over its seeds."""
 
@@ -502,6 +508,20 @@ class Row(BaseModel):
     layer: str | None = Field(
         None, description="Sensitivity rows: the probed layer (constr_w/constr_a are its levels)"
     )
+
+    @computed_field(
+        description="The settings no other column shows, `key=value, ...` "
+        "(`quantization.weight_init=mse`), so rows that differ only there are told apart"
+    )
+    @property
+    def other_settings(self) -> str:
+        if "mode" in self.settings:
+            return ""  # a sensitivity probe differs from the others in its layer alone
+        return ", ".join(
+            f"{key}={json.dumps(value, separators=(',', ':')).strip(chr(34))}"
+            for key, value in self.settings.items()
+            if key not in IN_COLUMNS
+        )
 
 
 def _stat(values: list[float]) -> Stat | None:
@@ -670,21 +690,6 @@ PROBE_COLUMNS = ["ID", "layer", "constr_w", "constr_a", "epoch", "test_acc", "dr
                  "acc_top5", "drop_top5"]  # fmt: skip
 
 
-# What the reference's columns already show of a variant's settings.
-IN_COLUMNS = {"quantization.first_last", "quantization.weight", "quantization.activation",
-              "training.lr", "training.epochs"}  # fmt: skip
-
-
-def _other_settings(row: Row) -> str:
-    """A variant's settings that no column shows (`quantization.weight_init=mse`), so rows
-    that differ only there are told apart."""
-    return ", ".join(
-        f"{key}={json.dumps(value, separators=(',', ':')).strip(chr(34))}"
-        for key, value in row.settings.items()
-        if key not in IN_COLUMNS
-    )
-
-
 def table(table_rows: list[Row]) -> list[list[str]]:
     """The reference's columns, and ref_acc / delta when any row has a reference, and settings
     when a row has some the columns do not show; a sensitivity experiment's name the layer
@@ -696,11 +701,10 @@ def table(table_rows: list[Row]) -> list[list[str]]:
             for r in table_rows
         ]  # fmt: skip
     refs = any(r.reference for r in table_rows)
-    others = [_other_settings(r) for r in table_rows]
-    settings = any(others)
+    settings = any(r.other_settings for r in table_rows)
     head = COLUMNS + (["ref_acc", "delta"] if refs else []) + (["settings"] if settings else [])
     body = []
-    for r, other in zip(table_rows, others, strict=True):
+    for r in table_rows:
         line = [r.id, r.quan_lr, r.constr_w, r.constr_a, f"{r.lr_base:g}", str(r.epochs)]
         line += [_fmt(r.test_top1), _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
         if refs:
@@ -709,7 +713,7 @@ def table(table_rows: list[Row]) -> list[list[str]]:
                 f"{r.delta_vs_reference:+.2f}" if r.delta_vs_reference is not None else "",
             ]
         if settings:
-            line.append(other)
+            line.append(r.other_settings)
         body.append(line)
     return [head, *body]
 

@@ -60,7 +60,12 @@ def _draw(experiment_id: int) -> None:
     # variants continue from a baseline trained here: draw them after its epochs
     start = next((r.epochs for r in table if r.baseline and r.jobs), 0)
     curves = [
-        Curve(r.label, [epochs.get(j, []) for j in r.jobs], r.baseline, 0 if r.baseline else start)
+        Curve(
+            ", ".join(filter(None, [r.label, r.other_settings])),  # told apart as in the table
+            [epochs.get(j, []) for j in r.jobs],
+            r.baseline,
+            0 if r.baseline else start,
+        )
         for r in table
     ]
     experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)

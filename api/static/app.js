@@ -187,6 +187,7 @@ async function experimentPage(id) {
   const x = await api(`/v1/experiments/${id}`);
   const running = !FINISHED.includes(x.status);
   const refs = x.rows.some((r) => r.reference);
+  const others = x.rows.some((r) => r.other_settings);  // rows that differ where no column looks
   main.innerHTML = `<h1>Experiment ${x.id}: ${esc(x.name)} ${tag(x.status)}</h1>
     <p class="muted">${x.finished_jobs}/${x.total_jobs} jobs ended
       ${running ? `<button id="cancel">Cancel all</button>` : ""}
@@ -194,7 +195,8 @@ async function experimentPage(id) {
     <table id="results"><tr><th>ID</th><th>row</th><th>quan_lr</th><th>constr_w</th><th>constr_a</th>
       <th class="num">lr</th><th class="num">epochs</th><th class="num">test top-1</th>
       <th class="num">drop</th><th class="num">top-5</th><th class="num">drop top-5</th>
-      ${refs ? `<th class="num">published</th><th class="num">delta</th>` : ""}<th>runs</th></tr>
+      ${refs ? `<th class="num">published</th><th class="num">delta</th>` : ""}
+      ${others ? `<th>settings</th>` : ""}<th>runs</th></tr>
       ${x.rows.map((r) => `<tr class="${r.baseline ? "baseline" : ""}"><td>${esc(r.id)}</td>
         <td>${esc(r.label)}</td><td>${esc(r.quan_lr)}</td><td>${esc(r.constr_w)}</td><td>${esc(r.constr_a)}</td>
         <td class="num">${r.lr_base}</td><td class="num">${r.epochs}</td><td class="num">${stat(r.test_top1)}</td>
@@ -202,6 +204,7 @@ async function experimentPage(id) {
         <td class="num">${stat(r.drop_top5)}</td>
         ${refs ? `<td class="num">${r.reference ? r.reference.test_top1.toFixed(2) : ""}</td>
           <td class="num">${r.delta_vs_reference != null ? r.delta_vs_reference.toFixed(2) : ""}</td>` : ""}
+        ${others ? `<td>${esc(r.other_settings)}</td>` : ""}
         <td>${r.jobs.map((j) => `<a href="#/jobs/${j}">${j}</a>`).join(" ")}
           <span class="muted">(${r.finished}/${r.jobs.length})</span></td></tr>`).join("")}
     </table>

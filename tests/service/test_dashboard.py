@@ -33,7 +33,12 @@ EXPERIMENT = {
         "training": {"epochs": 2, "batch_size": 64, "lr": 0.01},
     },
     "baseline": {"train": True, "training": {"epochs": 3, "lr": 0.05}},
-    "grid": {"quantization.weight": [[-1, 0, 1]], "quantization.activation": [None, [0, 1, 2, 3]]},
+    # two variants that differ where no reference column looks: a settings column tells them apart
+    "grid": {
+        "quantization.weight": [[-1, 0, 1]],
+        "quantization.activation": [[0, 1, 2, 3]],
+        "quantization.weight_init": ["lsq", "mse"],
+    },
 }
 
 
@@ -145,7 +150,11 @@ def test_an_experiment_page_shows_the_live_table_and_its_plot(
     until(filled, 300, "the table to fill in")
     rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")
     assert len(rows) == 4  # header, baseline, two variants
+    head = [th.text for th in rows[0].find_elements(By.TAG_NAME, "th")]
+    assert head[-2:] == ["settings", "runs"], head
     assert "[-1,0,1]" in rows[2].text and "[0,1,2,3]" in rows[3].text
+    assert "quantization.weight_init=lsq" in rows[2].text
+    assert "quantization.weight_init=mse" in rows[3].text
     until(lambda: browser.execute_script(
         "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
     ), 30, "the plot")  # fmt: skip

@@ -80,6 +80,7 @@ def test_a_baseline_and_a_grid_of_variants_per_seed_give_the_results_table(
     assert weights["settings"] == {
         "quantization.weight": TERNARY, "quantization.activation": None, "training.lr": 0.01,
     }  # fmt: skip
+    assert weights["other_settings"] == ""  # every one of them has its column
 
     md = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "md"})
     assert md.headers["content-type"].startswith("text/markdown")
@@ -222,6 +223,7 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
         assert row["test_top1"]["mean"] == probe["test_top1"]
         assert row["drop_top1"]["mean"] == pytest.approx(fp - probe["test_top1"])
         assert row["settings"] == {"layer": row["layer"], "mode": "quantize_one", "fine_tune": 0}
+        assert row["other_settings"] == ""  # its layer has a column of its own
     md = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "md"}).text
     lines = md.splitlines()
     assert lines[0].startswith("| ID | layer | constr_w | constr_a | epoch | test_acc | drop_acc")
@@ -444,7 +446,12 @@ def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> 
             spec=v.specs[0].model_dump(mode="json"))
         for i, v in enumerate(plan.variants)
     ]  # fmt: skip
-    head, *body = experiments.table(experiments.rows(spec, jobs))
+    table_rows = experiments.rows(spec, jobs)
+    assert [r.model_dump()["other_settings"] for r in table_rows] == [  # the dashboard's column
+        "quantization.weight_init=lsq",
+        "quantization.weight_init=mse",
+    ]
+    head, *body = experiments.table(table_rows)
     assert head[-1] == "settings" and [line[-1] for line in body] == [
         "quantization.weight_init=lsq",
         "quantization.weight_init=mse",
