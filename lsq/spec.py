@@ -558,9 +558,14 @@ def read_document(path: str | Path) -> Any:
 
 def field_name(loc: Sequence[str | int]) -> str:
     """`model.init.job`, not pydantic's `model.init.Tag.job`: tags of a union's members and
-    validator names are not fields (capitalised, or not identifiers)."""
-    parts = [str(p) for p in loc]
-    parts = [p for p in parts if p.isdigit() or (p.isidentifier() and not p[0].isupper())]
+    validator names are not fields (capitalised, or not identifiers). A layer pattern is a
+    key of `quantization.layers`, kept as written: `quantization.layers."layers.0.*".weight`."""
+    parts = []
+    for before, part in zip(["", *map(str, loc)], map(str, loc), strict=False):
+        if part.isdigit() or (part.isidentifier() and not part[0].isupper()):
+            parts.append(part)
+        elif before == "layers" and part != "[key]":  # pydantic's marker of a bad key itself
+            parts.append(json.dumps(part))
     return ".".join(parts) or "body"
 
 

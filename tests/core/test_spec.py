@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lsq import LevelSet, from_bits, parse_levels
-from lsq.spec import JobSpec
+from lsq.spec import JobSpec, describe_errors
 
 EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
     p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")
@@ -138,6 +138,20 @@ def test_each_offending_field_is_named():
     assert error_locations(minimal(model={"arch": "resnet20", "init": {"job": 3}})) == {
         "model.init"
     }
+
+
+@pytest.mark.parametrize(
+    ("pattern", "field"),
+    [
+        ("fc", "quantization.layers.fc.weight"),
+        ("layers.0.*", 'quantization.layers."layers.0.*".weight'),  # its dots are not fields
+        ("Conv*", 'quantization.layers."Conv*".weight'),  # nor is it a union's tag
+    ],
+)
+def test_a_layer_pattern_is_named_as_written_in_its_errors(pattern, field):
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate(minimal(quantization={"layers": {pattern: {"weight": "x"}}}))
+    assert [f for f, _ in describe_errors(err.value, JobSpec)] == [field]
 
 
 def test_a_warm_up_longer_than_the_training_is_refused():
