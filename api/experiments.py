@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import math
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .spec import MAX_JOB_ID, ServiceJobSpec
 from .store import InvalidField, stored_spec
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
+GRID_PATH = re.compile(r"[a-z_][a-z0-9_]{0,39}(\.[a-z_][a-z0-9_]{0,39}){0,3}")  # training.lr
 MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
 
 
@@ -170,6 +172,15 @@ class ExperimentSpec(Strict):
         None, description="kind sensitivity: which layers, which mode, fine-tuned or not"
     )
 
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _values_listed(cls, grid: Any) -> Any:
+        # pydantic would blame `grid` itself: an error's location drops a key with dots
+        for path, values in grid.items() if isinstance(grid, dict) else ():
+            if not isinstance(values, list) and GRID_PATH.fullmatch(str(path)):
+                raise ValueError(f"grid.{path}: give a list of values (one value: [VALUE])")
+        return grid
+
     @field_validator("base", "grid", "variants", "baseline", "sensitivity", mode="before")
     @classmethod
     def _shallow(cls, value: Any) -> Any:
@@ -249,7 +260,19 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_starts_from(_validated_variant(spec, where), base, where))
         variants.append(Variant(where, index, reference, specs))
+    _each_once(variants)
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
+
+
+def _each_once(variants: list[Variant]) -> None:
+    """Two variants that would run the same jobs (a grid value given twice, [-1, 0, 1] and
+    [1, 0, -1]) are one variant paid for twice."""
+    seen: dict[str, Variant] = {}
+    for v in variants:
+        jobs = json.dumps(v.specs[0].model_dump(mode="json", exclude={"name"}), sort_keys=True)
+        if (first := seen.setdefault(jobs, v)) is not v:
+            same = f"variant {v.index + 1} would run the same jobs as variant {first.index + 1}"
+            raise InvalidField(v.where, same)
 
 
 @dataclass(frozen=True)
@@ -397,8 +420,7 @@ def _grid(
 ) -> list[tuple[str, dict, str | None, Reference | None]]:
     for path, values in grid.items():
         shown = path if len(path) <= 60 else path[:57] + "..."
-        parts = path.split(".")
-        if len(parts) > 4 or not all(p.isidentifier() and len(p) <= 40 for p in parts):
+        if not GRID_PATH.fullmatch(path):
             raise InvalidField(f"grid.{shown}", "not a dotted path such as quantization.weight")
         if not 1 <= len(values) <= MAX_VALUES:
             raise InvalidField(f"grid.{path}", f"give 1 to {MAX_VALUES} values")

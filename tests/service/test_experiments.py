@@ -297,6 +297,9 @@ def test_a_bad_sensitivity_experiment_gets_422_naming_the_field(
         ({"grid": {"quantization.weight": [[0, 2]]}}, "grid.quantization.weight"),
         ({"grid": {"training.epochs": [2, 0]}}, "grid.training.epochs"),
         ({"grid": {"a b": [1]}}, "grid.a b"),
+        ({"grid": {"quantization.weight_init": "mse"}}, "grid.quantization.weight_init"),
+        ({"grid": {"quantization.weight": [TERNARY, [1, 0, -1]]}}, "grid"),  # one set twice
+        ({"grid": None, "variants": [{"training": {"lr": 0.1}}] * 2}, "variants.1"),
         ({"variants": [{"quantization": {"weight": TERNARY}}]}, "grid"),  # both
         ({"grid": None}, "grid"),  # neither
         ({"variants": [{"training": {"lrr": 1}}], "grid": None}, "variants.0.training.lrr"),
