@@ -50,7 +50,7 @@ from .spec import MAX_JOB_ID, ServiceJobSpec
 from .store import InvalidField, stored_spec
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
-GRID_PATH = re.compile(r"[a-z_][a-z0-9_]{0,39}(\.[a-z_][a-z0-9_]{0,39}){0,3}")  # training.lr
+GRID_PATH = re.compile(r"[A-Za-z_]\w{0,39}(\.[A-Za-z_]\w{0,39}){0,3}", re.ASCII)  # training.lr
 MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
 
 
@@ -260,7 +260,8 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
             spec["training"] = {**spec.get("training", {}), "seed": seed}
             specs.append(_starts_from(_validated_variant(spec, where), base, where))
         variants.append(Variant(where, index, reference, specs))
-    _each_once(variants)
+    if exp.kind != "sensitivity":  # its rows are the network's layers, each once
+        _each_once(variants)
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
 
 
@@ -268,8 +269,8 @@ def _each_once(variants: list[Variant]) -> None:
     """Two variants that would run the same jobs (a grid value given twice, [-1, 0, 1] and
     [1, 0, -1]) are one variant paid for twice."""
     seen: dict[str, Variant] = {}
-    for v in variants:
-        jobs = json.dumps(v.specs[0].model_dump(mode="json", exclude={"name"}), sort_keys=True)
+    for v in variants:  # unsorted: quantization.layers' order is meaningful (first match wins)
+        jobs = v.specs[0].model_dump_json(exclude={"name"})
         if (first := seen.setdefault(jobs, v)) is not v:
             same = f"variant {v.index + 1} would run the same jobs as variant {first.index + 1}"
             raise InvalidField(v.where, same)
@@ -540,7 +541,7 @@ class Row(BaseModel):
         if "mode" in self.settings:
             return ""  # a sensitivity probe differs from the others in its layer alone
         return ", ".join(
-            f"{key}={json.dumps(value, separators=(',', ':')).strip(chr(34))}"
+            f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
             for key, value in self.settings.items()
             if key not in IN_COLUMNS
         )

@@ -97,6 +97,9 @@ class Curve:
     start: int = 0  # epochs before this run's first: a variant continues its baseline
 
 
+LEGEND = 80  # characters of a legend's line: a long variant's settings must not hide the plot
+
+
 def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "") -> None:
     """Test top-1 per epoch, one line per variant (the mean over seeds, with their range as a
     band), the baseline dashed."""
@@ -112,7 +115,8 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
         x = [curve.start + e for e in epochs]
         mean = [statistics.fmean(by_epoch[e]) for e in epochs]
         style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
-        (line,) = ax.plot(x, mean, label=curve.label, **style)
+        label = curve.label if len(curve.label) <= LEGEND else curve.label[: LEGEND - 3] + "..."
+        (line,) = ax.plot(x, mean, label=label, **style)
         if len(curve.runs) > 1:
             low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)

@@ -565,7 +565,9 @@ def field_name(loc: Sequence[str | int]) -> str:
         if part.isdigit() or (part.isidentifier() and not part[0].isupper()):
             parts.append(part)
         elif before == "layers" and part != "[key]":  # pydantic's marker of a bad key itself
-            parts.append(json.dumps(part))
+            room = MAX_KEY - 2  # for the quotes
+            shown = part if len(part) <= room else part[: room - 3] + "..."
+            parts.append(json.dumps(shown, ensure_ascii=False))
     return ".".join(parts) or "body"
 
 

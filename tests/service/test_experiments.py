@@ -10,6 +10,7 @@ import pytest
 
 from api import experiments
 from api.experiments import ExperimentSpec
+from lsq.archs import layer_names
 from lsq.spec import read_document
 
 from .conftest import TINY, Service, tiny_spec
@@ -461,6 +462,23 @@ def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> 
     ]
     plain = ExperimentSpec.model_validate(experiment(seeds=None))
     assert "settings" not in experiments.table(experiments.rows(plain, []))[0]
+
+
+def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run() -> None:
+    """The first pattern that matches a layer gives its levels: the order is the variant."""
+    two, four = {"weight": {"bits": 2, "signed": True}}, {"weight": {"bits": 4, "signed": True}}
+    first = {"quantization": {"layers": {"layers.0.*": two, "layers.?.conv1": four}}}
+    second = {"quantization": {"layers": {"layers.?.conv1": four, "layers.0.*": two}}}
+
+    def plan(*variants: dict) -> experiments.Plan:
+        request = experiment(grid=None, seeds=None, variants=list(variants))
+        return experiments.plan(ExperimentSpec.model_validate(request), max_jobs=64)
+
+    conv1 = [v.specs[0].quantization.levels_by_layer(layer_names("resnet20"))["layers.0.conv1"]
+             for v in plan(first, second).variants]  # fmt: skip
+    assert conv1[0] != conv1[1]
+    with pytest.raises(experiments.InvalidField, match="variant 2 would run the same jobs as"):
+        plan(first, first)
 
 
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
