@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import HTTPException
-from fastapi.responses import FileResponse
+from fastapi import HTTPException, Response
 
 from lsq.files import (
     CHECKPOINT,
@@ -33,13 +32,19 @@ def experiment_folder(settings: Settings, experiment_id: int) -> Path:
     return settings.artifacts / "experiments" / str(experiment_id)
 
 
-def image(folder: Path, name: str) -> FileResponse:
-    """A plot a worker drew into `folder` (404 until the first one is drawn)."""
+def image(folder: Path, name: str) -> Response:
+    """A plot a worker drew into `folder` (404 until the first one is drawn). Read whole, from
+    one open: the worker renames each new drawing over the last, so FileResponse's stat, then
+    open by name, could announce one drawing's length and send another (a cut connection)."""
     path = folder / name
-    if not path.is_file() or path.is_symlink():
+    try:
+        content = b"" if path.is_symlink() else path.read_bytes()  # tens of KB
+    except (FileNotFoundError, IsADirectoryError):
+        content = b""
+    if not content:
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
-    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
+    return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from lsq.files import PLOT, PLOT_SVG
 
@@ -129,12 +129,12 @@ def _image(name: str, what: str) -> None:
     @router.get(
         f"/{{experiment_id}}/{name}",
         summary=what,
-        response_class=FileResponse,
+        response_class=Response,
         responses={**NOT_FOUND, 200: {"content": {kind: {}}}},
     )
     def image(
         experiment_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
-    ) -> FileResponse:
+    ) -> Response:
         store.get_experiment(session, experiment_id, owner)
         return artifacts.image(artifacts.experiment_folder(settings, experiment_id), name)
 

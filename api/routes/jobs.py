@@ -108,12 +108,12 @@ def _image(name: str, what: str) -> None:
     @router.get(
         f"/{{job_id}}/{name}",
         summary=what,
-        response_class=FileResponse,
+        response_class=Response,
         responses={**NOT_FOUND, 200: {"content": {IMAGE[name]: {}}}},
     )
     def image(
         job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
-    ) -> FileResponse:
+    ) -> Response:
         store.get_job(session, job_id, owner=owner)
         return artifacts.image(artifacts.job_folder(settings, job_id), name)
 
