@@ -291,10 +291,20 @@ async function submit(kind) {
 }
 
 function select(field) {
-  // put the cursor on the line that names the field's last part, next to its error
+  // put the cursor on the line of the field's last key, each key found after the one before
+  // (`weight` is often in a spec twice); a quoted part is a layer pattern, dots and all
   const area = document.getElementById("spec");
-  const key = field.split(".").pop();
-  const at = area.value.search(new RegExp(`\\b${key.replace(/[^\w-]/g, "")}\\s*:`));
+  const parts = field.match(/"(?:[^"\\]|\\.)*"|[^.]+/g) || [];
+  let at = -1, from = 0;
+  for (const part of parts) {
+    if (/^\d+$/.test(part)) continue;  // a list's index
+    const name = part.startsWith('"') ? part.slice(1, -1).replace(/\\(.)/g, "$1") : part;
+    const key = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const found = area.value.slice(from).search(new RegExp(`(?<=^|[\\s{,"'])${key}["']?\\s*:`, "m"));
+    if (found < 0) break;
+    at = from + found;
+    from = at + name.length;
+  }
   if (at < 0) return;
   const end = area.value.indexOf("\n", at);
   area.focus();

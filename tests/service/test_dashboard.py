@@ -111,6 +111,18 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
     assert browser.execute_script("return document.activeElement.id") == "spec"  # on its line
     shot(browser, "dashboard-form-error")
 
+    # a layer pattern's field, dots and all, and its own `weight` (not the job's) selected
+    area.clear()
+    area.send_keys(QUICK_JOB.replace("3]}", '3], layers: {"layers.0.*": {weight: x}}}'))
+    browser.find_element(By.ID, "submit").click()
+    errors = until(lambda: "layers" in text(browser, "#errors") and text(browser, "#errors"), 10)
+    assert 'quantization.layers."layers.0.*".weight' in errors
+    selected = browser.execute_script(
+        "const a = document.getElementById('spec');"
+        "return a.value.slice(a.selectionStart, a.selectionEnd)"
+    )
+    assert selected.startswith("weight: x}}}"), selected
+
     area.clear()
     area.send_keys(QUICK_JOB)
     browser.find_element(By.ID, "submit").click()
