@@ -97,7 +97,7 @@ def parse_levels(value: Any) -> LevelSet:
     if isinstance(value, dict):
         unknown = set(value) - {"bits", "signed", "symmetric"}
         if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)}; expected {ACCEPTED}")
+            raise ValueError(f"unknown key(s) {show(sorted(unknown))}; expected {ACCEPTED}")
         bits = value.get("bits")
         if not isinstance(bits, int) or isinstance(bits, bool):
             raise ValueError(f"'bits' must be an integer; expected {ACCEPTED}")
@@ -106,22 +106,22 @@ def parse_levels(value: Any) -> LevelSet:
             raise ValueError("'signed' and 'symmetric' must be true or false")
         return from_bits(bits, signed, symmetric)
     if not isinstance(value, list | tuple):
-        raise ValueError(f"got {_show(value)}; expected {ACCEPTED}")
+        raise ValueError(f"got {show(value)}; expected {ACCEPTED}")
     # Everything below is arithmetic on the given list, bounded by its length: a request never
     # makes the server build a range it chose.
     if len(value) > 2**MAX_BITS:
         raise ValueError(f"{len(value)} levels; at most 2^{MAX_BITS} are allowed")
     if len(value) < 2:
-        raise ValueError(f"{_show(value)} has fewer than 2 levels; expected {ACCEPTED}")
+        raise ValueError(f"{show(value)} has fewer than 2 levels; expected {ACCEPTED}")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{_show(value)} contains non-integers; expected {ACCEPTED}")
+        raise ValueError(f"{show(value)} contains non-integers; expected {ACCEPTED}")
     low, high = min(value), max(value)
     if len(set(value)) != len(value):
-        raise ValueError(f"{_show(value)} repeats a level; expected {ACCEPTED}")
+        raise ValueError(f"{show(value)} repeats a level; expected {ACCEPTED}")
     if high - low + 1 != len(value):
-        raise ValueError(f"{_show(value)} is not contiguous; expected {ACCEPTED}")
+        raise ValueError(f"{show(value)} is not contiguous; expected {ACCEPTED}")
     if not low <= 0 <= high:
-        raise ValueError(f"{_show(value)} does not contain 0; expected {ACCEPTED}")
+        raise ValueError(f"{show(value)} does not contain 0; expected {ACCEPTED}")
     return LevelSet(q_n=-low, q_p=high)
 
 
@@ -186,7 +186,7 @@ class FirstMatch:
         return None if best is None else self.patterns[best]
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A user's value in an error message, cut short: it may be a list of 65536 levels."""
     text = repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -30,7 +30,16 @@ from pydantic import (
 )
 
 from .archs import layer_names
-from .levels import ACCEPTED, FirstMatch, Levels, LevelSet, Sides, layer_levels, parse_levels
+from .levels import (
+    ACCEPTED,
+    FirstMatch,
+    Levels,
+    LevelSet,
+    Sides,
+    layer_levels,
+    parse_levels,
+    show,
+)
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
 Arch = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"]
@@ -40,7 +49,7 @@ def _parse_first_last(value: Any) -> str | LevelSet:
     if value in ("float", "same"):
         return value
     if isinstance(value, str):
-        raise ValueError(f"got {value!r}; expected 'float', 'same' or {ACCEPTED}")
+        raise ValueError(f"got {show(value)}; expected 'float', 'same' or {ACCEPTED}")
     return parse_levels(value)
 
 
@@ -526,9 +535,14 @@ def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2's floats: PyYAML (1.1) reads 1e-4 as a string, and the spec is strict."""
+    """YAML read as JSON data, with YAML 1.2's floats: PyYAML (1.1) reads 1e-4 as a string,
+    and `name: 2026-01-01` as a date, which JSON (and the service) cannot carry."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -553,6 +567,10 @@ def read_document(path: str | Path) -> Any:
     if not isinstance(data, dict):
         what = "is empty" if data is None else f"holds a {type(data).__name__}"
         raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as e:  # !!binary, !!set, a key that is a list, ...
+        raise SpecError(f"{path} holds what JSON cannot carry ({e}); quote the value") from None
     return data
 
 
@@ -562,22 +580,28 @@ def field_name(loc: Sequence[str | int]) -> str:
     key of `quantization.layers`, kept as written: `quantization.layers."layers.0.*".weight`."""
     parts = []
     for before, part in zip(["", *map(str, loc)], map(str, loc), strict=False):
-        if part.isdigit() or (part.isidentifier() and not part[0].isupper()):
+        if before == "layers" and not part.isdigit() and part != "[key]":  # [key]: pydantic's
+            plain = _PLAIN.fullmatch(part)
+            parts.append(part if plain else json.dumps(_cut(part, MAX_KEY), ensure_ascii=False))
+        elif part.isdigit() or (part.isidentifier() and not part[0].isupper()):
             parts.append(part)
-        elif before == "layers" and part != "[key]":  # pydantic's marker of a bad key itself
-            room = MAX_KEY - 2  # for the quotes
-            shown = part if len(part) <= room else part[: room - 3] + "..."
-            parts.append(json.dumps(shown, ensure_ascii=False))
     return ".".join(parts) or "body"
 
 
-MAX_KEY = 80
+MAX_KEY, MAX_MESSAGE = 80, 1000
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]{0,79}")  # a field's name, or a pattern that could be one
+_PART = re.compile(r'"(?:[^"\\]|\\.)*"|[^.]+')  # a quoted pattern is one part, dots and all
 _NAMED = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)*): ")
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _shown(field: str) -> str:
-    """A client's long key cut short: a 250 KB key is not a 500 KB error."""
-    return ".".join(p if len(p) <= MAX_KEY else p[: MAX_KEY - 3] + "..." for p in field.split("."))
+    """A client's long key cut short: a 250 KB key is not a 500 KB error. A quoted pattern
+    was cut before it was quoted (an escape cut in half would not read back)."""
+    return ".".join(p if p.startswith('"') else _cut(p, MAX_KEY) for p in _PART.findall(field))
 
 
 def describe_errors(
@@ -596,7 +620,7 @@ def describe_errors(
             message += f", not {_kind(e['input'])}"
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(e["loc"], root) or message
-        described.append((_shown(field), message))
+        described.append((_shown(field), _cut(message, MAX_MESSAGE)))
     return described
 
 
@@ -620,7 +644,7 @@ def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
     known = list(model.model_fields)
     close = difflib.get_close_matches(key[:100], known, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]!r}? " if close else ""
-    shown = key if len(key) <= 60 else key[:57] + "..."
+    shown = _cut(key, 60)
     return f"unknown key {shown!r}; {guess}accepted: {', '.join(known)}"
 
 

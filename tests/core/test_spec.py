@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lsq import LevelSet, from_bits, parse_levels
-from lsq.spec import JobSpec, describe_errors
+from lsq.spec import JobSpec, describe_errors, read_document
 
 EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
     p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")
@@ -146,12 +146,26 @@ def test_each_offending_field_is_named():
         ("fc", "quantization.layers.fc.weight"),
         ("layers.0.*", 'quantization.layers."layers.0.*".weight'),  # its dots are not fields
         ("Conv*", 'quantization.layers."Conv*".weight'),  # nor is it a union's tag
+        ("x" * 150, f'quantization.layers."{"x" * 77}...".weight'),  # cut, then quoted
+        ('a"' * 100, 'quantization.layers."' + 'a\\"' * 38 + 'a..."' + ".weight"),
     ],
 )
 def test_a_layer_pattern_is_named_as_written_in_its_errors(pattern, field):
     with pytest.raises(ValidationError) as err:
         JobSpec.model_validate(minimal(quantization={"layers": {pattern: {"weight": "x"}}}))
-    assert [f for f, _ in describe_errors(err.value, JobSpec)] == [field]
+    [(name, _)] = describe_errors(err.value, JobSpec)
+    assert name == field
+    pattern_as_named = name.removeprefix("quantization.layers.").removesuffix(".weight")
+    assert isinstance(json.loads(pattern_as_named) if '"' in name else pattern_as_named, str)
+
+
+def test_an_error_that_quotes_a_huge_value_stays_small():
+    huge = {"\\" * 125_000: 1}  # a level set's unknown key
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate(minimal(quantization={"weight": huge, "first_last": "\\" * 125_000}))
+    described = describe_errors(err.value, JobSpec)
+    assert [f for f, _ in described] == ["quantization.weight", "quantization.first_last"]
+    assert all(len(message) < 1000 for _, message in described), described
 
 
 def test_a_warm_up_longer_than_the_training_is_refused():
@@ -161,6 +175,13 @@ def test_a_warm_up_longer_than_the_training_is_refused():
     with pytest.raises(ValidationError, match=r"2.5 epochs is longer than the training's 2"):
         JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2.5}))
     assert JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2})).training
+
+
+def test_yaml_is_read_as_json_data(tmp_path):
+    """`name: 2026-01-01` is the name a person wrote, not a date JSON cannot carry."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: 2026-01-01\ndataset: {name: synthetic}\nmodel: {arch: resnet20}\n")
+    assert JobSpec.model_validate(read_document(path)).name == "2026-01-01"
 
 
 def test_the_json_schema_documents_level_sets():
