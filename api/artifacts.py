@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from fastapi import HTTPException, Response
@@ -36,15 +38,25 @@ def image(folder: Path, name: str) -> Response:
     """A plot a worker drew into `folder` (404 until the first one is drawn). Read whole, from
     one open: the worker renames each new drawing over the last, so FileResponse's stat, then
     open by name, could announce one drawing's length and send another (a cut connection)."""
-    path = folder / name
-    try:
-        content = b"" if path.is_symlink() else path.read_bytes()  # tens of KB
-    except (FileNotFoundError, IsADirectoryError):
-        content = b""
+    content = _regular_file(folder / name)
     if not content:
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
     return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+
+def _regular_file(path: Path) -> bytes:
+    """The file's bytes; empty unless it is a regular file (never a link followed, never a
+    pipe waited on: what else lies in the folder is not the API's to trust)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return b""
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
 from api import artifacts
 from lsq.files import PLOT, atomic_file
@@ -51,3 +53,18 @@ def test_a_plot_redrawn_while_it_is_served_arrives_whole(tmp_path: Path) -> None
         drawing.join()
         serving.join()
     assert set(bodies) == set(drawings)  # each one drawing, whole; both seen
+
+
+def test_only_a_regular_file_is_served_as_a_plot(tmp_path: Path) -> None:
+    """A link is never followed and a pipe never waited on: each is 'not drawn yet'."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a plot")
+    (tmp_path / "plot.png").symlink_to(secret)
+    os.mkfifo(tmp_path / "plot.svg")
+    (tmp_path / "quantizers.png").mkdir()
+    (tmp_path / "jobs").write_bytes(b"a file where a folder should be")
+    where = [(tmp_path, n) for n in ("plot.png", "plot.svg", "quantizers.png", "sensitivity.png")]
+    for folder, name in [*where, (tmp_path / "jobs" / "2", "plot.png")]:
+        with pytest.raises(HTTPException) as err:
+            artifacts.image(folder, name)
+        assert err.value.status_code == 404
