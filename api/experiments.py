@@ -342,6 +342,8 @@ def _check_kind(exp: ExperimentSpec) -> None:
             raise InvalidField("distill", "untrained probes learn nothing: set fine_tune")
     elif exp.sensitivity is not None:
         raise InvalidField("sensitivity", "for kind: sensitivity only")
+    elif exp.variants == [] and exp.grid is None:
+        raise InvalidField("variants", "give at least one variant")
     elif (exp.grid is None) == (exp.variants is None) or not (exp.grid or exp.variants):
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
 
@@ -485,10 +487,11 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in nested.items():
-        if isinstance(value, dict) and value:
-            out |= _flatten(value, f"{prefix}{key}.")
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path != "quantization.layers":  # keys: globs
+            out |= _flatten(value, f"{path}.")
         else:
-            out[f"{prefix}{key}"] = value
+            out[path] = value
     return out
 
 

@@ -61,7 +61,7 @@ def _draw(experiment_id: int) -> None:
     start = next((r.epochs for r in table if r.baseline and r.jobs), 0)
     curves = [
         Curve(
-            ", ".join(filter(None, [r.label, r.other_settings])),  # told apart as in the table
+            f"{r.id}: " + ", ".join(filter(None, [r.label, r.other_settings])),  # as the table
             [epochs.get(j, []) for j in r.jobs],
             r.baseline,
             0 if r.baseline else start,

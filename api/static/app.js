@@ -292,23 +292,32 @@ async function submit(kind) {
 
 function select(field) {
   // put the cursor on the line of the field's last key, each key found after the one before
-  // (`weight` is often in a spec twice); a quoted part is a layer pattern, dots and all
+  // (`weight` is often in a spec twice); a quoted part is a layer pattern, dots and all, and
+  // a grid's keys are dotted paths; after a list's index N, the key's (N+1)th occurrence
   const area = document.getElementById("spec");
-  const parts = field.match(/"(?:[^"\\]|\\.)*"|[^.]+/g) || [];
-  let at = -1, from = 0;
-  for (const part of parts) {
-    if (/^\d+$/.test(part)) continue;  // a list's index
-    const name = part.startsWith('"') ? part.slice(1, -1).replace(/\\(.)/g, "$1") : part;
-    const key = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    const found = area.value.slice(from).search(new RegExp(`(?<=^|[\\s{,"'])${key}["']?\\s*:`, "m"));
+  const parts = (field.match(/"(?:[^"\\]|\\.)*"|[^.]+/g) || []).map((p) =>
+    p.startsWith('"') ? p.slice(1, -1).replace(/\\(.)/g, "$1") : p);
+  let at = -1, from = 0, item = 0;
+  for (let i = 0; i < parts.length; i++) {
+    if (/^\d+$/.test(parts[i])) { item = Number(parts[i]); continue; }
+    let found = -1, j = parts.length;
+    for (; j > i && found < 0; j--) found = keyAt(area.value, parts.slice(i, j).join("."), from, item);
     if (found < 0) break;
-    at = from + found;
-    from = at + name.length;
+    [at, from, item, i] = [found, found + 1, 0, j];
   }
   if (at < 0) return;
   const end = area.value.indexOf("\n", at);
   area.focus();
   area.setSelectionRange(at, end < 0 ? area.value.length : end);
+}
+
+function keyAt(text, name, from, skip) {
+  // where `name:` (bare or quoted) starts in text after `from`, skipping `skip` of them
+  const key = new RegExp(`(?<=^|[\\s{,"'])${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}["']?\\s*:`, "gm");
+  key.lastIndex = from;
+  let match;
+  for (let n = 0; n <= skip; n++) if (!(match = key.exec(text))) return -1;
+  return match.index;
 }
 
 // -------------------------------------------------------------------------- the router

@@ -372,7 +372,7 @@ DEEP = functools.reduce(lambda inner, _: [inner], range(700), [])  # JSON allows
         ({"grid": {"model.init": [{"job": 1}]}}, "grid.model.init"),
         ({"seeds": [0, 0]}, "seeds"),
         ({"grid": {}}, "grid"),
-        ({"grid": None, "variants": []}, "grid"),
+        ({"grid": None, "variants": []}, "variants"),
         ({"base": {"model": {"arch": "resnet20"}}}, "base.dataset"),
         ({"grid": None, "variants": [{"name": "a\x1bb"}]}, "variants.0.name"),
         (
@@ -479,6 +479,8 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
     assert conv1[0] != conv1[1]
     with pytest.raises(experiments.InvalidField, match="variant 2 would run the same jobs as"):
         plan(first, first)
+    # a row's settings keep the patterns whole, in their order
+    assert experiments._flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
 
 
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
