@@ -52,11 +52,13 @@ def _regular_file(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return b""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read()
+    finally:
         os.close(fd)
-        return b""
-    with os.fdopen(fd, "rb") as file:
-        return file.read()
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:

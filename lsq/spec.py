@@ -578,9 +578,9 @@ def field_name(loc: Sequence[str | int]) -> str:
     """`model.init.job`, not pydantic's `model.init.Tag.job`: tags of a union's members and
     validator names are not fields (capitalised, or not identifiers). A layer pattern is a
     key of `quantization.layers`, kept as written: `quantization.layers."layers.0.*".weight`."""
-    parts = []
-    for before, part in zip(["", *map(str, loc)], map(str, loc), strict=False):
-        if before == "layers" and not part.isdigit() and part != "[key]":  # [key]: pydantic's
+    parts, loc = [], [str(p) for p in loc]
+    for i, part in enumerate(loc):
+        if loc[i - 2 : i] == ["quantization", "layers"] and part != "[key]":  # [key]: pydantic's
             plain = _PLAIN.fullmatch(part)
             parts.append(part if plain else json.dumps(_cut(part, MAX_KEY), ensure_ascii=False))
         elif part.isdigit() or (part.isidentifier() and not part[0].isupper()):

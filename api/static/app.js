@@ -267,7 +267,7 @@ async function submit(kind) {
   errors.innerHTML = "";
   let body;
   try {
-    body = jsyaml.load(text);
+    body = jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA });  // JSON's values, as lsq reads YAML
   } catch (e) {
     errors.innerHTML = `<li>not valid YAML: ${esc(e.message)}</li>`;
     return;
@@ -300,7 +300,7 @@ function select(field) {
   let at = -1, from = 0, item = 0;
   for (let i = 0; i < parts.length; i++) {
     if (/^\d+$/.test(parts[i])) { item = Number(parts[i]); continue; }
-    let found = -1, j = parts.length;
+    let found = -1, j = parts[i - 1] === "grid" ? parts.length : i + 1;  // its keys hold dots
     for (; j > i && found < 0; j--) found = keyAt(area.value, parts.slice(i, j).join("."), from, item);
     if (found < 0) break;
     [at, from, item, i] = [found, found + 1, 0, j];

@@ -147,6 +147,7 @@ def test_each_offending_field_is_named():
         ("layers.0.*", 'quantization.layers."layers.0.*".weight'),  # its dots are not fields
         ("Conv*", 'quantization.layers."Conv*".weight'),  # nor is it a union's tag
         ("x" * 150, f'quantization.layers."{"x" * 77}...".weight'),  # cut, then quoted
+        ("0", 'quantization.layers."0".weight'),  # not a list's index
         ('a"' * 100, 'quantization.layers."' + 'a\\"' * 38 + 'a..."' + ".weight"),
     ],
 )
