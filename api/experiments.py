@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import itertools
 import json
@@ -32,6 +33,7 @@ from pydantic import (
 )
 
 from lsq.archs import layer_names, pretrained_missing
+from lsq.levels import cut
 from lsq.spec import (
     MAX_EPOCHS,
     MAX_SEED,
@@ -422,7 +424,7 @@ def _grid(
     grid: dict[str, list[Any]], check: Callable[[int], None]
 ) -> list[tuple[str, dict, str | None, Reference | None]]:
     for path, values in grid.items():
-        shown = path if len(path) <= 60 else path[:57] + "..."
+        shown = cut(path, 60)
         if not GRID_PATH.fullmatch(path):
             raise InvalidField(f"grid.{shown}", "not a dotted path such as quantization.weight")
         if not 1 <= len(values) <= MAX_VALUES:
@@ -539,7 +541,7 @@ class Row(BaseModel):
         description="The settings no other column shows, `key=value, ...` "
         "(`quantization.weight_init=mse`), so rows that differ only there are told apart"
     )
-    @property
+    @functools.cached_property
     def other_settings(self) -> str:
         if "mode" in self.settings:
             return ""  # a sensitivity probe differs from the others in its layer alone

@@ -188,8 +188,12 @@ class FirstMatch:
 
 def show(value: Any) -> str:
     """A user's value in an error message, cut short: it may be a list of 65536 levels."""
-    text = repr(list(value) if isinstance(value, tuple) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return cut(repr(list(value) if isinstance(value, tuple) else value), 60)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit - 3` characters and '...'."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # The pydantic field type used by the job spec: validated on input, written back as a list.

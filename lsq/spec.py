@@ -36,6 +36,7 @@ from .levels import (
     Levels,
     LevelSet,
     Sides,
+    cut,
     layer_levels,
     parse_levels,
     show,
@@ -582,7 +583,7 @@ def field_name(loc: Sequence[str | int]) -> str:
     for i, part in enumerate(loc):
         if loc[i - 2 : i] == ["quantization", "layers"] and part != "[key]":  # [key]: pydantic's
             plain = _PLAIN.fullmatch(part)
-            parts.append(part if plain else json.dumps(_cut(part, MAX_KEY), ensure_ascii=False))
+            parts.append(part if plain else json.dumps(cut(part, MAX_KEY), ensure_ascii=False))
         elif part.isdigit() or (part.isidentifier() and not part[0].isupper()):
             parts.append(part)
     return ".".join(parts) or "body"
@@ -594,14 +595,10 @@ _PART = re.compile(r'"(?:[^"\\]|\\.)*"|[^.]+')  # a quoted pattern is one part, 
 _NAMED = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)*): ")
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _shown(field: str) -> str:
     """A client's long key cut short: a 250 KB key is not a 500 KB error. A quoted pattern
     was cut before it was quoted (an escape cut in half would not read back)."""
-    return ".".join(p if p.startswith('"') else _cut(p, MAX_KEY) for p in _PART.findall(field))
+    return ".".join(p if p.startswith('"') else cut(p, MAX_KEY) for p in _PART.findall(field))
 
 
 def describe_errors(
@@ -620,7 +617,7 @@ def describe_errors(
             message += f", not {_kind(e['input'])}"
         if e["type"] == "extra_forbidden" and root is not None:
             message = _unknown_key(e["loc"], root) or message
-        described.append((_shown(field), _cut(message, MAX_MESSAGE)))
+        described.append((_shown(field), cut(message, MAX_MESSAGE)))
     return described
 
 
@@ -644,7 +641,7 @@ def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
     known = list(model.model_fields)
     close = difflib.get_close_matches(key[:100], known, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]!r}? " if close else ""
-    shown = _cut(key, 60)
+    shown = cut(key, 60)
     return f"unknown key {shown!r}; {guess}accepted: {', '.join(known)}"
 
 
