@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import HTTPException, Response
+from fastapi.responses import StreamingResponse
 
 from lsq.files import (
     CHECKPOINT,
@@ -24,6 +27,7 @@ from .config import Settings
 
 DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
              SENSITIVITY_PLOT)  # fmt: skip
+CHUNK = 1 << 20  # bytes per read of a download
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:
@@ -35,30 +39,52 @@ def experiment_folder(settings: Settings, experiment_id: int) -> Path:
 
 
 def image(folder: Path, name: str) -> Response:
-    """A plot a worker drew into `folder` (404 until the first one is drawn). Read whole, from
-    one open: the worker renames each new drawing over the last, so FileResponse's stat, then
-    open by name, could announce one drawing's length and send another (a cut connection)."""
-    content = _regular_file(folder / name)
-    if not content:
+    """A plot a worker drew into `folder` (404 until the first one is drawn), read whole."""
+    file = _open_regular(folder / name)
+    if file is None:
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
+    with file:
+        content = file.read()
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
     return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
 
 
-def _regular_file(path: Path) -> bytes:
-    """The file's bytes; empty unless it is a regular file (never a link followed, never a
-    pipe waited on: what else lies in the folder is not the API's to trust)."""
+def download(path: Path, filename: str) -> StreamingResponse | None:
+    """The file as an attachment, streamed from the one descriptor its length came from (None
+    unless it is a regular file). The worker renames each new checkpoint or drawing over the
+    last, so FileResponse's stat, then open by name, could announce one file's length and
+    send another's: a cut download."""
+    file = _open_regular(path)
+    if file is None:
+        return None
+    size = os.fstat(file.fileno()).st_size
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    return StreamingResponse(
+        _chunks(file, size), media_type="application/octet-stream", headers=headers
+    )
+
+
+def _chunks(file: BinaryIO, size: int) -> Iterator[bytes]:
+    with file:  # closed at the end, and on a client gone mid-way (the generator is dropped)
+        while size > 0 and (chunk := file.read(min(CHUNK, size))):
+            size -= len(chunk)
+            yield chunk
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """The file opened for reading, or None unless it is a regular file (never a link
+    followed, never a pipe waited on: what else lies in the folder is not the API's to trust)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return b""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        with os.fdopen(os.dup(fd), "rb") as file:
-            return file.read()
-    finally:
-        os.close(fd)
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    return None
 
 
 def available(settings: Settings, job_id: int) -> list[Path]:

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
 
 from lsq.archs import pretrained_missing
+from lsq.levels import cut
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 from lsq.spec import upgrade_spec
 
@@ -602,4 +603,4 @@ def clean_error(text: str | None) -> str | None:
     if text is None:
         return None
     text = "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else "?" for c in text)
-    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."
+    return cut(text, MAX_ERROR)

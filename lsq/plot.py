@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_file
+from .levels import cut
 from .metrics import EpochMetrics
 
 
@@ -115,8 +116,7 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
         x = [curve.start + e for e in epochs]
         mean = [statistics.fmean(by_epoch[e]) for e in epochs]
         style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
-        label = curve.label if len(curve.label) <= LEGEND else curve.label[: LEGEND - 3] + "..."
-        (line,) = ax.plot(x, mean, label=label, **style)
+        (line,) = ax.plot(x, mean, label=cut(curve.label, LEGEND), **style)
         if len(curve.runs) > 1:
             low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG, SENSITIVITY_PLOT
 from lsq.metrics import EpochMetrics
@@ -152,16 +152,15 @@ def list_artifacts(
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download a file of the job",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
 )
 def download_artifact(
     job_id: int, name: str, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
-) -> FileResponse:
+) -> StreamingResponse:
     store.get_job(session, job_id, owner=owner)
     files = {p.name: p for p in artifacts.available(settings, job_id)}  # known names only
-    if name not in files:
+    response = artifacts.download(files[name], f"job-{job_id}-{name}") if name in files else None
+    if response is None:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")
-    return FileResponse(
-        files[name], filename=f"job-{job_id}-{name}", media_type="application/octet-stream"
-    )
+    return response

@@ -11,52 +11,65 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
 
 from api import artifacts
-from lsq.files import PLOT, atomic_file
+from lsq.files import CHECKPOINT, PLOT, atomic_file
 
 
-def test_a_plot_redrawn_while_it_is_served_arrives_whole(tmp_path: Path) -> None:
-    """A worker renames each new drawing over the last; every response is one drawing, whole
-    (stat, then open by name, once announced one's length and sent the other's: a cut
-    connection)."""
-    drawings = [b"\x89PNG small" * 100, b"\x89PNG large" * 3000]
-    (tmp_path / PLOT).write_bytes(drawings[0])
+def serve(tmp_path: Path, name: str) -> Response:
+    if name == PLOT:
+        return artifacts.image(tmp_path, name)
+    response = artifacts.download(tmp_path / name, f"job-1-{name}")
+    if response is None:
+        raise HTTPException(404)
+    return response
+
+
+@pytest.mark.parametrize("name", [PLOT, CHECKPOINT])
+def test_a_file_replaced_while_it_is_served_arrives_whole(tmp_path: Path, name: str) -> None:
+    """A worker renames each new drawing or checkpoint over the last; every response is one
+    version, whole (stat, then open by name, once announced one's length and sent the
+    other's: a cut connection)."""
+    versions = [b"small" * 100, b"large" * 300_000]  # the large one takes two reads
+    (tmp_path / name).write_bytes(versions[0])
     app = FastAPI()
-    app.get("/plot.png")(lambda: artifacts.image(tmp_path, PLOT))
+    app.get("/file")(lambda: serve(tmp_path, name))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     done = threading.Event()
 
-    def redraw() -> None:
+    def replace() -> None:
         n = 0
         while not done.is_set():
             n += 1
-            with atomic_file(tmp_path / PLOT) as f:
-                f.write(drawings[n % 2])
+            with atomic_file(tmp_path / name) as f:
+                f.write(versions[n % 2])
 
-    drawing = threading.Thread(target=redraw)
+    replacing = threading.Thread(target=replace)
     serving.start()
-    drawing.start()
+    replacing.start()
     try:
         while not server.started:
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/plot.png"
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/file"
         with httpx.Client() as client:  # raises on a body shorter or longer than announced
-            bodies = [client.get(url).content for _ in range(300)]
+            responses = [client.get(url) for _ in range(200)]
     finally:
         done.set()
         server.should_exit = True
-        drawing.join()
+        replacing.join()
         serving.join()
-    assert set(bodies) == set(drawings)  # each one drawing, whole; both seen
+    assert set(r.content for r in responses) == set(versions)  # each one version; both seen
+    if name == CHECKPOINT:
+        assert responses[0].headers["content-disposition"] == f'attachment; filename="job-1-{name}"'
 
 
-def test_only_a_regular_file_is_served_as_a_plot(tmp_path: Path) -> None:
-    """A link is never followed and a pipe never waited on: each is 'not drawn yet'."""
+def test_only_a_regular_file_is_served(tmp_path: Path) -> None:
+    """A link is never followed and a pipe never waited on: each is 'not drawn yet', or no
+    download."""
     secret = tmp_path / "secret"
     secret.write_bytes(b"not a plot")
     (tmp_path / "plot.png").symlink_to(secret)
@@ -68,3 +81,5 @@ def test_only_a_regular_file_is_served_as_a_plot(tmp_path: Path) -> None:
         with pytest.raises(HTTPException) as err:
             artifacts.image(folder, name)
         assert err.value.status_code == 404
+    for name in ("plot.png", "plot.svg", "quantizers.png"):
+        assert artifacts.download(tmp_path / name, name) is None
