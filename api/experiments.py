@@ -518,11 +518,11 @@ class Row(BaseModel):
     label: str
     baseline: bool
     settings: dict[str, Any]
-    epochs: int
+    epochs: int | None = Field(description="Null on a baseline not trained here")
     quan_lr: str
     constr_w: str
     constr_a: str
-    lr_base: float
+    lr_base: float | None = Field(description="Null on a baseline not trained here")
     jobs: list[int]
     finished: int = Field(description="How many of `jobs` succeeded")
     test_top1: Stat | None
@@ -598,14 +598,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     start = _start(baseline_jobs, jobs, done)
     out = []
     if baseline_jobs or start is not None:
-        specs = [_spec_of(j) for j in baseline_jobs] or [_spec_of(jobs[0])]
-        top1 = [start[0]] if start else []
-        top5 = [start[1]] if start else []
-        out.append(
-            _row("FP", "full precision (baseline)", specs, baseline_jobs, baseline=True,
-                 settings={}, test_top1=_stat(top1), test_top5=_stat(top5), drop_top1=None,
-                 drop_top5=None)
-        )  # fmt: skip
+        out.append(_baseline_row(baseline_jobs, start))
     if exp.kind == "sensitivity":
         return out + _probe_rows(exp, by_variant, done, start)
     overrides = _overrides(exp)
@@ -625,6 +618,22 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
                  reference=ref, delta_vs_reference=delta)
         )  # fmt: skip
     return out
+
+
+def _baseline_row(jobs: list[Job], start: tuple[float, float] | None) -> Row:
+    """The full-precision row: its training job's settings, or, for a model trained elsewhere
+    (a checkpoint, a pretrained model, an earlier job) and measured by the variants, only what
+    is known of it: unquantized."""
+    label = "full precision (baseline)"
+    top = [start] if start else []
+    accuracy = dict(test_top1=_stat([t[0] for t in top]), test_top5=_stat([t[1] for t in top]),
+                    drop_top1=None, drop_top5=None)  # fmt: skip
+    if jobs:
+        specs = [_spec_of(j) for j in jobs]
+        return _row("FP", label, specs, jobs, baseline=True, settings={}, **accuracy)
+    return Row(id="FP", label=label, baseline=True, settings={}, epochs=None, quan_lr="no",
+               constr_w="none", constr_a="none", lr_base=None, jobs=[], finished=0,
+               **accuracy)  # fmt: skip
 
 
 def _probe_rows(
@@ -714,6 +723,10 @@ def _fmt(stat: Stat | None) -> str:
     return f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
 
 
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
 PROBE_COLUMNS = ["ID", "layer", "constr_w", "constr_a", "epoch", "test_acc", "drop_acc",
                  "acc_top5", "drop_top5"]  # fmt: skip
 
@@ -724,7 +737,7 @@ def table(table_rows: list[Row]) -> list[list[str]]:
     instead of quan_lr and lr_base."""
     if any(r.settings.get("mode") for r in table_rows):
         return [PROBE_COLUMNS] + [
-            [r.id, r.label, r.constr_w, r.constr_a, str(r.epochs), _fmt(r.test_top1),
+            [r.id, r.label, r.constr_w, r.constr_a, _num(r.epochs), _fmt(r.test_top1),
              _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
             for r in table_rows
         ]  # fmt: skip
@@ -733,7 +746,7 @@ def table(table_rows: list[Row]) -> list[list[str]]:
     head = COLUMNS + (["ref_acc", "delta"] if refs else []) + (["settings"] if settings else [])
     body = []
     for r in table_rows:
-        line = [r.id, r.quan_lr, r.constr_w, r.constr_a, f"{r.lr_base:g}", str(r.epochs)]
+        line = [r.id, r.quan_lr, r.constr_w, r.constr_a, _num(r.lr_base), _num(r.epochs)]
         line += [_fmt(r.test_top1), _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
         if refs:
             line += [

@@ -199,7 +199,7 @@ async function experimentPage(id) {
       ${others ? `<th>settings</th>` : ""}<th>runs</th></tr>
       ${x.rows.map((r) => `<tr class="${r.baseline ? "baseline" : ""}"><td>${esc(r.id)}</td>
         <td>${esc(r.label)}</td><td>${esc(r.quan_lr)}</td><td>${esc(r.constr_w)}</td><td>${esc(r.constr_a)}</td>
-        <td class="num">${r.lr_base}</td><td class="num">${r.epochs}</td><td class="num">${stat(r.test_top1)}</td>
+        <td class="num">${r.lr_base ?? ""}</td><td class="num">${r.epochs ?? ""}</td><td class="num">${stat(r.test_top1)}</td>
         <td class="num">${stat(r.drop_top1)}</td><td class="num">${stat(r.test_top5)}</td>
         <td class="num">${stat(r.drop_top5)}</td>
         ${refs ? `<td class="num">${r.reference ? r.reference.test_top1.toFixed(2) : ""}</td>
