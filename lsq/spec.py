@@ -559,6 +559,8 @@ def read_document(path: str | Path) -> Any:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise SpecError(f"{path} nests deeper than Python can read") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -568,10 +570,12 @@ def read_document(path: str | Path) -> Any:
     if not isinstance(data, dict):
         what = "is empty" if data is None else f"holds a {type(data).__name__}"
         raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError) as e:  # !!binary, !!set, a key that is a list, ...
+    try:  # what the API would receive: a key or a value JSON has not is refused, not turned
+        same = json.loads(json.dumps(data, allow_nan=False)) == data
+    except (TypeError, ValueError, RecursionError) as e:  # !!binary, !!set, .nan, a list key
         raise SpecError(f"{path} holds what JSON cannot carry ({e}); quote the value") from None
+    if not same:  # json.dumps made a string of a key that was not one
+        raise SpecError(f"{path} has a key that is a number, true or null; quote the key")
     return data
 
 

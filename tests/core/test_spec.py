@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lsq import LevelSet, from_bits, parse_levels
-from lsq.spec import JobSpec, describe_errors, read_document
+from lsq.spec import JobSpec, SpecError, describe_errors, read_document
 
 EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
     p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")
@@ -183,6 +183,21 @@ def test_yaml_is_read_as_json_data(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("name: 2026-01-01\ndataset: {name: synthetic}\nmodel: {arch: resnet20}\n")
     assert JobSpec.model_validate(read_document(path)).name == "2026-01-01"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: x\ntraining: {lr: .nan}\n", "holds what JSON cannot carry"),
+        ("quantization: {layers: {1: {weight: [-1, 0, 1]}}}\n", "a key that is a number"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
+    ],
+)
+def test_what_json_cannot_carry_is_refused_not_changed(tmp_path, text, expected):
+    """What the API would receive is what the file says: a key 1 is not sent as "1"."""
+    (tmp_path / "spec.yaml").write_text(text)
+    with pytest.raises(SpecError, match=expected):
+        read_document(tmp_path / "spec.yaml")
 
 
 def test_the_json_schema_documents_level_sets():
