@@ -17,13 +17,14 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
-def load(path: str | Path) -> Any:
-    """Load a file written by torch.save (tensors and plain containers only)."""
+def load(path: str | Path, *, lazy: bool = False) -> Any:
+    """Load a file written by torch.save (tensors and plain containers only). `lazy` maps the
+    tensors' bytes instead of reading them: for a caller that wants the small fields alone."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except Exception as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
 

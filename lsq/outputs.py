@@ -62,7 +62,9 @@ def save_progress(out: Path, spec: JobSpec, progress: Progress) -> None:
 
 def saved_spec_version(out: Path) -> int:
     """The spec version the checkpoint in `out` was written at (1 when there is none)."""
-    return _version(checkpoint.load(out / CHECKPOINT)) if (out / CHECKPOINT).exists() else 1
+    if not (out / CHECKPOINT).exists():
+        return 1
+    return _version(checkpoint.load(out / CHECKPOINT, lazy=True))
 
 
 def _version(state: dict[str, Any]) -> int:
@@ -97,7 +99,9 @@ def _same_spec(saved: dict[str, Any], spec: JobSpec) -> bool:
 
 def saved_epochs(out: Path) -> list[EpochMetrics]:
     """The epochs of the checkpoint in `out` (none when there is no checkpoint yet)."""
-    return _epochs(checkpoint.load(out / CHECKPOINT)) if (out / CHECKPOINT).is_file() else []
+    if not (out / CHECKPOINT).is_file():
+        return []
+    return _epochs(checkpoint.load(out / CHECKPOINT, lazy=True))
 
 
 def _epochs(state: dict[str, Any]) -> list[EpochMetrics]:
