@@ -598,7 +598,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     start = _start(baseline_jobs, jobs, done)
     out = []
     if baseline_jobs or start is not None:
-        out.append(_baseline_row(baseline_jobs, start))
+        out.append(_baseline_row(exp.baseline, baseline_jobs, start))
     if exp.kind == "sensitivity":
         return out + _probe_rows(exp, by_variant, done, start)
     overrides = _overrides(exp)
@@ -620,11 +620,18 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     return out
 
 
-def _baseline_row(jobs: list[Job], start: tuple[float, float] | None) -> Row:
+def _baseline_row(
+    baseline: Baseline | None, jobs: list[Job], start: tuple[float, float] | None
+) -> Row:
     """The full-precision row: its training job's settings, or, for a model trained elsewhere
     (a checkpoint, a pretrained model, an earlier job) and measured by the variants, only what
     is known of it: unquantized."""
-    label = "full precision (baseline)"
+    label = "full precision (" + (
+        f"job {baseline.job}" if isinstance(baseline, JobBaseline)
+        else "checkpoint" if isinstance(baseline, CheckpointBaseline)
+        else "pretrained" if isinstance(baseline, PretrainedBaseline)
+        else "baseline"
+    ) + ")"  # fmt: skip
     top = [start] if start else []
     accuracy = dict(test_top1=_stat([t[0] for t in top]), test_top5=_stat([t[1] for t in top]),
                     drop_top1=None, drop_top5=None)  # fmt: skip

@@ -205,8 +205,8 @@ async function experimentPage(id) {
         ${refs ? `<td class="num">${r.reference ? r.reference.test_top1.toFixed(2) : ""}</td>
           <td class="num">${r.delta_vs_reference != null ? r.delta_vs_reference.toFixed(2) : ""}</td>` : ""}
         ${others ? `<td>${esc(r.other_settings)}</td>` : ""}
-        <td>${r.jobs.map((j) => `<a href="#/jobs/${j}">${j}</a>`).join(" ")}
-          <span class="muted">(${r.finished}/${r.jobs.length})</span></td></tr>`).join("")}
+        <td>${r.jobs.length ? `${r.jobs.map((j) => `<a href="#/jobs/${j}">${j}</a>`).join(" ")}
+          <span class="muted">(${r.finished}/${r.jobs.length})</span>` : ""}</td></tr>`).join("")}
     </table>
     <h2>${x.spec.kind === "sensitivity" ? "Drop in test top-1 per layer" : "Test accuracy per epoch"}</h2>
     <div class="plots"><img id="plot" alt="the experiment's plot"></div>

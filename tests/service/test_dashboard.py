@@ -182,10 +182,18 @@ def test_an_experiment_page_shows_the_live_table_and_its_plot(
 def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     service: Service, browser: webdriver.Chrome
 ) -> None:
+    """From a float model an earlier job trained: the baseline row shows what is known of it."""
+    float_job = {
+        "name": "browser-float",
+        **EXPERIMENT["base"],
+        "training": EXPERIMENT["base"]["training"] | EXPERIMENT["baseline"]["training"],
+    }
+    trained = service.wait(service.http.post("/v1/jobs", json=float_job).json()["id"])
     quantized = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": "same"}
     request = EXPERIMENT | {
         "name": "browser-layers", "kind": "sensitivity", "grid": None,
         "base": EXPERIMENT["base"] | {"quantization": quantized},
+        "baseline": {"job": trained["id"]},
         "sensitivity": {"layers": ["conv1", "layers.0.*", "fc"]},
     }  # fmt: skip
     experiment = service.http.post("/v1/experiments", json=request).json()
@@ -193,7 +201,7 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     browser.get(f"{service.url}/#/experiments/{experiment['id']}")
     until(lambda: "succeeded" in text(browser, "h1"), 300, "the experiment to succeed")
     until(lambda: "per layer" in text(browser, "main"), 10, "the plot's heading")
-    expected = ["full precision (baseline)", "every layer", "conv1", "layers.0.conv1",
+    expected = [f"full precision (job {trained['id']})", "every layer", "conv1", "layers.0.conv1",
                 "layers.0.conv2", "fc"]  # fmt: skip
 
     def labels() -> list[str]:  # read again if the page re-renders meanwhile
@@ -201,6 +209,12 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
         return [r.find_elements(By.CSS_SELECTOR, "td")[1].text for r in rows]
 
     until(lambda: labels() == expected, 30, f"the rows {expected}")
+    cells = browser.find_elements(By.CSS_SELECTOR, "#results tr")[1].find_elements(
+        By.TAG_NAME, "td"
+    )
+    fp = [td.text for td in cells]
+    assert fp[2:7] == ["no", "none", "none", "", ""]  # unquantized; lr and epochs: its own job
+    assert fp[-1] == ""  # none of the experiment's jobs trained it
     until(lambda: browser.execute_script(
         "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0"
     ), 30, "the bar plot")  # fmt: skip
