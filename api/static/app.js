@@ -291,19 +291,22 @@ async function submit(kind) {
 }
 
 function select(field) {
-  // put the cursor on the line of the field's last key, each key found after the one before
-  // (`weight` is often in a spec twice); a quoted part is a layer pattern, dots and all, and
-  // a grid's keys are dotted paths; after a list's index N, the key's (N+1)th occurrence
+  // put the cursor on the line of the field's last key found in the document; a quoted part
+  // is a layer pattern, dots and all, and a grid's keys are dotted paths (the longest key wins)
   const area = document.getElementById("spec");
   const parts = (field.match(/"(?:[^"\\]|\\.)*"|[^.]+/g) || []).map((p) =>
     p.startsWith('"') ? p.slice(1, -1).replace(/\\(.)/g, "$1") : p);
-  let at = -1, from = 0, item = 0;
-  for (let i = 0; i < parts.length; i++) {
-    if (/^\d+$/.test(parts[i])) { item = Number(parts[i]); continue; }
-    let found = -1, j = parts[i - 1] === "grid" ? parts.length : i + 1;  // its keys hold dots
-    for (; j > i && found < 0; j--) found = keyAt(area.value, parts.slice(i, j).join("."), from, item);
-    if (found < 0) break;
-    [at, from, item, i] = [found, found + 1, 0, j];
+  let node = yamlTree(area.value), at = -1;
+  for (let i = 0; node && i < parts.length; ) {
+    if (node.kind === "sequence") {
+      node = node.children[Number(parts[i++])];
+      at = node ? node.at : at;
+      continue;
+    }
+    let j = parts.length, k = -1;
+    for (; j > i && k < 0; j--) k = keyIndex(node, parts.slice(i, j).join("."));
+    if (k < 0) break;
+    [at, node, i] = [node.children[k].at, node.children[k + 1], j + 1];
   }
   if (at < 0) return;
   const end = area.value.indexOf("\n", at);
@@ -311,13 +314,32 @@ function select(field) {
   area.setSelectionRange(at, end < 0 ? area.value.length : end);
 }
 
-function keyAt(text, name, from, skip) {
-  // where `name:` (bare or quoted) starts in text after `from`, skipping `skip` of them
-  const key = new RegExp(`(?<=^|[\\s{,"'])${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}["']?\\s*:`, "gm");
-  key.lastIndex = from;
-  let match;
-  for (let n = 0; n <= skip; n++) if (!(match = key.exec(text))) return -1;
-  return match.index;
+function yamlTree(text) {
+  // the document's nodes with the offset where each opens: js-yaml reports every node, keys
+  // included, in order, so a mapping's children are key, value, key, value, ...
+  const root = { children: [] }, open = [root];
+  try {
+    jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, listener(event, state) {
+      if (event === "open") {
+        const node = { at: state.position, children: [] };
+        open[open.length - 1].children.push(node);
+        open.push(node);
+      } else {  // a node read first as a possible key comes back wrapped in itself: unwrap it
+        const node = open.pop(), only = node.children.length === 1 ? node.children[0] : null;
+        const read = { kind: state.kind, result: state.result };
+        Object.assign(node, only && only.result === read.result ? only : read);
+      }
+    } });
+  } catch {
+    return null;
+  }
+  return root.children[0];
+}
+
+function keyIndex(node, name) {
+  // where the key `name` is among a mapping's children (-1 if nowhere)
+  if (node.kind !== "mapping") return -1;
+  return node.children.findIndex((c, n) => n % 2 === 0 && String(c.result) === name);
 }
 
 // -------------------------------------------------------------------------- the router

@@ -3,6 +3,7 @@ real API and worker. Screenshots go to LSQ_TEST_ARTIFACTS (default test-artifact
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -94,6 +95,14 @@ def shot(browser: webdriver.Chrome, name: str) -> Path:
     return path
 
 
+def selection(browser: webdriver.Chrome) -> str:
+    """The text selected in the form's text area."""
+    return browser.execute_script(
+        "const a = document.getElementById('spec');"
+        "return a.value.slice(a.selectionStart, a.selectionEnd)"
+    )
+
+
 def test_submit_a_job_in_the_browser_and_watch_it_run(
     service: Service, browser: webdriver.Chrome
 ) -> None:
@@ -117,11 +126,19 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
     browser.find_element(By.ID, "submit").click()
     errors = until(lambda: "layers" in text(browser, "#errors") and text(browser, "#errors"), 10)
     assert 'quantization.layers."layers.0.*".weight' in errors
-    selected = browser.execute_script(
-        "const a = document.getElementById('spec');"
-        "return a.value.slice(a.selectionStart, a.selectionEnd)"
-    )
-    assert selected.startswith("weight: x}}}"), selected
+    assert selection(browser).startswith("weight: x}}}"), selection(browser)
+
+    # a list's item: the second variant's `weight`, though the first variant has none
+    browser.find_element(By.CSS_SELECTOR, "input[name=kind][value=experiment]").click()
+    base = EXPERIMENT["base"] | {"quantization": {"weight": [-1, 0, 1]}}
+    area.clear()
+    area.send_keys(f"name: e\nbase: {json.dumps(base)}\nbaseline: {{train: true}}\n"
+                   "variants:\n  - {name: a}\n  - quantization: {weight: x}\n")  # fmt: skip
+    browser.find_element(By.ID, "submit").click()
+    errors = until(lambda: "variants" in text(browser, "#errors") and text(browser, "#errors"), 10)
+    assert "variants.1.quantization.weight" in errors
+    assert selection(browser).startswith("weight: x}"), selection(browser)
+    browser.find_element(By.CSS_SELECTOR, "input[name=kind][value=job]").click()
 
     area.clear()
     area.send_keys(QUICK_JOB)
