@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from fastapi import HTTPException, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from lsq.files import (
     CHECKPOINT,
@@ -45,6 +46,8 @@ def image(folder: Path, name: str) -> Response:
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
     with file:
         content = file.read()
+    if not content:  # as good as not drawn
+        raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
     return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
 
@@ -53,25 +56,39 @@ def download(path: Path, filename: str) -> StreamingResponse | None:
     """The file as an attachment, streamed from the one descriptor its length came from (None
     unless it is a regular file). The worker renames each new checkpoint or drawing over the
     last, so FileResponse's stat, then open by name, could announce one file's length and
-    send another's: a cut download."""
+    send another's: a cut download. Whole files only: no Range requests."""
     file = _open_regular(path)
     if file is None:
         return None
-    size = os.fstat(file.fileno()).st_size
-    headers = {
-        "Content-Length": str(size),
-        "Content-Disposition": f'attachment; filename="{filename}"',
-    }
-    return StreamingResponse(
-        _chunks(file, size), media_type="application/octet-stream", headers=headers
-    )
+    return _FileStream(file, filename)
+
+
+class _FileStream(StreamingResponse):
+    """An open file, streamed, and closed when the response ends however it ends (a client
+    gone mid-way leaves the reading generator suspended until the garbage collector runs)."""
+
+    def __init__(self, file: BinaryIO, filename: str) -> None:
+        size = os.fstat(file.fileno()).st_size
+        headers = {
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        }
+        super().__init__(
+            _chunks(file, size), media_type="application/octet-stream", headers=headers
+        )
+        self.file = file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.file.close()
 
 
 def _chunks(file: BinaryIO, size: int) -> Iterator[bytes]:
-    with file:  # closed at the end, and on a client gone mid-way (the generator is dropped)
-        while size > 0 and (chunk := file.read(min(CHUNK, size))):
-            size -= len(chunk)
-            yield chunk
+    while size > 0 and (chunk := file.read(min(CHUNK, size))):
+        size -= len(chunk)
+        yield chunk
 
 
 def _open_regular(path: Path) -> BinaryIO | None:

@@ -620,21 +620,20 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     return out
 
 
-def _baseline_row(
-    baseline: Baseline | None, jobs: list[Job], start: tuple[float, float] | None
-) -> Row:
+def _baseline_row(baseline: Baseline, jobs: list[Job], start: tuple[float, float] | None) -> Row:
     """The full-precision row: its training job's settings, or, for a model trained elsewhere
-    (a checkpoint, a pretrained model, an earlier job) and measured by the variants, only what
-    is known of it: unquantized."""
-    label = "full precision (" + (
-        f"job {baseline.job}" if isinstance(baseline, JobBaseline)
+    (an earlier job, a checkpoint, a pretrained model) and measured by the variants, only what
+    is known of it: unquantized, named by where it came from."""
+    source = (
+        "baseline" if isinstance(baseline, TrainBaseline)
+        else f"job {baseline.job}" if isinstance(baseline, JobBaseline)
         else "checkpoint" if isinstance(baseline, CheckpointBaseline)
-        else "pretrained" if isinstance(baseline, PretrainedBaseline)
-        else "baseline"
-    ) + ")"  # fmt: skip
-    top = [start] if start else []
-    accuracy = dict(test_top1=_stat([t[0] for t in top]), test_top5=_stat([t[1] for t in top]),
-                    drop_top1=None, drop_top5=None)  # fmt: skip
+        else "pretrained"
+    )  # fmt: skip
+    accuracy = dict(test_top1=_stat([start[0]] if start else []),
+                    test_top5=_stat([start[1]] if start else []), drop_top1=None,
+                    drop_top5=None)  # fmt: skip
+    label = f"full precision ({source})"
     if jobs:
         specs = [_spec_of(j) for j in jobs]
         return _row("FP", label, specs, jobs, baseline=True, settings={}, **accuracy)

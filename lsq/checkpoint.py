@@ -18,14 +18,21 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load(path: str | Path, *, lazy: bool = False) -> Any:
-    """Load a file written by torch.save (tensors and plain containers only). `lazy` maps the
-    tensors' bytes instead of reading them: for a caller that wants the small fields alone."""
+    """Load a file written by torch.save (tensors and plain containers only).
+
+    `lazy` is for a caller that wants the small fields alone: the tensors are mapped, not
+    read, and not to be used (torch maps them through a second open by name, so a file renamed
+    over meanwhile gives another file's bytes). Where mapping fails (that, or a file older than
+    torch's zip format), the file is read whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except Exception as e:
+        if lazy:
+            return load(path)
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
 
 

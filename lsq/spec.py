@@ -572,10 +572,13 @@ def read_document(path: str | Path) -> Any:
         raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
     try:  # what the API would receive: a key or a value JSON has not is refused, not turned
         same = json.loads(json.dumps(data, allow_nan=False)) == data
-    except (TypeError, ValueError, RecursionError) as e:  # !!binary, !!set, .nan, a list key
+    except ValueError as e:  # .nan or .inf, or an alias that holds itself (&a [*a])
+        raise SpecError(f"{path} holds what JSON cannot carry ({e}): a number that is .nan "
+                        "or .inf, or an alias inside itself") from None  # fmt: skip
+    except (TypeError, RecursionError) as e:  # !!binary, !!set, ...
         raise SpecError(f"{path} holds what JSON cannot carry ({e}); quote the value") from None
     if not same:  # json.dumps made a string of a key that was not one
-        raise SpecError(f"{path} has a key that is a number, true or null; quote the key")
+        raise SpecError(f"{path} has a key that is a number, a boolean or null; quote the key")
     return data
 
 

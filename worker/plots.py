@@ -58,7 +58,7 @@ def _draw(experiment_id: int) -> None:
     if spec.kind == "sensitivity":
         return _bars(spec, table, [folder / PLOT, folder / PLOT_SVG], title)
     # variants continue from a baseline trained here: draw them after its epochs
-    start = next((r.epochs for r in table if r.baseline and r.jobs), 0)
+    start = next((r.epochs or 0 for r in table if r.baseline and r.jobs), 0)
     curves = [
         Curve(
             f"{r.id}: " + ", ".join(filter(None, [r.label, r.other_settings])),  # as the table

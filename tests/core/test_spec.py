@@ -188,8 +188,11 @@ def test_yaml_is_read_as_json_data(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name: x\ntraining: {lr: .nan}\n", "holds what JSON cannot carry"),
+        ("name: x\ntraining: {lr: .nan}\n", "not JSON compliant.*a number that is .nan or .inf"),
+        ("name: x\ntraining: {lr: -.inf}\n", "not JSON compliant"),
+        ("quantization: &a {layers: *a}\n", "Circular reference detected.*an alias inside itself"),
         ("quantization: {layers: {1: {weight: [-1, 0, 1]}}}\n", "a key that is a number"),
+        ("quantization: {layers: {no: {weight: [-1, 0, 1]}}}\n", "a boolean or null"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
     ],
 )

@@ -9,7 +9,7 @@ import yaml
 from jobs import TERNARY, TERNARY_ALL
 from jobs import synthetic_spec as spec
 
-from lsq import export
+from lsq import checkpoint, export
 from lsq.cli import _resumed_spec
 from lsq.convert import quantize_as_specified
 from lsq.data import load_datasets
@@ -201,6 +201,19 @@ def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
     fp_out, _, _ = fp_run
     s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=1, lr=0.01, precision="bf16")
     assert run(s, tmp_path).final_top1 > 40
+
+
+def test_a_lazy_load_reads_the_small_fields_of_any_checkpoint(tmp_path):
+    """Mapped where torch can map the file; read whole where it cannot (the format before
+    torch's zip one), and refused alike when it is no checkpoint at all."""
+    state = {"spec_version": 2, "weight": torch.ones(3)}
+    torch.save(state, tmp_path / "new.pt")
+    torch.save(state, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    for name in ("new.pt", "old.pt"):
+        assert checkpoint.load(tmp_path / name, lazy=True)["spec_version"] == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable PyTorch checkpoint"):
+        checkpoint.load(tmp_path / "junk.pt", lazy=True)
 
 
 def test_bad_init_files_give_readable_errors(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +29,25 @@ def serve(tmp_path: Path, name: str) -> Response:
     return response
 
 
+@contextlib.contextmanager
+def serving(folder: Path, name: str) -> Iterator[str]:
+    """uvicorn in a thread, serving `folder/name` at the URL yielded."""
+    app = FastAPI()
+    app.get("/file")(lambda: serve(folder, name))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/file"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
 @pytest.mark.parametrize("name", [PLOT, CHECKPOINT])
 def test_a_file_replaced_while_it_is_served_arrives_whole(tmp_path: Path, name: str) -> None:
     """A worker renames each new drawing or checkpoint over the last; every response is one
@@ -33,12 +55,6 @@ def test_a_file_replaced_while_it_is_served_arrives_whole(tmp_path: Path, name: 
     other's: a cut connection)."""
     versions = [b"small" * 100, b"large" * 300_000]  # the large one takes two reads
     (tmp_path / name).write_bytes(versions[0])
-    app = FastAPI()
-    app.get("/file")(lambda: serve(tmp_path, name))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     done = threading.Event()
 
     def replace() -> None:
@@ -49,22 +65,42 @@ def test_a_file_replaced_while_it_is_served_arrives_whole(tmp_path: Path, name: 
                 f.write(versions[n % 2])
 
     replacing = threading.Thread(target=replace)
-    serving.start()
     replacing.start()
     try:
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/file"
-        with httpx.Client() as client:  # raises on a body shorter or longer than announced
-            responses = [client.get(url) for _ in range(200)]
+        with serving(tmp_path, name) as url, httpx.Client() as client:
+            responses = [client.get(url) for _ in range(200)]  # raises on a cut body
     finally:
         done.set()
-        server.should_exit = True
         replacing.join()
-        serving.join()
     assert set(r.content for r in responses) == set(versions)  # each one version; both seen
     if name == CHECKPOINT:
         assert responses[0].headers["content-disposition"] == f'attachment; filename="job-1-{name}"'
+
+
+def test_a_download_the_client_leaves_closes_its_file(tmp_path: Path) -> None:
+    """However the response ends: not when the garbage collector gets to it."""
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(b"x" * (32 * artifacts.CHUNK))  # more than the sockets' buffers hold
+
+    def open_here() -> int:
+        here = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                here.append(os.readlink(f"/proc/self/fd/{fd}") == str(path))
+        return sum(here)
+
+    gc.disable()  # a reference cycle would otherwise close it sometime
+    try:
+        with serving(tmp_path, CHECKPOINT) as url:
+            for _ in range(3):
+                with httpx.stream("GET", url) as response:
+                    next(response.iter_raw())
+            deadline = time.monotonic() + 10
+            while open_here() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert open_here() == 0
+    finally:
+        gc.enable()
 
 
 def test_only_a_regular_file_is_served(tmp_path: Path) -> None:
@@ -76,6 +112,7 @@ def test_only_a_regular_file_is_served(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "plot.svg")
     (tmp_path / "quantizers.png").mkdir()
     (tmp_path / "jobs").write_bytes(b"a file where a folder should be")
+    (tmp_path / "sensitivity.png").write_bytes(b"")  # as good as not drawn
     where = [(tmp_path, n) for n in ("plot.png", "plot.svg", "quantizers.png", "sensitivity.png")]
     for folder, name in [*where, (tmp_path / "jobs" / "2", "plot.png")]:
         with pytest.raises(HTTPException) as err:

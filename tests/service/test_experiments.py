@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from api import experiments
-from api.experiments import ExperimentSpec
+from api.experiments import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
 from lsq.spec import read_document
 
@@ -503,12 +503,15 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     ]
     fp, every, conv1, conv2, last = experiments.rows(spec, jobs)
     assert fp.test_top1.mean == 80.0 and every.id == "all" and every.test_top1.n == 2
-    # the baseline is the checkpoint the probes started from: float, trained elsewhere
-    assert (fp.constr_w, fp.constr_a, fp.quan_lr, fp.epochs, fp.lr_base, fp.jobs) == (
-        "none", "none", "no", None, None, []
+    # a baseline trained elsewhere: float, named by where it came from, measured by the probes
+    from_file = spec.model_copy(update={"baseline": CheckpointBaseline(checkpoint="/d/fp.pt")})
+    fp = experiments.rows(from_file, jobs)[0]
+    assert (fp.label, fp.constr_w, fp.constr_a, fp.quan_lr, fp.epochs, fp.lr_base, fp.jobs) == (
+        "full precision (checkpoint)", "none", "none", "no", None, None, []
     )  # fmt: skip
+    assert fp.test_top1.mean == 80.0
     assert conv1.test_top1.mean == 70.0 and conv1.drop_top1.mean == 10.0
     assert conv2.test_top1 is None and last.test_top1 is None
-    md = experiments.markdown(experiments.rows(spec, jobs))
-    assert "| FP | full precision (baseline) | none | none |  | 80.00 |" in md
+    md = experiments.markdown(experiments.rows(from_file, jobs))
+    assert "| FP | full precision (checkpoint) | none | none |  | 80.00 |" in md
     assert "| 2 | layers.0.conv2 |" in md
