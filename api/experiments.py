@@ -19,7 +19,7 @@ import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -241,8 +241,8 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     trained = isinstance(exp.baseline, TrainBaseline)
     limit = JobLimit(exp, len(seeds), max_jobs - trained, max_jobs)
     overrides = _overrides(exp, limit)  # counted before any is built
-    for where, change, _, _ in overrides if exp.kind != "sensitivity" else []:  # ours
-        _not_set_here(where, change, exp.distill is not None)
+    for override in overrides if exp.kind != "sensitivity" else []:  # ours
+        _not_set_here(override.where, override.change, exp.distill is not None)
     baseline = None
     if isinstance(exp.baseline, TrainBaseline):
         spec = _merge(exp.base, {"training": exp.baseline.training})
@@ -350,9 +350,16 @@ def _check_kind(exp: ExperimentSpec) -> None:
         raise InvalidField("grid", "give either grid or variants (not both, not neither)")
 
 
-def _overrides(
-    exp: ExperimentSpec, limit: JobLimit | None = None
-) -> list[tuple[str, dict, str | None, Reference | None]]:
+class Override(NamedTuple):
+    """What one variant changes in the base, and where the request said so."""
+
+    where: str  # the request's field: `grid`, `variants.2`, `sensitivity`
+    change: dict[str, Any]
+    name: str | None
+    reference: Reference | None
+
+
+def _overrides(exp: ExperimentSpec, limit: JobLimit | None = None) -> list[Override]:
     """Per variant: the request's field it came from, its change, name and reference. With a
     limit (a new request), their count is checked before any is built."""
     check = limit.check if limit is not None else lambda rows: None
@@ -368,16 +375,14 @@ def _overrides(
 SOME_JOB = {"job": 1}
 
 
-def _probes(
-    exp: ExperimentSpec, check: Callable[[int], None]
-) -> list[tuple[str, dict, str | None, Reference | None]]:
+def _probes(exp: ExperimentSpec, check: Callable[[int], None]) -> list[Override]:
     """Untrained: one job probes every layer (lsq.sensitivity). Fine-tuned: one job with every
     layer quantized, then one per probed layer, each with its levels named layer by layer."""
     options = exp.sensitivity or SensitivityOptions()
     if not options.fine_tune:
         check(1)
         probe = {"sensitivity": options.model_dump(exclude={"fine_tune"})}
-        return [("sensitivity", probe, "probes", None)]
+        return [Override("sensitivity", probe, "probes", None)]
     base = _validated(_merge(exp.base, {"name": exp.name}), "base")
     arch, q = base.model.arch, base.quantization
     if not q.enabled:
@@ -390,8 +395,8 @@ def _probes(
     warmup = min(base.training.warmup_epochs, options.fine_tune or 0)
     training = {"epochs": options.fine_tune, "warmup_epochs": warmup}
     return [
-        ("sensitivity", {"quantization": {"layers": options.levels_for(arch, q, layer)},
-                         "training": training}, layer or "every layer", None)
+        Override("sensitivity", {"quantization": {"layers": options.levels_for(arch, q, layer)},
+                                 "training": training}, layer or "every layer", None)
         for layer in [None, *layers]
     ]  # fmt: skip
 
@@ -420,9 +425,7 @@ def _variant_base(exp: ExperimentSpec) -> dict[str, Any]:
     return base
 
 
-def _grid(
-    grid: dict[str, list[Any]], check: Callable[[int], None]
-) -> list[tuple[str, dict, str | None, Reference | None]]:
+def _grid(grid: dict[str, list[Any]], check: Callable[[int], None]) -> list[Override]:
     for path, values in grid.items():
         shown = cut(path, 60)
         if not GRID_PATH.fullmatch(path):
@@ -431,10 +434,11 @@ def _grid(
             raise InvalidField(f"grid.{path}", f"give 1 to {MAX_VALUES} values")
     check(math.prod(len(values) for values in grid.values()))
     combos = itertools.product(*grid.values())
-    return [("grid", _nested(dict(zip(grid, combo, strict=True))), None, None) for combo in combos]
+    return [Override("grid", _nested(dict(zip(grid, combo, strict=True))), None, None)
+            for combo in combos]  # fmt: skip
 
 
-def _listed(variants: list[dict[str, Any]]) -> list[tuple[str, dict, str | None, Reference | None]]:
+def _listed(variants: list[dict[str, Any]]) -> list[Override]:
     out = []
     for i, raw in enumerate(variants):
         change = dict(raw)
@@ -450,7 +454,7 @@ def _listed(variants: list[dict[str, Any]]) -> list[tuple[str, dict, str | None,
         except ValidationError as e:
             field, message = describe_errors(e)[0]
             raise InvalidField(f"variants.{i}.reference.{field}".rstrip("."), message) from None
-        out.append((f"variants.{i}", change, name, reference))
+        out.append(Override(f"variants.{i}", change, name, reference))
     return out
 
 
@@ -604,16 +608,18 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     overrides = _overrides(exp)
     for index, variant_jobs in sorted(by_variant.items()):
         specs = [_spec_of(j) for j in variant_jobs]
-        _, change, name, ref = overrides[index]
+        override = overrides[index]
         results = [done[j.id] for j in variant_jobs if j.id in done]
         top1 = [r["final_top1"] for r in results]
         top5 = [r["final_top5"] for r in results]
         drop1 = [start[0] - v for v in top1] if start else []
         drop5 = [start[1] - v for v in top5] if start else []
+        ref = override.reference
         delta = statistics.fmean(top1) - ref.test_top1 if ref and top1 else None
+        label = override.name or specs[0].quantization.describe()
         out.append(
-            _row(str(index + 1), name or specs[0].quantization.describe(), specs, variant_jobs,
-                 baseline=False, settings=_flatten(change), test_top1=_stat(top1),
+            _row(str(index + 1), label, specs, variant_jobs, baseline=False,
+                 settings=_flatten(override.change), test_top1=_stat(top1),
                  test_top5=_stat(top5), drop_top1=_stat(drop1), drop_top5=_stat(drop5),
                  reference=ref, delta_vs_reference=delta)
         )  # fmt: skip
