@@ -7,7 +7,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -537,7 +537,23 @@ def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
 
 class _Loader(yaml.SafeLoader):
     """YAML read as JSON data, with YAML 1.2's floats: PyYAML (1.1) reads 1e-4 as a string,
-    and `name: 2026-01-01` as a date, which JSON (and the service) cannot carry."""
+    and `name: 2026-01-01` as a date, which JSON (and the service) cannot carry. A key given
+    twice in one mapping is refused, not the last one kept."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then a key of its own overrides: as YAML means it
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused by the mapping itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -551,12 +567,23 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_FILE = 1 << 20  # bytes of a spec file: the API takes at most 256 KiB
+MAX_VALUES = 1_000_000  # values in a spec file, aliases expanded
+
+
 def read_document(path: str | Path) -> Any:
     """A YAML or JSON file (YAML is a superset of JSON), with errors a person can act on."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            raw = file.read(MAX_FILE + 1)
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_FILE:
+        raise SpecError(f"{path} is over {MAX_FILE} bytes; a spec is a few kilobytes")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path} is not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except RecursionError:
@@ -570,16 +597,37 @@ def read_document(path: str | Path) -> Any:
     if not isinstance(data, dict):
         what = "is empty" if data is None else f"holds a {type(data).__name__}"
         raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
-    try:  # what the API would receive: a key or a value JSON has not is refused, not turned
+    _check_json(data, path)
+    return data
+
+
+def _check_json(data: dict[str, Any], path: str | Path) -> None:
+    """What the API would receive is what the file says: a value JSON has not is refused, not
+    turned into another; so is an expansion of aliases that a few lines can make endless."""
+    if _values_over(data, MAX_VALUES):
+        raise SpecError(f"{path} expands to over {MAX_VALUES} values (aliases of aliases, or an "
+                        "alias inside itself)")  # fmt: skip
+    try:
         same = json.loads(json.dumps(data, allow_nan=False)) == data
-    except ValueError as e:  # .nan or .inf, or an alias that holds itself (&a [*a])
-        raise SpecError(f"{path} holds what JSON cannot carry ({e}): a number that is .nan "
-                        "or .inf, or an alias inside itself") from None  # fmt: skip
+    except ValueError:  # allow_nan
+        raise SpecError(f"{path} holds .nan or .inf, which JSON cannot carry") from None
     except (TypeError, RecursionError) as e:  # !!binary, !!set, ...
         raise SpecError(f"{path} holds what JSON cannot carry ({e}); quote the value") from None
     if not same:  # json.dumps made a string of a key that was not one
         raise SpecError(f"{path} has a key that is a number, a boolean or null; quote the key")
-    return data
+
+
+def _values_over(data: Any, limit: int) -> bool:
+    """Whether `data` holds over `limit` values, counting each alias's every use."""
+    pending, count = [data], 0
+    while pending and count <= limit:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count > limit
 
 
 def field_name(loc: Sequence[str | int]) -> str:
