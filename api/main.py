@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .config import get_settings
 from .db import upgrade_database
-from .middleware import BodyLimit, CrashGuard, TrustedHosts
+from .middleware import BodyGuard, CrashGuard, TrustedHosts
 from .routes import experiments, health, jobs
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
@@ -55,7 +55,7 @@ def create_app() -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHosts, hosts=[h for h in settings.allowed_hosts.split(",") if h])
     app.add_middleware(CrashGuard)
     return app

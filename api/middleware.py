@@ -6,22 +6,31 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lsq.levels import cut
 
 log = logging.getLogger(__name__)
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "fields": []}}).encode()
+async def _send_error(
+    send: Send, status: int, code: str, message: str, fields: Sequence[dict[str, str]] = ()
+) -> None:
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "fields": list(fields)}}
+    ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
+class BodyGuard:
     """413 for a body over `max_bytes`, whether it says its length or streams: the body is read
-    (up to the limit) before the app sees it."""
+    (up to the limit) before the app sees it. Then 422 for a JSON body that means two things
+    (see `ambiguity`)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -42,6 +51,10 @@ class BodyLimit:
             if len(body) > self.max_bytes:
                 return await _send_error(send, 413, "too_large", too_large)
             more = message.get("more_body", False)
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        if b"json" in content_type and (problem := ambiguity(bytes(body))):
+            fields = [{"field": "body", "message": problem}]
+            return await _send_error(send, 422, "invalid", f"invalid request: {problem}", fields)
         replayed = False
 
         async def replay() -> Message:
@@ -52,6 +65,33 @@ class BodyLimit:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _Repeated(next(key for i, key in enumerate(keys) if key in keys[:i]))
+    return dict(pairs)
+
+
+def ambiguity(body: bytes) -> str | None:
+    """What makes a JSON body mean two things: a key given twice in one object (the JSON RFC
+    leaves which one counts to the reader), or half a UTF-16 surrogate pair in a string (no
+    text holds it, and no database stores it). None for malformed JSON: the app says so."""
+    try:
+        data = json.loads(body, object_pairs_hook=_unique)
+        json.dumps(data, ensure_ascii=False).encode()
+    except _Repeated as e:
+        return f"the key {cut(json.dumps(e.args[0]), 80)} is given twice in one object"
+    except UnicodeEncodeError:
+        return "a string holds half a UTF-16 surrogate pair (a lone \\ud800-\\udfff)"
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 class TrustedHosts:

@@ -454,3 +454,32 @@ def test_what_a_hostile_client_found_later_is_a_clean_422(
     [error] = error_of(response)["fields"]  # refused on the count, none checked one by one
     assert response.status_code == 422 and error["message"].startswith("5004 keys; accepted:")
     assert time.perf_counter() - started < 2
+
+
+def test_a_json_body_that_means_two_things_is_a_422_that_stores_nothing(ann: httpx.Client) -> None:
+    """A key given twice (which one counts?), or half a UTF-16 surrogate pair in a string (no
+    text holds it: an experiment's variant named so was stored, then unreadable, a 500)."""
+    base = {k: v for k, v in tiny_spec("x").items() if k != "name"}
+    variant = {"name": "\ud800", "quantization": {"weight": [-1, 0, 1]}}
+    grid = {"quantization.\udfff": [[-1, 0, 1]]}
+    bodies = [
+        ("/v1/jobs", json.dumps(tiny_spec("twice"))[:-1] + ', "name": "again"}', '"name"'),
+        ("/v1/experiments", json.dumps({"name": "e", "base": base, "baseline": {"train": True},
+                                        "variants": [variant]}), "surrogate"),
+        ("/v1/experiments", json.dumps({"name": "e", "base": base, "baseline": {"train": True},
+                                        "grid": grid}), "surrogate"),
+    ]  # fmt: skip
+    before = [ann.get(f"/v1/{kind}").json()["items"] for kind in ("jobs", "experiments")]
+    for path, body, says in bodies:
+        response = ann.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        [field] = error_of(response)["fields"]
+        assert field["field"] == "body" and says in field["message"]
+    assert [ann.get(f"/v1/{kind}").json()["items"] for kind in ("jobs", "experiments")] == before
+    fine = {
+        "name": "e",
+        "base": base,
+        "baseline": {"train": True},
+        "variants": [variant | {"name": "v"}],
+    }
+    assert ann.post("/v1/experiments", json=fine).status_code == 201  # the rest was valid
