@@ -85,16 +85,18 @@ KINDS = ("train", "job", "checkpoint", "pretrained")
 
 
 def _baseline_kind(value: Any) -> str | None:
+    """The member's tag, capitalised as no field is: error names say `baseline.job`, not
+    `baseline.job.job` (lsq.spec.field_name drops such parts)."""
     if isinstance(value, dict):
-        return next((k for k in KINDS if k in value), None)
+        return next((k.capitalize() for k in KINDS if k in value), None)
     return None
 
 
 Baseline = Annotated[
-    Annotated[TrainBaseline, Tag("train")]
-    | Annotated[JobBaseline, Tag("job")]
-    | Annotated[CheckpointBaseline, Tag("checkpoint")]
-    | Annotated[PretrainedBaseline, Tag("pretrained")],
+    Annotated[TrainBaseline, Tag("Train")]
+    | Annotated[JobBaseline, Tag("Job")]
+    | Annotated[CheckpointBaseline, Tag("Checkpoint")]
+    | Annotated[PretrainedBaseline, Tag("Pretrained")],
     Discriminator(
         _baseline_kind,
         custom_error_type="baseline",

@@ -297,6 +297,9 @@ def create_experiment(
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
         _has_a_model("baseline.job", source, variants[0][1])
+        if ServiceJobSpec.model_validate(stored_spec(source)).quantization.enabled:
+            raise InvalidField("baseline.job", f"job {start} is quantized; a baseline is the "
+                               "full-precision model the variants start from")  # fmt: skip
     first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start

@@ -211,6 +211,29 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
         assert e.value.field == "model.init.job"
 
 
+def test_an_experiments_baseline_job_is_a_full_precision_one(db) -> None:
+    """A quantized job's row would read `full precision (job N)`, with its float weights'
+    accuracy: refused, with the reason."""
+    float_job, ternary = add_job(db), add_job(db, quantization={"weight": [-1, 0, 1]})
+    for job_id in (float_job, ternary):
+        claim(db, job_id, "w1")
+        with db.begin() as session:
+            store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
+    variant = ServiceJobSpec.model_validate(tiny_spec("v", quantization={"weight": [-1, 0, 1]}))
+
+    def experiment(start: int) -> Experiment:
+        with db.begin() as session:
+            return store.create_experiment(
+                session, OWNER, "e", {"name": "e"}, None, [(0, variant)], start=start,
+                max_unfinished=10,
+            )[0]  # fmt: skip
+
+    assert experiment(float_job).id
+    with pytest.raises(store.InvalidField, match=f"job {ternary} is quantized") as e:
+        experiment(ternary)
+    assert e.value.field == "baseline.job"
+
+
 def test_pages_stay_correct_while_jobs_are_added(db) -> None:
     ids = [add_job(db) for _ in range(5)]
     with db.begin() as session:
