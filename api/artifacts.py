@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from fastapi import HTTPException, Response
 from fastapi.responses import StreamingResponse
@@ -52,30 +53,60 @@ def image(folder: Path, name: str) -> Response:
     return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
 
 
-def download(path: Path, filename: str) -> StreamingResponse | None:
+def download(
+    path: Path, filename: str, byte_range: str | None = None, if_range: str | None = None
+) -> StreamingResponse | None:
     """The file as an attachment, streamed from the one descriptor its length came from (None
     unless it is a regular file). The worker renames each new checkpoint or drawing over the
     last, so FileResponse's stat, then open by name, could announce one file's length and
-    send another's: a cut download. Whole files only: no Range requests."""
+    send another's: a cut download. One `Range: bytes=...` is served (206) unless `If-Range`
+    names another version; a resumed download gets the rest of the same file or all of it."""
     file = _open_regular(path)
     if file is None:
         return None
-    return _FileStream(file, filename)
+    stat_ = os.fstat(file.fileno())
+    size, etag = stat_.st_size, f'"{stat_.st_ino:x}-{stat_.st_mtime_ns:x}-{stat_.st_size:x}"'
+    span = _span(byte_range, size) if byte_range and if_range in (None, etag) else None
+    if span is False:
+        file.close()
+        raise HTTPException(416, f"the file has {size} bytes", {"Content-Range": f"bytes */{size}"})
+    start, end = span or (0, size)
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Content-Length": str(end - start),
+               "Content-Disposition": f'attachment; filename="{filename}"'}  # fmt: skip
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return _FileStream(file, start, end, 206 if span else 200, headers)
+
+
+BYTE_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def _span(byte_range: str, size: int) -> tuple[int, int] | Literal[False] | None:
+    """[start, end) of one byte range; False where it starts past the end (a 416); None for
+    what is not one range read here (several, or malformed): the whole file, as RFC 9110
+    allows."""
+    match = BYTE_RANGE.fullmatch(byte_range.strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if not first:  # `bytes=-N`: the last N
+        return (max(0, size - int(last)), size) if int(last) and size else False
+    start, end = int(first), size if not last else int(last) + 1
+    if last and end <= start:
+        return None
+    return (start, min(end, size)) if start < size else False
 
 
 class _FileStream(StreamingResponse):
-    """An open file, streamed, and closed when the response ends however it ends (a client
-    gone mid-way leaves the reading generator suspended until the garbage collector runs)."""
+    """Bytes [start, end) of an open file, streamed, and the file closed when the response
+    ends however it ends (a client gone mid-way leaves the reading generator suspended until
+    the garbage collector runs)."""
 
-    def __init__(self, file: BinaryIO, filename: str) -> None:
-        size = os.fstat(file.fileno()).st_size
-        headers = {
-            "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{filename}"',
-        }
-        super().__init__(
-            _chunks(file, size), media_type="application/octet-stream", headers=headers
-        )
+    def __init__(
+        self, file: BinaryIO, start: int, end: int, status: int, headers: dict[str, str]
+    ) -> None:
+        file.seek(start)
+        super().__init__(_chunks(file, end - start), status, headers, "application/octet-stream")
         self.file = file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

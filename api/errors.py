@@ -34,6 +34,7 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    416: "range_not_satisfiable",
     422: "invalid",
     500: "internal",
     503: "unavailable",

@@ -153,14 +153,29 @@ def list_artifacts(
     "/{job_id}/artifacts/{name}",
     summary="Download a file of the job",
     response_class=StreamingResponse,
-    responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "The range asked for", "content": {"application/octet-stream": {}}},
+        416: {"model": ErrorOut, "description": "A range that starts past the file's end"},
+    },
 )
 def download_artifact(
-    job_id: int, name: str, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
+    job_id: int,
+    name: str,
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    byte_range: Annotated[str | None, Header(alias="Range", max_length=100)] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range", max_length=100)] = None,
 ) -> StreamingResponse:
+    """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
+    resumed download safe: another version of the file comes whole)."""
     store.get_job(session, job_id, owner=owner)
     files = {p.name: p for p in artifacts.available(settings, job_id)}  # known names only
-    response = artifacts.download(files[name], f"job-{job_id}-{name}") if name in files else None
+    response = None
+    if name in files:
+        response = artifacts.download(files[name], f"job-{job_id}-{name}", byte_range, if_range)
     if response is None:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")
     return response

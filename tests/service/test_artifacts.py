@@ -14,16 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 
 from api import artifacts
 from lsq.files import CHECKPOINT, PLOT, atomic_file
 
 
-def serve(tmp_path: Path, name: str) -> Response:
+def serve(tmp_path: Path, name: str, request: Request) -> Response:
     if name == PLOT:
         return artifacts.image(tmp_path, name)
-    response = artifacts.download(tmp_path / name, f"job-1-{name}")
+    response = artifacts.download(
+        tmp_path / name, f"job-1-{name}", request.headers.get("range"),
+        request.headers.get("if-range"),
+    )  # fmt: skip
     if response is None:
         raise HTTPException(404)
     return response
@@ -33,7 +36,11 @@ def serve(tmp_path: Path, name: str) -> Response:
 def serving(folder: Path, name: str) -> Iterator[str]:
     """uvicorn in a thread, serving `folder/name` at the URL yielded."""
     app = FastAPI()
-    app.get("/file")(lambda: serve(folder, name))
+
+    @app.get("/file")
+    def endpoint(request: Request) -> Response:
+        return serve(folder, name, request)
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -120,3 +127,55 @@ def test_only_a_regular_file_is_served(tmp_path: Path) -> None:
         assert err.value.status_code == 404
     for name in ("plot.png", "plot.svg", "quantizers.png"):
         assert artifacts.download(tmp_path / name, name) is None
+
+
+def test_one_byte_range_of_a_download_and_a_resume_that_keeps_to_one_version(
+    tmp_path: Path,
+) -> None:
+    content = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / CHECKPOINT).write_bytes(content)
+    with serving(tmp_path, CHECKPOINT) as url, httpx.Client() as client:
+
+        def get(byte_range: str, **headers: str) -> httpx.Response:
+            return client.get(url, headers={"Range": byte_range, **headers})
+
+        whole = client.get(url)
+        assert whole.content == content and whole.headers["accept-ranges"] == "bytes"
+        part = get("bytes=10-19")
+        assert (part.status_code, part.content) == (206, content[10:20])
+        assert part.headers["content-range"] == f"bytes 10-19/{len(content)}"
+        assert get("bytes=-5").content == content[-5:]
+        assert get(f"bytes={len(content) - 6}-").content == content[-6:]
+        assert get(f"bytes=0-{10 * len(content)}").content == content  # cut at the end
+        for ignored in ("bytes=5-2", "bytes=0-1,5-6", "lines=1-2", "bytes=" + "9" * 20 + "-"):
+            assert (get(ignored).status_code, get(ignored).content) == (200, content), ignored
+        past = get(f"bytes={len(content)}-")
+        assert past.status_code == 416
+        assert past.headers["content-range"] == f"bytes */{len(content)}"
+        etag = whole.headers["etag"]
+        assert get("bytes=10-19", **{"If-Range": etag}).content == content[10:20]
+        # the worker wrote a new checkpoint since: the resume gets it whole, never a splice
+        with atomic_file(tmp_path / CHECKPOINT) as f:
+            f.write(content[::-1])
+        resumed = get("bytes=10-", **{"If-Range": etag})
+        assert (resumed.status_code, resumed.content) == (200, content[::-1])
+        assert resumed.headers["etag"] != etag
+
+
+@pytest.mark.parametrize(
+    ("byte_range", "size", "span"),
+    [
+        ("bytes=0-0", 10, (0, 1)),
+        ("bytes=3-", 10, (3, 10)),
+        ("bytes=-3", 10, (7, 10)),
+        ("bytes=-30", 10, (0, 10)),  # more than there is: all of it
+        ("bytes=-0", 10, False),
+        ("bytes=0-", 0, False),  # nothing to give
+        ("bytes=10-12", 10, False),
+        ("bytes=4-3", 10, None),
+        ("bytes=-", 10, None),
+        (" bytes=1-2 ", 10, (1, 3)),
+    ],
+)
+def test_a_byte_range_is_read_as_rfc_9110_says(byte_range: str, size: int, span: object) -> None:
+    assert artifacts._span(byte_range, size) == span
