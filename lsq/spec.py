@@ -536,9 +536,10 @@ def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML read as JSON data, with YAML 1.2's floats: PyYAML (1.1) reads 1e-4 as a string,
-    and `name: 2026-01-01` as a date, which JSON (and the service) cannot carry. A key given
-    twice in one mapping is refused, not the last one kept."""
+    """YAML read as JSON data under YAML 1.2's core schema, as the dashboard reads it: PyYAML
+    (YAML 1.1) reads 1e-4 as a string, 010 as 8, 1:00 as 60, `no` as false and `name:
+    2026-01-01` as a date, which JSON (and the service) cannot carry. A key given twice in
+    one mapping is refused, not the last one kept."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -555,16 +556,24 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text)
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+
+# YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), and merge keys.
+_CORE = {
+    "tag:yaml.org,2002:null": r"~|null|Null|NULL|",
+    "tag:yaml.org,2002:bool": r"true|True|TRUE|false|False|FALSE",
+    "tag:yaml.org,2002:int": r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+",
+    "tag:yaml.org,2002:float": r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(inf|Inf|INF)|\.nan|\.NaN|\.NAN",
+    "tag:yaml.org,2002:merge": r"<<",
 }
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern in _CORE.items():
+    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), None)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 MAX_FILE = 1 << 20  # bytes of a spec file: the API takes at most 256 KiB

@@ -178,6 +178,15 @@ def test_a_warm_up_longer_than_the_training_is_refused():
     assert JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2})).training
 
 
+def test_yaml_is_read_by_its_1_2_core_schema_as_the_dashboard_reads_it(tmp_path):
+    """Not PyYAML's YAML 1.1: there 010 is 8, 1:00 is 60, `no` is false and 1e-4 a string."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("a: 010\nb: 1:00\nc: no\nd: 1e-4\ne: 0o17\nf: 0x1F\ng: ~\nh: True\n")
+    assert read_document(path) == {
+        "a": 10, "b": "1:00", "c": "no", "d": 0.0001, "e": 15, "f": 31, "g": None, "h": True
+    }  # fmt: skip
+
+
 def test_yaml_is_read_as_json_data(tmp_path):
     """`name: 2026-01-01` is the name a person wrote, not a date JSON cannot carry."""
     path = tmp_path / "spec.yaml"
@@ -211,7 +220,7 @@ def test_a_mapping_merged_in_may_be_overridden(tmp_path):
         ),
         ("name: x\n" + "#" * (1 << 20), "is over 1048576 bytes"),
         ("quantization: {layers: {1: {weight: [-1, 0, 1]}}}\n", "a key that is a number"),
-        ("quantization: {layers: {no: {weight: [-1, 0, 1]}}}\n", "a boolean or null"),
+        ("quantization: {layers: {true: {weight: [-1, 0, 1]}}}\n", "a boolean or null"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
     ],
 )
