@@ -576,7 +576,7 @@ for _tag, _pattern in _CORE.items():
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
-MAX_FILE = 1 << 20  # bytes of a spec file: the API takes at most 256 KiB
+MAX_FILE = 256 << 10  # bytes of a spec file, as many as the API takes by default
 MAX_VALUES = 1_000_000  # values in a spec file, aliases expanded
 
 

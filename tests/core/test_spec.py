@@ -218,7 +218,7 @@ def test_a_mapping_merged_in_may_be_overridden(tmp_path):
             "name: x\ntraining: {lr: 0.1}\ntraining: {epochs: 1}\n",
             "line 3.*'training' is given twice",
         ),
-        ("name: x\n" + "#" * (1 << 20), "is over 1048576 bytes"),
+        ("name: x\n" + "#" * (256 << 10), "is over 262144 bytes"),
         ("quantization: {layers: {1: {weight: [-1, 0, 1]}}}\n", "a key that is a number"),
         ("quantization: {layers: {true: {weight: [-1, 0, 1]}}}\n", "a boolean or null"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
