@@ -19,9 +19,8 @@ log = logging.getLogger(__name__)
 async def _send_error(
     send: Send, status: int, code: str, message: str, fields: Sequence[dict[str, str]] = ()
 ) -> None:
-    body = json.dumps(
-        {"error": {"code": code, "message": message, "fields": list(fields)}}
-    ).encode()
+    error = {"code": code, "message": message, "fields": list(fields)}
+    body = json.dumps({"error": error}, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -51,8 +50,9 @@ class BodyGuard:
             if len(body) > self.max_bytes:
                 return await _send_error(send, 413, "too_large", too_large)
             more = message.get("more_body", False)
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
-        if b"json" in content_type and (problem := ambiguity(bytes(body))):
+        # Every body, whatever its Content-Type says: FastAPI reads one without it as JSON,
+        # and matches `Application/JSON` as `application/json`.
+        if body and (problem := ambiguity(bytes(body))):
             fields = [{"field": "body", "message": problem}]
             return await _send_error(send, 422, "invalid", f"invalid request: {problem}", fields)
         replayed = False
@@ -72,10 +72,12 @@ class _Repeated(Exception):
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) < len(keys):
-        raise _Repeated(next(key for i, key in enumerate(keys) if key in keys[:i]))
-    return dict(pairs)
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Repeated(key)
+        out[key] = value
+    return out
 
 
 def ambiguity(body: bytes) -> str | None:
