@@ -95,13 +95,13 @@ def _writes_and_failures(record: logging.LogRecord) -> bool:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from lsq.spec import SpecError, read_document
+    from lsq.documents import DocumentError, read_document
 
     from .client import Client, ServiceError, format_job, job_summary
 
     try:
         spec = read_document(args.spec)
-    except SpecError as e:
+    except DocumentError as e:
         print(f"lsq submit: {e}", file=sys.stderr)
         return 2
     client = Client.from_settings(get_settings())
@@ -121,13 +121,13 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def experiment(args: argparse.Namespace) -> int:
-    from lsq.spec import SpecError, read_document
+    from lsq.documents import DocumentError, read_document
 
     from .client import Client, ServiceError
 
     try:
         spec = read_document(args.spec)
-    except SpecError as e:
+    except DocumentError as e:
         print(f"lsq experiment: {e}", file=sys.stderr)
         return 2
     client = Client.from_settings(get_settings())

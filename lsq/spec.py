@@ -7,7 +7,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from .archs import layer_names
+from .documents import DocumentError, read_document
 from .levels import (
     ACCEPTED,
     FirstMatch,
@@ -461,9 +462,10 @@ class JobSpec(Strict):
     def from_file(cls, path: str | Path, version: int = SPEC_VERSION) -> Self:
         """Read a spec from a YAML or JSON file written at spec `version`; SpecError says what
         is wrong, field by field."""
-        data = read_document(path)
-        if isinstance(data, dict):
-            data = upgrade_spec(data, version)
+        try:
+            data = upgrade_spec(read_document(path), version)
+        except DocumentError as e:
+            raise SpecError(str(e)) from None
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -533,110 +535,6 @@ class SpecError(ValueError):
 def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
     """The one presentation of spec errors: a line, then one line per field."""
     return "\n".join([message, *(f"  {field}: {text}" for field, text in fields)])
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML read as JSON data under YAML 1.2's core schema, as the dashboard reads it: PyYAML
-    (YAML 1.1) reads 1e-4 as a string, 010 as 8, 1:00 as 60, `no` as false and `name:
-    2026-01-01` as a date, which JSON (and the service) cannot carry. A key given twice in
-    one mapping is refused, not the last one kept."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` then a key of its own overrides: as YAML means it
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                continue  # refused by the mapping itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        text = self.construct_scalar(node)
-        return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text)
-
-
-# YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), and merge keys.
-_CORE = {
-    "tag:yaml.org,2002:null": r"~|null|Null|NULL|",
-    "tag:yaml.org,2002:bool": r"true|True|TRUE|false|False|FALSE",
-    "tag:yaml.org,2002:int": r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+",
-    "tag:yaml.org,2002:float": r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
-    r"|[-+]?\.(inf|Inf|INF)|\.nan|\.NaN|\.NAN",
-    "tag:yaml.org,2002:merge": r"<<",
-}
-_Loader.yaml_implicit_resolvers = {}
-for _tag, _pattern in _CORE.items():
-    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), None)
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-MAX_FILE = 256 << 10  # bytes of a spec file, as many as the API takes by default
-MAX_VALUES = 1_000_000  # values in a spec file, aliases expanded
-
-
-def read_document(path: str | Path) -> Any:
-    """A YAML or JSON file (YAML is a superset of JSON), with errors a person can act on."""
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_FILE + 1)
-    except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
-    if len(raw) > MAX_FILE:
-        raise SpecError(f"{path} is over {MAX_FILE} bytes; a spec is a few kilobytes")
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except RecursionError:
-        raise SpecError(f"{path} nests deeper than Python can read") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
-        raise SpecError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
-    if not isinstance(data, dict):
-        what = "is empty" if data is None else f"holds a {type(data).__name__}"
-        raise SpecError(f"{path} {what}; a job spec is a mapping with name, dataset, model, ...")
-    _check_json(data, path)
-    return data
-
-
-def _check_json(data: dict[str, Any], path: str | Path) -> None:
-    """What the API would receive is what the file says: a value JSON has not is refused, not
-    turned into another; so is an expansion of aliases that a few lines can make endless."""
-    if _values_over(data, MAX_VALUES):
-        raise SpecError(f"{path} expands to over {MAX_VALUES} values (aliases of aliases, or an "
-                        "alias inside itself)")  # fmt: skip
-    try:
-        same = json.loads(json.dumps(data, allow_nan=False)) == data
-    except ValueError:  # allow_nan
-        raise SpecError(f"{path} holds .nan or .inf, which JSON cannot carry") from None
-    except (TypeError, RecursionError) as e:  # !!binary, !!set, ...
-        raise SpecError(f"{path} holds what JSON cannot carry ({e}); quote the value") from None
-    if not same:  # json.dumps made a string of a key that was not one
-        raise SpecError(f"{path} has a key that is a number, a boolean or null; quote the key")
-
-
-def _values_over(data: Any, limit: int) -> bool:
-    """Whether `data` holds over `limit` values, counting each alias's every use."""
-    pending, count = [data], 0
-    while pending and count <= limit:
-        value = pending.pop()
-        count += 1
-        if isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return count > limit
 
 
 def field_name(loc: Sequence[str | int]) -> str:

@@ -261,13 +261,16 @@ function newPage() {
   document.getElementById("submit").onclick = () => submit(kind());
 }
 
+// JSON's values and merge keys (`<<: *defaults`), as lsq.documents reads a spec file
+const YAML = jsyaml.CORE_SCHEMA.extend({ implicit: [jsyaml.types.merge] });
+
 async function submit(kind) {
   const text = document.getElementById("spec").value;
   const errors = document.getElementById("errors");
   errors.innerHTML = "";
   let body;
   try {
-    body = jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA });  // JSON's values, as lsq reads YAML
+    body = jsyaml.load(text, { schema: YAML });
   } catch (e) {
     errors.innerHTML = `<li>not valid YAML: ${esc(e.message)}</li>`;
     return;
@@ -319,7 +322,7 @@ function yamlTree(text) {
   // included, in order, so a mapping's children are key, value, key, value, ...
   const root = { children: [] }, open = [root];
   try {
-    jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, listener(event, state) {
+    jsyaml.load(text, { schema: YAML, listener(event, state) {
       if (event === "open") {
         const node = { at: state.position, children: [] };
         open[open.length - 1].children.push(node);

@@ -81,8 +81,8 @@ def test_bad_spec_is_reported_with_the_field(tmp_path):
             "quantization.layers.fc.wieght: unknown key 'wieght'; did you mean 'weight'?",
         ),
         (yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}), "model.arch: Input should be"),
-        ("", "bad.yaml is empty; a job spec is a mapping"),
-        ("name: !!binary aGVsbG8=\n", "bad.yaml holds what JSON cannot carry"),
+        ("", "bad.yaml is empty; a spec is a mapping"),
+        ("name: !!binary aGVsbG8=\n", "bad.yaml: name holds a bytes, which JSON cannot carry"),
     ],
 )
 def test_spec_mistakes_are_explained_without_a_traceback(tmp_path, text, expected):

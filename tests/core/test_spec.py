@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lsq import LevelSet, from_bits, parse_levels
-from lsq.spec import JobSpec, SpecError, describe_errors, read_document
+from lsq.spec import JobSpec, describe_errors
 
 EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
     p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")
@@ -176,59 +176,6 @@ def test_a_warm_up_longer_than_the_training_is_refused():
     with pytest.raises(ValidationError, match=r"2.5 epochs is longer than the training's 2"):
         JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2.5}))
     assert JobSpec.model_validate(minimal(training={"epochs": 2, "warmup_epochs": 2})).training
-
-
-def test_yaml_is_read_by_its_1_2_core_schema_as_the_dashboard_reads_it(tmp_path):
-    """Not PyYAML's YAML 1.1: there 010 is 8, 1:00 is 60, `no` is false and 1e-4 a string."""
-    path = tmp_path / "spec.yaml"
-    path.write_text("a: 010\nb: 1:00\nc: no\nd: 1e-4\ne: 0o17\nf: 0x1F\ng: ~\nh: True\n")
-    assert read_document(path) == {
-        "a": 10, "b": "1:00", "c": "no", "d": 0.0001, "e": 15, "f": 31, "g": None, "h": True
-    }  # fmt: skip
-
-
-def test_yaml_is_read_as_json_data(tmp_path):
-    """`name: 2026-01-01` is the name a person wrote, not a date JSON cannot carry."""
-    path = tmp_path / "spec.yaml"
-    path.write_text("name: 2026-01-01\ndataset: {name: synthetic}\nmodel: {arch: resnet20}\n")
-    assert JobSpec.model_validate(read_document(path)).name == "2026-01-01"
-
-
-LAUGHS = (
-    "a0: &a0 ["
-    + ", ".join(["lol"] * 10)
-    + "]\n"
-    + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))
-)
-
-
-def test_a_mapping_merged_in_may_be_overridden(tmp_path):
-    (tmp_path / "spec.yaml").write_text("d: &d {lr: 0.1, epochs: 2}\nt: {<<: *d, lr: 0.2}\n")
-    assert read_document(tmp_path / "spec.yaml")["t"] == {"lr": 0.2, "epochs": 2}
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("name: x\ntraining: {lr: .nan}\n", "holds .nan or .inf"),
-        ("name: x\ntraining: {lr: -.inf}\n", "holds .nan or .inf"),
-        ("quantization: &a {layers: *a}\n", "expands to over 1000000 values"),
-        (LAUGHS, "expands to over 1000000 values"),  # 500 bytes for 10^9 strings
-        (
-            "name: x\ntraining: {lr: 0.1}\ntraining: {epochs: 1}\n",
-            "line 3.*'training' is given twice",
-        ),
-        ("name: x\n" + "#" * (256 << 10), "is over 262144 bytes"),
-        ("quantization: {layers: {1: {weight: [-1, 0, 1]}}}\n", "a key that is a number"),
-        ("quantization: {layers: {true: {weight: [-1, 0, 1]}}}\n", "a boolean or null"),
-        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
-    ],
-)
-def test_what_json_cannot_carry_is_refused_not_changed(tmp_path, text, expected):
-    """What the API would receive is what the file says: a key 1 is not sent as "1"."""
-    (tmp_path / "spec.yaml").write_text(text)
-    with pytest.raises(SpecError, match=expected):
-        read_document(tmp_path / "spec.yaml")
 
 
 def test_the_json_schema_documents_level_sets():

@@ -11,7 +11,7 @@ import pytest
 from api import experiments
 from api.experiments import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
-from lsq.spec import read_document
+from lsq.documents import read_document
 
 from .conftest import TINY, Service, tiny_spec
 

@@ -1,0 +1,159 @@
+"""Spec files: YAML (JSON is YAML too) read as the JSON data the API would receive, by the
+rules the dashboard's js-yaml reads it with, and refused with a reason where it is not."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_FILE = 256 << 10  # bytes of a spec file, as many as the API takes by default
+MAX_VALUES = 1_000_000  # values in a spec file, aliases expanded
+MAX_INT = 2**63  # no number of a spec is near it; past it JSON writers differ
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class DocumentError(ValueError):
+    """A file that holds no JSON data: unreadable, not YAML, or a value JSON has not."""
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML or JSON file holds, as JSON data (a key given twice, a value JSON has
+    not, or aliases that expand past MAX_VALUES are a DocumentError)."""
+    text = _text_of(path)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise DocumentError(f"{path} nests deeper than Python can read") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
+        raise DocumentError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
+    except (ValueError, KeyError) as e:  # a tag's own reader: !!int "x", !!bool "maybe"
+        raise DocumentError(f"{path} holds a value YAML cannot read: {e}") from None
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__}"
+        raise DocumentError(f"{path} {what}; a spec is a mapping with name, dataset, model, ...")
+    if _values_over(data, MAX_VALUES):
+        raise DocumentError(f"{path} expands to over {MAX_VALUES} values (aliases of aliases, "
+                            "or an alias inside itself)")  # fmt: skip
+    try:
+        return _json_data(data, "")
+    except _NotJson as e:
+        raise DocumentError(f"{path}: {e}") from None
+
+
+def _text_of(path: str | Path) -> str:
+    try:
+        with open(path, "rb") as file:  # a pipe is read as `cat` reads it, waiting for a writer
+            raw = file.read(MAX_FILE + 1)
+    except OSError as e:
+        raise DocumentError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_FILE:
+        raise DocumentError(f"{path} is over {MAX_FILE} bytes; a spec is a few kilobytes")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise DocumentError(f"{path} is not UTF-8 text (byte {e.start})") from None
+
+
+def _values_over(data: Any, limit: int) -> bool:
+    """Whether `data` holds over `limit` values, counting each alias's every use."""
+    pending, count = [data], 0
+    while pending and count <= limit:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count > limit
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _json_data(value: Any, where: str) -> Any:
+    """`value` as JSON carries it, or _NotJson naming where it cannot: what the API receives is
+    what the file says, never a key 1 sent as "1" or a date sent as a string."""
+    at = where or "the top level"
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _NotJson(f"{at} has the key {key!r}, not a string; quote it")
+            key = _text(key, at)
+            out[key] = _json_data(item, f"{where}.{key}" if where else key)
+        return out
+    if isinstance(value, list):
+        return [_json_data(item, f"{where}.{i}") for i, item in enumerate(value)]
+    if isinstance(value, str):
+        return _text(value, at)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _NotJson(f"{at} is {value}, which JSON cannot carry")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+        raise _NotJson(f"{at} is a number past 2^63; no spec needs one that large")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    raise _NotJson(f"{at} holds a {type(value).__name__}, which JSON cannot carry; quote it")
+
+
+def _text(text: str, where: str) -> str:
+    """PyYAML reads the escape "\\ud83d\\ude00" (as json.dump writes an emoji) as two halves of a
+    surrogate pair: joined here. A half alone is no text."""
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise _NotJson(f"{where} holds half a UTF-16 surrogate pair, which is no text") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML read by YAML 1.2's core schema as js-yaml's CORE_SCHEMA (the dashboard's) reads
+    it, with merge keys: PyYAML's YAML 1.1 reads 1e-4 as a string, 010 as 8, 1:00 as 60, `no`
+    as false and `name: 2026-01-01` as a date. A key given twice in one mapping is refused,
+    not the last one kept."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then a key of its own overrides: as YAML means it
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused by the mapping itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2])
+        return sign * (int(digits[2:], base) if base else int(digits))
+
+
+# js-yaml 4's CORE_SCHEMA (YAML 1.2's core schema, with underscores and 0b), and merge keys.
+_RULES = {
+    "tag:yaml.org,2002:null": r"~|null|Null|NULL|",
+    "tag:yaml.org,2002:bool": r"true|True|TRUE|false|False|FALSE",
+    "tag:yaml.org,2002:int": r"[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)",
+    "tag:yaml.org,2002:float": r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?"
+    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+    "tag:yaml.org,2002:merge": r"<<",
+}
+_Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern in _RULES.items():
+    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), None)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
