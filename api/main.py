@@ -53,7 +53,8 @@ def create_app() -> FastAPI:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-Range"],
+            expose_headers=["Content-Disposition", "Content-Range", "ETag", "Retry-After"],
         )
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHosts, hosts=[h for h in settings.allowed_hosts.split(",") if h])

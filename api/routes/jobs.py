@@ -166,8 +166,8 @@ def download_artifact(
     session: ReadSessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
-    byte_range: Annotated[str | None, Header(alias="Range", max_length=100)] = None,
-    if_range: Annotated[str | None, Header(alias="If-Range", max_length=100)] = None,
+    byte_range: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> StreamingResponse:
     """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
     resumed download safe: another version of the file comes whole)."""
