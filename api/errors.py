@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from lsq.spec import describe_errors
 
 from .auth import TooManyRequests
+from .experiments import ExperimentSpec
 from .schemas import ErrorBody, ErrorField, ErrorOut
 from .spec import ServiceJobSpec
 from .store import (
@@ -72,14 +73,15 @@ def _header_name(name: str | int) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The same presentation as `lsq run`: the field's dotted name, what it accepts, and
-        # for an unknown key the accepted ones and the closest (only bodies are job specs).
+        # for an unknown key the accepted ones and the closest.
         errors = exc.errors()[:MAX_FIELDS]  # a body of 50,000 unknown keys is not 50,000 lines
         headers = [e for e in errors if e["loc"][0] == "header"]
         others = [_without_source(e) for e in errors if e["loc"][0] != "header"]
         described = [(_header_name(e["loc"][-1]), e["msg"]) for e in headers]
-        described += describe_errors(others, ServiceJobSpec)
+        root = ExperimentSpec if request.url.path.startswith("/v1/experiments") else ServiceJobSpec
+        described += describe_errors(others, root)  # an unknown key's accepted ones
         fields = [ErrorField(field=field, message=message) for field, message in described]
         names = ", ".join(dict.fromkeys(f.field for f in fields))
         return error_response(422, f"invalid request: {names}", fields)

@@ -87,9 +87,8 @@ KINDS = ("train", "job", "checkpoint", "pretrained")
 def _baseline_kind(value: Any) -> str | None:
     """The member's tag, capitalised as no field is: error names say `baseline.job`, not
     `baseline.job.job` (lsq.spec.field_name drops such parts)."""
-    if isinstance(value, dict):
-        return next((k.capitalize() for k in KINDS if k in value), None)
-    return None
+    kinds = [k for k in KINDS if isinstance(value, dict) and k in value]
+    return kinds[0].capitalize() if len(kinds) == 1 else None  # one of them, not two
 
 
 Baseline = Annotated[
@@ -100,8 +99,8 @@ Baseline = Annotated[
     Discriminator(
         _baseline_kind,
         custom_error_type="baseline",
-        custom_error_message="expected {train: true}, {job: ID}, {checkpoint: PATH} or "
-        "{pretrained: true}",
+        custom_error_message="expected one of {train: true}, {job: ID}, {checkpoint: PATH} "
+        "and {pretrained: true}",
     ),
 ]
 

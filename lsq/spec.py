@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    Tag,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -593,11 +594,14 @@ def _kind(value: Any) -> str:
 def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
     *parents, key = (str(p) for p in loc)
     model: type[BaseModel] | None = root
+    annotation: Any = None
     for part in parents:
         info = model.model_fields.get(part)
-        if info is None:
-            continue  # not a field: a dict's key (a layer pattern), a list index, a union's tag
-        model = _model_in(info.annotation)
+        if info is None:  # a union's tag (its member), a dict's key (a layer pattern), an index
+            model = _member(annotation, part) or model
+            continue
+        annotation = info.annotation
+        model = _model_in(annotation)
         if model is None:
             return None
     known = list(model.model_fields)
@@ -605,6 +609,16 @@ def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
     guess = f"did you mean {close[0]!r}? " if close else ""
     shown = cut(key, 60)
     return f"unknown key {shown!r}; {guess}accepted: {', '.join(known)}"
+
+
+def _member(annotation: Any, tag: str) -> type[BaseModel] | None:
+    """The model of a tagged union's member `Annotated[Model, Tag(tag)]`, if there is one."""
+    for arg in typing.get_args(annotation):
+        if any(isinstance(m, Tag) and m.tag == tag for m in getattr(arg, "__metadata__", ())):
+            return _model_in(arg)
+        if found := _member(arg, tag):
+            return found
+    return None
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -489,3 +489,19 @@ def test_a_json_body_that_means_two_things_is_a_422_that_stores_nothing(ann: htt
         "variants": [variant | {"name": "v"}],
     }
     assert ann.post("/v1/experiments", json=fine).status_code == 201  # the rest was valid
+
+
+def test_an_unknown_key_in_an_experiment_names_the_experiments_own_keys(ann: httpx.Client) -> None:
+    base = {k: v for k, v in tiny_spec("x").items() if k != "name"}
+    for change, field, says in [
+        ({"baselne": {}}, "baselne", "did you mean 'baseline'? accepted: kind, name, base,"),
+        ({"baseline": {"job": 1, "extra": 1}}, "baseline.extra", "accepted: job"),
+        ({"baseline": {"job": 1, "train": True}}, "baseline", "expected one of {train: true}"),
+        ({"sensitivity": {"layerz": []}}, "sensitivity.layerz", "did you mean 'layers'?"),
+    ]:
+        body = {"name": "e", "base": base, "baseline": {"train": True}, "grid": {"a": [1]}}
+        response = ann.post("/v1/experiments", json=body | change)
+        assert response.status_code == 422, response.text
+        assert [(f["field"], says in f["message"]) for f in error_of(response)["fields"]] == [
+            (field, True)
+        ], response.text
