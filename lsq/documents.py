@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 MAX_FILE = 256 << 10  # bytes of a spec file, as many as the API takes by default
-MAX_VALUES = 1_000_000  # values in a spec file, aliases expanded
-MAX_INT = 2**63  # no number of a spec is near it; past it JSON writers differ
+MAX_SIZE = 4_000_000  # values and characters in a spec file, aliases expanded
+MAX_INT = 2**53  # past it a JavaScript reader (the dashboard) loses digits; no spec needs it
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -23,7 +23,7 @@ class DocumentError(ValueError):
 
 def read_document(path: str | Path) -> dict[str, Any]:
     """The mapping a YAML or JSON file holds, as JSON data (a key given twice, a value JSON has
-    not, or aliases that expand past MAX_VALUES are a DocumentError)."""
+    not, or aliases that expand past MAX_SIZE are a DocumentError)."""
     text = _text_of(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
@@ -35,16 +35,18 @@ def read_document(path: str | Path) -> dict[str, Any]:
         problem = getattr(e, "problem", None) or str(e)
         hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
         raise DocumentError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
-    except (ValueError, KeyError) as e:  # a tag's own reader: !!int "x", !!bool "maybe"
+    except ValueError as e:  # int() of 5,000 digits
         raise DocumentError(f"{path} holds a value YAML cannot read: {e}") from None
     if not isinstance(data, dict):
         what = "is empty" if data is None else f"holds a {type(data).__name__}"
         raise DocumentError(f"{path} {what}; a spec is a mapping with name, dataset, model, ...")
-    if _values_over(data, MAX_VALUES):
-        raise DocumentError(f"{path} expands to over {MAX_VALUES} values (aliases of aliases, "
-                            "or an alias inside itself)")  # fmt: skip
+    if _size_over(data, MAX_SIZE):
+        raise DocumentError(f"{path} expands to over {MAX_SIZE} values and characters (aliases "
+                            "of aliases, or an alias inside itself)")  # fmt: skip
     try:
         return _json_data(data, "")
+    except RecursionError:  # aliases can nest what no line of the file does
+        raise DocumentError(f"{path} nests deeper than Python can read") from None
     except _NotJson as e:
         raise DocumentError(f"{path}: {e}") from None
 
@@ -63,14 +65,16 @@ def _text_of(path: str | Path) -> str:
         raise DocumentError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
-def _values_over(data: Any, limit: int) -> bool:
-    """Whether `data` holds over `limit` values, counting each alias's every use."""
+def _size_over(data: Any, limit: int) -> bool:
+    """Whether `data` holds over `limit` values and characters, counting each alias's every
+    use (a few lines of aliases of aliases can stand for gigabytes)."""
     pending, count = [data], 0
     while pending and count <= limit:
         value = pending.pop()
-        count += 1
+        count += 1 + (len(value) if isinstance(value, str) else 0)
         if isinstance(value, dict):
             pending.extend(value.values())
+            count += sum(len(key) for key in value if isinstance(key, str))
         elif isinstance(value, list):
             pending.extend(value)
     return count > limit
@@ -90,6 +94,8 @@ def _json_data(value: Any, where: str) -> Any:
             if not isinstance(key, str):
                 raise _NotJson(f"{at} has the key {key!r}, not a string; quote it")
             key = _text(key, at)
+            if key in out:  # "\\ud83d\\ude00" and the emoji it stands for: one key
+                raise _NotJson(f"{at} has the key {key!r} twice")
             out[key] = _json_data(item, f"{where}.{key}" if where else key)
         return out
     if isinstance(value, list):
@@ -98,8 +104,10 @@ def _json_data(value: Any, where: str) -> Any:
         return _text(value, at)
     if isinstance(value, float) and not math.isfinite(value):
         raise _NotJson(f"{at} is {value}, which JSON cannot carry")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
-        raise _NotJson(f"{at} is a number past 2^63; no spec needs one that large")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise _NotJson(f"{at} is a number past 2^53; no spec needs one that large")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 10.0 is 10, as for the dashboard (JavaScript has one kind of number)
     if value is None or isinstance(value, (bool, int, float)):
         return value
     raise _NotJson(f"{at} holds a {type(value).__name__}, which JSON cannot carry; quote it")
@@ -116,17 +124,30 @@ def _text(text: str, where: str) -> str:
         raise _NotJson(f"{where} holds half a UTF-16 surrogate pair, which is no text") from None
 
 
+# The tags a spec's values may have, and when a plain scalar is each: js-yaml 4's CORE_SCHEMA
+# (YAML 1.2's core schema, with underscores and 0b; a number never ends in `_`).
+NULL, BOOL, INT, FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float"))
+_RULES = {
+    NULL: r"~|null|Null|NULL|",
+    BOOL: r"true|True|TRUE|false|False|FALSE",
+    INT: r"[-+]?(?:0b[01_]*[01]|0o[0-7_]*[0-7]|0x[0-9a-fA-F_]*[0-9a-fA-F]|0"
+    r"|(?!0_)[0-9](?:[0-9_]*[0-9])?)",
+    FLOAT: r"(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))(?<!_)",
+}
+_PATTERNS = {tag: re.compile(rule) for tag, rule in _RULES.items()}
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML read by YAML 1.2's core schema as js-yaml's CORE_SCHEMA (the dashboard's) reads
-    it, with merge keys: PyYAML's YAML 1.1 reads 1e-4 as a string, 010 as 8, 1:00 as 60, `no`
-    as false and `name: 2026-01-01` as a date. A key given twice in one mapping is refused,
-    not the last one kept."""
+    """YAML read as js-yaml's CORE_SCHEMA (the dashboard's) reads it: PyYAML's YAML 1.1 reads
+    1e-4 as a string, 010 as 8, 1:00 as 60, `no` as false and `name: 2026-01-01` as a date.
+    Only JSON's kinds of value: no dates, sets or binary, and `<<` is a key like any other
+    (any other tag, `!!merge` included, is an error). A key given twice in one mapping is
+    refused, not the last one kept."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` then a key of its own overrides: as YAML means it
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
                 continue  # refused by the mapping itself
@@ -137,23 +158,43 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def scalar_of(self, node: yaml.ScalarNode, tag: str) -> str:
+        """The scalar's text, which must be what `tag` reads (`!!int " 1"` is not)."""
+        text = self.construct_scalar(node)
+        if not _PATTERNS[tag].fullmatch(text):
+            kind = tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text[:40]!r} is not a {kind}", node.start_mark
+            )
+        return text
+
+    def construct_yaml_null(self, node: yaml.ScalarNode) -> None:
+        self.scalar_of(node, NULL)
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self.scalar_of(node, BOOL).lower() == "true"
+
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        text = self.construct_scalar(node).replace("_", "")
+        text = self.scalar_of(node, INT).replace("_", "")
         sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
         base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2])
         return sign * (int(digits[2:], base) if base else int(digits))
 
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        text = self.scalar_of(node, FLOAT).replace("_", "").lower()
+        return float(text.replace(".inf", "inf").replace(".nan", "nan"))
 
-# js-yaml 4's CORE_SCHEMA (YAML 1.2's core schema, with underscores and 0b), and merge keys.
-_RULES = {
-    "tag:yaml.org,2002:null": r"~|null|Null|NULL|",
-    "tag:yaml.org,2002:bool": r"true|True|TRUE|false|False|FALSE",
-    "tag:yaml.org,2002:int": r"[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)",
-    "tag:yaml.org,2002:float": r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?"
-    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
-    "tag:yaml.org,2002:merge": r"<<",
-}
+
 _Loader.yaml_implicit_resolvers = {}
 for _tag, _pattern in _RULES.items():
     _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), None)
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.yaml_constructors = {
+    None: yaml.SafeLoader.construct_undefined,  # any other tag: an error naming it
+    "tag:yaml.org,2002:str": yaml.SafeLoader.construct_yaml_str,
+    "tag:yaml.org,2002:seq": yaml.SafeLoader.construct_yaml_seq,
+    "tag:yaml.org,2002:map": yaml.SafeLoader.construct_yaml_map,
+    NULL: _Loader.construct_yaml_null,
+    BOOL: _Loader.construct_yaml_bool,
+    INT: _Loader.construct_yaml_int,
+    FLOAT: _Loader.construct_yaml_float,
+}

@@ -261,8 +261,8 @@ function newPage() {
   document.getElementById("submit").onclick = () => submit(kind());
 }
 
-// JSON's values and merge keys (`<<: *defaults`), as lsq.documents reads a spec file
-const YAML = jsyaml.CORE_SCHEMA.extend({ implicit: [jsyaml.types.merge] });
+// JSON's kinds of value (no dates, no merge keys), as lsq.documents reads a spec file
+const YAML = jsyaml.CORE_SCHEMA;
 
 async function submit(kind) {
   const text = document.getElementById("spec").value;
