@@ -15,6 +15,7 @@ from lsq.spec import describe_errors
 
 from .auth import TooManyRequests
 from .experiments import ExperimentSpec
+from .routes import experiments as experiment_routes
 from .schemas import ErrorBody, ErrorField, ErrorOut
 from .spec import ServiceJobSpec
 from .store import (
@@ -80,7 +81,8 @@ def install(app: FastAPI) -> None:
         headers = [e for e in errors if e["loc"][0] == "header"]
         others = [_without_source(e) for e in errors if e["loc"][0] != "header"]
         described = [(_header_name(e["loc"][-1]), e["msg"]) for e in headers]
-        root = ExperimentSpec if request.url.path.startswith("/v1/experiments") else ServiceJobSpec
+        route = getattr(request.scope.get("endpoint"), "__module__", "")
+        root = ExperimentSpec if route == experiment_routes.__name__ else ServiceJobSpec
         described += describe_errors(others, root)  # an unknown key's accepted ones
         fields = [ErrorField(field=field, message=message) for field, message in described]
         names = ", ".join(dict.fromkeys(f.field for f in fields))

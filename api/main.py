@@ -47,7 +47,9 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(health.router)
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
-    # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call.
+    # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's
+    # 413 and 422 pass through it, so such a page reads them).
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     if origins := [o for o in settings.cors_origins.split(",") if o]:
         app.add_middleware(
             CORSMiddleware,
@@ -56,7 +58,6 @@ def create_app() -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-Range"],
             expose_headers=["Content-Disposition", "Content-Range", "ETag", "Retry-After"],
         )
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHosts, hosts=[h for h in settings.allowed_hosts.split(",") if h])
     app.add_middleware(CrashGuard)
     return app

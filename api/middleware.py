@@ -54,7 +54,7 @@ class BodyGuard:
         # and matches `Application/JSON` as `application/json`.
         if body and (problem := ambiguity(bytes(body))):
             fields = [{"field": "body", "message": problem}]
-            return await _send_error(send, 422, "invalid", f"invalid request: {problem}", fields)
+            return await _send_error(send, 422, "invalid", "invalid request: body", fields)
         replayed = False
 
         async def replay() -> Message:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
@@ -297,7 +298,7 @@ def create_experiment(
         if source.status != JobStatus.succeeded:
             raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
         _has_a_model("baseline.job", source, variants[0][1])
-        if ServiceJobSpec.model_validate(stored_spec(source)).quantization.enabled:
+        if _quantized(source):
             raise InvalidField("baseline.job", f"job {start} is quantized; a baseline is the "
                                "full-precision model the variants start from")  # fmt: skip
     first = None
@@ -314,6 +315,15 @@ def create_experiment(
     if key is not None:  # the key names the experiment through its first variant's job
         _bind_key(session, owner, key, first.id)
     return experiment, True
+
+
+def _quantized(job: Job) -> bool:
+    """Whether the job's stored spec quantizes anything (one the current model refuses reads as
+    quantized: it cannot be shown as full precision)."""
+    try:
+        return ServiceJobSpec.model_validate(stored_spec(job)).quantization.enabled
+    except ValidationError:
+        return True
 
 
 def _add(
