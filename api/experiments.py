@@ -264,19 +264,26 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
             specs.append(_starts_from(_validated_variant(spec, where), base, where))
         variants.append(Variant(where, index, reference, specs))
     if exp.kind != "sensitivity":  # its rows are the network's layers, each once
-        _each_once(variants)
+        _each_once(variants, overrides)
     return Plan(baseline, variants, exp.distill.model_dump() if exp.distill else None)
 
 
-def _each_once(variants: list[Variant]) -> None:
+def _each_once(variants: list[Variant], overrides: list[Override]) -> None:
     """Two variants that would run the same jobs (a grid value given twice, [-1, 0, 1] and
-    [1, 0, -1]) are one variant paid for twice."""
+    [1, 0, -1]) are one variant paid for twice: refused, naming both as the request has them."""
     seen: dict[str, Variant] = {}
     for v in variants:  # unsorted: quantization.layers' order is meaningful (first match wins)
         jobs = v.specs[0].model_dump_json(exclude={"name"})
         if (first := seen.setdefault(jobs, v)) is not v:
-            same = f"variant {v.index + 1} would run the same jobs as variant {first.index + 1}"
-            raise InvalidField(v.where, same)
+            a, b = (_settings(overrides[x.index].change) for x in (v, first))
+            same = f"variant {v.index + 1} ({a}) would run the same jobs as variant "
+            raise InvalidField(v.where, f"{same}{first.index + 1} ({b}); seeds repeat a variant")
+
+
+def _settings(change: dict[str, Any]) -> str:
+    """A variant's change as `key=value, ...`, cut short."""
+    shown = (f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in _flatten(change).items())
+    return cut(", ".join(shown) or "the base", 200)
 
 
 @dataclass(frozen=True)

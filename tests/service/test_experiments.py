@@ -478,8 +478,18 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
     conv1 = [v.specs[0].quantization.levels_by_layer(layer_names("resnet20"))["layers.0.conv1"]
              for v in plan(first, second).variants]  # fmt: skip
     assert conv1[0] != conv1[1]
-    with pytest.raises(experiments.InvalidField, match="variant 2 would run the same jobs as"):
+    with pytest.raises(
+        experiments.InvalidField, match=r"variant 2 \(quantization.layers=.*\) would"
+    ):
         plan(first, first)
+    grid = {"quantization.weight": [TERNARY, [1, 0, -1]]}  # one level set, written twice
+    request = ExperimentSpec.model_validate(experiment(grid=grid, seeds=None))
+    with pytest.raises(experiments.InvalidField) as e:
+        experiments.plan(request, max_jobs=64)
+    assert str(e.value) == (
+        "variant 2 (quantization.weight=[1,0,-1]) would run the same jobs as variant 1 "
+        "(quantization.weight=[-1,0,1]); seeds repeat a variant"
+    )
     # a row's settings keep the patterns whole, in their order
     assert experiments._flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
 
