@@ -99,7 +99,7 @@ Baseline = Annotated[
     Discriminator(
         _baseline_kind,
         custom_error_type="baseline",
-        custom_error_message="expected one of {train: true}, {job: ID}, {checkpoint: PATH} "
+        custom_error_message="give exactly one of {train: true}, {job: ID}, {checkpoint: PATH} "
         "and {pretrained: true}",
     ),
 ]
@@ -234,6 +234,8 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
     _check_kind(exp)
     if len(exp.name) > MAX_NEW_NAME:  # stored ones may be longer: reads never re-plan
         raise InvalidField("name", f"at most {MAX_NEW_NAME} characters: its jobs carry it")
+    if "name" in exp.base:  # it would be dropped without a word
+        raise InvalidField("base.name", f"set by the experiment: {SET_BY_EXPERIMENT['name']}")
     base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
     _check_teacher(exp, base)
     seeds = exp.seeds or [base.training.seed]

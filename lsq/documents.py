@@ -24,21 +24,9 @@ class DocumentError(ValueError):
 def read_document(path: str | Path) -> dict[str, Any]:
     """The mapping a YAML or JSON file holds, as JSON data (a key given twice, a value JSON has
     not, or aliases that expand past MAX_SIZE are a DocumentError)."""
-    text = _text_of(path)
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except RecursionError:
-        raise DocumentError(f"{path} nests deeper than Python can read") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
-        raise DocumentError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
-    except ValueError as e:  # int() of 5,000 digits
-        raise DocumentError(f"{path} holds a value YAML cannot read: {e}") from None
+    data = _load(_text_of(path), path)
     if not isinstance(data, dict):
-        what = "is empty" if data is None else f"holds a {type(data).__name__}"
+        what = "is empty" if data is None else f"holds {_a(type(data).__name__)}"
         raise DocumentError(f"{path} {what}; a spec is a mapping with name, dataset, model, ...")
     if _size_over(data, MAX_SIZE):
         raise DocumentError(f"{path} expands to over {MAX_SIZE} values and characters (aliases "
@@ -49,6 +37,34 @@ def read_document(path: str | Path) -> dict[str, Any]:
         raise DocumentError(f"{path} nests deeper than Python can read") from None
     except _NotJson as e:
         raise DocumentError(f"{path}: {e}") from None
+
+
+def _load(text: str, path: str | Path) -> Any:
+    """The YAML's data; its errors say where, in lines and columns."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise DocumentError(f"{path} nests deeper than Python can read") from None
+    except yaml.reader.ReaderError as e:  # a control character, told by its offset
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise DocumentError(f"{path} holds the control character U+{code:04X} at line {line}, "
+                            f"column {column}") from None  # fmt: skip
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        lines = text.splitlines()
+        indent = mark and mark.line < len(lines) and not lines[mark.line][: mark.column].strip()
+        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem and indent else ""
+        raise DocumentError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
+    except ValueError:  # int() of 5,000 digits
+        raise DocumentError(f"{path} holds a number too long to read") from None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _text_of(path: str | Path) -> str:
@@ -104,13 +120,13 @@ def _json_data(value: Any, where: str) -> Any:
         return _text(value, at)
     if isinstance(value, float) and not math.isfinite(value):
         raise _NotJson(f"{at} is {value}, which JSON cannot carry")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_INT:
-        raise _NotJson(f"{at} is a number past 2^53; no spec needs one that large")
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise _NotJson(f"{at} is an integer past 2^53; no spec needs one that large")
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT:
         return int(value)  # 10.0 is 10, as for the dashboard (JavaScript has one kind of number)
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    raise _NotJson(f"{at} holds a {type(value).__name__}, which JSON cannot carry; quote it")
+    raise _NotJson(f"{at} holds {_a(type(value).__name__)}, which JSON cannot carry; quote it")
 
 
 def _text(text: str, where: str) -> str:
@@ -145,7 +161,17 @@ class _Loader(yaml.SafeLoader):
     (any other tag, `!!merge` included, is an error). A key given twice in one mapping is
     refused, not the last one kept."""
 
+    def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:
+        event = self.peek_event()
+        if event.tag == "!":  # the non-specific tag: a string (PyYAML would resolve `! 5` to 5)
+            event.tag = "tag:yaml.org,2002:str"
+        return super().compose_scalar_node(anchor)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if not isinstance(node, yaml.MappingNode):  # `!!map [a]`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a mapping, found a {node.id}", node.start_mark
+            )
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)

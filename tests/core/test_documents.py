@@ -30,6 +30,9 @@ def test_yaml_is_read_by_its_1_2_core_schema_as_the_dashboard_reads_it(tmp_path)
         "q": "0x_", "r": 1, "s": 31, "t": "1.5_", "u": 10, "v": 10,
     }  # fmt: skip
     assert isinstance(read(tmp_path, "u: 10.0\n")["u"], int)  # as JSON.stringify writes it
+    assert read(tmp_path, "f: 1e16\n") == {"f": 1e16}  # a float JSON carries
+    # the non-specific tag `!` makes a string, as YAML says and js-yaml reads it
+    assert read(tmp_path, 'v: ! 5\nw: ! "5"\nx: ! true\n') == {"v": "5", "w": "5", "x": "true"}
 
 
 def test_yaml_is_read_as_json_data(tmp_path):
@@ -95,10 +98,15 @@ DEEP = "a0: &a0 1\n" + "".join(f"a{i}: &a{i} " + "[" * 150 + f"*a{i - 1}" + "]" 
         ("q: {layers: {true: {weight: [-1, 0, 1]}}}\n", "q.layers has the key True, not a string"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than Python can read"),
         ('name: "x\\ud800"\n', "name holds half a UTF-16 surrogate pair"),
-        ("seed: " + "1" * 5000 + "\n", "a value YAML cannot read"),
-        ("seed: 0x" + "f" * 5000 + "\n", "seed is a number past 2\\^53"),
-        ("seed: 9007199254740993\n", "seed is a number past 2\\^53"),
+        ("seed: " + "1" * 5000 + "\n", "holds a number too long to read"),
+        ("seed: 0x" + "f" * 5000 + "\n", "seed is an integer past 2\\^53"),
+        ("seed: 9007199254740993\n", "seed is an integer past 2\\^53"),
         ('a: !!int "x"\n', "'x' is not a int"),
+        ("v: !!map [a]\n", "line 1, column 4: expected a mapping, found a sequence"),
+        ("a: 1\nb: 2 \x01\n", "the control character U\\+0001 at line 2, column 6"),
+        ("5\n", "holds an int; a spec is a mapping"),
+        ("a: 1\n\tb: 2\n", "line 2, column 1: .*'\\\\t'.*; YAML indents with spaces"),
+        ("lr: 0.1\t# c\n", r"line 1, column 8: found character '\\t' that cannot start any token$"),
         ('a: !!bool "maybe"\n', "'maybe' is not a bool"),
         ("a: !!binary aGVsbG8=\n", "could not determine a constructor for the tag"),
         ("[1, 2]\n", "holds a list; a spec is a mapping"),

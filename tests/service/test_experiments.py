@@ -306,6 +306,7 @@ def test_a_bad_sensitivity_experiment_gets_422_naming_the_field(
         ({"variants": [{"training": {"lrr": 1}}], "grid": None}, "variants.0.training.lrr"),
         ({"baseline": {"job": 999999}}, "baseline.job"),
         ({"baseline": {"job": "x"}}, "baseline.job"),  # not baseline.job.job
+        ({"base": BASE | {"name": "x"}}, "base.name"),  # the experiment's name names its jobs
         (  # ImageNet weights for a network that has none, among a grid's (a 500 once)
             {
                 "base": BASE | {"model": {"arch": "resnet18"}},

@@ -496,7 +496,7 @@ def test_an_unknown_key_in_an_experiment_names_the_experiments_own_keys(ann: htt
     for change, field, says in [
         ({"baselne": {}}, "baselne", "did you mean 'baseline'? accepted: kind, name, base,"),
         ({"baseline": {"job": 1, "extra": 1}}, "baseline.extra", "accepted: job"),
-        ({"baseline": {"job": 1, "train": True}}, "baseline", "expected one of {train: true}"),
+        ({"baseline": {"job": 1, "train": True}}, "baseline", "give exactly one of {train: true}"),
         ({"sensitivity": {"layerz": []}}, "sensitivity.layerz", "did you mean 'layers'?"),
     ]:
         body = {"name": "e", "base": base, "baseline": {"train": True}, "grid": {"a": [1]}}
