@@ -42,12 +42,11 @@ def experiment_folder(settings: Settings, experiment_id: int) -> Path:
 
 def image(folder: Path, name: str) -> Response:
     """A plot a worker drew into `folder` (404 until the first one is drawn), read whole."""
-    file = _open_regular(folder / name)
-    if file is None:
-        raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
-    with file:
-        content = file.read()
-    if not content:  # as good as not drawn
+    content = b""
+    if (file := _open_regular(folder / name)) is not None:
+        with file:
+            content = file.read()
+    if not content:  # not drawn, not a regular file, or empty: as good as not drawn
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
     return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})

@@ -49,7 +49,7 @@ from lsq.spec import (
 
 from .models import Job, JobStatus
 from .spec import MAX_JOB_ID, ServiceJobSpec
-from .store import InvalidField, stored_spec
+from .store import InvalidField, spec_of
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 GRID_PATH = re.compile(r"[A-Za-z_]\w{0,39}(\.[A-Za-z_]\w{0,39}){0,3}", re.ASCII)  # training.lr
@@ -284,8 +284,7 @@ def _each_once(variants: list[Variant], overrides: list[Override]) -> None:
 
 def _settings(change: dict[str, Any]) -> str:
     """A variant's change as `key=value, ...`, cut short."""
-    shown = (f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in _flatten(change).items())
-    return cut(", ".join(shown) or "the base", 200)
+    return cut(_key_values(_flatten(change)) or "the base", 200)
 
 
 @dataclass(frozen=True)
@@ -559,11 +558,15 @@ class Row(BaseModel):
     def other_settings(self) -> str:
         if "mode" in self.settings:
             return ""  # a sensitivity probe differs from the others in its layer alone
-        return ", ".join(
-            f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
-            for key, value in self.settings.items()
-            if key not in IN_COLUMNS
-        )
+        return _key_values({k: v for k, v in self.settings.items() if k not in IN_COLUMNS})
+
+
+def _key_values(settings: dict[str, Any]) -> str:
+    """Flattened settings as `key=value, ...`: a string as written, anything else as JSON."""
+    return ", ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+        for key, value in settings.items()
+    )
 
 
 def _stat(values: list[float]) -> Stat | None:
@@ -595,11 +598,6 @@ def _row(rid: str, label: str, specs: list[ServiceJobSpec], jobs: list[Job], **e
     )
 
 
-def _spec_of(job: Job) -> ServiceJobSpec:
-    """A job's stored spec as it ran: upgraded to this version, then read as a spec."""
-    return ServiceJobSpec.model_validate(stored_spec(job))
-
-
 def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
     """The baseline row (when the experiment trains or names one, or once a variant measured
     the checkpoint), then one row per variant."""
@@ -617,7 +615,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         return out + _probe_rows(exp, by_variant, done, start)
     overrides = _overrides(exp)
     for index, variant_jobs in sorted(by_variant.items()):
-        specs = [_spec_of(j) for j in variant_jobs]
+        specs = [spec_of(j) for j in variant_jobs]
         override = overrides[index]
         results = [done[j.id] for j in variant_jobs if j.id in done]
         top1 = [r["final_top1"] for r in results]
@@ -651,7 +649,7 @@ def _baseline_row(baseline: Baseline, jobs: list[Job], start: tuple[float, float
                     drop_top5=None)  # fmt: skip
     label = f"full precision ({source})"
     if jobs:
-        specs = [_spec_of(j) for j in jobs]
+        specs = [spec_of(j) for j in jobs]
         return _row("FP", label, specs, jobs, baseline=True, settings={}, **accuracy)
     return Row(id="FP", label=label, baseline=True, settings={}, epochs=None, quan_lr="no",
                constr_w="none", constr_a="none", lr_base=None, jobs=[], finished=0,
@@ -670,7 +668,7 @@ def _probe_rows(
     first = by_variant.get(0, [])
     if not first:
         return []
-    spec = _spec_of(first[0])
+    spec = spec_of(first[0])
     arch, q = spec.model.arch, spec.quantization
     names = layer_names(arch)
     levels = q.levels_by_layer(names)

@@ -175,6 +175,11 @@ def stored_spec(job: Job) -> dict[str, Any]:
     return upgrade_spec(job.spec, job.spec_version)
 
 
+def spec_of(job: Job) -> ServiceJobSpec:
+    """A job's stored spec as it ran: upgraded to this version, then read as a spec."""
+    return ServiceJobSpec.model_validate(stored_spec(job))
+
+
 def stored_experiment_spec(experiment: Experiment) -> dict[str, Any]:
     """An experiment's request, its base upgraded as a job's spec is: submitted again, it
     plans the jobs it ran."""
@@ -321,7 +326,7 @@ def _quantized(job: Job) -> bool:
     """Whether the job's stored spec quantizes anything (one the current model refuses reads as
     quantized: it cannot be shown as full precision)."""
     try:
-        return ServiceJobSpec.model_validate(stored_spec(job)).quantization.enabled
+        return spec_of(job).quantization.enabled
     except ValidationError:
         return True
 

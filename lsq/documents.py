@@ -151,7 +151,7 @@ _RULES = {
     FLOAT: r"(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))(?<!_)",
 }
-_PATTERNS = {tag: re.compile(rule) for tag, rule in _RULES.items()}
+_PATTERNS = {tag: re.compile(f"(?:{rule})\\Z") for tag, rule in _RULES.items()}  # match: whole
 
 
 class _Loader(yaml.SafeLoader):
@@ -187,7 +187,7 @@ class _Loader(yaml.SafeLoader):
     def scalar_of(self, node: yaml.ScalarNode, tag: str) -> str:
         """The scalar's text, which must be what `tag` reads (`!!int " 1"` is not)."""
         text = self.construct_scalar(node)
-        if not _PATTERNS[tag].fullmatch(text):
+        if not _PATTERNS[tag].match(text):
             kind = tag.rsplit(":", 1)[-1]
             raise yaml.constructor.ConstructorError(
                 None, None, f"{text[:40]!r} is not a {kind}", node.start_mark
@@ -212,8 +212,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {}
-for _tag, _pattern in _RULES.items():
-    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), None)
+for _tag, _pattern in _PATTERNS.items():
+    _Loader.add_implicit_resolver(_tag, _pattern, None)
 _Loader.yaml_constructors = {
     None: yaml.SafeLoader.construct_undefined,  # any other tag: an error naming it
     "tag:yaml.org,2002:str": yaml.SafeLoader.construct_yaml_str,
