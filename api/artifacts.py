@@ -1,4 +1,6 @@
-"""A job's files on the shared artifacts folder: LSQ_ARTIFACTS_DIR/jobs/<id>/."""
+"""A job's files on the shared artifacts folder: LSQ_ARTIFACTS_DIR/jobs/<folder>/, where
+<folder> is the job's random folder name (models.new_folder), never its id: ids restart with a
+fresh database, and the files of an older database's job 1 must never be the new job 1's."""
 
 from __future__ import annotations
 
@@ -32,12 +34,14 @@ DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, 
 CHUNK = 1 << 20  # bytes per read of a download
 
 
-def job_folder(settings: Settings, job_id: int) -> Path:
-    return settings.artifacts / "jobs" / str(job_id)
+def job_folder(settings: Settings, folder: str) -> Path:
+    """A job's folder, by its `folder` name (Job.folder)."""
+    return settings.artifacts / "jobs" / folder
 
 
-def experiment_folder(settings: Settings, experiment_id: int) -> Path:
-    return settings.artifacts / "experiments" / str(experiment_id)
+def experiment_folder(settings: Settings, folder: str) -> Path:
+    """An experiment's plots, by its `folder` name (Experiment.folder)."""
+    return settings.artifacts / "experiments" / folder
 
 
 def image(folder: Path, name: str) -> Response:
@@ -140,10 +144,10 @@ def _open_regular(path: Path) -> BinaryIO | None:
     return None
 
 
-def available(settings: Settings, job_id: int) -> list[Path]:
+def available(settings: Settings, folder_name: str) -> list[Path]:
     """The downloadable files the job has written so far: only these names, and only regular
     files that are really in the job's folder (a symlink planted there is never followed)."""
-    folder = job_folder(settings, job_id)
+    folder = job_folder(settings, folder_name)
     return [
         folder / name
         for name in DOWNLOADS

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import typing
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     Float,
@@ -27,6 +29,12 @@ from lsq.spec import SPEC_VERSION
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_folder() -> str:
+    """A job's or experiment's folder name: random, so never the name of an older row's files
+    (ids restart with a fresh database; the artifacts folder may not)."""
+    return uuid.uuid4().hex
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -82,6 +90,7 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),  # the workers' sweeps
         Index("ix_jobs_owner_status_id", "owner", "status", "id"),  # by status, and the quota
         Index("ix_jobs_owner_id", "owner", "id"),  # an owner's list, a page at a time
+        Index("ux_jobs_folder", "folder", unique=True),
         {"sqlite_autoincrement": True},
     )
 
@@ -89,6 +98,13 @@ class Job(Base):
     # Who submitted it (a token's owner); nobody else sees it.
     owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
+    # Its files: artifacts/jobs/<folder> (rows from before migration 0012 keep their id).
+    # Always set; nullable only because SQLite cannot add NOT NULL to a column in place.
+    folder: Mapped[str] = mapped_column(String(32), default=new_folder, nullable=True)
+    # Estimated at submission: multiply-accumulates of the whole run, in units of 10^12.
+    compute_tmacs: Mapped[float | None] = mapped_column(Float)
+    # Bytes of its folder, measured when it ends (None before, or once its files are pruned).
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # Of an experiment: its baseline (variant None) or the variant-th row's job for one seed.
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     variant: Mapped[int | None] = mapped_column(Integer)
@@ -132,12 +148,14 @@ class Experiment(Base):
     __tablename__ = "experiments"
     __table_args__ = (
         Index("ix_experiments_owner_id", "owner", "id"),
+        Index("ux_experiments_folder", "folder", unique=True),
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
+    folder: Mapped[str] = mapped_column(String(32), default=new_folder, nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request, as validated
     # The lsq.spec version its base (a job spec without its name) was written with.
     spec_version: Mapped[int] = mapped_column(Integer, default=SPEC_VERSION)
@@ -156,6 +174,21 @@ class Token(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Owner(Base):
+    """An owner's limits as an operator set them (`lsq owner limits`); None: the service's
+    default (LSQ_MAX_...). The row is also what a submission locks: one owner's submissions
+    are counted against its limits one at a time."""
+
+    __tablename__ = "owners"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    max_job_tmacs: Mapped[float | None] = mapped_column(Float)
+    max_job_seconds: Mapped[float | None] = mapped_column(Float)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class IdempotencyKey(Base):

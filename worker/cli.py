@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from api import cli as service_cli
 from api.config import Settings, get_settings
@@ -158,7 +159,6 @@ def _local_token(settings: Settings) -> str | None:
 
 
 def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
-    from api.artifacts import job_folder
     from api.client import Client, ServiceError, format_job, job_summary
 
     client = Client(url, token)
@@ -180,12 +180,22 @@ def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
     _stop(procs)  # first, so that their goodbyes come before the summary
     print("\nThe demo's two jobs:")
     for job in ended:
-        print(job_summary(job, str(job_folder(get_settings(), job["id"]))))
+        print(job_summary(job, str(_folder_of(job["id"]))))
     print(
         f"\nNext: `lsq serve` keeps the service running (the dashboard at {url}/, the API's "
         f"docs at {url}/docs), and `lsq submit SPEC --wait` runs a job of yours on it."
     )
     return 0 if all(job["status"] == "succeeded" for job in ended) else 1
+
+
+def _folder_of(job_id: int) -> Path:
+    """Where a job of this machine's embedded service keeps its files."""
+    from api import store
+    from api.artifacts import job_folder
+    from api.db import session_scope
+
+    with session_scope(read_only=True) as session:
+        return job_folder(get_settings(), store.get_job(session, job_id).folder)
 
 
 def _demo_spec(name: str, epochs: int, lr: float = 0.05, init: dict | None = None,

@@ -54,7 +54,7 @@ def _draw(experiment_id: int) -> None:
             epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
         base = request["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
-    folder = experiment_folder(get_settings(), experiment_id)
+        folder = experiment_folder(get_settings(), experiment.folder)
     if spec.kind == "sensitivity":
         return _bars(spec, table, [folder / PLOT, folder / PLOT_SVG], title)
     # variants continue from a baseline trained here: draw them after its epochs

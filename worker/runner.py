@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -148,9 +147,19 @@ class Claimed:
 
     job_id: int
     attempt: int
+    folder: str  # its files' folder name (Job.folder)
     spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
-    sources: dict[int, JobStatus | None]  # the jobs whose models it uses, and their status
+    sources: dict[int, Source]  # the jobs whose models it uses
     experiment_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A job whose model another uses: its status and folder (None: missing, or another
+    owner's)."""
+
+    status: JobStatus | None
+    folder: str | None = None
 
 
 def execute(job_id: int) -> Outcome:
@@ -170,10 +179,11 @@ def claim(job_id: int) -> Claimed | Outcome:
         except store.JobNotFound:
             return Ack(None, "no such job")
         spec = store.stored_spec(job)
-        sources = {i: _status_of(session, i, job.owner) for i in source_jobs(spec).values()}
-        waiting = [i for i, s in sources.items() if s in (JobStatus.queued, JobStatus.running)]
+        sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
+        statuses = [(i, s.status) for i, s in sources.items()]
+        waiting = [i for i, s in statuses if s in (JobStatus.queued, JobStatus.running)]
         doomed = any(s not in (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
-                     for s in sources.values())  # fmt: skip
+                     for _, s in statuses)  # fmt: skip
         if job.status == JobStatus.queued and waiting and not doomed:
             log.info("job %s: waiting for job %s, whose model it uses", job_id, waiting[0])
             store.mark_published(session, [job_id])  # its message is alive: no sweep needed
@@ -182,14 +192,14 @@ def claim(job_id: int) -> Claimed | Outcome:
             session, job_id, worker_name(), settings.lease_seconds, settings.max_attempts
         )
         attempt = taken.job.attempts if taken.job else 0
-        experiment_id = job.experiment_id
+        experiment_id, folder = job.experiment_id, job.folder
     if taken.outcome == "busy":
         assert taken.retry_at is not None
         wait = max(1.0, (taken.retry_at - utcnow()).total_seconds() + 1)
         return RetryLater(wait, "another worker holds its lease")
     if taken.outcome != "claimed":
         return Ack(None, f"job {taken.outcome}")
-    return Claimed(job_id, attempt, spec, sources, experiment_id)
+    return Claimed(job_id, attempt, folder, spec, sources, experiment_id)
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
@@ -207,7 +217,7 @@ def _attempt(claimed: Claimed) -> Outcome:
 
     settings, me, job_id = get_settings(), worker_name(), claimed.job_id
     log.info("job %s: attempt %s on %s", job_id, claimed.attempt, me)
-    out = job_folder(settings, job_id)
+    out = job_folder(settings, claimed.folder)
     keeper = LeaseKeeper(job_id, me, settings)
     keeper.start()
     try:
@@ -251,12 +261,13 @@ def _stopped(job_id: int, worker: str, reason: Stop | None, settings: Settings) 
             raise RuntimeError(f"job {job_id} stopped without a reason")
 
 
-def _status_of(session: Session, job_id: int, owner: str) -> JobStatus | None:
-    """The status of a job whose model another uses; None: missing, or not its owner's."""
+def _source(session: Session, job_id: int, owner: str) -> Source:
+    """A job whose model another uses, as `owner` may see it."""
     try:
-        return store.get_job(session, job_id, owner=owner).status
+        source = store.get_job(session, job_id, owner=owner)
     except store.JobNotFound:
-        return None
+        return Source(None)
+    return Source(source.status, source.folder)
 
 
 def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
@@ -265,8 +276,10 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
     check_files(spec, settings)  # again: a folder may have become a symlink since submission
     models = {}
     for field, source_id in source_jobs(claimed.spec).items():
-        path, status = job_folder(settings, source_id) / MODEL, claimed.sources.get(source_id)
-        if status != JobStatus.succeeded or not path.is_file():
+        source = claimed.sources.get(source_id, Source(None))
+        status = source.status
+        path = job_folder(settings, source.folder or "-") / MODEL
+        if status != JobStatus.succeeded or source.folder is None or not path.is_file():
             state = f"ended {status}" if status else "does not exist"
             raise FileNotFoundError(
                 f"{field} names job {source_id}, which {state}; there is no final model ({path})"
@@ -276,11 +289,16 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
 
 
 def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:
-    """A first attempt starts clean; a resume records the checkpoint's epochs again (the last
-    one may not have been recorded before the previous worker stopped)."""
+    """A first attempt makes the folder, which must not exist (its name is random: anything
+    there was put there by someone else); a resume records the checkpoint's epochs again (the
+    last one may not have been recorded before the previous worker stopped). Never through a
+    symlink: the folder must be a real one, in the artifacts folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     if claimed.attempt == 1:
-        shutil.rmtree(out, ignore_errors=True)  # a stale folder of an older database's job
+        out.mkdir()  # FileExistsError (the job fails, saying so) for anything already there
         return
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} is not this job's own folder; it runs no further")
     from lsq.outputs import saved_epochs
 
     for metrics in saved_epochs(out):

@@ -135,8 +135,8 @@ def _image(name: str, what: str) -> None:
     def image(
         experiment_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
     ) -> Response:
-        store.get_experiment(session, experiment_id, owner)
-        return artifacts.image(artifacts.experiment_folder(settings, experiment_id), name)
+        experiment = store.get_experiment(session, experiment_id, owner)
+        return artifacts.image(artifacts.experiment_folder(settings, experiment.folder), name)
 
 
 _image(PLOT, "Test top-1 per epoch of every row (PNG)")

@@ -114,8 +114,8 @@ def _image(name: str, what: str) -> None:
     def image(
         job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
     ) -> Response:
-        store.get_job(session, job_id, owner=owner)
-        return artifacts.image(artifacts.job_folder(settings, job_id), name)
+        job = store.get_job(session, job_id, owner=owner)
+        return artifacts.image(artifacts.job_folder(settings, job.folder), name)
 
 
 IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", HEALTH_PLOT: "image/png",
@@ -142,10 +142,10 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
 def list_artifacts(
     job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> list[Artifact]:
-    store.get_job(session, job_id, owner=owner)
+    job = store.get_job(session, job_id, owner=owner)
     return [
         Artifact(name=p.name, size=p.stat().st_size, url=f"/v1/jobs/{job_id}/artifacts/{p.name}")
-        for p in artifacts.available(settings, job_id)
+        for p in artifacts.available(settings, job.folder)
     ]
 
 
@@ -171,8 +171,8 @@ def download_artifact(
 ) -> StreamingResponse:
     """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
     resumed download safe: another version of the file comes whole)."""
-    store.get_job(session, job_id, owner=owner)
-    files = {p.name: p for p in artifacts.available(settings, job_id)}  # known names only
+    job = store.get_job(session, job_id, owner=owner)
+    files = {p.name: p for p in artifacts.available(settings, job.folder)}  # known names only
     response = None
     if name in files:
         response = artifacts.download(files[name], f"job-{job_id}-{name}", byte_range, if_range)

@@ -166,6 +166,14 @@ def make_token(env: dict[str, str], owner: str = "tester") -> str:
     return done.stdout.splitlines()[-1]
 
 
+def job_folder_name(data_dir: Path, job_id: int) -> str:
+    """The folder name of an embedded service's job (its files: artifacts/jobs/<name>)."""
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "lsq.db") as db:
+        return db.execute("SELECT folder FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -26,7 +26,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .conftest import Proc, bearer, free_port, make_token, service_env, tiny_spec
+from .conftest import (
+    Proc,
+    bearer,
+    free_port,
+    job_folder_name,
+    make_token,
+    service_env,
+    tiny_spec,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -241,7 +249,7 @@ def test_artifacts_never_follow_a_symlink_out_of_the_job_folder(
     api: Api, ann: httpx.Client
 ) -> None:
     job = ann.post("/v1/jobs", json=tiny_spec("planted")).json()
-    folder = api.data / "artifacts" / "jobs" / str(job["id"])
+    folder = api.data / "artifacts" / "jobs" / job_folder_name(api.data, job["id"])
     folder.mkdir(parents=True)
     (folder / "metrics.json").symlink_to("/etc/passwd")
     (folder / "model.pt").write_bytes(b"weights")

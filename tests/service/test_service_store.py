@@ -25,7 +25,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, service_env, tiny_spec
 
-HEAD = "0011"  # the newest migration in migrations/versions
+HEAD = "0012"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,
