@@ -105,6 +105,8 @@ class Job(Base):
     compute_tmacs: Mapped[float | None] = mapped_column(Float)
     # Bytes of its folder, measured when it ends (None before, or once its files are pruned).
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # When retention (LSQ_RETENTION_DAYS) removed its files; its row and epochs stay.
+    files_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Of an experiment: its baseline (variant None) or the variant-th row's job for one seed.
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     variant: Mapped[int | None] = mapped_column(Integer)

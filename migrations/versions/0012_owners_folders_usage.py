@@ -1,5 +1,5 @@
 """owners (an operator's per-owner limits), a folder name per job and experiment that is never
-reused, and each job's estimated compute and stored bytes
+reused, and each job's estimated compute, stored bytes and when retention removed its files
 
 Revision ID: 0012
 Revises: 0011
@@ -37,9 +37,11 @@ def upgrade() -> None:
         op.create_index(f"ux_{table}_folder", table, ["folder"], unique=True)
     op.add_column("jobs", sa.Column("compute_tmacs", sa.Float(), nullable=True))
     op.add_column("jobs", sa.Column("stored_bytes", sa.BigInteger(), nullable=True))
+    op.add_column("jobs", sa.Column("files_pruned_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "files_pruned_at")
     op.drop_column("jobs", "stored_bytes")
     op.drop_column("jobs", "compute_tmacs")
     for table in ("experiments", "jobs"):
