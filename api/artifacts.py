@@ -144,6 +144,22 @@ def _open_regular(path: Path) -> BinaryIO | None:
     return None
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files in `folder` and below (links are not followed, and count
+    as nothing)."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # missing, or not a folder
+        return 0
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            total += folder_bytes(Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def available(settings: Settings, folder_name: str) -> list[Path]:
     """The downloadable files the job has written so far: only these names, and only regular
     files that are really in the job's folder (a symlink planted there is never followed)."""

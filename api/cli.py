@@ -58,6 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     revoke.add_argument("id", type=int)
     revoke.set_defaults(func=token_revoke)
 
+    p = sub.add_parser("owner", help="an owner's limits (on the service's host)")
+    own = p.add_subparsers(dest="owner_command", required=True)
+    lim = own.add_parser(
+        "limits", help="show OWNER's limits and usage; with options, set them first"
+    )
+    lim.add_argument("owner")
+    for name in LIMIT_OPTIONS:
+        lim.add_argument(
+            f"--{name.replace('_', '-')}", metavar="N", type=_limit,
+            help="a number, or 'default' for the service's (LSQ_...)",
+        )  # fmt: skip
+    lim.set_defaults(func=owner_limits)
+
     p = sub.add_parser("db", help="database commands")
     db = p.add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply the migrations").set_defaults(func=db_upgrade)
@@ -210,6 +223,49 @@ def token_revoke(args: argparse.Namespace) -> int:
         print(f"lsq token revoke: no active token {args.id}", file=sys.stderr)
         return 2
     print(f"token {args.id} revoked")
+    return 0
+
+
+LIMIT_OPTIONS = ("max_queued", "max_running", "max_job_tmacs", "max_job_seconds",
+                 "max_storage_bytes")  # fmt: skip
+DEFAULT = "default"
+
+
+def _limit(text: str) -> float | str:
+    if text == DEFAULT:
+        return text
+    value = float(text)  # argparse turns the ValueError into a usage error
+    if not 0 <= value < 1e18:
+        raise ValueError(text)
+    return value
+
+
+def owner_limits(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import owners
+    from .db import session_scope, upgrade_database
+    from .owners import Limits
+
+    if not OWNER.fullmatch(args.owner):
+        print("lsq owner limits: OWNER is 1-100 letters, digits, . _ @ -", file=sys.stderr)
+        return 2
+    upgrade_database()
+    with session_scope() as session:
+        row = owners.lock(session, args.owner)
+        for name in LIMIT_OPTIONS:
+            if (value := getattr(args, name)) is not None:
+                cast = float if name in ("max_job_tmacs", "max_job_seconds") else int
+                setattr(row, name, None if value == DEFAULT else cast(value))
+        session.flush()
+        limits = Limits.defaults(get_settings()).overridden_by(row)
+        usage = owners.usage_of(session, args.owner)
+        overridden = {n for n in LIMIT_OPTIONS if getattr(row, n) is not None}
+    print(f"{args.owner}: limits (* set for this owner; the others are the service's)")
+    for name, value in asdict(limits).items():
+        print(f"  {name:<18} {value:>22,}{' *' if name in overridden else ''}")
+    print(f"  usage: {usage.queued} queued, {usage.running} running, "
+          f"{usage.storage_bytes:,} bytes stored")  # fmt: skip
     return 0
 
 

@@ -49,7 +49,22 @@ class Settings(BaseSettings):
     # Host names the API answers to (the Host header): the loopback default stops DNS rebinding.
     allowed_hosts: str = Field("127.0.0.1,localhost,[::1]", alias="LSQ_ALLOWED_HOSTS")
     cors_origins: str = Field("", alias="LSQ_CORS_ORIGINS", description="none: CORS closed")
-    max_queued_per_owner: int = Field(100, ge=1, alias="LSQ_MAX_QUEUED_PER_OWNER")
+    # -- each owner's share (defaults; `lsq owner limits OWNER` sets them per owner)
+    max_queued_per_owner: int = Field(
+        100, ge=1, alias="LSQ_MAX_QUEUED_PER_OWNER", description="unfinished jobs at once"
+    )
+    max_running_per_owner: int = Field(
+        0, ge=0, alias="LSQ_MAX_RUNNING_PER_OWNER", description="0: as many as there are workers"
+    )
+    # Multiply-accumulates of a whole job (lsq.cost), in units of 10^12: ResNet-18 for 90
+    # epochs on ImageNet is about 620,000.
+    max_job_tmacs: float = Field(1e6, gt=0, alias="LSQ_MAX_JOB_TMACS")
+    max_job_seconds: float = Field(
+        7 * 86_400.0, gt=0, alias="LSQ_MAX_JOB_SECONDS", description="wall-clock from its start"
+    )
+    max_storage_bytes: int = Field(
+        50 << 30, ge=0, alias="LSQ_MAX_STORAGE_BYTES", description="an owner's jobs' files"
+    )
     requests_per_second: float = Field(20.0, gt=0, alias="LSQ_REQUESTS_PER_SECOND")
     request_burst: int = Field(40, ge=1, alias="LSQ_REQUEST_BURST")
     idempotency_seconds: float = Field(86_400.0, gt=0, alias="LSQ_IDEMPOTENCY_SECONDS")

@@ -24,6 +24,7 @@ from .store import (
     JobConflict,
     JobNotFound,
     KeyInUse,
+    StorageFull,
     TooManyJobs,
 )
 
@@ -40,6 +41,7 @@ CODES = {
     422: "invalid",
     500: "internal",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -116,6 +118,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TooManyRequests)
     async def _rate(_: Request, exc: TooManyRequests) -> JSONResponse:
         return _retry_later(str(exc), exc.retry_after)
+
+    @app.exception_handler(StorageFull)
+    async def _storage(_: Request, exc: StorageFull) -> JSONResponse:
+        return error_response(507, str(exc))
 
     @app.exception_handler(TooManyJobs)
     async def _quota(_: Request, exc: TooManyJobs) -> JSONResponse:

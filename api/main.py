@@ -16,7 +16,7 @@ from . import errors
 from .config import get_settings
 from .db import upgrade_database
 from .middleware import BodyGuard, CrashGuard, TrustedHosts
-from .routes import experiments, health, jobs
+from .routes import experiments, health, jobs, me
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
 
@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
 
     app.include_router(jobs.router)
     app.include_router(experiments.router)
+    app.include_router(me.router)
     app.include_router(health.router)
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's

@@ -54,6 +54,13 @@ class JobOut(BaseModel):
     cancel_requested: bool
     error: str | None
     result: RunResult | None
+    compute_tmacs: float | None = Field(
+        description="Its estimated compute at submission: multiply-accumulates of the whole "
+        "run (epochs x images x the network's cost), in units of 10^12"
+    )
+    stored_bytes: int | None = Field(
+        description="Bytes its files held when it ended (they count to its owner's storage)"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -73,6 +80,8 @@ class JobOut(BaseModel):
             cancel_requested=job.cancel_requested,
             error=job.error,
             result=job.result,
+            compute_tmacs=job.compute_tmacs,
+            stored_bytes=job.stored_bytes,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -201,3 +210,25 @@ class ErrorOut(BaseModel):
     """The shape of every error response."""
 
     error: ErrorBody
+
+
+class OwnerLimits(BaseModel):
+    max_queued: int = Field(description="Unfinished (queued or running) jobs at once")
+    max_running: int = Field(description="Jobs running at once; 0: as many as there are workers")
+    max_job_tmacs: float = Field(description="A job's estimated compute (see compute_tmacs)")
+    max_job_seconds: float = Field(description="A job's wall-clock time from its start")
+    max_storage_bytes: int = Field(description="Bytes the owner's jobs' files may hold")
+
+
+class OwnerUsage(BaseModel):
+    queued: int
+    running: int
+    storage_bytes: int = Field(description="Bytes the owner's ended jobs' files hold")
+
+
+class Me(BaseModel):
+    """Who the token acts for, its limits and what it uses of them."""
+
+    owner: str
+    limits: OwnerLimits
+    usage: OwnerUsage

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -22,12 +23,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
 
 from lsq.archs import pretrained_missing
+from lsq.cost import job_tmacs
 from lsq.levels import cut
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 from lsq.spec import upgrade_spec
 
+from . import owners
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
-from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models
+from .owners import Limits
+from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models, source_jobs
 
 # An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
 # space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
@@ -64,6 +68,10 @@ class TooManyJobs(Exception):
     """The owner has as many unfinished jobs as the service allows."""
 
 
+class StorageFull(Exception):
+    """The owner's jobs hold as many bytes as the service allows."""
+
+
 class KeyInUse(Exception):
     """An Idempotency-Key whose first request is still being handled."""
 
@@ -73,12 +81,13 @@ def submit_job(
     owner: str,
     spec: ServiceJobSpec,
     *,
-    max_unfinished: int,
+    limits: Limits,
     key: str | None = None,
     key_expiry: timedelta = timedelta(days=1),
 ) -> tuple[Job, bool]:
-    """Add a queued job of `owner`, or, for an Idempotency-Key seen before with the same spec,
-    return the job it created. True when the job is new."""
+    """Add a queued job of `owner` within its limits (`limits`: the service's defaults), or,
+    for an Idempotency-Key seen before with the same spec, return the job it created. True
+    when the job is new."""
     if key is not None:
         earlier = _job_of_key(
             session, owner, key, _digest(spec.model_dump(mode="json")), key_expiry
@@ -86,12 +95,40 @@ def submit_job(
         if earlier is not None:
             return earlier, False
     _check_source(session, owner, spec)
-    if _unfinished(session, owner) >= max_unfinished:
-        raise TooManyJobs(f"{owner} has {max_unfinished} unfinished jobs, the most allowed")
+    _within_limits(session, owner, limits, [("training.epochs", spec)])
     job = _add(session, owner, spec)
     if key is not None:
         _bind_key(session, owner, key, job.id)
     return job, True
+
+
+def _within_limits(
+    session: Session, owner: str, defaults: Limits, new: list[tuple[str, ServiceJobSpec]]
+) -> None:
+    """Raise unless `owner` may add the `new` jobs (field to name, spec): unfinished jobs,
+    compute per job, storage. Counted under the owner's lock, so concurrent submissions
+    cannot both pass (api.owners)."""
+    limits = defaults.overridden_by(owners.lock(session, owner))
+    if _unfinished(session, owner) + len(new) > limits.max_queued:
+        raise TooManyJobs(
+            f"{len(new)} more would pass {owner}'s {limits.max_queued} unfinished jobs, "
+            "the most allowed (LSQ_MAX_QUEUED_PER_OWNER)"
+        )
+    for field, spec in new:
+        if (tmacs := job_tmacs(spec)) > limits.max_job_tmacs:
+            raise InvalidField(
+                field,
+                f"{spec.name!r} would take about {tmacs:,.4g} x 10^12 multiply-accumulates "
+                f"(epochs x images x the network's cost), above {owner}'s limit of "
+                f"{limits.max_job_tmacs:,.4g} (LSQ_MAX_JOB_TMACS): ask for fewer epochs or "
+                "images",
+            )
+    stored = owners.usage_of(session, owner).storage_bytes
+    if stored >= limits.max_storage_bytes:
+        raise StorageFull(
+            f"{owner}'s jobs hold {stored:,} bytes, the most allowed is "
+            f"{limits.max_storage_bytes:,} (LSQ_MAX_STORAGE_BYTES): delete jobs to free space"
+        )
 
 
 def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
@@ -273,7 +310,7 @@ def create_experiment(
     variants: list[tuple[int, ServiceJobSpec]],
     *,
     start: int | str | None,
-    max_unfinished: int,
+    limits: Limits,
     distill: dict[str, float] | None = None,
     key: str | None = None,
     key_expiry: timedelta = timedelta(days=1),
@@ -287,9 +324,8 @@ def create_experiment(
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False
-    new = len(variants) + (baseline is not None)
-    if _unfinished(session, owner) + new > max_unfinished:
-        raise TooManyJobs(f"{new} more jobs would pass {owner}'s {max_unfinished} unfinished")
+    planned = [s for s in [baseline] if s is not None] + [s for _, s in variants]
+    _within_limits(session, owner, limits, [("base.training.epochs", s) for s in planned])
     experiment = Experiment(owner=owner, name=name, spec=request)
     session.add(experiment)
     session.flush()
@@ -341,6 +377,7 @@ def _add(
     """A new queued job, its id assigned."""
     job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
     job.status, job.experiment_id, job.variant = JobStatus.queued, experiment_id, variant
+    job.compute_tmacs = job_tmacs(spec)
     session.add(job)
     session.flush()
     return job
@@ -439,6 +476,97 @@ def claim_job(
     return Claim("claimed", job)
 
 
+# Dispatch is fair between owners: a free worker takes the next job of the owner with the
+# fewest jobs running, and among equals the one whose last job started longest ago (round
+# robin), whatever message woke it. So one owner's hundred queued jobs hold another's first
+# job back by at most one job per worker, not by a hundred. A message is a turn for whichever
+# job is fairest: the job it names may run later, on the turn of another job's message.
+SCAN = 20  # an owner's oldest candidates looked at for one not waiting on another job
+
+
+def claim_next(
+    session: Session, worker: str, lease_seconds: float, max_takeovers: int, defaults: Limits
+) -> Job | None:
+    """Claim the fairest job that can run now (see above): a queued one not waiting for the
+    model of another, or a running one whose worker died. None: no such job, or its owner is
+    at its running limit."""
+    skipped: set[int] = set()
+    for _ in range(SCAN):
+        job_id = _fairest(session, utcnow(), defaults, skipped)
+        if job_id is None:
+            return None
+        claim = claim_job(session, job_id, worker, lease_seconds, max_takeovers)
+        if claim.outcome == "claimed":
+            return claim.job
+        skipped.add(job_id)  # another worker was first, or it ended: the next one
+    return None
+
+
+def _fairest(session: Session, now: datetime, defaults: Limits, skipped: set[int]) -> int | None:
+    can_run = (Job.status == JobStatus.queued) | (
+        (Job.status == JobStatus.running)
+        & (Job.lease_expires_at.is_(None) | (Job.lease_expires_at <= now))
+    )
+    if skipped:
+        can_run &= Job.id.not_in(skipped)
+    waiting = list(session.scalars(select(Job.owner).where(can_run).distinct()))
+    if not waiting:
+        return None
+    for owner in sorted(waiting, key=_turn_order(session, now, waiting)):
+        row = owners.try_lock(session, owner)  # None: another worker is choosing for it now
+        limits = defaults.overridden_by(row)
+        if row is None or (
+            limits.max_running and _running(session, owner, now) >= limits.max_running
+        ):
+            continue
+        candidates = select(Job).where(Job.owner == owner, can_run).order_by(Job.id).limit(SCAN)
+        for job in session.scalars(candidates):
+            if not _waits(session, job):
+                return job.id
+    return None
+
+
+def _turn_order(session: Session, now: datetime, owners_: list[str]) -> Callable[[str], tuple]:
+    """Owners with fewer running jobs first, then the one whose last start is oldest."""
+    alive = (Job.status == JobStatus.running) & (Job.lease_expires_at > now)
+    running = dict(
+        session.execute(
+            select(Job.owner, func.count()).where(alive, Job.owner.in_(owners_)).group_by(Job.owner)
+        ).all()
+    )
+    started = dict(
+        session.execute(
+            select(Job.owner, func.max(Job.started_at))
+            .where(Job.owner.in_(owners_), Job.started_at.is_not(None))
+            .group_by(Job.owner)
+        ).all()
+    )
+    never = datetime.min.replace(tzinfo=now.tzinfo)
+    return lambda owner: (running.get(owner, 0), started.get(owner) or never, owner)
+
+
+def _running(session: Session, owner: str, now: datetime) -> int:
+    alive = (Job.status == JobStatus.running) & (Job.lease_expires_at > now)
+    return session.scalar(select(func.count()).where(Job.owner == owner, alive)) or 0
+
+
+def _waits(session: Session, job: Job) -> bool:
+    """A queued job waits while a job whose model it uses may still succeed (a source that
+    cannot, or is not its owner's, lets it run: it then fails, saying why)."""
+    if job.status != JobStatus.queued:
+        return False
+    ids = list(source_jobs(stored_spec(job)).values())
+    statuses = dict(
+        session.execute(
+            select(Job.id, Job.status).where(Job.id.in_(ids), Job.owner == job.owner)
+        ).all()
+    )
+    found = [statuses.get(i) for i in ids]
+    unfinished = (JobStatus.queued, JobStatus.running)
+    doomed = any(s not in (*unfinished, JobStatus.succeeded) for s in found)
+    return not doomed and any(s in unfinished for s in found)
+
+
 def _gave_up(workers: list[str | None]) -> str:
     return (
         f"gave up: the worker running this job stopped answering {len(workers)} times "
@@ -492,12 +620,15 @@ def finish_job(
     status: JobStatus,
     result: RunResult | None = None,
     error: str | None = None,
+    stored_bytes: int | None = None,
 ) -> bool:
-    """End a job this worker owns as succeeded, failed or cancelled. False: lease lost."""
+    """End a job this worker owns as succeeded, failed or cancelled, with the bytes its files
+    hold. False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
     _end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
+    job.stored_bytes = stored_bytes
     if status == JobStatus.succeeded:  # done, though the last progress beat may not be written
         job.progress_epoch, job.progress_fraction = max(job.progress_epoch, 1), 1.0
     return True

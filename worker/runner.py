@@ -13,18 +13,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api import store
-from api.artifacts import job_folder
+from api import owners, store
+from api.artifacts import folder_bytes, job_folder
 from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
 from api.limits import check_files
 from api.models import JobStatus, utcnow
+from api.owners import Limits
 from api.spec import ServiceJobSpec, for_the_core, source_jobs
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
@@ -72,6 +74,7 @@ class Stop(StrEnum):
     lease_lost = "lease_lost"  # another worker took the job over: write nothing more
     fenced = "fenced"  # heartbeats failed for too long: this worker gave the lease up
     shutdown = "shutdown"  # this worker is stopping: the job goes back to the queue
+    time_limit = "time_limit"  # it has run for its owner's wall-clock limit: it fails
 
 
 class LeaseLost(Exception):
@@ -84,9 +87,10 @@ class LeaseLost(Exception):
 class LeaseKeeper(threading.Thread):
     """Heartbeat: renews the lease, stores the latest progress, and reads the cancel flag."""
 
-    def __init__(self, job_id: int, worker: str, settings: Settings) -> None:
+    def __init__(self, job_id: int, worker: str, settings: Settings, deadline: datetime) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
+        self.deadline = deadline
         self.stop_reason: Stop | None = None
         self._stop_lock = threading.Lock()  # the training and heartbeat threads both decide
         self._done = threading.Event()
@@ -103,6 +107,8 @@ class LeaseKeeper(threading.Thread):
     def should_stop(self) -> bool:
         if SHUTTING_DOWN.is_set():
             self.stop_as(Stop.shutdown)
+        if utcnow() >= self.deadline:
+            self.stop_as(Stop.time_limit)
         return self.stop_reason is not None
 
     def run(self) -> None:
@@ -150,7 +156,9 @@ class Claimed:
     folder: str  # its files' folder name (Job.folder)
     spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
     sources: dict[int, Source]  # the jobs whose models it uses
-    experiment_id: int | None = None
+    experiment_id: int | None
+    deadline: datetime  # when it has run its owner's wall-clock limit (from its first start)
+    limit_seconds: float
 
 
 @dataclass(frozen=True)
@@ -171,35 +179,41 @@ def execute(job_id: int) -> Outcome:
 
 
 def claim(job_id: int) -> Claimed | Outcome:
-    """Take the lease of a job that is ready to run, or say what to do with the message."""
+    """Take the lease of the fairest job that can run (api.store.claim_next): a message is a
+    turn, whichever job it names. With none, say what to do with the message."""
     settings = get_settings()
+    defaults = Limits.defaults(settings)
     with session_scope() as session:
-        try:
-            job = store.get_job(session, job_id)
-        except store.JobNotFound:
-            return Ack(None, "no such job")
+        args = worker_name(), settings.lease_seconds, settings.max_attempts, defaults
+        job = store.claim_next(session, *args)
+        if job is None:
+            return _no_turn(session, job_id, settings)
+        if job.id != job_id:
+            log.info("job %s: its turn goes to job %s, the fairest to run now", job_id, job.id)
         spec = store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
-        statuses = [(i, s.status) for i, s in sources.items()]
-        waiting = [i for i, s in statuses if s in (JobStatus.queued, JobStatus.running)]
-        doomed = any(s not in (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
-                     for _, s in statuses)  # fmt: skip
-        if job.status == JobStatus.queued and waiting and not doomed:
-            log.info("job %s: waiting for job %s, whose model it uses", job_id, waiting[0])
-            store.mark_published(session, [job_id])  # its message is alive: no sweep needed
-            return RetryLater(settings.retry_seconds, "a model it uses is not ready")
-        taken = store.claim_job(
-            session, job_id, worker_name(), settings.lease_seconds, settings.max_attempts
+        seconds = owners.limits_of(session, job.owner, defaults).max_job_seconds
+        assert job.started_at is not None  # set by the claim
+        deadline = job.started_at + timedelta(seconds=seconds)
+        return Claimed(
+            job.id, job.attempts, job.folder, spec, sources, job.experiment_id, deadline, seconds
         )
-        attempt = taken.job.attempts if taken.job else 0
-        experiment_id, folder = job.experiment_id, job.folder
-    if taken.outcome == "busy":
-        assert taken.retry_at is not None
-        wait = max(1.0, (taken.retry_at - utcnow()).total_seconds() + 1)
+
+
+def _no_turn(session: Session, job_id: int, settings: Settings) -> Outcome:
+    """Nothing can run now: keep the message while its job may still need to run."""
+    try:
+        job = store.get_job(session, job_id)
+    except store.JobNotFound:
+        return Ack(None, "no such job")
+    if job.status == JobStatus.queued:  # waits for a model, or its owner's running jobs
+        store.mark_published(session, [job_id])  # its message is alive: no sweep needed
+        return RetryLater(settings.retry_seconds, "it waits for another job, or its turn")
+    if job.status == JobStatus.running and job.lease_expires_at is not None:
+        # a duplicate message: take the job over if its worker stops renewing the lease
+        wait = max(1.0, (job.lease_expires_at - utcnow()).total_seconds() + 1)
         return RetryLater(wait, "another worker holds its lease")
-    if taken.outcome != "claimed":
-        return Ack(None, f"job {taken.outcome}")
-    return Claimed(job_id, attempt, folder, spec, sources, experiment_id)
+    return Ack(None, f"job {job.status}")
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
@@ -218,7 +232,7 @@ def _attempt(claimed: Claimed) -> Outcome:
     settings, me, job_id = get_settings(), worker_name(), claimed.job_id
     log.info("job %s: attempt %s on %s", job_id, claimed.attempt, me)
     out = job_folder(settings, claimed.folder)
-    keeper = LeaseKeeper(job_id, me, settings)
+    keeper = LeaseKeeper(job_id, me, settings, claimed.deadline)
     keeper.start()
     try:
         spec = _core_spec(claimed, settings)
@@ -230,7 +244,7 @@ def _attempt(claimed: Claimed) -> Outcome:
     except LeaseLost:
         return Ack(None, "lost its lease")
     except Cancelled:
-        return _stopped(job_id, me, keeper.stop_reason, settings)
+        return _stopped(claimed, me, keeper.stop_reason, settings)
     except DATABASE_UNAVAILABLE:
         raise  # the database, not the job: the task tries again later (worker.tasks)
     except Exception as e:
@@ -239,16 +253,23 @@ def _attempt(claimed: Claimed) -> Outcome:
         else:
             log.exception("job %s failed", job_id)
         _free_memory()
-        return _finish(job_id, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
+        return _finish(claimed, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
     finally:
         keeper.close()
-    return _finish(job_id, me, JobStatus.succeeded, result=result)
+    return _finish(claimed, me, JobStatus.succeeded, result=result)
 
 
-def _stopped(job_id: int, worker: str, reason: Stop | None, settings: Settings) -> Outcome:
+def _stopped(claimed: Claimed, worker: str, reason: Stop | None, settings: Settings) -> Outcome:
+    job_id = claimed.job_id
     match reason:
         case Stop.cancelled:
-            return _finish(job_id, worker, JobStatus.cancelled)
+            return _finish(claimed, worker, JobStatus.cancelled)
+        case Stop.time_limit:
+            error = (
+                f"time limit: it ran {claimed.limit_seconds:,.0f} s from its start, its "
+                "owner's limit (LSQ_MAX_JOB_SECONDS); its last checkpoint is kept"
+            )
+            return _finish(claimed, worker, JobStatus.failed, error=error)
         case Stop.lease_lost:
             return Ack(None, "another worker took it over")
         case Stop.fenced:  # maybe nobody else has the job: look again once the lease expired
@@ -316,14 +337,18 @@ def _record(
 
 
 def _finish(
-    job_id: int,
+    claimed: Claimed,
     worker: str,
     status: JobStatus,
     result: RunResult | None = None,
     error: str | None = None,
 ) -> Outcome:
+    """End the job, with the bytes its folder holds (its owner's storage counts them)."""
+    job_id, stored = claimed.job_id, folder_bytes(job_folder(get_settings(), claimed.folder))
     with session_scope() as session:
-        ended = store.finish_job(session, job_id, worker, status, result=result, error=error)
+        ended = store.finish_job(
+            session, job_id, worker, status, result=result, error=error, stored_bytes=stored
+        )
     log.info("job %s: %s", job_id, status if ended else "lost its lease before it ended")
     return Ack(status) if ended else Ack(None, "lost its lease before it ended")
 

@@ -17,6 +17,7 @@ from ..db import session_scope
 from ..deps import ReadSessionDep, SettingsDep
 from ..experiments import CheckpointBaseline, ExperimentSpec, JobBaseline, PretrainedBaseline
 from ..models import Experiment
+from ..owners import Limits
 from ..queue import enqueue_when_committed
 from ..schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
 from .jobs import ERRORS, IdempotencyKey, submitted
@@ -61,7 +62,7 @@ def submit_experiment(
     with session_scope() as session:  # writes commit in this thread (api.deps)
         experiment, new = store.create_experiment(
             session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
-            start=start, distill=plan.distill, max_unfinished=settings.max_queued_per_owner,
+            start=start, distill=plan.distill, limits=Limits.defaults(settings),
             key=idempotency_key,
             key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip

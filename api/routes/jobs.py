@@ -17,6 +17,7 @@ from ..auth import OwnerDep
 from ..db import session_scope
 from ..deps import ReadSessionDep, SettingsDep
 from ..models import JobStatus
+from ..owners import Limits
 from ..queue import enqueue_when_committed
 from ..schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage, epoch_numbers
 from ..spec import ServiceJobSpec
@@ -61,7 +62,7 @@ def submit_job(
     limits.check_job(spec, settings)
     with session_scope() as session:  # writes commit in this thread (api.deps)
         job, new = store.submit_job(
-            session, owner, spec, max_unfinished=settings.max_queued_per_owner,
+            session, owner, spec, limits=Limits.defaults(settings),
             key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip
         if new:

@@ -23,6 +23,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import make_engine, upgrade_database
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SERVER = os.environ.get(
@@ -115,6 +118,31 @@ def redis_url() -> str:
     except Exception as e:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} (CI starts it): {e}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def pg_store_url(new_pg_database) -> str:  # noqa: ANN001
+    """One migrated PostgreSQL database for this module; tests empty its tables."""
+    url = new_pg_database()
+    engine = make_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated database with no jobs."""
+    if request.param == "postgres":
+        engine = make_engine(request.getfixturevalue("pg_store_url"))
+        with engine.begin() as conn:
+            tables = "jobs, epochs, idempotency_keys, tokens, experiments, owners"
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
+        upgrade_database(engine)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
 
 
 # ------------------------------------------------------------------------------ processes

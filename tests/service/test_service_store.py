@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import store
 from api.db import make_engine, upgrade_database
 from api.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
+from api.owners import Limits
 from api.schemas import ExperimentOut, JobDetail, JobOut
 from api.spec import ServiceJobSpec
 from lsq.levels import from_bits
@@ -51,39 +51,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'lsq.db'}"
 
 
-@pytest.fixture(scope="module")
-def pg_store_url(new_pg_database) -> str:  # noqa: ANN001
-    """One migrated PostgreSQL database for this module; tests empty its tables."""
-    url = new_pg_database()
-    engine = make_engine(url)
-    upgrade_database(engine)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    """A migrated database with no jobs."""
-    if request.param == "postgres":
-        engine = make_engine(request.getfixturevalue("pg_store_url"))
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "TRUNCATE jobs, epochs, idempotency_keys, tokens, experiments RESTART IDENTITY"
-                )
-            )
-    else:
-        engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
-        upgrade_database(engine)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
-
-
 OWNER = "ann"
 
 
+def quota(unfinished: int) -> Limits:
+    """Limits with `unfinished` queued or running jobs at most, and room for anything else."""
+    return Limits(unfinished, 0, 1e12, 1e9, 1 << 60)
+
+
 def create(session: Session, spec: ServiceJobSpec, owner: str = OWNER) -> Job:
-    return store.submit_job(session, owner, spec, max_unfinished=1000)[0]
+    return store.submit_job(session, owner, spec, limits=quota(1000))[0]
 
 
 def add_job(db: sessionmaker[Session], **changes: object) -> int:
@@ -225,7 +202,7 @@ def test_an_experiments_baseline_job_is_a_full_precision_one(db) -> None:
         with db.begin() as session:
             return store.create_experiment(
                 session, OWNER, "e", {"name": "e"}, None, [(0, variant)], start=start,
-                max_unfinished=10,
+                limits=quota(10),
             )[0]  # fmt: skip
 
     assert experiment(float_job).id
@@ -440,18 +417,18 @@ def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
 def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
     spec = ServiceJobSpec.model_validate(tiny_spec("once"))
     with db.begin() as session:
-        first, new = store.submit_job(session, OWNER, spec, max_unfinished=10, key="k1")
+        first, new = store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
         assert new
     with db.begin() as session:
-        again, new = store.submit_job(session, OWNER, spec, max_unfinished=10, key="k1")
+        again, new = store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
         assert (again.id, new) == (first.id, False)
         other = ServiceJobSpec.model_validate(tiny_spec("other"))
         with pytest.raises(store.InvalidField, match="different body"):
-            store.submit_job(session, OWNER, other, max_unfinished=10, key="k1")
+            store.submit_job(session, OWNER, other, limits=quota(10), key="k1")
     with db.begin() as session:  # keys are per owner, and expire
-        assert store.submit_job(session, "bob", spec, max_unfinished=10, key="k1")[1]
+        assert store.submit_job(session, "bob", spec, limits=quota(10), key="k1")[1]
         expired = store.submit_job(
-            session, OWNER, spec, max_unfinished=10, key="k1", key_expiry=timedelta(0)
+            session, OWNER, spec, limits=quota(10), key="k1", key_expiry=timedelta(0)
         )
         assert expired[1] and expired[0].id != first.id
     with db.begin() as session:
@@ -462,16 +439,16 @@ def test_a_jobs_key_and_an_experiments_key_never_meet(db) -> None:
     """A job's key "experiment:k" and an experiment's key "k" are two keys, not one reused."""
     spec = ServiceJobSpec.model_validate(tiny_spec("e"))
     with db.begin() as session:
-        job, new_job = store.submit_job(session, OWNER, spec, max_unfinished=10, key="experiment:k")
+        job, new_job = store.submit_job(session, OWNER, spec, limits=quota(10), key="experiment:k")
         experiment, new_experiment = store.create_experiment(
             session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
-            max_unfinished=10, key="k",
+            limits=quota(10), key="k",
         )  # fmt: skip
         assert new_job and new_experiment and job.experiment_id is None
     with db.begin() as session:
         again, new = store.create_experiment(
             session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
-            max_unfinished=10, key="k",
+            limits=quota(10), key="k",
         )  # fmt: skip
         assert (again.id, new) == (experiment.id, False)
 
@@ -523,10 +500,10 @@ def test_an_owner_has_at_most_so_many_unfinished_jobs(db) -> None:
     spec = ServiceJobSpec.model_validate(tiny_spec("q"))
     with db.begin() as session:
         for _ in range(2):
-            store.submit_job(session, OWNER, spec, max_unfinished=2)
+            store.submit_job(session, OWNER, spec, limits=quota(2))
         with pytest.raises(store.TooManyJobs, match="2 unfinished jobs"):
-            store.submit_job(session, OWNER, spec, max_unfinished=2)
-        store.submit_job(session, "bob", spec, max_unfinished=2)  # bob has his own
+            store.submit_job(session, OWNER, spec, limits=quota(2))
+        store.submit_job(session, "bob", spec, limits=quota(2))  # bob has his own
 
 
 def test_a_job_whose_workers_keep_dying_ends_failed_with_its_history(db) -> None:

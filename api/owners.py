@@ -1,0 +1,103 @@
+"""What each owner may use, and what it uses: jobs queued and running, compute per job,
+wall-clock time per job, and storage. An operator sets the defaults (LSQ_MAX_...) and, per
+owner, overrides (`lsq owner limits OWNER ...`, stored in the `owners` table).
+
+An owner's row is also its lock: a submission counts the owner's jobs and adds its own under
+it, and so does a worker that starts one of its jobs, so two at once cannot both pass a limit
+(PostgreSQL: the row lock; SQLite: the write lock every writing transaction takes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .models import Job, JobStatus, Owner
+
+
+@dataclass(frozen=True)
+class Limits:
+    """An owner's bounds. max_running 0: as many as there are workers."""
+
+    max_queued: int
+    max_running: int
+    max_job_tmacs: float
+    max_job_seconds: float
+    max_storage_bytes: int
+
+    @classmethod
+    def defaults(cls, settings: Settings) -> Limits:
+        return cls(
+            max_queued=settings.max_queued_per_owner,
+            max_running=settings.max_running_per_owner,
+            max_job_tmacs=settings.max_job_tmacs,
+            max_job_seconds=settings.max_job_seconds,
+            max_storage_bytes=settings.max_storage_bytes,
+        )
+
+    def overridden_by(self, row: Owner | None) -> Limits:
+        """These defaults, with what the operator set for one owner in its place."""
+        if row is None:
+            return self
+        changes = {f.name: getattr(row, f.name) for f in fields(self)}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+
+
+@dataclass(frozen=True)
+class Usage:
+    queued: int
+    running: int
+    storage_bytes: int
+
+
+def lock(session: Session, owner: str) -> Owner:
+    """The owner's row, made if missing and locked until the transaction ends."""
+    session.execute(_insert(session)(Owner).values(owner=owner).on_conflict_do_nothing())
+    row = session.get(Owner, owner, with_for_update=True, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def limits_of(session: Session, owner: str, defaults: Limits) -> Limits:
+    """An owner's limits, read without a lock (for showing them)."""
+    return defaults.overridden_by(session.get(Owner, owner))
+
+
+def usage_of(session: Session, owner: str) -> Usage:
+    """Jobs queued and running, and the bytes its jobs' folders held when they ended."""
+    counts = dict(
+        session.execute(
+            select(Job.status, func.count())
+            .where(Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .group_by(Job.status)
+        ).all()
+    )
+    stored = select(func.coalesce(func.sum(Job.stored_bytes), 0)).where(Job.owner == owner)
+    return Usage(
+        queued=counts.get(JobStatus.queued, 0),
+        running=counts.get(JobStatus.running, 0),
+        storage_bytes=int(session.scalar(stored) or 0),
+    )
+
+
+def try_lock(session: Session, owner: str) -> Owner | None:
+    """The owner's row, locked, or None where another transaction holds its lock (a worker
+    that chooses a job skips the owner rather than wait: two choosing at once never deadlock)."""
+    session.execute(_insert(session)(Owner).values(owner=owner).on_conflict_do_nothing())
+    lock = {"skip_locked": True}
+    return session.get(Owner, owner, with_for_update=lock, populate_existing=True)
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
+        session.get_bind().dialect.name
+    ]

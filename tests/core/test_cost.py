@@ -1,0 +1,88 @@
+"""lsq.cost counts a network's multiply-accumulates from shapes alone: the counts must equal
+what the real modules do, counted from the tensors that pass through them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lsq import data
+from lsq.cost import DATASETS, TRAINING_PASSES, job_tmacs, network_macs
+from lsq.networks import ARCHS, build_model
+from lsq.spec import DEFAULT_ROOTS, JobSpec
+
+
+def counted_macs(arch: str, size: int, channels: int, classes: int) -> int:
+    """Every Conv2d's and Linear's multiply-accumulates in one forward pass (on the meta
+    device: shapes without arithmetic)."""
+    with torch.device("meta"):
+        model = build_model(arch, classes, channels)
+    total = 0
+
+    def count(module: nn.Module, _: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += out.numel() * k * module.in_channels // module.groups
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * module.in_features
+
+    for m in model.modules():
+        m.register_forward_hook(count)
+    model.eval()(torch.empty(1, channels, size, size, device="meta"))
+    return total
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize(("size", "channels", "classes"), [(32, 3, 10), (28, 1, 10), (17, 3, 7)])
+def test_a_network_costs_what_its_modules_compute(
+    arch: str, size: int, channels: int, classes: int
+) -> None:
+    assert network_macs(arch, size, channels, classes) == counted_macs(
+        arch, size, channels, classes
+    )
+
+
+def test_the_imagenet_resnets_cost_what_their_papers_say() -> None:
+    # torchvision's documented GFLOPS (multiply-accumulates, in fact) at 224 x 224
+    for arch, gmacs in (("resnet18", 1.81), ("resnet34", 3.66), ("resnet50", 4.09)):
+        assert network_macs(arch, 224, 3, 1000) / 1e9 == pytest.approx(gmacs, abs=0.01)
+        assert network_macs(arch, 224, 3, 1000) == counted_macs(arch, 224, 3, 1000)
+
+
+def test_the_datasets_geometry_is_what_lsq_data_loads() -> None:
+    *_, synthetic = data.synthetic(8, 4)
+    train, test, fashion = data.fashion_mnist(Path(DEFAULT_ROOTS["fashion-mnist"]))
+    for name, info in (("synthetic", synthetic), ("fashion-mnist", fashion)):
+        g = DATASETS[name]
+        assert (g.channels, g.size, g.classes) == (
+            info.in_channels,
+            info.image_size,
+            info.num_classes,
+        )
+    assert (len(train), len(test)) == (
+        DATASETS["fashion-mnist"].train_images,
+        DATASETS["fashion-mnist"].test_images,
+    )
+
+
+def test_a_job_costs_its_epochs_of_training_and_evaluation() -> None:
+    spec = JobSpec.model_validate(
+        {
+            "name": "x",
+            "dataset": {"name": "cifar10", "train_size": 1000, "test_size": 200},
+            "model": {"arch": "resnet20"},
+            "training": {"epochs": 5},
+        }
+    )
+    per_image = network_macs("resnet20", 32, 3, 10)
+    expected = 5 * (TRAINING_PASSES * 1000 + 200) * per_image / 1e12
+    assert job_tmacs(spec) == pytest.approx(expected)
+    # a subset past the dataset's size is the whole dataset
+    whole = spec.model_copy(
+        update={"dataset": spec.dataset.model_copy(update={"train_size": 10**7})}
+    )
+    assert job_tmacs(whole) == pytest.approx(5 * (3 * 50_000 + 200) * per_image / 1e12)
