@@ -144,8 +144,8 @@ def list_artifacts(
 ) -> list[Artifact]:
     job = store.get_job(session, job_id, owner=owner)
     return [
-        Artifact(name=p.name, size=p.stat().st_size, url=f"/v1/jobs/{job_id}/artifacts/{p.name}")
-        for p in artifacts.available(settings, job.folder)
+        Artifact(name=name, size=size, url=f"/v1/jobs/{job_id}/artifacts/{name}")
+        for name, size in artifacts.available(settings, job.folder).items()
     ]
 
 
@@ -172,10 +172,11 @@ def download_artifact(
     """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
     resumed download safe: another version of the file comes whole)."""
     job = store.get_job(session, job_id, owner=owner)
-    files = {p.name: p for p in artifacts.available(settings, job.folder)}  # known names only
+    files = artifacts.available(settings, job.folder)  # known names only
     response = None
     if name in files:
-        response = artifacts.download(files[name], f"job-{job_id}-{name}", byte_range, if_range)
+        path = artifacts.job_folder(settings, job.folder) / name
+        response = artifacts.download(path, f"job-{job_id}-{name}", byte_range, if_range)
     if response is None:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")
     return response
