@@ -4,8 +4,10 @@ fresh database, and the files of an older database's job 1 must never be the new
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +30,12 @@ from lsq.files import (
 )
 
 from .config import Settings
+from .store import Deleted
 
 DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
              SENSITIVITY_PLOT)  # fmt: skip
 CHUNK = 1 << 20  # bytes per read of a download
+log = logging.getLogger(__name__)
 
 
 def job_folder(settings: Settings, folder: str) -> Path:
@@ -180,3 +184,28 @@ def available(settings: Settings, folder_name: str) -> dict[str, int]:
     finally:
         os.close(folder)
     return sizes
+
+
+def remove_deleted(settings: Settings, deleted: Deleted) -> None:
+    """The folders of jobs and experiments whose rows were deleted (and committed)."""
+    for name in deleted.jobs:
+        remove_folder(job_folder(settings, name))
+    for name in deleted.experiments:
+        remove_folder(experiment_folder(settings, name))
+
+
+def remove_folder(path: Path) -> bool:
+    """Remove a job's or experiment's folder with everything in it. A symlink (or anything
+    else that is not a folder) at `path` is unlinked, never followed; rmtree works from
+    descriptors, so no link inside is followed either. False (logged) when some is left."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # never made (the job never started), or removed already
+    except OSError:
+        log.exception("could not remove %s; its files are left behind", path)
+        return False
+    return True

@@ -19,7 +19,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
+from sqlalchemy.orm import (
+    Session,
+    defer,
+    joinedload,
+    load_only,
+    object_session,
+    selectinload,
+)
 
 from lsq.archs import pretrained_missing
 from lsq.levels import cut
@@ -27,7 +34,7 @@ from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warning
 from lsq.spec import upgrade_spec
 
 from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
-from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models
+from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models, source_jobs
 
 # An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
 # space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
@@ -385,6 +392,94 @@ def cancel_experiment(session: Session, experiment_id: int, owner: str) -> Exper
         if not job.status.finished:
             cancel_job(session, job.id, owner)
     return experiment
+
+
+# ----------------------------------------------------------------------------- deletion
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """The folder names of what left the database: the caller removes these folders once the
+    transaction has committed (a crash between leaves orphan files, never rows whose files
+    are gone)."""
+
+    jobs: list[str]
+    experiments: list[str]
+
+
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+
+
+def delete_job(session: Session, job_id: int, owner: str) -> Deleted:
+    """Delete a finished job of `owner` (its epochs and Idempotency-Keys go with it: the
+    foreign keys cascade). Refused while it runs, while it belongs to an experiment, and while
+    an unfinished job uses its model."""
+    job = _locked(session, job_id)
+    if job is None or job.owner != owner:
+        raise JobNotFound(job_id)
+    if job.experiment_id is not None:
+        raise JobConflict(
+            f"job {job_id} belongs to experiment {job.experiment_id}; it is deleted with it "
+            f"(DELETE /v1/experiments/{job.experiment_id})"
+        )
+    if not job.status.finished:
+        raise JobConflict(
+            f"job {job_id} is {job.status}; cancel it first (POST /v1/jobs/{job_id}/cancel), "
+            "then delete it"
+        )
+    _refuse_models_in_use(session, [job])
+    session.execute(delete(Job).where(Job.id == job_id))
+    return Deleted(jobs=_folders([job]), experiments=[])
+
+
+def delete_experiment(session: Session, experiment_id: int, owner: str) -> Deleted:
+    """Delete a finished experiment of `owner` and all its jobs (as delete_job does)."""
+    experiment = None
+    if _is_id(experiment_id):
+        experiment = session.get(
+            Experiment, experiment_id, with_for_update=True, populate_existing=True
+        )
+    if experiment is None or experiment.owner != owner:
+        raise ExperimentNotFound(experiment_id)
+    query = select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id)
+    jobs = list(session.scalars(query.with_for_update().execution_options(populate_existing=True)))
+    if running := [job.id for job in jobs if not job.status.finished]:
+        raise JobConflict(
+            f"experiment {experiment_id} has jobs still queued or running "
+            f"({', '.join(map(str, running))}); cancel it first "
+            f"(POST /v1/experiments/{experiment_id}/cancel), then delete it"
+        )
+    _refuse_models_in_use(session, jobs)
+    session.execute(delete(Job).where(Job.experiment_id == experiment_id))
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    return Deleted(jobs=_folders(jobs), experiments=_folders([experiment]))
+
+
+def _refuse_models_in_use(session: Session, jobs: list[Job]) -> None:
+    """A job whose model a queued or running job uses keeps it until that job has ended."""
+    in_use = _models_in_use(session, jobs[0].owner if jobs else None)
+    for job in jobs:
+        if (user := in_use.get(job.id)) is not None:
+            raise JobConflict(
+                f"job {user} (not ended) uses the model of job {job.id}; cancel it or let it "
+                "end first"
+            )
+
+
+def _models_in_use(session: Session, owner: str | None = None) -> dict[int, int]:
+    """Id of each job whose model a queued or running job (of `owner`) uses -> that job."""
+    query = select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id)
+    if owner is not None:  # a job only ever uses models of its own owner (_check_source)
+        query = query.where(Job.owner == owner)
+    users: dict[int, int] = {}
+    for job in session.scalars(query.options(load_only(Job.id, Job.spec, Job.spec_version))):
+        for source in source_jobs(stored_spec(job)).values():
+            users.setdefault(source, job.id)
+    return users
+
+
+def _folders(rows: list[Job] | list[Experiment]) -> list[str]:
+    return [row.folder for row in rows if row.folder]  # always set since migration 0012
 
 
 # ------------------------------------------------------------------------------- worker side

@@ -138,6 +138,29 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
         return JobOut.of(store.cancel_job(session, job_id, owner))
 
 
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a job and its files",
+    responses={
+        **NOT_FOUND,
+        204: {"description": "The job, its epochs and its files are gone"},
+        409: {
+            "model": ErrorOut,
+            "description": "The job is queued or running (cancel it first), belongs to an "
+            "experiment (delete that), or an unfinished job uses its model",
+        },
+    },
+)
+def delete_job(job_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """A finished job goes with its epochs and files: for good."""
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        deleted = store.delete_job(session, job_id, owner)
+    artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/artifacts", responses=NOT_FOUND, summary="The job's files so far")
 def list_artifacts(
     job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep

@@ -1,5 +1,6 @@
-"""Job folders that are never read through a symlink, and never another database's: the API
-over real HTTP (uvicorn)."""
+"""An end for everything: deleting jobs and experiments (rows in one transaction, files after),
+and job folders that are never read through a symlink. The store on SQLite and PostgreSQL built
+by the real migrations; the routes over real HTTP (uvicorn)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,158 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
+from api import store
+from api.db import make_engine, upgrade_database
+from api.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus
+from api.spec import ServiceJobSpec
 from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
+from lsq.metrics import EpochMetrics
 
-from .conftest import job_folder_name, tiny_spec
-from .test_security import Api
+from .conftest import TINY, job_folder_name, tiny_spec
+from .test_security import Api, error_of
 
 pytestmark = pytest.mark.timeout(300)
 
 OWNER = "ann"
+METRICS_ROW = {
+    "epoch": 1, "train_loss": 1.0, "train_top1": 50.0, "test_loss": 1.1, "test_top1": 40.0,
+    "test_top5": 90.0, "lr": 0.1, "seconds": 1.5, "images_per_second": 300.0,
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+@pytest.fixture(scope="module")
+def pg_url(new_pg_database) -> str:  # noqa: ANN001
+    """One migrated PostgreSQL database for this module; tests empty its tables."""
+    url = new_pg_database()
+    engine = make_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated database with no jobs."""
+    if request.param == "postgres":
+        engine = make_engine(request.getfixturevalue("pg_url"))
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, experiments"))
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
+        upgrade_database(engine)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def add_job(db: sessionmaker[Session], key: str | None = None, **changes: object) -> int:
+    spec = ServiceJobSpec.model_validate(tiny_spec("j", **changes))
+    with db.begin() as session:
+        return store.submit_job(session, OWNER, spec, max_unfinished=1000, key=key)[0].id
+
+
+def run_to(db: sessionmaker[Session], job_id: int, status: JobStatus, epochs: int = 0) -> None:
+    """Claim the job as a worker would, record `epochs` epochs, and end it as `status`."""
+    with db.begin() as session:
+        assert store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
+        for epoch in range(1, epochs + 1):
+            metrics = EpochMetrics(**{**METRICS_ROW, "epoch": epoch})
+            assert store.record_epoch(session, job_id, "w1", metrics)
+        assert store.finish_job(session, job_id, "w1", status)
+
+
+def count(db: sessionmaker[Session], model: type, **where: object) -> int:
+    with db.begin() as session:
+        query = select(func.count()).select_from(model).filter_by(**where)
+        return session.scalar(query) or 0
+
+
+def test_a_deleted_job_takes_its_epochs_and_keys_along(db) -> None:
+    job_id = add_job(db, key="k1")
+    run_to(db, job_id, JobStatus.succeeded, epochs=2)
+    kept = add_job(db, key="k2")
+    run_to(db, kept, JobStatus.failed, epochs=1)
+    with db.begin() as session:
+        folder = store.get_job(session, job_id).folder
+        assert store.delete_job(session, job_id, OWNER) == store.Deleted([folder], [])
+    assert count(db, Job, id=job_id) == 0
+    assert count(db, Epoch, job_id=job_id) == 0  # the foreign keys cascade, on both databases
+    assert count(db, IdempotencyKey, job_id=job_id) == 0
+    assert count(db, Epoch, job_id=kept) == 1 and count(db, IdempotencyKey, job_id=kept) == 1
+    with db.begin() as session, pytest.raises(store.JobNotFound):
+        store.delete_job(session, job_id, OWNER)
+
+
+def test_a_job_is_deleted_only_once_ended_and_when_no_unfinished_job_uses_its_model(db) -> None:
+    source = add_job(db)
+    with db.begin() as session:
+        with pytest.raises(store.JobConflict, match=rf"queued; cancel it first .*{source}/cancel"):
+            store.delete_job(session, source, OWNER)
+    with db.begin() as session, pytest.raises(store.JobNotFound):  # another owner's: missing
+        store.delete_job(session, source, "bob")
+    run_to(db, source, JobStatus.succeeded)
+    user = add_job(db, model={"init": {"job": source}})
+    teacher = add_job(db, training={"distill": {"teacher": {"job": source}}})
+    with db.begin() as session:
+        with pytest.raises(
+            store.JobConflict, match=f"job {user} .* uses the model of job {source}"
+        ):
+            store.delete_job(session, source, OWNER)
+        store.cancel_job(session, user, OWNER)
+    with db.begin() as session:
+        with pytest.raises(store.JobConflict, match=f"job {teacher} .* model of job {source}"):
+            store.delete_job(session, source, OWNER)
+        store.cancel_job(session, teacher, OWNER)
+    with db.begin() as session:
+        store.delete_job(session, source, OWNER)
+    assert count(db, Job, id=source) == 0 and count(db, Job) == 2  # the users' records stay
+
+
+def experiment(db: sessionmaker[Session]) -> tuple[int, list[int]]:
+    """An experiment of a baseline and one variant (both queued), and its jobs' ids."""
+    spec = ServiceJobSpec.model_validate(tiny_spec("e"))
+    with db.begin() as session:
+        made, _ = store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, spec, [(0, spec)], start=None,
+            max_unfinished=100, key="e1",
+        )  # fmt: skip
+        session.flush()
+        session.refresh(made)
+        return made.id, [job.id for job in made.jobs]
+
+
+def test_an_experiment_is_deleted_with_its_jobs_once_they_all_ended(db) -> None:
+    experiment_id, (baseline, variant) = experiment(db)
+    with db.begin() as session:  # its job is deleted with it, never alone
+        with pytest.raises(store.JobConflict, match=f"belongs to experiment {experiment_id}"):
+            store.delete_job(session, variant, OWNER)
+        with pytest.raises(store.JobConflict, match=rf"\({baseline}, {variant}\); cancel it"):
+            store.delete_experiment(session, experiment_id, OWNER)
+        with pytest.raises(store.ExperimentNotFound):
+            store.delete_experiment(session, experiment_id, "bob")
+    run_to(db, baseline, JobStatus.succeeded, epochs=1)
+    outside = add_job(db, model={"init": {"job": baseline}})  # another job uses the baseline
+    with db.begin() as session:
+        store.cancel_job(session, variant, OWNER)
+    with db.begin() as session:
+        with pytest.raises(store.JobConflict, match=f"job {outside} .* model of job {baseline}"):
+            store.delete_experiment(session, experiment_id, OWNER)
+        store.cancel_job(session, outside, OWNER)
+    with db.begin() as session:
+        folders = [store.get_job(session, i).folder for i in (baseline, variant)]
+        plots = session.get(Experiment, experiment_id).folder
+        deleted = store.delete_experiment(session, experiment_id, OWNER)
+    assert deleted == store.Deleted(folders, [plots])
+    assert count(db, Experiment) == 0 and count(db, Job) == 1  # `outside` stays
+    assert count(db, Epoch) == 0 and count(db, IdempotencyKey) == 0
+
+
+# ------------------------------------------------------------------------------- the API
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +190,71 @@ def write_files(folder: Path) -> None:
     folder.mkdir(parents=True)
     for name in (METRICS, MODEL, CHECKPOINT, PLOT):
         (folder / name).write_bytes(f"{folder.name}'s {name}".encode())
+
+
+def test_a_finished_job_is_deleted_with_its_files(api: Api, ann: httpx.Client) -> None:
+    job_id, folder = ended_job(api, ann, "done")
+    kept, kept_folder = ended_job(api, ann, "kept")
+    with api.client("bob") as bob:  # another owner's job is as missing as one never made
+        refused = bob.delete(f"/v1/jobs/{job_id}")
+        assert refused.status_code == 404 and "does not exist" in error_of(refused)["message"]
+    assert folder.is_dir()
+    deleted = ann.delete(f"/v1/jobs/{job_id}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert ann.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert not folder.exists() and kept_folder.is_dir()
+    assert ann.delete(f"/v1/jobs/{job_id}").status_code == 404
+    assert ann.get(f"/v1/jobs/{kept}").status_code == 200
+
+
+def test_a_queued_job_is_deleted_only_after_a_cancel(api: Api, ann: httpx.Client) -> None:
+    job_id = ann.post("/v1/jobs", json=tiny_spec("waiting")).json()["id"]
+    refused = ann.delete(f"/v1/jobs/{job_id}")
+    assert refused.status_code == 409
+    assert error_of(refused)["message"].startswith(f"job {job_id} is queued; cancel it first")
+    assert ann.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    ann.post(f"/v1/jobs/{job_id}/cancel")
+    assert ann.delete(f"/v1/jobs/{job_id}").status_code == 204
+
+
+def test_an_experiment_is_deleted_with_its_jobs_and_plots(api: Api, ann: httpx.Client) -> None:
+    body = {"name": "grid", "base": TINY, "baseline": {"train": True},
+            "grid": {"quantization.weight": [[-1, 0, 1]]}}  # fmt: skip
+    made = ann.post("/v1/experiments", json=body)
+    assert made.status_code == 201, made.text
+    experiment_id, jobs = made.json()["id"], [j["id"] for j in made.json()["jobs"]]
+    refused = ann.delete(f"/v1/experiments/{experiment_id}")
+    assert refused.status_code == 409 and "cancel it first" in error_of(refused)["message"]
+    alone = ann.delete(f"/v1/jobs/{jobs[0]}")
+    assert alone.status_code == 409
+    assert f"belongs to experiment {experiment_id}" in error_of(alone)["message"]
+    ann.post(f"/v1/experiments/{experiment_id}/cancel")
+    folders = [api.data / "artifacts" / "jobs" / job_folder_name(api.data, i) for i in jobs]
+    for folder in folders:
+        write_files(folder)
+    plots = next((api.data / "artifacts" / "experiments").glob("*"), None)  # none drawn here
+    with api.client("bob") as bob:
+        assert bob.delete(f"/v1/experiments/{experiment_id}").status_code == 404
+    assert ann.delete(f"/v1/experiments/{experiment_id}").status_code == 204
+    assert ann.get(f"/v1/experiments/{experiment_id}").status_code == 404
+    assert [ann.get(f"/v1/jobs/{i}").status_code for i in jobs] == [404] * len(jobs)
+    assert not any(folder.exists() for folder in folders)
+    assert plots is None or not plots.exists()
+
+
+def test_a_job_folder_that_is_a_symlink_is_unlinked_never_followed(
+    api: Api, ann: httpx.Client, tmp_path: Path
+) -> None:
+    job_id, folder = ended_job(api, ann, "linked")
+    elsewhere = tmp_path / "precious"
+    write_files(elsewhere)
+    for name in list(folder.iterdir()):
+        name.unlink()
+    folder.rmdir()
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    assert ann.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert not folder.is_symlink() and not folder.exists()
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted((METRICS, MODEL, CHECKPOINT, PLOT))
 
 
 def test_a_job_folder_that_is_a_symlink_serves_nothing(api: Api, ann: httpx.Client) -> None:
