@@ -121,6 +121,8 @@ def _has_a_model(field: str, source: Job, spec: ServiceJobSpec) -> None:
     not a probe, the same network on the same data (so its layers' shapes fit)."""
     if source.status in (JobStatus.failed, JobStatus.cancelled):
         raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
+    if source.files_pruned_at is not None:
+        raise InvalidField(field, f"job {source.id}'s files were removed (retention); no model")
     if source.spec.get("sensitivity"):
         raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
     arch, data = (
@@ -394,7 +396,7 @@ def cancel_experiment(session: Session, experiment_id: int, owner: str) -> Exper
     return experiment
 
 
-# ----------------------------------------------------------------------------- deletion
+# ------------------------------------------------------------------- deletion and retention
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,7 @@ class Deleted:
 
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
 def delete_job(session: Session, job_id: int, owner: str) -> Deleted:
@@ -453,6 +456,27 @@ def delete_experiment(session: Session, experiment_id: int, owner: str) -> Delet
     session.execute(delete(Job).where(Job.experiment_id == experiment_id))
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
     return Deleted(jobs=_folders(jobs), experiments=_folders([experiment]))
+
+
+def prune_files(session: Session, ended_before: datetime, limit: int) -> list[str]:
+    """Mark up to `limit` jobs that ended before `ended_before` as pruned (their rows and
+    epochs stay; stored_bytes becomes 0) and return their folder names, for the caller to
+    remove once this commits. Rows another worker is pruning right now are skipped (SKIP
+    LOCKED on PostgreSQL; SQLite has one writer at a time), so workers sweeping at once never
+    take the same job. A job whose model an unfinished job still uses keeps its files."""
+    query = select(Job).where(
+        Job.status.in_(FINISHED),
+        Job.finished_at < ended_before,
+        Job.files_pruned_at.is_(None),
+    )
+    if in_use := _models_in_use(session):
+        query = query.where(Job.id.not_in(in_use))
+    query = query.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
+    jobs = list(session.scalars(query))
+    now = utcnow()
+    for job in jobs:
+        job.files_pruned_at, job.stored_bytes = now, 0
+    return _folders(jobs)
 
 
 def _refuse_models_in_use(session: Session, jobs: list[Job]) -> None:

@@ -1,25 +1,28 @@
 """An end for everything: deleting jobs and experiments (rows in one transaction, files after),
-and job folders that are never read through a symlink. The store on SQLite and PostgreSQL built
-by the real migrations; the routes over real HTTP (uvicorn)."""
+retention of old jobs' files, and job folders that are never read through a symlink. The store
+on SQLite and PostgreSQL built by the real migrations; the routes over real HTTP (uvicorn); the
+retention sweep in a real worker process."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
+from api.config import Settings
 from api.db import make_engine, upgrade_database
-from api.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus
+from api.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
 from api.spec import ServiceJobSpec
 from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
 from lsq.metrics import EpochMetrics
 
-from .conftest import TINY, job_folder_name, tiny_spec
+from .conftest import TINY, Service, job_folder_name, service_env, tiny_spec
 from .test_security import Api, error_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -72,6 +75,12 @@ def run_to(db: sessionmaker[Session], job_id: int, status: JobStatus, epochs: in
             metrics = EpochMetrics(**{**METRICS_ROW, "epoch": epoch})
             assert store.record_epoch(session, job_id, "w1", metrics)
         assert store.finish_job(session, job_id, "w1", status)
+
+
+def ended_ago(db: sessionmaker[Session], job_id: int, days: float) -> None:
+    with db.begin() as session:
+        finished = utcnow() - timedelta(days=days)
+        session.execute(update(Job).where(Job.id == job_id).values(finished_at=finished))
 
 
 def count(db: sessionmaker[Session], model: type, **where: object) -> int:
@@ -158,6 +167,71 @@ def test_an_experiment_is_deleted_with_its_jobs_once_they_all_ended(db) -> None:
     assert deleted == store.Deleted(folders, [plots])
     assert count(db, Experiment) == 0 and count(db, Job) == 1  # `outside` stays
     assert count(db, Epoch) == 0 and count(db, IdempotencyKey) == 0
+
+
+def test_retention_marks_the_files_of_jobs_that_ended_long_ago_in_batches(db) -> None:
+    old, older, recent, in_use = (add_job(db) for _ in range(4))
+    for job_id in (old, older, recent, in_use):
+        run_to(db, job_id, JobStatus.succeeded, epochs=1)
+    queued = add_job(db)
+    user = add_job(db, model={"init": {"job": in_use}})
+    for job_id, days in ((old, 10), (older, 20), (recent, 1), (in_use, 30), (queued, 30)):
+        ended_ago(db, job_id, days)
+    with db.begin() as session:
+        folder = {i: store.get_job(session, i).folder for i in (old, older)}
+    week_ago = utcnow() - timedelta(days=7)
+    with db.begin() as session:  # the oldest first, at most `limit`; an unfinished user's never
+        assert store.prune_files(session, week_ago, limit=1) == [folder[older]]
+    with db.begin() as session:
+        assert store.prune_files(session, week_ago, limit=10) == [folder[old]]
+    with db.begin() as session:
+        assert store.prune_files(session, week_ago, limit=10) == []
+        pruned = store.get_job(session, old)
+        assert pruned.files_pruned_at is not None and pruned.stored_bytes == 0
+        assert store.get_job(session, recent).files_pruned_at is None
+        assert len(store.list_epochs(session, old, OWNER)) == 1  # the record stays readable
+        store.cancel_job(session, user, OWNER)
+    with db.begin() as session:  # its user ended: now its files go too
+        assert store.prune_files(session, week_ago, limit=10) == [
+            store.get_job(session, in_use).folder
+        ]
+
+
+def test_a_job_whose_files_were_pruned_is_no_model_to_start_from(db) -> None:
+    source = add_job(db)
+    run_to(db, source, JobStatus.succeeded)
+    ended_ago(db, source, 10)
+    with db.begin() as session:
+        store.prune_files(session, utcnow(), limit=10)
+    with pytest.raises(store.InvalidField, match="files were removed") as refused:
+        add_job(db, model={"init": {"job": source}})
+    assert refused.value.field == "model.init.job"
+
+
+def test_workers_pruning_at_once_never_take_the_same_job(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    db = sessionmaker(engine, expire_on_commit=False)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, experiments"))
+    first, second = add_job(db), add_job(db)
+    for job_id in (first, second):
+        run_to(db, job_id, JobStatus.cancelled)
+        ended_ago(db, job_id, 10 if job_id == first else 9)
+    try:
+        with db.begin() as one, db.begin() as two:
+            taken = store.prune_files(one, utcnow(), limit=1)  # holds its row until it commits
+            two.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting on it would fail
+            assert taken + store.prune_files(two, utcnow(), limit=10) == [
+                store.get_job(one, i).folder for i in (first, second)
+            ]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("days", ["-1", "inf", "nan", "100000"])
+def test_a_retention_that_is_no_number_of_days_is_refused(days: str) -> None:
+    with pytest.raises(ValueError, match="LSQ_RETENTION_DAYS"):
+        Settings(LSQ_RETENTION_DAYS=days)
 
 
 # ------------------------------------------------------------------------------- the API
@@ -288,3 +362,31 @@ def test_a_fresh_database_never_serves_the_files_an_older_one_left(tmp_path: Pat
     finally:
         fresh.proc.stop()
     assert (jobs / "1" / MODEL).read_bytes() == f"1's {MODEL}".encode()  # never the new job's
+
+
+# ----------------------------------------------------------------------- the worker's sweep
+
+RETAINED_SECONDS = 5.0
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_prunes_the_files_of_old_jobs_and_keeps_their_records(tmp_path: Path) -> None:
+    env = service_env(
+        tmp_path, LSQ_RETENTION_DAYS=str(RETAINED_SECONDS / 86_400), LSQ_SWEEP_SECONDS="0.5"
+    )
+    service = Service("retention", env, tmp_path)
+    try:
+        service.wait_ready()
+        job_id = service.submit(tiny_spec("short-lived", training={"epochs": 1}))["id"]
+        done = service.wait(job_id)
+        assert done["status"] == "succeeded" and done["files_pruned_at"] is None
+        names = [a["name"] for a in service.http.get(f"/v1/jobs/{job_id}/artifacts").json()]
+        assert MODEL in names  # written, and kept for a while
+        pruned = service.wait(job_id, lambda job: job["files_pruned_at"], RETAINED_SECONDS + 30)
+        assert pruned["status"] == "succeeded" and len(pruned["epochs"]) == 1
+        assert service.http.get(f"/v1/jobs/{job_id}/artifacts").json() == []
+        folder = tmp_path / "artifacts" / "jobs" / job_folder_name(tmp_path, job_id)
+        assert not folder.exists()
+        assert "retention: removed the files of 1 jobs" in service.worker.output()
+    finally:
+        service.close()
