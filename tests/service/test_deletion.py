@@ -1,7 +1,7 @@
 """An end for everything: deleting jobs and experiments (rows in one transaction, files after),
 retention of old jobs' files, and job folders that are never read through a symlink. The store
 on SQLite and PostgreSQL built by the real migrations; the routes over real HTTP (uvicorn); the
-retention sweep in a real worker process."""
+retention sweep in a real worker process; the dashboard's Delete in a real browser."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as Driver
+from selenium.webdriver.common.by import By
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +26,7 @@ from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
 from lsq.metrics import EpochMetrics
 
 from .conftest import TINY, Service, job_folder_name, service_env, tiny_spec
+from .test_dashboard import CHROMEDRIVER, CHROMIUM, until
 from .test_security import Api, error_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -390,3 +394,34 @@ def test_a_worker_prunes_the_files_of_old_jobs_and_keeps_their_records(tmp_path:
         assert "retention: removed the files of 1 jobs" in service.worker.output()
     finally:
         service.close()
+
+
+# ------------------------------------------------------------------------------ the dashboard
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """Debian's Chromium, headless (as tests/service/test_dashboard.py drives it)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Driver(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_page_of_an_ended_job_deletes_it(
+    api: Api, ann: httpx.Client, browser: webdriver.Chrome
+) -> None:
+    job_id, folder = ended_job(api, ann, "from-the-page")
+    token = ann.headers["Authorization"].removeprefix("Bearer ")
+    browser.get(f"{api.url}/#token={token}")
+    browser.get(f"{api.url}/#/jobs/{job_id}")
+    until(lambda: browser.find_element(By.ID, "delete"), 30, "the Delete button").click()
+    browser.switch_to.alert.accept()  # "Delete job N, its epochs and its files?"
+    until(lambda: browser.current_url.endswith("#/"), 30, "the home page")
+    assert ann.get(f"/v1/jobs/{job_id}").status_code == 404 and not folder.exists()
