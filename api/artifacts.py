@@ -4,8 +4,10 @@ fresh database, and the files of an older database's job 1 must never be the new
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +30,12 @@ from lsq.files import (
 )
 
 from .config import Settings
+from .store import Deleted
 
 DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
              SENSITIVITY_PLOT)  # fmt: skip
 CHUNK = 1 << 20  # bytes per read of a download
+log = logging.getLogger(__name__)
 
 
 def job_folder(settings: Settings, folder: str) -> Path:
@@ -132,10 +136,31 @@ def _chunks(file: BinaryIO, size: int) -> Iterator[bytes]:
 
 
 def _open_regular(path: Path) -> BinaryIO | None:
-    """The file opened for reading, or None unless it is a regular file (never a link
-    followed, never a pipe waited on: what else lies in the folder is not the API's to trust)."""
+    """The file opened for reading, or None unless it is a regular file in a real folder."""
+    folder = _open_folder(path.parent)
+    if folder is None:
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return _open_in(folder, path.name)
+    finally:
+        os.close(folder)
+
+
+def _open_folder(folder: Path) -> int | None:
+    """A descriptor of the folder itself, or None unless it is one: a job's folder replaced by
+    a symlink (to another job's folder, say) is never followed. Files are then opened relative
+    to it, so the folder checked is the folder read."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+
+
+def _open_in(folder: int, name: str) -> BinaryIO | None:
+    """A file of an open folder, or None unless it is a regular file (never a link followed,
+    never a pipe waited on: what else lies in the folder is not the API's to trust)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
     except OSError:
         return None
     if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -160,13 +185,43 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def available(settings: Settings, folder_name: str) -> list[Path]:
-    """The downloadable files the job has written so far: only these names, and only regular
-    files that are really in the job's folder (a symlink planted there is never followed)."""
-    folder = job_folder(settings, folder_name)
-    return [
-        folder / name
-        for name in DOWNLOADS
-        if (folder / name).is_file() and not (folder / name).is_symlink()
-        and (folder / name).resolve().parent == folder.resolve()
-    ]  # fmt: skip
+def available(settings: Settings, folder_name: str) -> dict[str, int]:
+    """Name -> size of the downloadable files the job has written so far: only these names,
+    and only regular files really in the job's own folder (never through a symlink)."""
+    folder = _open_folder(job_folder(settings, folder_name))
+    if folder is None:
+        return {}
+    sizes = {}
+    try:
+        for name in DOWNLOADS:
+            if (file := _open_in(folder, name)) is not None:
+                with file:
+                    sizes[name] = os.fstat(file.fileno()).st_size
+    finally:
+        os.close(folder)
+    return sizes
+
+
+def remove_deleted(settings: Settings, deleted: Deleted) -> None:
+    """The folders of jobs and experiments whose rows were deleted (and committed)."""
+    for name in deleted.jobs:
+        remove_folder(job_folder(settings, name))
+    for name in deleted.experiments:
+        remove_folder(experiment_folder(settings, name))
+
+
+def remove_folder(path: Path) -> bool:
+    """Remove a job's or experiment's folder with everything in it. A symlink (or anything
+    else that is not a folder) at `path` is unlinked, never followed; rmtree works from
+    descriptors, so no link inside is followed either. False (logged) when some is left."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # never made (the job never started), or removed already
+    except OSError:
+        log.exception("could not remove %s; its files are left behind", path)
+        return False
+    return True

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         """Where `lsq serve` leaves this machine's token for the CLI (embedded mode)."""
         return self.data_dir / "token"
 
+    # -- retention: the files of a job that ended more than this many days ago are removed by
+    # the workers' sweep (its record and epochs stay); 0 keeps them forever
+    retention_days: float = Field(
+        0.0, ge=0, le=36_500, allow_inf_nan=False, alias="LSQ_RETENTION_DAYS"
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -64,6 +64,10 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    files_pruned_at: datetime | None = Field(
+        description="When retention (LSQ_RETENTION_DAYS) removed the job's files; its record "
+        "and epochs stay"
+    )
     links: JobLinks
 
     @classmethod
@@ -85,6 +89,7 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            files_pruned_at=job.files_pruned_at,
             links=JobLinks(
                 self=base,
                 epochs=f"{base}/epochs",

@@ -20,7 +20,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, defer, joinedload, object_session, selectinload
+from sqlalchemy.orm import (
+    Session,
+    defer,
+    joinedload,
+    load_only,
+    object_session,
+    selectinload,
+)
 
 from lsq.archs import pretrained_missing
 from lsq.cost import job_tmacs
@@ -140,7 +147,8 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
         if not isinstance(ref, JobRef):
             continue
         source_id = ref.job
-        source = session.get(Job, source_id)
+        # FOR SHARE: the source cannot be deleted or pruned until this submission commits
+        source = session.get(Job, source_id, with_for_update={"read": True})
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
         _has_a_model(f"{field}.job", source, spec)
@@ -151,6 +159,8 @@ def _has_a_model(field: str, source: Job, spec: ServiceJobSpec) -> None:
     not a probe, the same network on the same data (so its layers' shapes fit)."""
     if source.status in (JobStatus.failed, JobStatus.cancelled):
         raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
+    if source.files_pruned_at is not None:
+        raise InvalidField(field, f"job {source.id}'s files were removed (retention); no model")
     if source.spec.get("sensitivity"):
         raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
     arch, data = (
@@ -422,6 +432,116 @@ def cancel_experiment(session: Session, experiment_id: int, owner: str) -> Exper
         if not job.status.finished:
             cancel_job(session, job.id, owner)
     return experiment
+
+
+# ------------------------------------------------------------------- deletion and retention
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """The folder names of what left the database: the caller removes these folders once the
+    transaction has committed (a crash between leaves orphan files, never rows whose files
+    are gone)."""
+
+    jobs: list[str]
+    experiments: list[str]
+
+
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def delete_job(session: Session, job_id: int, owner: str) -> Deleted:
+    """Delete a finished job of `owner` (its epochs and Idempotency-Keys go with it: the
+    foreign keys cascade). Refused while it runs, while it belongs to an experiment, and while
+    an unfinished job uses its model."""
+    job = _locked(session, job_id)
+    if job is None or job.owner != owner:
+        raise JobNotFound(job_id)
+    if job.experiment_id is not None:
+        raise JobConflict(
+            f"job {job_id} belongs to experiment {job.experiment_id}; it is deleted with it "
+            f"(DELETE /v1/experiments/{job.experiment_id})"
+        )
+    if not job.status.finished:
+        raise JobConflict(
+            f"job {job_id} is {job.status}; cancel it first (POST /v1/jobs/{job_id}/cancel), "
+            "then delete it"
+        )
+    _refuse_models_in_use(session, [job])
+    session.execute(delete(Job).where(Job.id == job_id))
+    return Deleted(jobs=_folders([job]), experiments=[])
+
+
+def delete_experiment(session: Session, experiment_id: int, owner: str) -> Deleted:
+    """Delete a finished experiment of `owner` and all its jobs (as delete_job does)."""
+    experiment = None
+    if _is_id(experiment_id):
+        experiment = session.get(
+            Experiment, experiment_id, with_for_update=True, populate_existing=True
+        )
+    if experiment is None or experiment.owner != owner:
+        raise ExperimentNotFound(experiment_id)
+    query = select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id)
+    jobs = list(session.scalars(query.with_for_update().execution_options(populate_existing=True)))
+    if running := [job.id for job in jobs if not job.status.finished]:
+        raise JobConflict(
+            f"experiment {experiment_id} has jobs still queued or running "
+            f"({', '.join(map(str, running))}); cancel it first "
+            f"(POST /v1/experiments/{experiment_id}/cancel), then delete it"
+        )
+    _refuse_models_in_use(session, jobs)
+    session.execute(delete(Job).where(Job.experiment_id == experiment_id))
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    return Deleted(jobs=_folders(jobs), experiments=_folders([experiment]))
+
+
+def prune_files(session: Session, ended_before: datetime, limit: int) -> list[str]:
+    """Mark up to `limit` jobs that ended before `ended_before` as pruned (their rows and
+    epochs stay; stored_bytes becomes 0) and return their folder names, for the caller to
+    remove once this commits. Rows another worker is pruning right now are skipped (SKIP
+    LOCKED on PostgreSQL; SQLite has one writer at a time), so workers sweeping at once never
+    take the same job. A job whose model an unfinished job still uses keeps its files."""
+    query = select(Job).where(
+        Job.status.in_(FINISHED),
+        Job.finished_at < ended_before,
+        Job.files_pruned_at.is_(None),
+    )
+    if in_use := _models_in_use(session):
+        query = query.where(Job.id.not_in(in_use))
+    query = query.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
+    jobs = list(session.scalars(query))
+    now = utcnow()
+    for job in jobs:
+        job.files_pruned_at, job.stored_bytes = now, 0
+    return _folders(jobs)
+
+
+def _refuse_models_in_use(session: Session, jobs: list[Job]) -> None:
+    """A job whose model a queued or running job uses keeps it until that job has ended."""
+    in_use = _models_in_use(session, jobs[0].owner if jobs else None)
+    for job in jobs:
+        if (user := in_use.get(job.id)) is not None:
+            raise JobConflict(
+                f"job {user} (not ended) uses the model of job {job.id}; cancel it or let it "
+                "end first"
+            )
+
+
+def _models_in_use(session: Session, owner: str | None = None) -> dict[int, int]:
+    """Id of each job whose model a queued or running job (of `owner`) uses -> that job."""
+    query = select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id)
+    if owner is not None:  # a job only ever uses models of its own owner (_check_source)
+        query = query.where(Job.owner == owner)
+    users: dict[int, int] = {}
+    for job in session.scalars(query.options(load_only(Job.id, Job.spec, Job.spec_version))):
+        for source in source_jobs(stored_spec(job)).values():
+            users.setdefault(source, job.id)
+    return users
+
+
+def _folders(rows: list[Job] | list[Experiment]) -> list[str]:
+    return [row.folder for row in rows if row.folder]  # always set since migration 0012
 
 
 # ------------------------------------------------------------------------------- worker side

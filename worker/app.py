@@ -19,6 +19,7 @@ from functools import lru_cache
 from celery import Celery, signals
 
 from api import store
+from api.artifacts import job_folder, remove_folder
 from api.config import Settings, get_settings
 from api.db import session_scope
 from api.models import utcnow
@@ -83,10 +84,11 @@ def _requeue_unfinished(**_: object) -> None:
 def _sweep() -> None:
     settings = get_settings()
     while not SHUTTING_DOWN.wait(settings.sweep_seconds):
-        try:
-            sweep_once(settings)
-        except Exception:  # the database or the broker is out of reach: next round
-            log.exception("publish sweep failed")
+        for duty in (sweep_once, prune_once):
+            try:
+                duty(settings)
+            except Exception:  # the database or the broker is out of reach: next round
+                log.exception("%s failed", duty.__name__)
 
 
 def sweep_once(settings: Settings) -> list[int]:
@@ -107,6 +109,26 @@ def sweep_once(settings: Settings) -> list[int]:
         log.info("publishing jobs %s: no message in the broker", job_ids)
         publish(job_ids)
     return job_ids
+
+
+PRUNE_BATCH = 100  # jobs whose files one round removes at most: a short transaction
+
+
+def prune_once(settings: Settings) -> list[str]:
+    """Retention: remove the files of (a batch of) jobs that ended more than
+    LSQ_RETENTION_DAYS ago. Their rows are marked pruned first, the files go after the commit
+    (a crash between leaves orphan files, never a row whose files are gone). Returns the
+    folders removed."""
+    if not settings.retention_days:
+        return []
+    ended_before = utcnow() - timedelta(days=settings.retention_days)
+    with session_scope() as session:
+        folders = store.prune_files(session, ended_before, PRUNE_BATCH)
+    for folder in folders:
+        remove_folder(job_folder(settings, folder))
+    if folders:
+        log.info("retention: removed the files of %d jobs", len(folders))
+    return folders
 
 
 @signals.worker_shutting_down.connect

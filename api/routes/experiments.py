@@ -124,6 +124,29 @@ def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
         return _out(experiment)
 
 
+@router.delete(
+    "/{experiment_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete an experiment, its jobs and their files",
+    responses={
+        **NOT_FOUND,
+        204: {"description": "The experiment, its jobs and their files are gone"},
+        409: {
+            "model": ErrorOut,
+            "description": "A job of it is queued or running (cancel it first), or an "
+            "unfinished job elsewhere uses a model of one",
+        },
+    },
+)
+def delete_experiment(experiment_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """A finished experiment goes with every job of it (their epochs and files) and its plots."""
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        deleted = store.delete_experiment(session, experiment_id, owner)
+    artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
+    return Response(status_code=204)
+
+
 def _image(name: str, what: str) -> None:
     kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
 

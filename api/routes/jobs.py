@@ -139,14 +139,37 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
         return JobOut.of(store.cancel_job(session, job_id, owner))
 
 
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a job and its files",
+    responses={
+        **NOT_FOUND,
+        204: {"description": "The job, its epochs and its files are gone"},
+        409: {
+            "model": ErrorOut,
+            "description": "The job is queued or running (cancel it first), belongs to an "
+            "experiment (delete that), or an unfinished job uses its model",
+        },
+    },
+)
+def delete_job(job_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """A finished job goes with its epochs and files: for good."""
+    with session_scope() as session:  # writes commit in this thread (api.deps)
+        deleted = store.delete_job(session, job_id, owner)
+    artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/artifacts", responses=NOT_FOUND, summary="The job's files so far")
 def list_artifacts(
     job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> list[Artifact]:
     job = store.get_job(session, job_id, owner=owner)
     return [
-        Artifact(name=p.name, size=p.stat().st_size, url=f"/v1/jobs/{job_id}/artifacts/{p.name}")
-        for p in artifacts.available(settings, job.folder)
+        Artifact(name=name, size=size, url=f"/v1/jobs/{job_id}/artifacts/{name}")
+        for name, size in artifacts.available(settings, job.folder).items()
     ]
 
 
@@ -173,10 +196,11 @@ def download_artifact(
     """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
     resumed download safe: another version of the file comes whole)."""
     job = store.get_job(session, job_id, owner=owner)
-    files = {p.name: p for p in artifacts.available(settings, job.folder)}  # known names only
+    files = artifacts.available(settings, job.folder)  # known names only
     response = None
     if name in files:
-        response = artifacts.download(files[name], f"job-{job_id}-{name}", byte_range, if_range)
+        path = artifacts.job_folder(settings, job.folder) / name
+        response = artifacts.download(path, f"job-{job_id}-{name}", byte_range, if_range)
     if response is None:
         raise HTTPException(404, f"job {job_id} has no file {name!r} (it has {sorted(files)})")
     return response

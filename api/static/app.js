@@ -133,7 +133,7 @@ async function jobPage(id) {
       weights ${levels(q.weight)}, activations ${levels(q.activation)},
       first/last ${levels(q.first_last ?? "float")}</p>
     <p>${progress(j.progress, j.status)} · attempts ${j.attempts}
-      ${running ? `<button id="cancel">Cancel</button>` : ""}</p>
+      ${running ? `<button id="cancel">Cancel</button>` : `<button id="delete">Delete</button>`}</p>
     ${j.error ? `<p class="errors">${esc(j.error)}</p>` : ""}
     ${j.warnings.map((w) => `<div class="warning">${esc(w)}</div>`).join("")}
     ${r ? `<div class="kv"><span>final test top-1</span><b>${pct(r.final_top1)}</b>
@@ -153,6 +153,9 @@ async function jobPage(id) {
     <h2>Files</h2><p id="files" class="muted">…</p>`;
   const cancel = document.getElementById("cancel");
   if (cancel) cancel.onclick = () => api(`/v1/jobs/${id}/cancel`, { method: "POST" }).then(route);
+  const remove = document.getElementById("delete");
+  if (remove) remove.onclick = () => confirm(`Delete job ${id}, its epochs and its files?`) &&
+    api(`/v1/jobs/${id}`, { method: "DELETE" }).then(() => (location.hash = "#/"), showError);
   if (j.spec.sensitivity) await picture("bars", `/v1/jobs/${id}/sensitivity.png`, running);
   await picture("plot", `/v1/jobs/${id}/plot.png`, running);
   await picture("health", `/v1/jobs/${id}/quantizers.png`, running);
