@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, upgrade_database
+from api.owners import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SERVER = os.environ.get(
@@ -143,6 +144,12 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
         upgrade_database(engine)
     yield sessionmaker(engine, expire_on_commit=False)
     engine.dispose()
+
+
+def quota(queued: int = 100, running: int = 0) -> Limits:
+    """An owner's limits: `queued` unfinished jobs, `running` at once (0: any), and room for
+    anything else."""
+    return Limits(queued, running, 1e12, 1e9, 1 << 60)
 
 
 # ------------------------------------------------------------------------------ processes

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
 from api.config import Settings
-from api.db import make_engine, upgrade_database
+from api.db import make_engine
 from api.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
 from api.spec import ServiceJobSpec
 from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
 from lsq.metrics import EpochMetrics
 
-from .conftest import TINY, Service, job_folder_name, service_env, tiny_spec
+from .conftest import TINY, Service, job_folder_name, quota, service_env, tiny_spec
 from .test_dashboard import CHROMEDRIVER, CHROMIUM, until
 from .test_security import Api, error_of
 
@@ -41,34 +41,10 @@ METRICS_ROW = {
 # ------------------------------------------------------------------------------ the store
 
 
-@pytest.fixture(scope="module")
-def pg_url(new_pg_database) -> str:  # noqa: ANN001
-    """One migrated PostgreSQL database for this module; tests empty its tables."""
-    url = new_pg_database()
-    engine = make_engine(url)
-    upgrade_database(engine)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    """A migrated database with no jobs."""
-    if request.param == "postgres":
-        engine = make_engine(request.getfixturevalue("pg_url"))
-        with engine.begin() as conn:
-            conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, experiments"))
-    else:
-        engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
-        upgrade_database(engine)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
-
-
 def add_job(db: sessionmaker[Session], key: str | None = None, **changes: object) -> int:
     spec = ServiceJobSpec.model_validate(tiny_spec("j", **changes))
     with db.begin() as session:
-        return store.submit_job(session, OWNER, spec, max_unfinished=1000, key=key)[0].id
+        return store.submit_job(session, OWNER, spec, limits=quota(1000), key=key)[0].id
 
 
 def run_to(db: sessionmaker[Session], job_id: int, status: JobStatus, epochs: int = 0) -> None:
@@ -140,7 +116,7 @@ def experiment(db: sessionmaker[Session]) -> tuple[int, list[int]]:
     with db.begin() as session:
         made, _ = store.create_experiment(
             session, OWNER, "e", {"name": "e"}, spec, [(0, spec)], start=None,
-            max_unfinished=100, key="e1",
+            limits=quota(100), key="e1",
         )  # fmt: skip
         session.flush()
         session.refresh(made)
@@ -212,11 +188,11 @@ def test_a_job_whose_files_were_pruned_is_no_model_to_start_from(db) -> None:
     assert refused.value.field == "model.init.job"
 
 
-def test_workers_pruning_at_once_never_take_the_same_job(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+def test_workers_pruning_at_once_never_take_the_same_job(pg_store_url: str) -> None:
+    engine = make_engine(pg_store_url)
     db = sessionmaker(engine, expire_on_commit=False)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, experiments"))
+        conn.execute(text("TRUNCATE jobs, epochs, idempotency_keys, experiments, owners"))
     first, second = add_job(db), add_job(db)
     for job_id in (first, second):
         run_to(db, job_id, JobStatus.cancelled)

@@ -21,25 +21,21 @@ from api.owners import Limits
 from api.spec import ServiceJobSpec
 from lsq.cost import TRAINING_PASSES, network_macs
 
-from .conftest import CLI, FINISHED, ROOT, Service, bearer, make_token, tiny_spec
+from .conftest import CLI, FINISHED, ROOT, Service, bearer, make_token, quota, tiny_spec
 from .test_security import Api
 
 WORKER = "w1"
 
 
-def limits(queued: int = 100, running: int = 0) -> Limits:
-    return Limits(queued, running, 1e12, 1e9, 1 << 60)
-
-
 def submit(db: sessionmaker[Session], owner: str, name: str, **defaults: Any) -> int:
     spec = ServiceJobSpec.model_validate(tiny_spec(name))
     with db.begin() as session:
-        return store.submit_job(session, owner, spec, limits=limits(**defaults))[0].id
+        return store.submit_job(session, owner, spec, limits=quota(**defaults))[0].id
 
 
 def next_job(db: sessionmaker[Session], defaults: Limits | None = None) -> int | None:
     with db.begin() as session:
-        job = store.claim_next(session, WORKER, 60, 5, defaults or limits())
+        job = store.claim_next(session, WORKER, 60, 5, defaults or quota())
         return job.id if job else None
 
 
@@ -64,7 +60,7 @@ def test_a_free_worker_takes_turns_between_owners(db: sessionmaker[Session]) -> 
 
 def test_an_owner_at_its_running_limit_waits_while_others_run(db: sessionmaker[Session]) -> None:
     first, second = submit(db, "flood", "f1"), submit(db, "flood", "f2")
-    one_at_a_time = limits(running=1)
+    one_at_a_time = quota(running=1)
     assert next_job(db, one_at_a_time) == first
     assert next_job(db, one_at_a_time) is None  # flood runs its one; nobody else waits
     other = submit(db, "polite", "p1")
@@ -82,7 +78,7 @@ def test_a_job_waiting_for_another_jobs_model_lets_the_next_one_run(
     source = submit(db, "ann", "source")
     spec = ServiceJobSpec.model_validate(tiny_spec("student", model={"init": {"job": source}}))
     with db.begin() as session:
-        student = store.submit_job(session, "ann", spec, limits=limits())[0].id
+        student = store.submit_job(session, "ann", spec, limits=quota())[0].id
     assert next_job(db) == source
     assert next_job(db) is None  # the student waits for its source's model
     finish(db, source)
@@ -99,7 +95,7 @@ def test_the_queue_limit_holds_when_two_submissions_race(db: sessionmaker[Sessio
 
     def first() -> None:
         with db.begin() as session:
-            store.submit_job(session, "ann", spec, limits=limits(queued=1))
+            store.submit_job(session, "ann", spec, limits=quota(queued=1))
             inside.set()
             time.sleep(1.0)  # the second starts its count meanwhile
         outcomes.append("first")
@@ -108,7 +104,7 @@ def test_the_queue_limit_holds_when_two_submissions_race(db: sessionmaker[Sessio
         inside.wait(10)
         try:
             with db.begin() as session:
-                store.submit_job(session, "ann", spec, limits=limits(queued=1))
+                store.submit_job(session, "ann", spec, limits=quota(queued=1))
             outcomes.append("second")
         except store.TooManyJobs:
             outcomes.append("refused")

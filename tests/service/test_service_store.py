@@ -17,13 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import store
 from api.db import make_engine, upgrade_database
 from api.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
-from api.owners import Limits
 from api.schemas import ExperimentOut, JobDetail, JobOut
 from api.spec import ServiceJobSpec
 from lsq.levels import from_bits
 from lsq.metrics import EpochMetrics, RunResult
 
-from .conftest import ROOT, service_env, tiny_spec
+from .conftest import ROOT, quota, service_env, tiny_spec
 
 HEAD = "0012"  # the newest migration in migrations/versions
 
@@ -52,11 +51,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 OWNER = "ann"
-
-
-def quota(unfinished: int) -> Limits:
-    """Limits with `unfinished` queued or running jobs at most, and room for anything else."""
-    return Limits(unfinished, 0, 1e12, 1e9, 1 << 60)
 
 
 def create(session: Session, spec: ServiceJobSpec, owner: str = OWNER) -> Job:
