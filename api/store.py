@@ -635,6 +635,7 @@ def _fairest(session: Session, now: datetime, defaults: Limits, skipped: set[int
     for owner in sorted(waiting, key=_turn_order(session, now, waiting)):
         row = owners.try_lock(session, owner)  # None: another worker is choosing for it now
         limits = defaults.overridden_by(row)
+        # counted again under the lock: another worker may have started one of its jobs
         if row is None or (
             limits.max_running and _running(session, owner, now) >= limits.max_running
         ):
