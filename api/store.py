@@ -493,10 +493,14 @@ def finish_job(
     result: RunResult | None = None,
     error: str | None = None,
 ) -> bool:
-    """End a job this worker owns as succeeded, failed or cancelled. False: lease lost."""
+    """End a job this worker owns as succeeded, failed or cancelled (cancelled, not succeeded,
+    once its cancel was requested). False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
+    if status == JobStatus.succeeded and job.cancel_requested:
+        # The run ended before it saw the flag: its owner asked it to stop, so it never succeeds.
+        status, result = JobStatus.cancelled, None
     _end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
     if status == JobStatus.succeeded:  # done, though the last progress beat may not be written
         job.progress_epoch, job.progress_fraction = max(job.progress_epoch, 1), 1.0
