@@ -1,8 +1,10 @@
 """A cancelled job never ends `succeeded`: a cancel during the evaluation stops it there, and
-a run that finished before it saw the flag still ends cancelled."""
+a run that finished before it saw the flag still ends cancelled. A job shows its worker by an
+opaque name, not by host and pid."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import store
 from api.db import make_engine, upgrade_database
 from api.models import JobStatus
+from api.schemas import public_worker
 from api.spec import ServiceJobSpec
 from lsq.metrics import RunResult
 
@@ -34,6 +37,26 @@ def test_a_job_cancelled_during_its_evaluation_ends_cancelled(service: Service) 
     assert job["status"] == "cancelled" and job["result"] is None, job
     files = [a["name"] for a in service.http.get(f"/v1/jobs/{job['id']}/artifacts").json()]
     assert "model.pt" not in files and job["epochs"] == []  # stopped inside the evaluation
+
+
+def worker_of(service: Service, job_id: int, attempt: int = 1) -> str:
+    """The full name of the worker that made that attempt at `job_id`, as its log says."""
+    log = service.worker.output()
+    return re.findall(rf"job {job_id}: attempt {attempt} on (\S+)", log)[0]
+
+
+def test_a_job_shows_its_worker_by_an_opaque_name_stable_per_worker(service: Service) -> None:
+    jobs = [service.submit(tiny_spec(f"who-{i}", training={"epochs": 1})) for i in range(2)]
+    first, second = (service.wait(job["id"]) for job in jobs)
+    assert first["status"] == second["status"] == "succeeded"
+    # The worker logs its full name (host:pid:...); the API shows a digest of it, the same for
+    # both jobs of that one process.
+    [name] = {worker_of(service, first["id"]), worker_of(service, second["id"])}
+    assert name.split(":")[1] == str(service.worker.pid)
+    assert first["worker"] == second["worker"] == public_worker(name)
+    assert re.fullmatch(r"[0-9a-f]{12}", first["worker"])
+    listed = service.http.get("/v1/jobs", params={"limit": 2}).json()["items"]
+    assert {j["worker"] for j in listed} == {public_worker(name)}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
