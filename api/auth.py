@@ -1,6 +1,7 @@
 """Who is calling: every /v1 request carries `Authorization: Bearer <token>` (see api.tokens);
 each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST), and
-each client address as many with a token that is not valid: past that, the address waits."""
+each client address as many with a token that is not valid: past that, its invalid tokens get
+429 while a valid one is still let through (bound only by its own rate)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,6 @@ class RateLimiter:
         level, at = self._buckets.get(key, (float(burst), now))
         return min(float(burst), level + (now - at) * rate)
 
-    def check(self, key: str, rate: float, burst: int) -> None:
-        """429 when `key` has no request left, taking none."""
-        with self._lock:
-            level = self._level(key, rate, burst, time.monotonic())
-        if level < 1:
-            raise TooManyRequests((1 - level) / rate)
-
     def take(self, key: str, rate: float, burst: int) -> None:
         """Count a request of `key`; 429 when it has none left."""
         now = time.monotonic()
@@ -83,29 +77,25 @@ def current_owner(
     settings: Annotated[Settings, Depends(get_settings)],
     session: ReadSessionDep,
 ) -> str:
-    """The owner of the request's token; 401 without a valid one, 429 past its rate or past
-    its address's rate of invalid tokens. The token is read in the request's read session,
-    which a read route then uses too."""
+    """The owner of the request's token; 401 without a valid one, 429 past its rate (an invalid
+    one: past its address's rate of invalid tokens). The token is read in the request's read
+    session, which a read route then uses too."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             401, "missing token: send Authorization: Bearer <token>", headers=CHALLENGE
         )
-    rate, burst, address = settings.requests_per_second, settings.request_burst, _address(request)
-    # An address that guessed too often waits before any lookup: no lookup, and no answer
-    # that tells a right guess from a wrong one.
-    GUESSES.check(address, rate, burst)
+    rate, burst = settings.requests_per_second, settings.request_burst
     plain = credentials.credentials
-    if len(plain) > 200:
-        owner = None
-    else:
-        owner = tokens.owner_of(session, plain)
-        if request.method not in ("GET", "HEAD"):
-            # A write route opens its own session: hand this one's connection back now, not
-            # after the route (under load the pool would be held by requests still waiting).
-            session.commit()
+    owner = None if len(plain) > 200 else tokens.owner_of(session, plain)  # an indexed lookup
     if owner is None:
-        GUESSES.take(address, rate, burst)
+        # Failures are counted per address, and only failures: a guesser past its rate waits
+        # (429), while the valid tokens of others at the same address are not held up by it.
+        GUESSES.take(_address(request), rate, burst)
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
+    if request.method not in ("GET", "HEAD"):
+        # A write route opens its own session: hand this one's connection back now, not
+        # after the route (under load the pool would be held by requests still waiting).
+        session.commit()
     LIMITER.take(tokens.digest(plain), rate, burst)
     return owner
 

@@ -236,13 +236,14 @@ def plan(exp: ExperimentSpec, max_jobs: int) -> Plan:
         raise InvalidField("name", f"at most {MAX_NEW_NAME} characters: its jobs carry it")
     if "name" in exp.base:  # it would be dropped without a word
         raise InvalidField("base.name", f"set by the experiment: {SET_BY_EXPERIMENT['name']}")
-    base = _validated(_merge(exp.base, {"name": exp.name, "quantization": {}}), "base")
+    base = _validated(exp.base | {"name": exp.name}, "base")  # as given: no merge hides a value
     _check_teacher(exp, base)
     seeds = exp.seeds or [base.training.seed]
     if len(set(seeds)) != len(seeds):
         raise InvalidField("seeds", "each seed once")
     trained = isinstance(exp.baseline, TrainBaseline)
     limit = JobLimit(exp, len(seeds), max_jobs - trained, max_jobs)
+    _paths_apart(exp.grid or {})
     overrides = _overrides(exp, limit)  # counted before any is built
     for override in overrides if exp.kind != "sensitivity" else []:  # ours
         _not_set_here(override.where, override.change, exp.distill is not None)
@@ -445,6 +446,18 @@ def _grid(grid: dict[str, list[Any]], check: Callable[[int], None]) -> list[Over
     combos = itertools.product(*grid.values())
     return [Override("grid", _nested(dict(zip(grid, combo, strict=True))), None, None)
             for combo in combos]  # fmt: skip
+
+
+def _paths_apart(grid: dict[str, list[Any]]) -> None:
+    """No grid path lies inside another (`training.lr` and `training.lr.x`): the outer one
+    sets the whole of the inner one's value, so one of the two would be lost, or would land
+    inside the other's values."""
+    for inner, outer in itertools.permutations(grid, 2):
+        if inner.startswith(f"{outer}."):
+            raise InvalidField(
+                f"grid.{cut(inner, 60)}", f"inside grid.{cut(outer, 60)}, which sets all of it: "
+                "give one of the two",
+            )  # fmt: skip
 
 
 def _listed(variants: list[dict[str, Any]]) -> list[Override]:

@@ -3,6 +3,7 @@ kind of model.init); epochs and results are lsq's own records, never copies of t
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,12 @@ from .experiments import Row
 from .experiments import status as experiment_status
 from .models import EPOCH_NUMBERS, Epoch, Experiment, Job, JobStatus
 from .store import stored_experiment_spec, stored_spec
+
+
+def public_worker(name: str | None) -> str | None:
+    """A worker as clients see it: stable per worker process, but not its host name and pid
+    (the database keeps the full name: the lease is held by it)."""
+    return None if name is None else hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 class Progress(BaseModel):
@@ -50,7 +57,10 @@ class JobOut(BaseModel):
     )
     progress: Progress
     attempts: int = Field(description="How many times a worker started (or resumed) the job")
-    worker: str | None = Field(description="The worker that runs (or ran) the job")
+    worker: str | None = Field(
+        description="The worker that runs (or ran) the job: an opaque name, the same for all "
+        "the jobs of one worker process"
+    )
     cancel_requested: bool
     error: str | None
     result: RunResult | None
@@ -80,7 +90,7 @@ class JobOut(BaseModel):
             spec=spec,
             progress=_progress(job, spec),
             attempts=job.attempts,
-            worker=job.worker,
+            worker=public_worker(job.worker),
             cancel_requested=job.cancel_requested,
             error=job.error,
             result=job.result,

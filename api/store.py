@@ -743,11 +743,14 @@ def finish_job(
     error: str | None = None,
     stored_bytes: int | None = None,
 ) -> bool:
-    """End a job this worker owns as succeeded, failed or cancelled, with the bytes its files
-    hold. False: lease lost."""
+    """End a job this worker owns as succeeded, failed or cancelled (cancelled, not succeeded,
+    once its cancel was requested), with the bytes its files hold. False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
+    if status == JobStatus.succeeded and job.cancel_requested:
+        # The run ended before it saw the flag: its owner asked it to stop, so it never succeeds.
+        status, result = JobStatus.cancelled, None
     _end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
     job.stored_bytes = stored_bytes
     if status == JobStatus.succeeded:  # done, though the last progress beat may not be written

@@ -33,7 +33,14 @@ CANCEL_EVERY = 10
 
 
 class Cancelled(Exception):
-    """The job was cancelled between two batches; the finished epochs are kept."""
+    """The job was cancelled between two batches (of training or evaluation) or two final
+    files; the finished epochs are kept."""
+
+
+def stop_if_cancelled(should_cancel: Callable[[], bool] | None, during: str) -> None:
+    """Raise Cancelled when `should_cancel()` is true (None: the run cannot be cancelled)."""
+    if should_cancel is not None and should_cancel():
+        raise Cancelled(f"cancelled during {during}")
 
 
 @dataclass
@@ -120,15 +127,21 @@ def _correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, data: Batches, device: torch.device, amp: torch.dtype | None = None
+    model: nn.Module,
+    data: Batches,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> Accuracy:
-    """Test loss and top-1/top-5 accuracy in percent."""
+    """Test loss and top-1/top-5 accuracy in percent; `should_cancel()` is asked before each
+    batch (a large test set takes long)."""
     model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     for x, y in data:
+        stop_if_cancelled(should_cancel, "evaluation")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
@@ -293,7 +306,7 @@ class Trainer:
             data = loader(train_set, t.batch_size, self.device, True, mixed + 1)
             reestimate_batch_norm(self.model, data, t.bn_reestimate, self.device, self.amp)
         eval_start = time.perf_counter()
-        test = evaluate(self.model, test_data, self.device, self.amp)
+        test = evaluate(self.model, test_data, self.device, self.amp, self.hooks.should_cancel)
         end = time.perf_counter()
         quantizers = self._health(test_data) if self.spec.quantization.enabled else None
         return EpochMetrics(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,25 @@ def _epochs(state: dict[str, Any]) -> list[EpochMetrics]:
 
 
 def save_final(
-    out: Path, spec: JobSpec, model: nn.Module, info: DatasetInfo, metrics: RunMetrics
+    out: Path,
+    spec: JobSpec,
+    model: nn.Module,
+    info: DatasetInfo,
+    metrics: RunMetrics,
+    before_each: Callable[[], None] = lambda: None,
 ) -> None:
-    """The files of a finished run; metrics.json last, so its result marks the run complete."""
+    """The files of a finished run; metrics.json last, so its result marks the run complete.
+    `before_each()` runs before each file (it may raise to stop there: a cancel)."""
+    before_each()
     checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out / MODEL)
     if spec.quantization.enabled:
+        before_each()
         export.save_integer(model, spec, dataclasses.asdict(info), out / MODEL_INT)
+        before_each()
         save_onnx(out, model, info)
+    before_each()
     save_plots(out, spec, metrics.epochs)
+    before_each()
     write_metrics(out, metrics)
 
 

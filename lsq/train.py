@@ -31,6 +31,7 @@ from .loop import (
     evaluate,
     init_steps,
     loader,
+    stop_if_cancelled,
 )
 from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
 from .networks import build_model
@@ -51,10 +52,11 @@ def run(
 ) -> RunResult:
     """Run a job to its last epoch and return its result.
 
-    ``on_epoch(metrics)`` after every epoch; ``on_progress(epoch, fraction)`` and
-    ``should_cancel()`` between batches. With ``resume``, continue from ``out_dir/checkpoint.pt``
-    when it exists. Raises Cancelled when ``should_cancel()`` turns true, ValueError or
-    FileNotFoundError for bad input.
+    ``on_epoch(metrics)`` after every epoch; ``on_progress(epoch, fraction)`` between batches,
+    ``should_cancel()`` between batches of training and of evaluation, and before each final
+    file (a cancelled run returns no result). With ``resume``, continue from
+    ``out_dir/checkpoint.pt`` when it exists. Raises Cancelled when ``should_cancel()`` turns
+    true, ValueError or FileNotFoundError for bad input.
     """
     hooks, out = Hooks(on_epoch, on_progress, should_cancel, progress_bar), Path(out_dir)
     world = spec.training.devices
@@ -94,7 +96,8 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     model = build(spec, info, device, init=spec.model.init if saved is None else None)
     start = saved.start if saved else None
     if saved is None and spec.model.init is not None and rank.main:
-        start = evaluate(model, test_data, device, amp)  # so the result states the drop
+        # so the result states the drop
+        start = evaluate(model, test_data, device, amp, hooks.should_cancel)
     model = quantize_as_specified(model, spec.quantization)
     if spec.sensitivity is not None:  # validated: model.init is given, one device
         assert start is not None
@@ -118,7 +121,7 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
         distributed.barrier()
-    return _finish(out, spec, model, info, epochs, start) if rank.main else None
+    return _finish(out, spec, model, info, epochs, start, hooks) if rank.main else None
 
 
 def _finish(
@@ -128,7 +131,11 @@ def _finish(
     info: DatasetInfo,
     epochs: list[EpochMetrics],
     start: Accuracy | None,
+    hooks: Hooks,
 ) -> RunResult:
+    """The result and the final files, the cancel flag asked before each (exports are slow)."""
+    before_each = functools.partial(stop_if_cancelled, hooks.should_cancel, "the final files")
+    before_each()
     result = RunResult.of(epochs, start)
     if spec.quantization.enabled:
         size = export.check(export.integer_state(model))
@@ -137,7 +144,8 @@ def _finish(
         result = result.model_copy(
             update={"model_bits": size.model_bits, "compression": size.compression}
         )
-    outputs.save_final(out, spec, model, info, RunMetrics(epochs=epochs, result=result))
+    metrics = RunMetrics(epochs=epochs, result=result)
+    outputs.save_final(out, spec, model, info, metrics, before_each)
     return result
 
 
@@ -157,7 +165,7 @@ def _probe(
     (train_set, test_data), t = data, spec.training
     x, _ = next(iter(loader(train_set, t.batch_size, device, True, t.seed)))
     init_steps(model, x.to(device), amp)
-    measure = functools.partial(evaluate, model, test_data, device, amp)
+    measure = functools.partial(evaluate, model, test_data, device, amp, hooks.should_cancel)
     names = spec.sensitivity.probed(spec.model.arch, spec.quantization)
     shown = None if hooks.progress_bar else True  # None: on a terminal only
     bar = tqdm(total=len(names), desc="probes", leave=False, disable=shown)
@@ -172,6 +180,7 @@ def _probe(
     with bar:
         probes = sensitivity.probe(model, names, spec.sensitivity, measure, start, after_each)
     result = RunResult.of_probes(measure(), start, probes)
+    stop_if_cancelled(hooks.should_cancel, "the final files")
     outputs.save_sensitivity(out, spec, result)
     return result
 

@@ -300,9 +300,7 @@ def test_quota_and_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> No
         ):
             codes = [guess.get("/v1/jobs").status_code for _ in range(8)]
             assert codes[:5] == [401] * 5 and 429 in codes[5:]  # guessing from one address
-            # then the address waits, whatever its token: a right guess looks like a wrong one
-            assert client.get("/v1/jobs").status_code == 429
-            time.sleep(1.1)
+            # waits, while a valid token from the same address does not
             assert client.get("/v1/jobs").status_code == 200
     finally:
         strict.proc.stop()
@@ -317,12 +315,11 @@ def test_the_rate_limiter_forgets_the_longest_idle_and_counts_ipv6_by_64() -> No
     limiter.take("worn", rate=1e-9, burst=1)
     with pytest.raises(TooManyRequests):
         limiter.take("worn", rate=1e-9, burst=1)
-    limiter.check("idle", rate=1e-9, burst=1)  # a check takes nothing, stores nothing
     limiter.take("other", rate=1e-9, burst=1)
     with pytest.raises(TooManyRequests):
-        limiter.check("worn", rate=1e-9, burst=1)  # two keys fit: still counted
+        limiter.take("other", rate=1e-9, burst=1)  # two keys fit: both still counted
     limiter.take("third", rate=1e-9, burst=1)
-    limiter.check("worn", rate=1e-9, burst=1)  # the longest idle of three is forgotten
+    limiter.take("worn", rate=1e-9, burst=1)  # the longest idle of three is forgotten
 
     def address(host: str) -> str:
         return _address(Request({"type": "http", "client": (host, 1), "headers": []}))
