@@ -5,20 +5,16 @@ opaque name, not by host and pid."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
 from api import store
-from api.db import make_engine, upgrade_database
 from api.models import JobStatus
 from api.schemas import public_worker
 from api.spec import ServiceJobSpec
 from lsq.metrics import RunResult
 
-from .conftest import Service, tiny_spec
+from .conftest import Service, quota, tiny_spec
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -59,26 +55,13 @@ def test_a_job_shows_its_worker_by_an_opaque_name_stable_per_worker(service: Ser
     assert {j["worker"] for j in listed} == {public_worker(name)}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    """A fresh migrated database."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("new_pg_database")()
-    else:
-        url = f"sqlite:///{tmp_path / 'lsq.db'}"
-    engine = make_engine(url)
-    upgrade_database(engine)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
-
-
 RESULT = RunResult(final_top1=1, final_top5=5, best_top1=1, best_top5=5, best_epoch=1, epochs=1)
 
 
 def test_a_run_that_ended_before_it_saw_its_cancel_ends_cancelled(db) -> None:
     with db.begin() as session:
         spec = ServiceJobSpec.model_validate(tiny_spec("late"))
-        job_id = store.submit_job(session, "ann", spec, max_unfinished=10)[0].id
+        job_id = store.submit_job(session, "ann", spec, limits=quota(10))[0].id
     with db.begin() as session:
         assert store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
     with db.begin() as session:
