@@ -36,6 +36,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     errors.install(app)
+    app.state.readiness = health.Readiness()
 
     @app.get("/", include_in_schema=False)
     def _dashboard() -> FileResponse:
