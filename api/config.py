@@ -125,6 +125,15 @@ class Settings(BaseSettings):
         """Where `lsq serve` leaves this machine's token for the CLI (embedded mode)."""
         return self.data_dir / "token"
 
+    # -- the HTTP server (api.server)
+    # Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or networks,
+    # comma-separated, uvicorn's syntax); empty: none, the client is the connection's peer.
+    forwarded_allow_ips: str = Field("", alias="FORWARDED_ALLOW_IPS")
+    # Connections and requests one API process holds at once; past them it answers 503.
+    max_connections: int = Field(400, ge=1, alias="LSQ_MAX_CONNECTIONS")
+    # A request's headers and body must have arrived this long after it began.
+    request_timeout_seconds: float = Field(20.0, gt=0, alias="LSQ_REQUEST_TIMEOUT_SECONDS")
+
 
 @lru_cache
 def get_settings() -> Settings:

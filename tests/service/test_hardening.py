@@ -5,7 +5,12 @@ headers, HEAD, and private database files. Real `lsq api` processes throughout."
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,3 +89,137 @@ def test_a_flood_on_every_route_leaves_no_trace(backend_api: Api) -> None:
     posted = [body["id"] for code, body in answers if code == 201] + [job.json()["id"]]
     assert published(backend_api, posted), backend_api.proc.output()[-3000:]
     assert "not queued" not in backend_api.proc.output()
+
+
+# ------------------------------------------------------------------ what a request may hold
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """An embedded API whose requests must arrive within 2 s."""
+    server = Api(tmp_path_factory.mktemp("hardening"), LSQ_REQUEST_TIMEOUT_SECONDS="2")
+    yield server
+    server.proc.stop()
+
+
+def rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def answer_then_close(sock: socket.socket, within: float = 30) -> bytes:
+    """What the server sends before it closes the connection; fails if it keeps it open."""
+    received, deadline = b"", time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not (chunk := sock.recv(65536)):
+                return received
+            received += chunk
+    except ConnectionResetError:
+        return received
+    except TimeoutError:
+        pass
+    pytest.fail(f"the server kept the connection open {within} s; it sent {received[:200]!r}")
+
+
+def raw_request(api: Api, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), 30) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):  # refused before it was all sent
+            pass
+        return answer_then_close(sock)
+
+
+def test_oversized_headers_are_refused_and_cost_no_memory(api: Api) -> None:
+    """httptools took a header of any size: 20 unfinished 16 MB ones grew the API by 380 MB."""
+    before = rss_bytes(api.proc.pid)
+    header = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (4 << 20)
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: raw_request(api, header), range(20)))
+    assert all(a == b"" or a.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")) for a in answers)
+    assert rss_bytes(api.proc.pid) - before < 16 << 20
+    many = b"".join(b"X-%d: a\r\n" % i for i in range(101))
+    answer = raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+CLOSE = b"Connection: close\r\n\r\n"
+SLOW = {  # what a slow client sends first, then again every half second
+    "nothing": (b"", b""),
+    "headers": (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1\r\n"),
+    "body": (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999\r\n\r\n{", b" "),
+}
+
+
+async def _slow_client(port: int, first: bytes, drip: bytes) -> bytes:
+    """Send `first`, then `drip` every half second until the server closes; what it sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(first)
+    received = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+            except TimeoutError:
+                writer.write(drip)
+                continue
+            if not chunk:
+                return received
+            received += chunk
+    except ConnectionResetError:
+        return received
+    finally:
+        writer.close()
+
+
+async def _slow_clients(port: int, count: int, first: bytes, drip: bytes) -> list[bytes]:
+    clients = (_slow_client(port, first, drip) for _ in range(count))
+    return await asyncio.wait_for(asyncio.gather(*clients), 30)
+
+
+@pytest.mark.parametrize("sends", SLOW)
+def test_a_slow_or_idle_connection_is_closed_at_the_deadline(api: Api, sends: str) -> None:
+    """uvicorn timed out only the idle time between requests: 200 clients sending one byte
+    a second held their connections for ever."""
+    port = int(api.url.rsplit(":", 1)[1])
+    answers = asyncio.run(_slow_clients(port, FLOOD, *SLOW[sends]))  # fails on the 30 s timeout
+    expected = b"" if sends == "body" else b"HTTP/1.1 408 "  # no answer once the app has it
+    assert all(a.startswith(expected) for a in answers), {a[:40] for a in answers}
+    assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -> None:
+    """uvicorn believes X-Forwarded-For from the loopback by default: 300 guessed tokens, each
+    from a forged address, never met the guessing limit, and the forgeries filled the log."""
+    limits = {"LSQ_REQUESTS_PER_SECOND": "1", "LSQ_REQUEST_BURST": "5"}
+    for proxies in ("", "127.0.0.1"):
+        (data := tmp_path / (proxies or "direct")).mkdir()
+        server = Api(data, FORWARDED_ALLOW_IPS=proxies, **limits)
+        try:
+            codes = [
+                httpx.get(f"{server.url}/v1/jobs", headers={
+                    **bearer("lsq_guess"), "X-Forwarded-For": f"203.0.113.{i}",
+                }).status_code
+                for i in range(8)
+            ]  # fmt: skip
+            log = server.proc.output()
+        finally:
+            server.proc.stop()
+        if proxies:  # behind the proxy named: each forwarded address counts on its own
+            assert codes == [401] * 8 and "203.0.113.7:" in log
+        else:  # the connection's address counts, whatever the header says
+            assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
+            assert "203.0.113." not in log
+
+
+def test_two_host_headers_are_refused(api: Api) -> None:
+    """Only the first was checked: two readers of one request could see two hosts."""
+    for hosts in (b"127.0.0.1", b"evil.example"), (b"evil.example", b"127.0.0.1"):
+        request = b"GET /healthz HTTP/1.1\r\nHost: %s\r\nHost: %s\r\n" % hosts + CLOSE
+        assert raw_request(api, request).startswith(b"HTTP/1.1 400 ")
+    assert raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + CLOSE).startswith(
+        b"HTTP/1.1 200 "
+    )
