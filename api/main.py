@@ -1,4 +1,4 @@
-"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` or `uvicorn api.main:create_app --factory`."""
+"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` (api.server: the server's bounds)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def create_app() -> FastAPI:
         summary="Quantize-and-evaluate jobs (Learned Step Size Quantization) over REST",
         version="1",
         lifespan=_lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN, with inline script
+        redoc_url=None,
     )
     errors.install(app)
     app.state.readiness = health.Readiness()
@@ -42,7 +44,15 @@ def create_app() -> FastAPI:
     def _dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")  # Swagger UI, set up by static/docs.js
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Swagger UI's files, from a package: no CDN, so /docs works offline and nothing loaded
+    # from elsewhere runs beside the token the dashboard keeps.
+    swagger = StaticFiles(packages=[("fastapi_offline", "static")])
+    app.mount("/swagger-ui", swagger, name="swagger-ui")
 
     app.include_router(jobs.router)
     app.include_router(experiments.router)

@@ -215,6 +215,40 @@ def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -
             assert "203.0.113." not in log
 
 
+# ------------------------------------------------------------------------------ browsers
+
+STATIC = Path(__file__).resolve().parents[2] / "api" / "static"
+
+
+def test_every_response_carries_the_security_headers(api: Api) -> None:
+    """Without them the dashboard could be framed and its Cancel buttons clickjacked."""
+    for path in ("/", "/docs", "/v1/jobs", "/static/app.js", "/swagger-ui/swagger-ui.css",
+                 "/openapi.json", "/no-such-page"):  # fmt: skip
+        headers = httpx.get(api.url + path).headers
+        policy = headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy, path
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "no-referrer", path
+
+
+def test_the_pages_hold_no_inline_script_or_style_and_load_nothing_from_elsewhere(
+    api: Api,
+) -> None:
+    """What the policy would refuse (tests/service/test_dashboard.py runs them in a browser)."""
+    for page in ("/", "/docs"):
+        html = httpx.get(api.url + page).text
+        scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.DOTALL)
+        assert scripts and all(re.search(r'src="/[^/]', a) and not body for a, body in scripts)
+        assert not re.search(r"\son[a-z]+\s*=|\sstyle\s*=|//[a-z]", html, re.IGNORECASE), page
+    for script in ("app.js", "docs.js"):
+        assert not re.search(r"\sstyle\s*=|\son[a-z]+\s*=\s*[\"']", (STATIC / script).read_text())
+    assert httpx.get(f"{api.url}/redoc").status_code == 404  # it would load ReDoc from a CDN
+
+
+# ---------------------------------------------------------------------------- HTTP itself
+
+
 def test_two_host_headers_are_refused(api: Api) -> None:
     """Only the first was checked: two readers of one request could see two hosts."""
     for hosts in (b"127.0.0.1", b"evil.example"), (b"evil.example", b"127.0.0.1"):
