@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .config import get_settings
 from .db import upgrade_database
-from .middleware import BodyGuard, CrashGuard, TrustedHosts
+from .middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
 from .routes import experiments, health, jobs
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
@@ -60,6 +60,7 @@ def create_app() -> FastAPI:
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's
     # 413 and 422 pass through it, so such a page reads them).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     if origins := [o for o in settings.cors_origins.split(",") if o]:
         app.add_middleware(

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lsq.levels import cut
@@ -121,6 +122,38 @@ class TrustedHosts:
                 send, 400, "bad_request", "unknown Host header; see LSQ_ALLOWED_HOSTS"
             )
         await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD wherever GET is (FastAPI routes take GET only): the GET's status and headers, no
+    body. A streamed body (a download) stops once the headers are out: the response is told
+    the client has gone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        sent = anyio.Event()
+        asked = False
+
+        async def gone_once_sent() -> Message:
+            nonlocal asked
+            if not asked:  # the request: a HEAD has no body
+                asked = True
+                return await receive()
+            await sent.wait()
+            return {"type": "http.disconnect"}
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not sent.is_set():  # the first body message: end the response there
+                sent.set()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, gone_once_sent, headers_only)
 
 
 class CrashGuard:

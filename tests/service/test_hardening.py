@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import bindparam, create_engine, text
 
-from .conftest import bearer, make_token, tiny_spec
+from .conftest import bearer, job_folder_name, make_token, tiny_spec
 from .test_security import Api
 
 pytestmark = pytest.mark.timeout(300)
@@ -247,6 +247,27 @@ def test_the_pages_hold_no_inline_script_or_style_and_load_nothing_from_elsewher
 
 
 # ---------------------------------------------------------------------------- HTTP itself
+
+
+def test_head_answers_wherever_get_does(api: Api) -> None:
+    with httpx.Client(base_url=api.url, headers=bearer(make_token(api.env)), timeout=30) as c:
+        job = c.post("/v1/jobs", json=tiny_spec("head")).json()["id"]
+        folder = api.data / "artifacts" / "jobs" / job_folder_name(api.data, job)
+        folder.mkdir(parents=True)
+        (folder / "model.pt").write_bytes(b"w" * (3 << 20))  # more than one chunk
+        (folder / "plot.png").write_bytes(b"\x89PNG drawn")
+        paths = ["/", "/docs", "/static/app.js", "/swagger-ui/swagger-ui-bundle.js", "/healthz",
+                 "/readyz", "/openapi.json", "/v1/jobs", f"/v1/jobs/{job}",
+                 f"/v1/jobs/{job}/artifacts", f"/v1/jobs/{job}/artifacts/model.pt",
+                 f"/v1/jobs/{job}/plot.png"]  # fmt: skip
+        for path in paths:
+            get, head = c.get(path), c.head(path)
+            assert (head.status_code, get.status_code) == (200, 200), (path, head.text)
+            assert head.content == b"" and get.content != b"", path
+            for name in ("content-type", "content-length", "content-disposition", "etag"):
+                assert head.headers.get(name) == get.headers.get(name), (path, name)
+        assert c.head("/v1/jobs/999999").status_code == 404
+        assert c.head("/v1/jobs", headers={"Authorization": ""}).status_code == 401
 
 
 def test_two_host_headers_are_refused(api: Api) -> None:
