@@ -17,7 +17,15 @@ import httpx
 import pytest
 from sqlalchemy import bindparam, create_engine, text
 
-from .conftest import bearer, job_folder_name, make_token, tiny_spec
+from .conftest import (
+    Proc,
+    bearer,
+    free_port,
+    job_folder_name,
+    make_token,
+    service_env,
+    tiny_spec,
+)
 from .test_security import Api
 
 pytestmark = pytest.mark.timeout(300)
@@ -278,3 +286,37 @@ def test_two_host_headers_are_refused(api: Api) -> None:
     assert raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + CLOSE).startswith(
         b"HTTP/1.1 200 "
     )
+
+
+def test_the_database_files_are_the_owners_alone(tmp_path: Path) -> None:
+    """lsq.db and broker.db hold every token's digest and every job: mode 0600, also those an
+    older version left 0644."""
+    files = ("lsq.db", "lsq.db-wal", "lsq.db-shm", "broker.db")
+    for run in ("new", "left 0644"):
+        server = Api(tmp_path)
+        try:
+            assert httpx.get(f"{server.url}/readyz").status_code == 200  # opens the broker too
+            modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in files}
+        finally:
+            server.proc.stop()
+        assert modes == dict.fromkeys(files, 0o600), (run, modes)
+        for name in files:
+            (tmp_path / name).chmod(0o644)
+
+
+def test_serve_shows_no_token_in_its_log(tmp_path: Path) -> None:
+    """`lsq serve` wrote the dashboard link, token included, on every start: with its output
+    sent to a file (not a terminal), the token is never written."""
+    port = free_port()
+    serve = Proc(["serve", "--port", str(port)], service_env(tmp_path), tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "token").exists() or "dashboard at" not in serve.output():
+            assert serve.alive() and time.monotonic() < deadline, serve.output()
+            time.sleep(0.2)
+        token = (tmp_path / "token").read_text().strip()
+        assert token not in serve.output()
+        assert f"dashboard at http://127.0.0.1:{port}/ " in serve.output()
+    finally:
+        serve.stop()
+    assert token not in serve.output()
