@@ -205,7 +205,8 @@ def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -
     limits = {"LSQ_REQUESTS_PER_SECOND": "1", "LSQ_REQUEST_BURST": "5"}
     for proxies in ("", "127.0.0.1"):
         (data := tmp_path / (proxies or "direct")).mkdir()
-        server = Api(data, FORWARDED_ALLOW_IPS=proxies, **limits)
+        proxy = {"FORWARDED_ALLOW_IPS": proxies} if proxies else {}  # the default: unset
+        server = Api(data, **proxy, **limits)
         try:
             codes = [
                 httpx.get(f"{server.url}/v1/jobs", headers={
