@@ -38,7 +38,8 @@ SECURITY_HEADERS = [
 class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline: a request's headers and body must have arrived
     `seconds` after it began (when the connection opened, or the last response ended);
-    otherwise the connection closes, with a 408 when no response has started."""
+    otherwise the connection closes, with a 408 when part of a request came and no response
+    has started."""
 
     seconds: float = 20.0
     _timer: asyncio.TimerHandle | None = None
@@ -61,14 +62,12 @@ class RequestDeadline(H11Protocol):
         self._stop_timer()
         super().connection_lost(exc)
 
-    def _follow(self, before: Any) -> None:
+    def _follow(self, before: object) -> None:
         """Start the clock when a request begins; stop it once the whole request is in."""
-        state = self.conn.their_state
-        if state not in (h11.IDLE, h11.SEND_BODY):  # all in, or the connection is over
-            self._stop_timer()
-        elif state is h11.IDLE and before is not h11.IDLE:  # a new request begins
-            self._stop_timer()
-        if state in (h11.IDLE, h11.SEND_BODY) and self._timer is None:
+        waiting = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        if not waiting or (self.conn.their_state is h11.IDLE and before is not h11.IDLE):
+            self._stop_timer()  # all in (or the connection is over), or a new request begins
+        if waiting and self._timer is None:
             self._timer = self.loop.call_later(self.seconds, self._expire)
 
     def _stop_timer(self) -> None:
@@ -80,11 +79,14 @@ class RequestDeadline(H11Protocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self.conn.our_state is h11.IDLE:  # nothing sent yet: say why
-            headers = [(b"connection", b"close"), (b"content-length", b"0")]
-            response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
-            self.transport.write(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
-        self.transport.close()
+        try:
+            # Part of a request came, and no answer went: say why (an idle one just closes).
+            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+                headers = [(b"connection", b"close"), (b"content-length", b"0")]
+                response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
+                self.transport.write(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
+        finally:
+            self.transport.close()
 
 
 def uvicorn_config(settings: Settings, **options: Any) -> dict[str, Any]:
