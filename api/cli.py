@@ -86,13 +86,11 @@ def log_level(p: argparse.ArgumentParser) -> None:
 
 
 def api(args: argparse.Namespace) -> int:
-    import uvicorn
+    from .server import run
 
     if args.access_log == "writes":
         logging.getLogger("uvicorn.access").addFilter(_writes_and_failures)
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
+    run(
         host=args.host,
         port=args.port,
         log_level=args.log_level,

@@ -146,6 +146,15 @@ class Settings(BaseSettings):
         0.0, ge=0, le=36_500, allow_inf_nan=False, alias="LSQ_RETENTION_DAYS"
     )
 
+    # -- the HTTP server (api.server)
+    # Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or networks,
+    # comma-separated, uvicorn's syntax); empty: none, the client is the connection's peer.
+    forwarded_allow_ips: str = Field("", alias="FORWARDED_ALLOW_IPS")
+    # Connections and requests one API process holds at once; past them it answers 503.
+    max_connections: int = Field(400, ge=1, alias="LSQ_MAX_CONNECTIONS")
+    # A request's headers and body must have arrived this long after it began.
+    request_timeout_seconds: float = Field(20.0, gt=0, alias="LSQ_REQUEST_TIMEOUT_SECONDS")
+
 
 @lru_cache
 def get_settings() -> Settings:

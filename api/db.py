@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,9 +33,7 @@ def make_engine(url: str) -> Engine:
     """An engine; SQLite gets WAL, a busy timeout and real (write-locking) transactions."""
     if make_url(url).get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **POOL)
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    private_file(make_url(url).database)
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}, **POOL
     )
@@ -56,6 +55,20 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def private_file(database: str | None) -> None:
+    """Make the SQLite file `database` (and its folder) if missing, readable by its owner only,
+    before SQLite opens it: SQLite gives its -wal, -shm and -journal files the same mode. Files
+    of older versions (0644) are made so too."""
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for name in ("", "-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.chmod(f"{path}{name}", 0o600)
 
 
 @lru_cache

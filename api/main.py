@@ -1,4 +1,4 @@
-"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` or `uvicorn api.main:create_app --factory`."""
+"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` (api.server: the server's bounds)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .config import get_settings
 from .db import upgrade_database
-from .middleware import BodyGuard, CrashGuard, TrustedHosts
+from .middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
 from .routes import experiments, health, jobs, me
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
@@ -34,14 +34,25 @@ def create_app() -> FastAPI:
         summary="Quantize-and-evaluate jobs (Learned Step Size Quantization) over REST",
         version="1",
         lifespan=_lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN, with inline script
+        redoc_url=None,
     )
     errors.install(app)
+    app.state.readiness = health.Readiness()
 
     @app.get("/", include_in_schema=False)
     def _dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")  # Swagger UI, set up by static/docs.js
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Swagger UI's files, from a package: no CDN, so /docs works offline and nothing loaded
+    # from elsewhere runs beside the token the dashboard keeps.
+    swagger = StaticFiles(packages=[("fastapi_offline", "static")])
+    app.mount("/swagger-ui", swagger, name="swagger-ui")
 
     app.include_router(jobs.router)
     app.include_router(experiments.router)
@@ -50,12 +61,13 @@ def create_app() -> FastAPI:
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's
     # 413 and 422 pass through it, so such a page reads them).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     if origins := [o for o in settings.cors_origins.split(",") if o]:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-Range"],
             expose_headers=["Content-Disposition", "Content-Range", "ETag", "Retry-After"],
         )

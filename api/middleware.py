@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lsq.levels import cut
@@ -98,22 +99,61 @@ def ambiguity(body: bytes) -> str | None:
 
 class TrustedHosts:
     """400 for a Host header that is not one of this service's names: a page on another site
-    whose name resolves to this machine (DNS rebinding) cannot talk to it."""
+    whose name resolves to this machine (DNS rebinding) cannot talk to it. 400 for two Host
+    headers, which two readers could read differently (RFC 9112 refuses them), and 431 past
+    `max_headers` headers."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
-        self.app, self.hosts = app, {h.lower() for h in hosts}
+    def __init__(self, app: ASGIApp, hosts: list[str], max_headers: int = 100) -> None:
+        self.app, self.hosts, self.max_headers = app, {h.lower() for h in hosts}, max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or "*" in self.hosts:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        # the first Host header, as Starlette reads it
-        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").lower()
+        if len(scope["headers"]) > self.max_headers:
+            message = f"more than {self.max_headers} request headers"
+            return await _send_error(send, 431, "too_large", message)
+        hosts = [v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"host"]
+        if len(hosts) > 1:
+            return await _send_error(send, 400, "bad_request", "more than one Host header")
+        host = hosts[0] if hosts else ""
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # drop the port
-        if name not in self.hosts:
+        if "*" not in self.hosts and name not in self.hosts:
             return await _send_error(
                 send, 400, "bad_request", "unknown Host header; see LSQ_ALLOWED_HOSTS"
             )
         await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD wherever GET is (FastAPI routes take GET only): the GET's status and headers, no
+    body. A streamed body (a download) stops once the headers are out: the response is told
+    the client has gone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        sent = anyio.Event()
+        asked = False
+
+        async def gone_once_sent() -> Message:
+            nonlocal asked
+            if not asked:  # the request: a HEAD has no body
+                asked = True
+                return await receive()
+            await sent.wait()
+            return {"type": "http.disconnect"}
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not sent.is_set():  # the first body message: end the response there
+                sent.set()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, gone_once_sent, headers_only)
 
 
 class CrashGuard:

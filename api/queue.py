@@ -13,11 +13,13 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqla
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from . import store
 from .config import Settings, get_settings
-from .db import after_commit, session_scope
+from .db import after_commit, private_file, session_scope
 from .models import utcnow
 
 RUN_JOB = "lsq.run_job"  # the task's name: what a worker registers and the API sends
@@ -25,21 +27,56 @@ BROKER_TIMEOUT = 3  # seconds, for the readiness probe
 log = logging.getLogger(__name__)
 
 
+class _ClosingChannel(kombu_sqla.Channel):
+    """kombu's SQLAlchemy channel, giving its database connection back to the pool. kombu's
+    keeps it checked out after a queue_declare (which never commits) and after the channel
+    closes (its session is never closed): until the garbage collector ran, 15 such channels
+    (the engine's pool) left every readiness check and every publish waiting 30 s for one."""
+
+    def queue_declare(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().queue_declare(*args, **kwargs)
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+    def _release(self) -> None:
+        if self._session is not None:
+            self._session.close()  # ends its transaction; the session stays usable
+
+    def _engine_from_config(self) -> Any:
+        url = make_url(self.connection.client.hostname)
+        if url.get_backend_name() == "sqlite":
+            private_file(url.database)  # before SQLite makes it
+        return super()._engine_from_config()
+
+
+class EmbeddedTransport(kombu_sqla.Transport):
+    """The embedded broker: kombu's SQLAlchemy transport with _ClosingChannel."""
+
+    Channel = _ClosingChannel
+
+
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that producer and consumer must share."""
-    # Embedded: kombu's SQLAlchemy transport on a SQLite file beside the database; it works
-    # across processes with nothing to install (workers poll it once a second). Its options go
-    # to create_engine, so it takes none of Redis's.
-    redis = {"visibility_timeout": settings.visibility_timeout}
-    return dict(
-        broker_url=settings.broker,
-        broker_transport_options={} if settings.embedded_broker else redis,
+    shared = dict(
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # the database holds every outcome
     )
+    if settings.broker.startswith("sqla+"):
+        # Embedded: kombu's SQLAlchemy transport on a SQLite file beside the database; it works
+        # across processes with nothing to install (workers poll it once a second). Named by
+        # class: the `sqla+` URL would pick kombu's own.
+        url = settings.broker.removeprefix("sqla+")
+        return shared | {"broker_url": url, "broker_transport": f"{__name__}:EmbeddedTransport"}
+    redis = {"visibility_timeout": settings.visibility_timeout}
+    return shared | {"broker_url": settings.broker, "broker_transport_options": redis}
 
 
 @lru_cache
@@ -78,9 +115,10 @@ def enqueue_when_committed(session: Session, job_id: int) -> None:
 
 def queue_length() -> int:
     """Messages waiting in the job queue (not those a worker holds). Declaring the queue
-    counts them: a real round trip on every transport."""
+    counts them: a real round trip on every transport. On a connection of the producer's pool
+    (broker_pool_limit of them), never one more."""
     app = producer()
-    with app.connection_for_write() as conn:
+    with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT) as conn:
         conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
         return conn.default_channel.queue_declare(queue=app.conf.task_default_queue).message_count
 

@@ -124,10 +124,10 @@ def serve(args: argparse.Namespace) -> int:
         f"database {safe(settings.db_url)}, broker {safe(settings.broker)}",
         flush=True,
     )
-    token = _local_token(settings)
-    if token and not args.demo:
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"lsq serve: dashboard at http://{host}:{args.port}/#token={token}", flush=True)
+    token, new = _local_token(settings)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    if not args.demo:
+        _show_token(f"http://{host}:{args.port}", token if new else None, settings)
     # The demo keeps the terminal for its own output.
     level = ["--log-level", "warning" if args.demo else "info"]
     procs = [
@@ -137,25 +137,30 @@ def serve(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if not args.demo:
         return _supervise(procs)
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     return _supervise(procs, lambda: _demo(f"http://{host}:{args.port}", token, procs))
 
 
-def _local_token(settings: Settings) -> str | None:
-    """Embedded: this machine's token (made on the first start), saved for the CLI."""
+def _local_token(settings: Settings) -> tuple[str | None, bool]:
+    """Embedded: this machine's token (made on the first start, saved for the CLI), and
+    whether it is new."""
     if settings.database_url:  # a shared database: tokens come from `lsq token create`
-        return client_token(settings)
+        return client_token(settings), False
     from api.db import upgrade_database
 
     upgrade_database()
-    token, new = local_token(settings)
-    if new:
+    return local_token(settings)
+
+
+def _show_token(url: str, new_token: str | None, settings: Settings) -> None:
+    """A new token goes to the terminal, once; never to a log (stdout sent to a file)."""
+    if new_token and sys.stdout.isatty():
         print(f"lsq serve: made a token for this machine, saved in {settings.token_file} "
               f"(lsq submit and lsq status use it; other clients send it as "
-              f"Authorization: Bearer):\n  {token}", flush=True)  # fmt: skip
-    else:
-        print(f"lsq serve: API token in {settings.token_file}", flush=True)
-    return token
+              f"Authorization: Bearer):\n  {new_token}", flush=True)  # fmt: skip
+        print(f"lsq serve: dashboard at {url}/#token={new_token}", flush=True)
+        return
+    where = "" if settings.database_url else f"; this machine's is in {settings.token_file}"
+    print(f"lsq serve: dashboard at {url}/ (it asks for an API token once{where})", flush=True)
 
 
 def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:

@@ -59,7 +59,7 @@ const stat = (s) => (s == null ? "" : s.mean.toFixed(2) + (s.std == null ? "" : 
 function progress(p, status) {
   const done = status === "succeeded" ? 1 : Math.max(0, (p.epoch - 1 + p.fraction) / p.epochs);
   const epoch = status === "succeeded" ? p.epochs : Math.max(0, p.epoch - 1 + p.fraction);
-  return `<span class="bar"><span style="width:${(100 * done).toFixed(1)}%"></span></span>
+  return `<progress class="bar" max="1" value="${done.toFixed(3)}"></progress>
     <span class="muted">${epoch.toFixed(1)}/${p.epochs} epochs</span>`;
 }
 

@@ -255,3 +255,12 @@ def test_the_commands_compose_runs_exist() -> None:
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--help"])
         assert exit_.value.code == 0, f"`lsq {' '.join(command)}` is not a command of {script}"
+
+
+def test_the_api_believes_no_proxy_unless_told(services: dict[str, Any]) -> None:
+    """No X-Forwarded-For is believed by default (uvicorn's own default believes the loopback's):
+    a forged address would escape the per-address limits and land in the access log."""
+    environment = services["api"]["environment"]
+    assert environment["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-}"
+    assert env_example()["FORWARDED_ALLOW_IPS"] == ""
+    assert Settings.model_fields["forwarded_allow_ips"].default == ""

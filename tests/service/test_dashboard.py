@@ -63,8 +63,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--window-size=1280,1100",
+                 # offline: no name resolves but the service's, so a CDN's file never loads
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors
     driver = webdriver.Chrome(options=options, service=Driver(executable_path=CHROMEDRIVER))
     try:
         yield driver
@@ -93,6 +96,11 @@ def shot(browser: webdriver.Chrome, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     browser.save_screenshot(str(path))
     return path
+
+
+def console_errors(browser: webdriver.Chrome) -> list[str]:
+    """The console's errors since the last call (a refused inline script or style is one)."""
+    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def selection(browser: webdriver.Chrome) -> str:
@@ -159,6 +167,23 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
     assert len(rows) == 5  # the header and 4 epochs
     assert "model-int.pt" in until(lambda: text(browser, "#files"), 10, "the files")
     assert shot(browser, "dashboard-job").stat().st_size > 10_000
+    refused = [e for e in console_errors(browser) if "Content Security Policy" in e]
+    assert refused == []  # no inline script or style: the progress bar is a <progress>
+
+
+def test_the_api_docs_render_offline_under_the_policy(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    """Swagger UI from a package the API serves (no CDN: this browser resolves no other name),
+    set up by a script file: nothing the Content-Security-Policy refuses."""
+    browser.get(f"{service.url}/docs")
+    until(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10, 30, "Swagger UI")
+    assert "LSQ job service" in text(browser, ".info .title")
+    browser.find_element(By.CSS_SELECTOR, ".opblock-summary").click()  # opens, scripts run
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock-body"), 10, "an operation")
+    time.sleep(0.5)
+    assert console_errors(browser) == []
+    assert shot(browser, "api-docs").stat().st_size > 10_000
 
 
 def test_an_experiment_page_shows_the_live_table_and_its_plot(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import ROOT, Proc, free_port, service_env, tiny_spec
+from .conftest import ROOT, Proc, free_port, job_folder_name, service_env, tiny_spec
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -96,4 +96,6 @@ def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None
     assert summary[5].startswith("Next: `lsq serve` keeps the service running")
     assert fp[0].startswith("job 1 succeeded: demo-fp32: resnet20 on synthetic, full precision")
     assert "W[-2,-1,0,1] A[0,1,2,3], first/last float: test top-1" in q[0] and "drop" in q[0]
-    assert q[1] == f"  files: {tmp_path / 'data' / 'artifacts' / 'jobs' / '2'}"
+    folder = job_folder_name(tmp_path / "data", 2)
+    assert q[1] == f"  files: {tmp_path / 'data' / 'artifacts' / 'jobs' / folder}"
+    assert (tmp_path / "data" / "artifacts" / "jobs" / folder / "model.pt").is_file()

@@ -1,0 +1,113 @@
+"""How the API is served: uvicorn, with every bound a client could otherwise stretch. Every way
+of starting the API (`lsq api`, `lsq serve`, the compose file and the image) comes here.
+
+uvicorn on h11, not on httptools (what uvicorn[standard] picks by default): httptools takes a
+header of any size (a 16 MB one grew the process by 16 MB), h11 keeps the request line and
+headers within `h11_max_incomplete_event_size` and refuses two Host headers. uvicorn times out
+only the idle time between requests, so a client sending a byte a second held its connection
+for ever: `RequestDeadline` adds a deadline for the headers and body of each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .config import Settings, get_settings
+
+MAX_HEADER_BYTES = 16 << 10  # the request line and headers of one request
+KEEP_ALIVE_SECONDS = 5  # an idle connection between two requests
+# Sent with every response: no inline script or style, no framing (the dashboard's Cancel
+# buttons), no content sniffing, no address in Referer. Plots are blob: and data: images.
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers without CSP 2
+]
+
+
+class RequestDeadline(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline: a request's headers and body must have arrived
+    `seconds` after it began (when the connection opened, or the last response ended);
+    otherwise the connection closes, with a 408 when part of a request came and no response
+    has started."""
+
+    seconds: float = 20.0
+    _timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._follow(None)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.conn.their_state
+        super().data_received(data)
+        self._follow(before)
+
+    def on_response_complete(self) -> None:
+        before = self.conn.their_state
+        super().on_response_complete()
+        self._follow(before)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
+
+    def _follow(self, before: object) -> None:
+        """Start the clock when a request begins; stop it once the whole request is in."""
+        waiting = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        if not waiting or (self.conn.their_state is h11.IDLE and before is not h11.IDLE):
+            self._stop_timer()  # all in (or the connection is over), or a new request begins
+        if waiting and self._timer is None:
+            self._timer = self.loop.call_later(self.seconds, self._expire)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        try:
+            # Part of a request came, and no answer went: say why (an idle one just closes).
+            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+                headers = [(b"connection", b"close"), (b"content-length", b"0")]
+                response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
+                self.transport.write(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
+        finally:
+            self.transport.close()
+
+
+def uvicorn_config(settings: Settings, **options: Any) -> dict[str, Any]:
+    """uvicorn's settings for the API; `options` adds host, port, logging..."""
+    deadline = {"seconds": settings.request_timeout_seconds}
+    return dict(
+        http=type("RequestDeadline", (RequestDeadline,), deadline),
+        ws="none",  # no WebSocket route: an Upgrade request is a plain HTTP one
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        limit_concurrency=settings.max_connections,
+        # Proxy headers only from the proxies named: anyone else could forge an address
+        # (the invalid-token limit counts per address) and fill the access log with them.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        headers=SECURITY_HEADERS,
+        server_header=False,
+        **options,
+    )
+
+
+def run(**options: Any) -> None:
+    """Serve the API (`api.main:create_app`) until stopped."""
+    uvicorn.run("api.main:create_app", factory=True, **uvicorn_config(get_settings(), **options))
