@@ -27,6 +27,7 @@ from api.db import DATABASE_UNAVAILABLE, session_scope
 from api.limits import check_files
 from api.models import JobStatus, utcnow
 from api.owners import Limits
+from api.queue import enqueue_when_committed
 from api.spec import ServiceJobSpec, for_the_core, source_jobs
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
@@ -190,6 +191,7 @@ def claim(job_id: int) -> Claimed | Outcome:
             return _no_turn(session, job_id, settings)
         if job.id != job_id:
             log.info("job %s: its turn goes to job %s, the fairest to run now", job_id, job.id)
+            _keep_a_turn(session, job_id)
         spec = store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
         seconds = owners.limits_of(session, job.owner, defaults).max_job_seconds
@@ -198,6 +200,17 @@ def claim(job_id: int) -> Claimed | Outcome:
         return Claimed(
             job.id, job.attempts, job.folder, spec, sources, job.experiment_id, deadline, seconds
         )
+
+
+def _keep_a_turn(session: Session, job_id: int) -> None:
+    """A queued job whose message another job used gets a new one: every queued job keeps a
+    message of its own (the other job's message finds it running, or ended, and is dropped)."""
+    try:
+        queued = store.get_job(session, job_id).status == JobStatus.queued
+    except store.JobNotFound:
+        return
+    if queued:
+        enqueue_when_committed(session, job_id)
 
 
 def _no_turn(session: Session, job_id: int, settings: Settings) -> Outcome:
