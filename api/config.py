@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # epochs on ImageNet is about 620,000.
     max_job_tmacs: float = Field(1e6, gt=0, alias="LSQ_MAX_JOB_TMACS")
     max_job_seconds: float = Field(
-        7 * 86_400.0, gt=0, alias="LSQ_MAX_JOB_SECONDS", description="wall-clock from its start"
+        7 * 86_400.0, gt=0, alias="LSQ_MAX_JOB_SECONDS", description="seconds run, all attempts"
     )
     max_storage_bytes: int = Field(
         50 << 30, ge=0, alias="LSQ_MAX_STORAGE_BYTES", description="an owner's jobs' files"

@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +86,13 @@ def _sessionmaker(read_only: bool = False) -> sessionmaker[Session]:
         # BEGIN and COMMIT round trips.
         engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_for(session: Session) -> Any:
+    """The session's dialect's INSERT, which has ON CONFLICT."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
+        session.get_bind().dialect.name
+    ]
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -68,6 +68,9 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
 STATUS = Enum(
     JobStatus,
     name="job_status",
@@ -105,6 +108,8 @@ class Job(Base):
     compute_tmacs: Mapped[float | None] = mapped_column(Float)
     # Bytes of its folder, measured when it ends (None before, or once its files are pruned).
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Seconds workers have run it, all attempts together (its time limit counts these).
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # When retention (LSQ_RETENTION_DAYS) removed its files; its row and epochs stay.
     files_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Of an experiment: its baseline (variant None) or the variant-th row's job for one seed.

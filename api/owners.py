@@ -10,14 +10,13 @@ it, and so does a worker that starts one of its jobs, so two at once cannot both
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .config import Settings
-from .models import Job, JobStatus, Owner
+from .db import insert_for
+from .models import UNFINISHED, Job, JobStatus, Owner
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Usage:
 
 def lock(session: Session, owner: str) -> Owner:
     """The owner's row, made if missing and locked until the transaction ends."""
-    session.execute(_insert(session)(Owner).values(owner=owner).on_conflict_do_nothing())
+    session.execute(insert_for(session)(Owner).values(owner=owner).on_conflict_do_nothing())
     row = session.get(Owner, owner, with_for_update=True, populate_existing=True)
     assert row is not None
     return row
@@ -76,7 +75,7 @@ def usage_of(session: Session, owner: str) -> Usage:
     counts = dict(
         session.execute(
             select(Job.status, func.count())
-            .where(Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .where(Job.owner == owner, Job.status.in_(UNFINISHED))
             .group_by(Job.status)
         ).all()
     )
@@ -90,14 +89,10 @@ def usage_of(session: Session, owner: str) -> Usage:
 
 def try_lock(session: Session, owner: str) -> Owner | None:
     """The owner's row, locked, or None where another transaction holds its lock (a worker
-    that chooses a job skips the owner rather than wait: two choosing at once never deadlock)."""
-    session.execute(_insert(session)(Owner).values(owner=owner).on_conflict_do_nothing())
+    that chooses a job skips the owner rather than wait: two choosing at once never deadlock).
+    Every owner of a job has a row (its submission made it, or migration 0012): a row is made
+    here only if one is missing, since that insert would wait for another's."""
+    if session.get(Owner, owner) is None:
+        session.execute(insert_for(session)(Owner).values(owner=owner).on_conflict_do_nothing())
     lock = {"skip_locked": True}
     return session.get(Owner, owner, with_for_update=lock, populate_existing=True)
-
-
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT."""
-    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
-        session.get_bind().dialect.name
-    ]

@@ -231,7 +231,7 @@ class OwnerLimits(BaseModel):
     max_queued: int = Field(description="Unfinished (queued or running) jobs at once")
     max_running: int = Field(description="Jobs running at once; 0: as many as there are workers")
     max_job_tmacs: float = Field(description="A job's estimated compute (see compute_tmacs)")
-    max_job_seconds: float = Field(description="A job's wall-clock time from its start")
+    max_job_seconds: float = Field(description="Seconds a job may run (all attempts)")
     max_storage_bytes: int = Field(description="Bytes the owner's jobs' files may hold")
 
 

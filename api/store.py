@@ -12,14 +12,12 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import (
     Session,
     defer,
@@ -36,7 +34,19 @@ from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warning
 from lsq.spec import upgrade_spec
 
 from . import owners
-from .models import EPOCH_METRICS, Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
+from .db import insert_for
+from .models import (
+    EPOCH_METRICS,
+    FINISHED,
+    UNFINISHED,
+    Epoch,
+    Experiment,
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    Owner,
+    utcnow,
+)
 from .owners import Limits
 from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models, source_jobs
 
@@ -95,6 +105,7 @@ def submit_job(
     """Add a queued job of `owner` within its limits (`limits`: the service's defaults), or,
     for an Idempotency-Key seen before with the same spec, return the job it created. True
     when the job is new."""
+    row = owners.lock(session, owner)  # before any job's row: the order workers lock in too
     if key is not None:
         earlier = _job_of_key(
             session, owner, key, _digest(spec.model_dump(mode="json")), key_expiry
@@ -102,7 +113,7 @@ def submit_job(
         if earlier is not None:
             return earlier, False
     _check_source(session, owner, spec)
-    _within_limits(session, owner, limits, [("training.epochs", spec)])
+    _within_limits(session, row, limits, [spec])
     job = _add(session, owner, spec)
     if key is not None:
         _bind_key(session, owner, key, job.id)
@@ -110,27 +121,28 @@ def submit_job(
 
 
 def _within_limits(
-    session: Session, owner: str, defaults: Limits, new: list[tuple[str, ServiceJobSpec]]
+    session: Session, row: Owner, defaults: Limits, new: list[ServiceJobSpec], prefix: str = ""
 ) -> None:
-    """Raise unless `owner` may add the `new` jobs (field to name, spec): unfinished jobs,
-    compute per job, storage. Counted under the owner's lock, so concurrent submissions
-    cannot both pass (api.owners)."""
-    limits = defaults.overridden_by(owners.lock(session, owner))
-    if _unfinished(session, owner) + len(new) > limits.max_queued:
+    """Raise unless the owner of `row` (locked: concurrent submissions cannot both pass) may
+    add the `new` jobs: unfinished jobs, compute per job (a 422 on `prefix` + the field that
+    sets it), storage."""
+    owner, limits = row.owner, defaults.overridden_by(row)
+    usage = owners.usage_of(session, owner)
+    if usage.queued + usage.running + len(new) > limits.max_queued:
         raise TooManyJobs(
             f"{len(new)} more would pass {owner}'s {limits.max_queued} unfinished jobs, "
             "the most allowed (LSQ_MAX_QUEUED_PER_OWNER)"
         )
-    for field, spec in new:
+    for spec in new:
         if (tmacs := job_tmacs(spec)) > limits.max_job_tmacs:
             raise InvalidField(
-                field,
+                prefix + ("sensitivity.layers" if spec.sensitivity else "training.epochs"),
                 f"{spec.name!r} would take about {tmacs:,.4g} x 10^12 multiply-accumulates "
                 f"(epochs x images x the network's cost), above {owner}'s limit of "
                 f"{limits.max_job_tmacs:,.4g} (LSQ_MAX_JOB_TMACS): ask for fewer epochs or "
                 "images",
             )
-    stored = owners.usage_of(session, owner).storage_bytes
+    stored = usage.storage_bytes
     if stored >= limits.max_storage_bytes:
         raise StorageFull(
             f"{owner}'s jobs hold {stored:,} bytes, the most allowed is "
@@ -148,7 +160,7 @@ def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:
             continue
         source_id = ref.job
         # FOR SHARE: the source cannot be deleted or pruned until this submission commits
-        source = session.get(Job, source_id, with_for_update={"read": True})
+        source = session.get(Job, source_id, with_for_update={"read": True}, populate_existing=True)
         if source is None or source.owner != owner:
             raise InvalidField(f"{field}.job", f"job {source_id} does not exist")
         _has_a_model(f"{field}.job", source, spec)
@@ -199,7 +211,7 @@ def _job_of_key(
             IdempotencyKey.created_at < now - expiry,
         )
     )
-    insert = _insert(session)(IdempotencyKey).values(
+    insert = insert_for(session)(IdempotencyKey).values(
         owner=owner, key=key, body_hash=body_hash, created_at=now
     )
     # A concurrent first request holds the row until it commits; this waits for it.
@@ -329,13 +341,14 @@ def create_experiment(
     starting from `start` (the baseline's job id, or a model path) unless it is None, and with
     `distill`, taught by it. For an Idempotency-Key seen before with the same request, the
     experiment it made (False)."""
+    row = owners.lock(session, owner)  # before any job's row: the order workers lock in too
     if key is not None:  # keys of experiments and of jobs live apart
         key = f"{EXPERIMENT_KEY}{key}"
         earlier = _job_of_key(session, owner, key, _digest(request), key_expiry)
         if earlier is not None:
             return session.get(Experiment, earlier.experiment_id), False
     planned = [s for s in [baseline] if s is not None] + [s for _, s in variants]
-    _within_limits(session, owner, limits, [("base.training.epochs", s) for s in planned])
+    _within_limits(session, row, limits, planned, prefix="base.")
     experiment = Experiment(owner=owner, name=name, spec=request)
     session.add(experiment)
     session.flush()
@@ -393,13 +406,6 @@ def _add(
     return job
 
 
-def _unfinished(session: Session, owner: str) -> int:
-    query = select(func.count()).where(
-        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running])
-    )
-    return session.scalar(query) or 0
-
-
 def get_experiment(session: Session, experiment_id: int, owner: str | None) -> Experiment:
     """An experiment with its jobs; `owner` None: anybody's (for workers)."""
     if not _is_id(experiment_id):
@@ -445,10 +451,6 @@ class Deleted:
 
     jobs: list[str]
     experiments: list[str]
-
-
-UNFINISHED = (JobStatus.queued, JobStatus.running)
-FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
 def delete_job(session: Session, job_id: int, owner: str) -> Deleted:
@@ -507,14 +509,23 @@ def prune_files(session: Session, ended_before: datetime, limit: int) -> list[st
         Job.finished_at < ended_before,
         Job.files_pruned_at.is_(None),
     )
-    if in_use := _models_in_use(session):
-        query = query.where(Job.id.not_in(in_use))
     query = query.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
-    jobs = list(session.scalars(query))
+    # Locked first, then looked up: a submission naming one of them (it holds the source FOR
+    # SHARE) either committed before, and is seen in use, or waits and then sees it pruned.
+    in_use = _models_in_use(session)
+    jobs = [job for job in session.scalars(query) if job.id not in in_use]
     now = utcnow()
     for job in jobs:
         job.files_pruned_at, job.stored_bytes = now, 0
     return _folders(jobs)
+
+
+def unmeasured_jobs(session: Session, limit: int) -> list[Job]:
+    """Ended jobs whose files were never measured (stored_bytes), nor pruned."""
+    query = select(Job).where(
+        Job.status.in_(FINISHED), Job.stored_bytes.is_(None), Job.files_pruned_at.is_(None)
+    )
+    return list(session.scalars(query.order_by(Job.id).limit(limit)))
 
 
 def _refuse_models_in_use(session: Session, jobs: list[Job]) -> None:
@@ -596,98 +607,6 @@ def claim_job(
     return Claim("claimed", job)
 
 
-# Dispatch is fair between owners: a free worker takes the next job of the owner with the
-# fewest jobs running, and among equals the one whose last job started longest ago (round
-# robin), whatever message woke it. So one owner's hundred queued jobs hold another's first
-# job back by at most one job per worker, not by a hundred. A message is a turn for whichever
-# job is fairest: the job it names may run later, on the turn of another job's message.
-SCAN = 20  # an owner's oldest candidates looked at for one not waiting on another job
-
-
-def claim_next(
-    session: Session, worker: str, lease_seconds: float, max_takeovers: int, defaults: Limits
-) -> Job | None:
-    """Claim the fairest job that can run now (see above): a queued one not waiting for the
-    model of another, or a running one whose worker died. None: no such job, or its owner is
-    at its running limit."""
-    skipped: set[int] = set()
-    for _ in range(SCAN):
-        job_id = _fairest(session, utcnow(), defaults, skipped)
-        if job_id is None:
-            return None
-        claim = claim_job(session, job_id, worker, lease_seconds, max_takeovers)
-        if claim.outcome == "claimed":
-            return claim.job
-        skipped.add(job_id)  # another worker was first, or it ended: the next one
-    return None
-
-
-def _fairest(session: Session, now: datetime, defaults: Limits, skipped: set[int]) -> int | None:
-    can_run = (Job.status == JobStatus.queued) | (
-        (Job.status == JobStatus.running)
-        & (Job.lease_expires_at.is_(None) | (Job.lease_expires_at <= now))
-    )
-    if skipped:
-        can_run &= Job.id.not_in(skipped)
-    waiting = list(session.scalars(select(Job.owner).where(can_run).distinct()))
-    if not waiting:
-        return None
-    for owner in sorted(waiting, key=_turn_order(session, now, waiting)):
-        row = owners.try_lock(session, owner)  # None: another worker is choosing for it now
-        limits = defaults.overridden_by(row)
-        # counted again under the lock: another worker may have started one of its jobs
-        if row is None or (
-            limits.max_running and _running(session, owner, now) >= limits.max_running
-        ):
-            continue
-        candidates = select(Job).where(Job.owner == owner, can_run).order_by(Job.id).limit(SCAN)
-        for job in session.scalars(candidates):
-            if not _waits(session, job):
-                return job.id
-    return None
-
-
-def _turn_order(session: Session, now: datetime, owners_: list[str]) -> Callable[[str], tuple]:
-    """Owners with fewer running jobs first, then the one whose last start is oldest."""
-    alive = (Job.status == JobStatus.running) & (Job.lease_expires_at > now)
-    running = dict(
-        session.execute(
-            select(Job.owner, func.count()).where(alive, Job.owner.in_(owners_)).group_by(Job.owner)
-        ).all()
-    )
-    started = dict(
-        session.execute(
-            select(Job.owner, func.max(Job.started_at))
-            .where(Job.owner.in_(owners_), Job.started_at.is_not(None))
-            .group_by(Job.owner)
-        ).all()
-    )
-    never = datetime.min.replace(tzinfo=now.tzinfo)
-    return lambda owner: (running.get(owner, 0), started.get(owner) or never, owner)
-
-
-def _running(session: Session, owner: str, now: datetime) -> int:
-    alive = (Job.status == JobStatus.running) & (Job.lease_expires_at > now)
-    return session.scalar(select(func.count()).where(Job.owner == owner, alive)) or 0
-
-
-def _waits(session: Session, job: Job) -> bool:
-    """A queued job waits while a job whose model it uses may still succeed (a source that
-    cannot, or is not its owner's, lets it run: it then fails, saying why)."""
-    if job.status != JobStatus.queued:
-        return False
-    ids = list(source_jobs(stored_spec(job)).values())
-    statuses = dict(
-        session.execute(
-            select(Job.id, Job.status).where(Job.id.in_(ids), Job.owner == job.owner)
-        ).all()
-    )
-    found = [statuses.get(i) for i in ids]
-    unfinished = (JobStatus.queued, JobStatus.running)
-    doomed = any(s not in (*unfinished, JobStatus.succeeded) for s in found)
-    return not doomed and any(s in unfinished for s in found)
-
-
 def _gave_up(workers: list[str | None]) -> str:
     return (
         f"gave up: the worker running this job stopped answering {len(workers)} times "
@@ -707,12 +626,16 @@ def renew_lease(
     worker: str,
     lease_seconds: float,
     progress: tuple[int, float] | None = None,
+    run_seconds: float | None = None,
 ) -> Lease:
-    """The heartbeat: extend the lease, store progress, and read the cancel flag."""
+    """The heartbeat: extend the lease, store progress and the seconds run so far (all
+    attempts), and read the cancel flag."""
     job = _owned(session, job_id, worker)
     if job is None:
         return Lease(held=False)
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    if run_seconds is not None:
+        job.run_seconds = run_seconds
     if progress is not None:
         job.progress_epoch, job.progress_fraction = progress
     return Lease(held=True, cancel_requested=job.cancel_requested)
@@ -724,7 +647,7 @@ def record_epoch(session: Session, job_id: int, worker: str, metrics: EpochMetri
     if job is None:
         return False
     values = {"job_id": job_id, "recorded_at": utcnow(), **metrics.model_dump()}
-    stmt = _insert(session)(Epoch).values(values)
+    stmt = insert_for(session)(Epoch).values(values)
     updated = {k: stmt.excluded[k] for k in (*EPOCH_METRICS, "recorded_at")}
     session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "epoch"], set_=updated))
     if values["epoch"] >= job.progress_epoch:  # a resume rewrites earlier epochs too
@@ -812,13 +735,6 @@ def _cursor(cursor: str) -> int:
     if not re.fullmatch(r"[0-9]{1,10}", cursor) or int(cursor) > MAX_JOB_ID:
         raise InvalidField("cursor", "not a cursor returned by this API (next_cursor)")
     return int(cursor)
-
-
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT."""
-    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
-        session.get_bind().dialect.name
-    ]
 
 
 def _is_id(job_id: int) -> bool:

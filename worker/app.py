@@ -19,7 +19,7 @@ from functools import lru_cache
 from celery import Celery, signals
 
 from api import store
-from api.artifacts import job_folder, remove_folder
+from api.artifacts import folder_bytes, job_folder, remove_folder
 from api.config import Settings, get_settings
 from api.db import session_scope
 from api.models import utcnow
@@ -84,7 +84,7 @@ def _requeue_unfinished(**_: object) -> None:
 def _sweep() -> None:
     settings = get_settings()
     while not SHUTTING_DOWN.wait(settings.sweep_seconds):
-        for duty in (sweep_once, prune_once):
+        for duty in (sweep_once, prune_once, measure_once):
             try:
                 duty(settings)
             except Exception:  # the database or the broker is out of reach: next round
@@ -129,6 +129,17 @@ def prune_once(settings: Settings) -> list[str]:
     if folders:
         log.info("retention: removed the files of %d jobs", len(folders))
     return folders
+
+
+def measure_once(settings: Settings) -> int:
+    """Storage: the bytes of ended jobs whose end no worker measured (a job cancelled while
+    queued after a resume, or given up after its workers died, may hold checkpoints). Returns
+    how many were measured."""
+    with session_scope() as session:
+        jobs = store.unmeasured_jobs(session, PRUNE_BATCH)
+        for job in jobs:
+            job.stored_bytes = folder_bytes(job_folder(settings, job.folder))
+    return len(jobs)
 
 
 @signals.worker_shutting_down.connect

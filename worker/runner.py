@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api import owners, store
+from api import dispatch, owners, store
 from api.artifacts import folder_bytes, job_folder
 from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
@@ -88,10 +88,11 @@ class LeaseLost(Exception):
 class LeaseKeeper(threading.Thread):
     """Heartbeat: renews the lease, stores the latest progress, and reads the cancel flag."""
 
-    def __init__(self, job_id: int, worker: str, settings: Settings, deadline: datetime) -> None:
+    def __init__(self, job_id: int, worker: str, settings: Settings, claimed: Claimed) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
-        self.deadline = deadline
+        self.ran_before, self.began = claimed.run_seconds, time.monotonic()
+        self.deadline = self.began + claimed.limit_seconds - claimed.run_seconds
         self.stop_reason: Stop | None = None
         self._stop_lock = threading.Lock()  # the training and heartbeat threads both decide
         self._done = threading.Event()
@@ -108,7 +109,7 @@ class LeaseKeeper(threading.Thread):
     def should_stop(self) -> bool:
         if SHUTTING_DOWN.is_set():
             self.stop_as(Stop.shutdown)
-        if utcnow() >= self.deadline:
+        if time.monotonic() >= self.deadline:
             self.stop_as(Stop.time_limit)
         return self.stop_reason is not None
 
@@ -120,7 +121,7 @@ class LeaseKeeper(threading.Thread):
                 with session_scope() as session:
                     lease = store.renew_lease(
                         session, self.job_id, self.worker, self.settings.lease_seconds,
-                        self._progress,
+                        self._progress, self.ran_before + attempt - self.began,
                     )  # fmt: skip
             except Exception:  # a database hiccup: the lease has slack for a few missed beats
                 log.exception("job %s: heartbeat failed", self.job_id)
@@ -158,8 +159,8 @@ class Claimed:
     spec: dict[str, Any]  # as stored: validated when the run starts, so a bad one fails the job
     sources: dict[int, Source]  # the jobs whose models it uses
     experiment_id: int | None
-    deadline: datetime  # when it has run its owner's wall-clock limit (from its first start)
-    limit_seconds: float
+    run_seconds: float  # what earlier attempts ran
+    limit_seconds: float  # its owner's limit on the seconds run, all attempts together
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,13 @@ def execute(job_id: int) -> Outcome:
 
 
 def claim(job_id: int) -> Claimed | Outcome:
-    """Take the lease of the fairest job that can run (api.store.claim_next): a message is a
+    """Take the lease of the fairest job that can run (api.dispatch.claim_next): a message is a
     turn, whichever job it names. With none, say what to do with the message."""
     settings = get_settings()
     defaults = Limits.defaults(settings)
     with session_scope() as session:
         args = worker_name(), settings.lease_seconds, settings.max_attempts, defaults
-        job = store.claim_next(session, *args)
+        job = dispatch.claim_next(session, *args)
         if job is None:
             return _no_turn(session, job_id, settings)
         if job.id != job_id:
@@ -195,11 +196,10 @@ def claim(job_id: int) -> Claimed | Outcome:
         spec = store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
         seconds = owners.limits_of(session, job.owner, defaults).max_job_seconds
-        assert job.started_at is not None  # set by the claim
-        deadline = job.started_at + timedelta(seconds=seconds)
         return Claimed(
-            job.id, job.attempts, job.folder, spec, sources, job.experiment_id, deadline, seconds
-        )
+            job.id, job.attempts, job.folder, spec, sources, job.experiment_id,
+            job.run_seconds, seconds,
+        )  # fmt: skip
 
 
 def _keep_a_turn(session: Session, job_id: int) -> None:
@@ -245,7 +245,7 @@ def _attempt(claimed: Claimed) -> Outcome:
     settings, me, job_id = get_settings(), worker_name(), claimed.job_id
     log.info("job %s: attempt %s on %s", job_id, claimed.attempt, me)
     out = job_folder(settings, claimed.folder)
-    keeper = LeaseKeeper(job_id, me, settings, claimed.deadline)
+    keeper = LeaseKeeper(job_id, me, settings, claimed)
     keeper.start()
     try:
         spec = _core_spec(claimed, settings)
@@ -279,8 +279,8 @@ def _stopped(claimed: Claimed, worker: str, reason: Stop | None, settings: Setti
             return _finish(claimed, worker, JobStatus.cancelled)
         case Stop.time_limit:
             error = (
-                f"time limit: it ran {claimed.limit_seconds:,.0f} s from its start, its "
-                "owner's limit (LSQ_MAX_JOB_SECONDS); its last checkpoint is kept"
+                f"time limit: it ran {claimed.limit_seconds:,.0f} s, its owner's limit "
+                "(LSQ_MAX_JOB_SECONDS); its last checkpoint is kept"
             )
             return _finish(claimed, worker, JobStatus.failed, error=error)
         case Stop.lease_lost:
@@ -328,7 +328,7 @@ def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:
     last one may not have been recorded before the previous worker stopped). Never through a
     symlink: the folder must be a real one, in the artifacts folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if claimed.attempt == 1:
+    if claimed.attempt == 1 or not os.path.lexists(out):  # an earlier attempt may have died
         out.mkdir()  # FileExistsError (the job fails, saying so) for anything already there
         return
     if out.is_symlink() or not out.is_dir():

@@ -1,5 +1,5 @@
 """owners (an operator's per-owner limits), a folder name per job and experiment that is never
-reused, and each job's estimated compute, stored bytes and when retention removed its files
+reused, and each job's estimated compute, seconds run, stored bytes, and when its files were pruned
 
 Revision ID: 0012
 Revises: 0011
@@ -31,6 +31,8 @@ def upgrade() -> None:
         sa.Column("max_job_seconds", sa.Float(), nullable=True),
         sa.Column("max_storage_bytes", sa.BigInteger(), nullable=True),
     )
+    # every owner of a job has a row: a worker choosing a job locks it, and never makes one
+    op.execute("INSERT INTO owners (owner) SELECT DISTINCT owner FROM jobs")
     for table in ("jobs", "experiments"):
         op.add_column(table, sa.Column("folder", sa.String(32), nullable=True))
         op.execute(f"UPDATE {table} SET folder = CAST(id AS VARCHAR(32))")
@@ -38,9 +40,11 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("compute_tmacs", sa.Float(), nullable=True))
     op.add_column("jobs", sa.Column("stored_bytes", sa.BigInteger(), nullable=True))
     op.add_column("jobs", sa.Column("files_pruned_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("jobs", sa.Column("run_seconds", sa.Float(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "run_seconds")
     op.drop_column("jobs", "files_pruned_at")
     op.drop_column("jobs", "stored_bytes")
     op.drop_column("jobs", "compute_tmacs")

@@ -5,6 +5,7 @@ requests race. Store rules on SQLite and PostgreSQL; then real API and worker pr
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +16,23 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import owners, store
+from api import dispatch, owners, store
 from api.models import Job, JobStatus
 from api.owners import Limits
 from api.spec import ServiceJobSpec
 from lsq.cost import TRAINING_PASSES, network_macs
 
-from .conftest import CLI, FINISHED, ROOT, Service, bearer, make_token, quota, tiny_spec
+from .conftest import (
+    CLI,
+    FINISHED,
+    ROOT,
+    Service,
+    bearer,
+    make_token,
+    quota,
+    service_env,
+    tiny_spec,
+)
 from .test_security import Api
 
 WORKER = "w1"
@@ -35,7 +46,7 @@ def submit(db: sessionmaker[Session], owner: str, name: str, **defaults: Any) ->
 
 def next_job(db: sessionmaker[Session], defaults: Limits | None = None) -> int | None:
     with db.begin() as session:
-        job = store.claim_next(session, WORKER, 60, 5, defaults or quota())
+        job = dispatch.claim_next(session, WORKER, 60, 5, defaults or quota())
         return job.id if job else None
 
 
@@ -69,7 +80,8 @@ def test_an_owner_at_its_running_limit_waits_while_others_run(db: sessionmaker[S
     assert next_job(db, one_at_a_time) == second
     with db.begin() as session:  # an operator's own limit for one owner
         owners.lock(session, "polite").max_running = 2
-        assert owners.limits_of(session, "polite", one_at_a_time).max_running == 2
+    more = submit(db, "polite", "p2")
+    assert next_job(db, one_at_a_time) == more  # polite's second, flood still at its one
 
 
 def test_a_job_waiting_for_another_jobs_model_lets_the_next_one_run(
@@ -171,14 +183,14 @@ def test_a_polite_owner_waits_behind_one_job_of_a_flood(service: Service) -> Non
 def test_a_job_past_its_owners_time_limit_fails_and_keeps_its_checkpoint(
     service: Service,
 ) -> None:
-    set_limits(service.env, "slow", max_job_seconds=10)
+    set_limits(service.env, "slow", max_job_seconds=15)
     short_epochs = {"train_size": 128, "test_size": 32}
     with client(service, "slow") as slow:
         spec = tiny_spec("long", training={"epochs": 500}, dataset=short_epochs)
         job = slow.post("/v1/jobs", json=spec).json()
         ended = wait(slow, job["id"])
         assert ended["status"] == "failed"
-        assert ended["error"].startswith("time limit: it ran 10 s"), ended["error"]
+        assert ended["error"].startswith("time limit: it ran 15 s"), ended["error"]
         assert 1 <= len(ended["epochs"]) < 500
         names = [a["name"] for a in slow.get(f"/v1/jobs/{job['id']}/artifacts").json()]
         assert "checkpoint.pt" in names
@@ -242,3 +254,51 @@ def test_no_job_runs_twice_when_two_workers_choose_at_once(db: sessionmaker[Sess
     assert sorted(picked) == sorted(jobs)  # each once
     with db.begin() as session:
         assert all(j.status == JobStatus.running for j in session.query(Job))
+
+
+# What a worker does with a message (worker.runner), in a process of its own on the embedded
+# broker: the job a message names keeps a message when another job takes its turn, and the
+# time limit counts the seconds earlier attempts ran.
+TURNS = """
+import sys
+from api import store
+from api.config import get_settings
+from api.db import session_scope, upgrade_database
+from api.owners import Limits
+from api.queue import queue_length
+from api.spec import ServiceJobSpec
+from worker import runner
+
+upgrade_database()
+spec = ServiceJobSpec.model_validate({"name": "x", "dataset": {"name": "synthetic"},
+                                      "model": {"arch": "resnet20"}})
+limits = Limits.defaults(get_settings())
+with session_scope() as session:
+    named = store.submit_job(session, "zed", spec, limits=limits)[0].id
+    fairer = store.submit_job(session, "amy", spec, limits=limits)[0].id  # 'amy' < 'zed'
+claimed = runner.claim(named)
+assert claimed.job_id == fairer, claimed
+assert queue_length() == 1, queue_length()  # a new message for the job the first one named
+with session_scope() as session:
+    assert store.get_job(session, named).published_at is not None
+    store.get_job(session, fairer).run_seconds = 7.0  # as if an earlier attempt ran 7 s
+assert runner.claim(fairer).job_id == named  # a running job's message: a turn for another
+waits = runner.claim(fairer)  # nothing else to run, and its lease is alive: it waits
+assert isinstance(waits, runner.RetryLater) and "lease" in waits.why, waits
+assert queue_length() == 1  # no message for a job that runs
+keeper = runner.LeaseKeeper(fairer, "w", get_settings(), runner.Claimed(
+    fairer, 2, "f", {}, {}, None, run_seconds=7.0, limit_seconds=7.5))
+assert not keeper.should_stop()
+import time; time.sleep(0.6)
+assert keeper.should_stop() and keeper.stop_reason == runner.Stop.time_limit
+print("ok")
+"""
+
+
+def test_a_message_whose_turn_went_to_another_job_leaves_its_job_a_new_one(tmp_path) -> None:
+    env = service_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", TURNS], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
