@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4096, ge=1, le=spec.MAX_BATCH, alias="LSQ_MAX_BATCH_SIZE")
     max_subset: int = Field(2_000_000, ge=1, le=spec.MAX_SUBSET, alias="LSQ_MAX_SUBSET")
     max_devices: int = Field(8, ge=1, le=spec.MAX_DEVICES, alias="LSQ_MAX_DEVICES")
+    # What one device may hold for one training batch (lsq.cost.training_bytes): a GPU's
+    # memory, or a CPU worker's share of its host's.
+    max_batch_bytes: int = Field(64 << 30, ge=1, alias="LSQ_MAX_BATCH_BYTES")
     max_experiment_jobs: int = Field(64, ge=2, le=1000, alias="LSQ_MAX_EXPERIMENT_JOBS")
     # Folders a job may read datasets and model.init checkpoints from (':'-separated).
     data_roots: str = Field("/usr/share/datasets", alias="LSQ_DATA_ROOTS")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lsq.cost import training_bytes
 from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 from .config import Settings
@@ -29,6 +30,13 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
     for field, value, cap, name in caps:
         if value is not None and value > cap:
             raise InvalidField(field, f"{value} is above this service's limit of {cap} ({name})")
+    if (held := training_bytes(spec)) > settings.max_batch_bytes:
+        raise InvalidField(
+            "training.batch_size",
+            f"a batch would hold about {held / 2**30:,.1f} GiB on each device for the backward "
+            f"pass, above this service's {settings.max_batch_bytes / 2**30:,.1f} GiB "
+            "(LSQ_MAX_BATCH_BYTES): a smaller batch_size, or more training.devices",
+        )
     check_files(spec, settings)
 
 

@@ -57,6 +57,16 @@ class Usage:
     storage_bytes: int
 
 
+def storage_full(owner: str, stored: int, limits: Limits) -> str | None:
+    """Why `owner`, whose jobs hold `stored` bytes, may store no more; or None."""
+    if stored < limits.max_storage_bytes:
+        return None
+    return (
+        f"{owner}'s jobs hold {stored:,} bytes, the most allowed is "
+        f"{limits.max_storage_bytes:,} (LSQ_MAX_STORAGE_BYTES): delete jobs to free space"
+    )
+
+
 def lock(session: Session, owner: str) -> Owner:
     """The owner's row, made if missing and locked until the transaction ends."""
     session.execute(insert_for(session)(Owner).values(owner=owner).on_conflict_do_nothing())

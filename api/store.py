@@ -142,12 +142,8 @@ def _within_limits(
                 f"{limits.max_job_tmacs:,.4g} (LSQ_MAX_JOB_TMACS): ask for fewer epochs or "
                 "images",
             )
-    stored = usage.storage_bytes
-    if stored >= limits.max_storage_bytes:
-        raise StorageFull(
-            f"{owner}'s jobs hold {stored:,} bytes, the most allowed is "
-            f"{limits.max_storage_bytes:,} (LSQ_MAX_STORAGE_BYTES): delete jobs to free space"
-        )
+    if problem := owners.storage_full(owner, usage.storage_bytes, limits):
+        raise StorageFull(problem)
 
 
 def _check_source(session: Session, owner: str, spec: ServiceJobSpec) -> None:

@@ -45,28 +45,43 @@ def _out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _conv(size: int, c_in: int, c_out: int, kernel: int, stride: int = 1) -> tuple[int, int]:
-    """(MACs, output side) of a square convolution padded as lsq.networks pads it."""
-    side = _out(size, kernel, stride, kernel // 2)
-    return side * side * kernel * kernel * c_in * c_out, side
+@dataclass
+class Tally:
+    """A network's cost per image: multiply-accumulates, and the values its Conv2d and Linear
+    layers output (what training keeps for the backward pass scales with them)."""
+
+    macs: int = 0
+    outputs: int = 0
+
+    def conv(self, side: int, c_in: int, c_out: int, kernel: int, stride: int = 1) -> int:
+        """Count a square convolution padded as lsq.networks pads it; its output side."""
+        out = _out(side, kernel, stride, kernel // 2)
+        self.macs += out * out * kernel * kernel * c_in * c_out
+        self.outputs += out * out * c_out
+        return out
+
+    def linear(self, c_in: int, c_out: int) -> None:
+        self.macs += c_in * c_out
+        self.outputs += c_out
 
 
-def _cifar_macs(depth: int, size: int, channels: int, classes: int) -> int:
-    total, side = _conv(size, channels, 16, 3)
-    c_in = 16
+def _cifar(depth: int, size: int, channels: int, classes: int) -> Tally:
+    tally = Tally()
+    side, c_in = tally.conv(size, channels, 16, 3), 16
     for planes, stride in ((16, 1), (32, 2), (64, 2)):
         for block in range((depth - 2) // 6):
-            first, side = _conv(side, c_in, planes, 3, stride if block == 0 else 1)
-            second, _ = _conv(side, planes, planes, 3)
-            total, c_in = total + first + second, planes
-    return total + 64 * classes
+            side = tally.conv(side, c_in, planes, 3, stride if block == 0 else 1)
+            tally.conv(side, planes, planes, 3)
+            c_in = planes
+    tally.linear(64, classes)
+    return tally
 
 
-def _torchvision_macs(arch: str, size: int, channels: int, classes: int) -> int:
+def _torchvision(arch: str, size: int, channels: int, classes: int) -> Tally:
     stages, per_block = TORCHVISION[arch]
     expansion = 4 if per_block == 3 else 1
-    total, side = _conv(size, channels, 64, 7, 2)
-    side = _out(side, 3, 2, 1)  # the max pool
+    tally = Tally()
+    side = _out(tally.conv(size, channels, 64, 7, 2), 3, 2, 1)  # then the max pool
     c_in = 64
     for stage, count in enumerate(stages):
         planes = 64 << stage
@@ -74,30 +89,52 @@ def _torchvision_macs(arch: str, size: int, channels: int, classes: int) -> int:
             stride = 2 if block == 0 and stage > 0 else 1
             c_out = planes * expansion
             if block == 0 and (stride != 1 or c_in != c_out):  # the projected shortcut
-                total += _conv(side, c_in, c_out, 1, stride)[0]
+                tally.conv(side, c_in, c_out, 1, stride)
             if expansion == 1:
-                macs, new_side = _conv(side, c_in, planes, 3, stride)
-                total += macs + _conv(new_side, planes, planes, 3)[0]
+                new_side = tally.conv(side, c_in, planes, 3, stride)
+                tally.conv(new_side, planes, planes, 3)
             else:  # bottleneck: 1x1, then the strided 3x3, then 1x1
-                total += _conv(side, c_in, planes, 1)[0]
-                macs, new_side = _conv(side, planes, planes, 3, stride)
-                total += macs + _conv(new_side, planes, c_out, 1)[0]
+                tally.conv(side, c_in, planes, 1)
+                new_side = tally.conv(side, planes, planes, 3, stride)
+                tally.conv(new_side, planes, c_out, 1)
             side, c_in = new_side, c_out
-    return total + c_in * classes
+    tally.linear(c_in, classes)
+    return tally
+
+
+def network_cost(arch: str, size: int, channels: int, classes: int) -> Tally:
+    """The cost of one forward pass of one `size` x `size` image."""
+    if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
+        return _cifar(int(arch[6:]), size, channels, classes)
+    return _torchvision(arch, size, channels, classes)
 
 
 def network_macs(arch: str, size: int, channels: int, classes: int) -> int:
     """Multiply-accumulates of one forward pass of one `size` x `size` image."""
-    if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
-        return _cifar_macs(int(arch[6:]), size, channels, classes)
-    return _torchvision_macs(arch, size, channels, classes)
+    return network_cost(arch, size, channels, classes).macs
+
+
+def _per_image(spec: JobSpec) -> Tally:
+    geometry = DATASETS[spec.dataset.name]
+    size = spec.dataset.image_size or geometry.size
+    return network_cost(spec.model.arch, size, geometry.channels, geometry.classes)
+
+
+def training_bytes(spec: JobSpec) -> int:
+    """What one device holds for the backward pass of one training batch: about two float32
+    values per layer output per image (the layer's output and the activation after it;
+    measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB)."""
+    per_device = -(-spec.training.batch_size // spec.training.devices)
+    return per_device * _per_image(spec).outputs * BYTES_KEPT_PER_OUTPUT
+
+
+BYTES_KEPT_PER_OUTPUT = 8
 
 
 def job_tmacs(spec: JobSpec) -> float:
     """The whole job's multiply-accumulates, in units of 10^12 (an estimate: see above)."""
     data, geometry = spec.dataset, DATASETS[spec.dataset.name]
-    size = data.image_size or geometry.size
-    per_image = network_macs(spec.model.arch, size, geometry.channels, geometry.classes)
+    per_image = _per_image(spec).macs
     train = min(data.train_size or geometry.train_images, geometry.train_images)
     test = min(data.test_size or geometry.test_images, geometry.test_images)
     if data.name == "synthetic":  # made to order: as many as asked

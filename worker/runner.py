@@ -193,9 +193,16 @@ def claim(job_id: int) -> Claimed | Outcome:
         if job.id != job_id:
             log.info("job %s: its turn goes to job %s, the fairest to run now", job_id, job.id)
             _keep_a_turn(session, job_id)
+        limits = owners.limits_of(session, job.owner, defaults)
+        stored = owners.usage_of(session, job.owner).storage_bytes  # jobs ended since it queued
+        if problem := owners.storage_full(job.owner, stored, limits):
+            store.finish_job(
+                session, job.id, args[0], JobStatus.failed, error=problem, stored_bytes=0
+            )
+            return Ack(JobStatus.failed, problem)
         spec = store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
-        seconds = owners.limits_of(session, job.owner, defaults).max_job_seconds
+        seconds = limits.max_job_seconds
         return Claimed(
             job.id, job.attempts, job.folder, spec, sources, job.experiment_id,
             job.run_seconds, seconds,

@@ -10,30 +10,39 @@ import torch
 from torch import nn
 
 from lsq import data
-from lsq.cost import DATASETS, TRAINING_PASSES, job_tmacs, network_macs
+from lsq.cost import (
+    DATASETS,
+    TRAINING_PASSES,
+    job_tmacs,
+    network_cost,
+    network_macs,
+    training_bytes,
+)
 from lsq.networks import ARCHS, build_model
 from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 
-def counted_macs(arch: str, size: int, channels: int, classes: int) -> int:
-    """Every Conv2d's and Linear's multiply-accumulates in one forward pass (on the meta
-    device: shapes without arithmetic)."""
+def counted(arch: str, size: int, channels: int, classes: int) -> tuple[int, int]:
+    """Every Conv2d's and Linear's multiply-accumulates and output values in one forward pass
+    (on the meta device: shapes without arithmetic)."""
     with torch.device("meta"):
         model = build_model(arch, classes, channels)
-    total = 0
+    total, outputs = 0, 0
 
     def count(module: nn.Module, _: tuple, out: torch.Tensor) -> None:
-        nonlocal total
+        nonlocal total, outputs
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]
             total += out.numel() * k * module.in_channels // module.groups
         elif isinstance(module, nn.Linear):
             total += out.numel() * module.in_features
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            outputs += out.numel()
 
     for m in model.modules():
         m.register_forward_hook(count)
     model.eval()(torch.empty(1, channels, size, size, device="meta"))
-    return total
+    return total, outputs
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -41,16 +50,15 @@ def counted_macs(arch: str, size: int, channels: int, classes: int) -> int:
 def test_a_network_costs_what_its_modules_compute(
     arch: str, size: int, channels: int, classes: int
 ) -> None:
-    assert network_macs(arch, size, channels, classes) == counted_macs(
-        arch, size, channels, classes
-    )
+    cost = network_cost(arch, size, channels, classes)
+    assert (cost.macs, cost.outputs) == counted(arch, size, channels, classes)
 
 
 def test_the_imagenet_resnets_cost_what_their_papers_say() -> None:
     # torchvision's documented GFLOPS (multiply-accumulates, in fact) at 224 x 224
     for arch, gmacs in (("resnet18", 1.81), ("resnet34", 3.66), ("resnet50", 4.09)):
         assert network_macs(arch, 224, 3, 1000) / 1e9 == pytest.approx(gmacs, abs=0.01)
-        assert network_macs(arch, 224, 3, 1000) == counted_macs(arch, 224, 3, 1000)
+        assert network_macs(arch, 224, 3, 1000) == counted(arch, 224, 3, 1000)[0]
 
 
 def test_the_datasets_geometry_is_what_lsq_data_loads() -> None:
@@ -86,3 +94,17 @@ def test_a_job_costs_its_epochs_of_training_and_evaluation() -> None:
         update={"dataset": spec.dataset.model_copy(update={"train_size": 10**7})}
     )
     assert job_tmacs(whole) == pytest.approx(5 * (3 * 50_000 + 200) * per_image / 1e12)
+
+
+def test_a_batch_holds_two_values_per_layer_output_per_image_on_each_device() -> None:
+    spec = JobSpec.model_validate(
+        {
+            "name": "x",
+            "dataset": {"name": "synthetic", "image_size": 256},
+            "model": {"arch": "resnet50"},
+            "training": {"batch_size": 4096, "devices": 4},
+        }
+    )
+    outputs = network_cost("resnet50", 256, 3, 10).outputs
+    assert training_bytes(spec) == 1024 * outputs * 8
+    assert 100e6 < outputs * 8 < 130e6  # ResNet-50 at 256 x 256 keeps 113 MB an image

@@ -207,9 +207,9 @@ def test_compute_and_storage_limits_are_shown_and_hold(service: Service) -> None
         assert too_long.status_code == 422, too_long.text
         assert too_long.json()["error"]["fields"][0]["field"] == "training.epochs"
         assert "LSQ_MAX_JOB_TMACS" in too_long.text
-        created = frugal.post("/v1/jobs", json=spec)
-        assert created.status_code == 201, created.text
-        job = created.json()
+        first, second = (frugal.post("/v1/jobs", json=spec) for _ in range(2))  # 0 bytes yet
+        assert (first.status_code, second.status_code) == (201, 201), second.text
+        job = first.json()
         # 512 training images (3 passes) and 128 test images of 16 x 16, one epoch
         per_image = network_macs("resnet20", 16, 3, 10)
         assert job["compute_tmacs"] == pytest.approx((3 * 512 + 128) * per_image / 1e12)
@@ -218,11 +218,26 @@ def test_compute_and_storage_limits_are_shown_and_hold(service: Service) -> None
         assert ended["status"] == "succeeded", ended["error"]
         files = sum(a["size"] for a in frugal.get(f"/v1/jobs/{job['id']}/artifacts").json())
         assert ended["stored_bytes"] >= files > 0
+        # the second starts after the first has filled the owner's storage: it fails at once
+        refused = wait(frugal, second.json()["id"])
+        assert refused["status"] == "failed" and "LSQ_MAX_STORAGE_BYTES" in refused["error"]
+        assert refused["epochs"] == [] and refused["stored_bytes"] == 0
         me = frugal.get("/v1/me").json()
         assert me["usage"] == {"queued": 0, "running": 0, "storage_bytes": ended["stored_bytes"]}
         full = frugal.post("/v1/jobs", json=spec)
         assert full.status_code == 507, full.text
         assert "delete jobs" in full.json()["error"]["message"]
+
+
+def test_a_batch_too_large_for_a_device_is_refused(service: Service) -> None:
+    huge = tiny_spec(
+        "huge", model={"arch": "resnet50"}, dataset={"image_size": 256, "train_size": 4096},
+        training={"batch_size": 4096, "epochs": 1},
+    )  # fmt: skip
+    response = service.http.post("/v1/jobs", json=huge)
+    assert response.status_code == 422, response.text
+    [field] = response.json()["error"]["fields"]
+    assert field["field"] == "training.batch_size" and "LSQ_MAX_BATCH_BYTES" in field["message"]
 
 
 @pytest.fixture(scope="module")
