@@ -14,15 +14,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lsq.levels import cut
 
+from .server import MAX_HEADER_BYTES
+
 log = logging.getLogger(__name__)
 
 
 async def _send_error(
-    send: Send, status: int, code: str, message: str, fields: Sequence[dict[str, str]] = ()
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    fields: Sequence[dict[str, str]] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     error = {"code": code, "message": message, "fields": list(fields)}
     body = json.dumps({"error": error}, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    length = str(len(body)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -101,16 +109,28 @@ class TrustedHosts:
     """400 for a Host header that is not one of this service's names: a page on another site
     whose name resolves to this machine (DNS rebinding) cannot talk to it. 400 for two Host
     headers, which two readers could read differently (RFC 9112 refuses them), and 431 past
-    `max_headers` headers."""
+    `max_headers` headers or `max_bytes` bytes of request line and headers."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str], max_headers: int = 100) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        hosts: list[str],
+        max_headers: int = 100,
+        max_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.app, self.hosts, self.max_headers = app, {h.lower() for h in hosts}, max_headers
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if len(scope["headers"]) > self.max_headers:
             message = f"more than {self.max_headers} request headers"
+            return await _send_error(send, 431, "too_large", message)
+        if _head_bytes(scope) > self.max_bytes:
+            # h11 bounds only a request that arrives in pieces: one that came in a single read
+            # reached the app whole, whatever its size.
+            message = f"request line and headers over {self.max_bytes} bytes"
             return await _send_error(send, 431, "too_large", message)
         hosts = [v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"host"]
         if len(hosts) > 1:
@@ -122,6 +142,12 @@ class TrustedHosts:
                 send, 400, "bad_request", "unknown Host header; see LSQ_ALLOWED_HOSTS"
             )
         await self.app(scope, receive, send)
+
+
+def _head_bytes(scope: Scope) -> int:
+    """About the size of a request's line and headers as sent (`name: value\\r\\n` each)."""
+    line = len(scope["raw_path"]) + len(scope["query_string"]) + len(scope["method"])
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 class HeadAsGet:

@@ -155,6 +155,21 @@ def test_oversized_headers_are_refused_and_cost_no_memory(api: Api) -> None:
     assert httpx.get(f"{api.url}/healthz").status_code == 200
 
 
+def test_headers_over_the_limit_in_one_read_are_refused(api: Api) -> None:
+    """h11 bounds only headers still arriving: 100 KiB of them sent at once got a 200."""
+    big = b"X-A: " + b"a" * (100 << 10) + b"\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + CLOSE
+    with socket.create_connection(("127.0.0.1", port_of(api)), 30) as sock:
+        sock.sendall(request)  # one write: on the loopback, mostly one read for the server
+        answer = answer_then_close(sock)
+    # 431 from the app; 400 from h11 should the server have read it in pieces
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), answer[:100]
+
+
+def port_of(api: Api) -> int:
+    return int(api.url.rsplit(":", 1)[1])
+
+
 CLOSE = b"Connection: close\r\n\r\n"
 SLOW = {  # what a slow client sends first, then again every half second
     "nothing": (b"", b""),
