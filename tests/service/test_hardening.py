@@ -242,6 +242,30 @@ def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -
             assert "203.0.113." not in log
 
 
+def test_requests_without_a_token_count_as_guesses(tmp_path: Path) -> None:
+    """Only invalid tokens were counted: POSTs with no token at all were never limited, and
+    each had its 256 KiB body read and parsed on the event loop first."""
+    server = Api(tmp_path, LSQ_REQUESTS_PER_SECOND="1", LSQ_REQUEST_BURST="5")
+    try:
+        body = {"name": "x" * (200 << 10)}
+        codes = [httpx.post(f"{server.url}/v1/jobs", json=body).status_code for _ in range(8)]
+        token = bearer(make_token(server.env))  # another client at the same address
+        assert httpx.get(f"{server.url}/v1/jobs", headers=token).status_code == 200
+    finally:
+        server.proc.stop()
+    assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
+
+
+def test_the_body_of_a_request_without_a_token_is_never_read(api: Api) -> None:
+    """The 401 comes on the headers alone: the 200,000 bytes announced are never sent."""
+    request = b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 200000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port_of(api)), 30) as sock:
+        sock.sendall(request)
+        answer = answer_then_close(sock)  # the request deadline ends the connection
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+    assert b"\r\nwww-authenticate: bearer\r\n" in answer.lower()
+
+
 # ------------------------------------------------------------------------------ browsers
 
 STATIC = Path(__file__).resolve().parents[2] / "api" / "static"
