@@ -5,18 +5,23 @@ uvicorn on h11, not on httptools (what uvicorn[standard] picks by default): http
 header of any size (a 16 MB one grew the process by 16 MB), h11 keeps the request line and
 headers within `h11_max_incomplete_event_size` and refuses two Host headers. uvicorn times out
 only the idle time between requests, so a client sending a byte a second held its connection
-for ever: `RequestDeadline` adds a deadline for the headers and body of each request.
+for ever: `RequestDeadline` adds a deadline for the headers and body of each request. uvicorn's
+connection limit is for all clients together: `ConnectionsPerAddress` keeps one client from
+taking them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections import Counter
+from typing import Any, ClassVar
 
 import h11
 import uvicorn
+from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .auth import client_key
 from .config import Settings, get_settings
 
 MAX_HEADER_BYTES = 16 << 10  # the request line and headers of one request
@@ -89,11 +94,49 @@ class RequestDeadline(H11Protocol):
             self.transport.close()
 
 
+class ConnectionsPerAddress(RequestDeadline):
+    """At most `per_address` open connections from one client address (an IPv6 one: its /64):
+    past them a new connection is closed at once, before any request. Otherwise one client's
+    idle sockets filled uvicorn's limit_concurrency and everyone else got 503. The `proxies`
+    are exempt: every client behind them shares their address."""
+
+    per_address: int = 100
+    proxies: _TrustedHosts = _TrustedHosts("")  # uvicorn's own reading of FORWARDED_ALLOW_IPS
+    open_by_address: ClassVar[Counter[str]]  # one per server: see uvicorn_config
+    _counted_as: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else None
+        if host is None or host in self.proxies:
+            return
+        key = client_key(host)
+        if self.open_by_address[key] >= self.per_address:
+            # No answer and no log line: a flood of them would fill the log.
+            self.transport.close()
+            return
+        self.open_by_address[key] += 1
+        self._counted_as = key
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if (key := self._counted_as) is not None:
+            self._counted_as = None
+            self.open_by_address[key] -= 1
+            if self.open_by_address[key] <= 0:
+                del self.open_by_address[key]  # only addresses with connections take memory
+        super().connection_lost(exc)
+
+
 def uvicorn_config(settings: Settings, **options: Any) -> dict[str, Any]:
     """uvicorn's settings for the API; `options` adds host, port, logging..."""
-    deadline = {"seconds": settings.request_timeout_seconds}
+    bounds = {
+        "seconds": settings.request_timeout_seconds,
+        "per_address": settings.connections_per_address,
+        "proxies": _TrustedHosts(settings.forwarded_allow_ips),
+        "open_by_address": Counter(),
+    }
     return dict(
-        http=type("RequestDeadline", (RequestDeadline,), deadline),
+        http=type("BoundedH11Protocol", (ConnectionsPerAddress,), bounds),
         ws="none",  # no WebSocket route: an Upgrade request is a plain HTTP one
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,

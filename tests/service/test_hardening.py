@@ -44,7 +44,7 @@ def backend_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "DATABASE_URL": request.getfixturevalue("new_pg_database")(),
             "CELERY_BROKER_URL": request.getfixturevalue("redis_url"),
         }
-    server = Api(data, **urls)
+    server = Api(data, **urls, LSQ_MAX_CONNECTIONS_PER_ADDRESS=str(FLOOD))  # all from 127.0.0.1
     yield server
     server.proc.stop()
 
@@ -105,8 +105,10 @@ def test_a_flood_on_every_route_leaves_no_trace(backend_api: Api) -> None:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """An embedded API whose requests must arrive within 2 s."""
-    server = Api(tmp_path_factory.mktemp("hardening"), LSQ_REQUEST_TIMEOUT_SECONDS="2")
+    """An embedded API whose requests must arrive within 2 s; FLOOD connections from one
+    address."""
+    data = tmp_path_factory.mktemp("hardening")
+    server = Api(data, LSQ_REQUEST_TIMEOUT_SECONDS="2", LSQ_MAX_CONNECTIONS_PER_ADDRESS=str(FLOOD))
     yield server
     server.proc.stop()
 
@@ -215,6 +217,60 @@ def test_a_slow_or_idle_connection_is_closed_at_the_deadline(api: Api, sends: st
     expected = b"HTTP/1.1 408 " if sends == "headers" else b""
     assert all(a.startswith(expected) for a in answers), {a[:40] for a in answers}
     assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+def connect(api: Api, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the API from `source` (any 127/8 address is the loopback on Linux)."""
+    sock = socket.socket()
+    sock.settimeout(30)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port_of(api)))
+    return sock
+
+
+def healthz(sock: socket.socket) -> bytes:
+    """The answer to GET /healthz on `sock`: b"" when the server closed it unanswered."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + CLOSE)
+    return answer_then_close(sock)
+
+
+def test_one_address_cannot_hold_every_connection(tmp_path: Path) -> None:
+    """60 idle sockets from one address (LSQ_MAX_CONNECTIONS) got every other client a 503
+    until the request deadline, and reconnecting kept the service down."""
+    bounds = {"LSQ_MAX_CONNECTIONS": "6", "LSQ_MAX_CONNECTIONS_PER_ADDRESS": "4"}
+    server = Api(tmp_path, **bounds, LSQ_REQUEST_TIMEOUT_SECONDS="120")  # idle ones stay
+    try:
+        held = [connect(server) for _ in range(4)]  # accepted in order: these count first
+        past_the_cap = [healthz(connect(server)) for _ in range(3)]
+        other_client = healthz(connect(server, "127.0.0.2"))
+        for sock in held:
+            sock.close()
+        again = b""
+        for _ in range(50):  # until the server has seen them go
+            if (again := healthz(connect(server))).startswith(b"HTTP/1.1 200 "):
+                break
+            time.sleep(0.1)
+    finally:
+        server.proc.stop()
+    assert past_the_cap == [b""] * 3, [a[:40] for a in past_the_cap]
+    assert other_client.startswith(b"HTTP/1.1 200 "), other_client[:100]
+    assert again.startswith(b"HTTP/1.1 200 "), again[:100]
+    # Every client behind a proxy named in FORWARDED_ALLOW_IPS comes from its address: exempt.
+    (data := tmp_path / "proxied").mkdir()
+    proxied = Api(data, LSQ_MAX_CONNECTIONS_PER_ADDRESS="2", FORWARDED_ALLOW_IPS="127.0.0.1")
+    try:
+        held = [connect(proxied) for _ in range(4)]
+        assert healthz(connect(proxied)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        proxied.proc.stop()
+
+
+def test_an_ipv4_client_of_a_dual_stack_socket_counts_as_its_ipv4_address() -> None:
+    """Counted by the /64 of ::ffff:a.b.c.d, every IPv4 client shared one bucket."""
+    from api.auth import client_key
+
+    assert client_key("::ffff:203.0.113.7") == "203.0.113.7" != client_key("::ffff:203.0.113.8")
 
 
 def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -> None:
