@@ -13,6 +13,9 @@ taking them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -44,10 +47,17 @@ class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline: a request's headers and body must have arrived
     `seconds` after it began (when the connection opened, or the last response ended);
     otherwise the connection closes, with a 408 when part of a request came and no response
-    has started."""
+    has started.
+
+    And the same deadline for sending: a response whose writing stays paused `seconds` (the
+    client has stopped reading and every buffer between is full) ends with the connection
+    reset. A download that sat unread held its connection for ever, and enough of them took
+    every connection there is. A client reading on, however slowly, keeps it: each time its
+    reading empties the buffer enough, writing resumes and the clock stops."""
 
     seconds: float = 20.0
     _timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,7 +75,33 @@ class RequestDeadline(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self._stop_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.seconds, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self) -> None:
+        """Reset the connection: close() would wait for the unsent data to go, which is what
+        never happens, and without SO_LINGER 0 the kernel would go on holding it (and the
+        connection) for minutes after."""
+        self._send_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _follow(self, before: object) -> None:
         """Start the clock when a request begins; stop it once the whole request is in."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -271,6 +272,64 @@ def test_an_ipv4_client_of_a_dual_stack_socket_counts_as_its_ipv4_address() -> N
     from api.auth import client_key
 
     assert client_key("::ffff:203.0.113.7") == "203.0.113.7" != client_key("::ffff:203.0.113.8")
+
+
+def download(api: Api, path: str, token: str, buffer: int | None = None) -> socket.socket:
+    """A GET of `path`, from a client whose receive buffer holds `buffer` bytes (None: the
+    system's); nothing read yet."""
+    sock = socket.socket()
+    if buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)  # before connect
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port_of(api)))
+    sock.sendall(
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n%s"
+        % (path.encode(), token.encode(), CLOSE)
+    )
+    return sock
+
+
+def hung_up(sock: socket.socket, within: float = 30) -> bool:
+    """Whether the server ends the connection (reset, or closed) within `within` seconds,
+    while nothing is read from it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)  # POLLERR and POLLHUP come unasked
+    return bool(poller.poll(within * 1000))
+
+
+def read_all(sock: socket.socket, pause: float = 0, within: float = 120) -> bytes:
+    """Everything until the server closes, 16 KiB at most at a time, `pause` seconds after
+    each."""
+    received, deadline = bytearray(), time.monotonic() + within
+    with contextlib.suppress(ConnectionResetError):
+        while time.monotonic() < deadline and (chunk := sock.recv(16 << 10)):
+            received += chunk
+            time.sleep(pause)
+    return bytes(received)
+
+
+def test_a_download_never_read_loses_its_connection(api: Api) -> None:
+    """Nothing timed out a response stuck writing: 62 unread downloads of one token held every
+    connection, and everyone else got 503 for as long as they liked."""
+    token = make_token(api.env)
+    with httpx.Client(base_url=api.url, headers=bearer(token), timeout=30) as c:
+        job = c.post("/v1/jobs", json=tiny_spec("unread")).json()["id"]
+    folder = api.data / "artifacts" / "jobs" / job_folder_name(api.data, job)
+    folder.mkdir(parents=True)
+    with (folder / "model.onnx").open("wb") as f:
+        f.truncate(64 << 20)  # sparse: far more than every buffer on the way holds
+    # 8 MiB: the server's socket alone takes 4 MiB on the loopback before writing pauses
+    (folder / "model.pt").write_bytes(bytes(range(256)) * (8 << 12))
+    with download(api, f"/v1/jobs/{job}/artifacts/model.onnx", token, 4096) as unread:
+        assert hung_up(unread)  # after the deadline (2 s) with its writing paused
+        assert len(read_all(unread)) < 64 << 20  # what the buffers held, then the end
+    # A reader slower than the server writes (16 KiB, then 10 ms of sleep: 5 s or more for
+    # the file), for longer than the deadline, but steady: never paused that long, it gets
+    # everything.
+    with download(api, f"/v1/jobs/{job}/artifacts/model.pt", token) as slow:
+        answer = read_all(slow, pause=0.01)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == (folder / "model.pt").read_bytes()
 
 
 def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -> None:
