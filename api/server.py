@@ -5,7 +5,8 @@ uvicorn on h11, not on httptools (what uvicorn[standard] picks by default): http
 header of any size (a 16 MB one grew the process by 16 MB), h11 keeps the request line and
 headers within `h11_max_incomplete_event_size` and refuses two Host headers. uvicorn times out
 only the idle time between requests, so a client sending a byte a second held its connection
-for ever: `RequestDeadline` adds a deadline for the headers and body of each request. uvicorn's
+for ever: `RequestDeadline` adds a deadline for the headers and body of each request, and for a
+response stuck on a client that stopped reading (nothing timed that out). uvicorn's
 connection limit is for all clients together: `ConnectionsPerAddress` keeps one client from
 taking them all.
 """
