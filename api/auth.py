@@ -1,6 +1,6 @@
 """Who is calling: every /v1 request carries `Authorization: Bearer <token>` (see api.tokens);
 each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST), and
-each client address as many with a token that is not valid: past that, its invalid tokens get
+each client address as many without a valid token (none, or one not valid): past that, these get
 429 while a valid one is still let through (bound only by its own rate)."""
 
 from __future__ import annotations
@@ -59,16 +59,32 @@ GUESSES = RateLimiter()  # invalid-token requests, per client address
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def _address(request: Request) -> str:
-    """The client's address; an IPv6 one by its /64 (what one host is usually given)."""
-    host = request.client.host if request.client else "?"
+MISSING_TOKEN = "missing token: send Authorization: Bearer <token>"
+
+
+def client_key(host: str | None) -> str:
+    """A client's address as limits count it; an IPv6 one by its /64 (what one host is usually
+    given)."""
+    host = host or "?"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
+    if address.version == 6 and address.ipv4_mapped:  # a dual-stack socket's IPv4 client
+        return str(address.ipv4_mapped)
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host
+
+
+def _address(request: Request) -> str:
+    return client_key(request.client.host if request.client else None)
+
+
+def count_guess(host: str | None, settings: Settings) -> None:
+    """Count a request without a valid token against its client's address: TooManyRequests
+    past LSQ_REQUESTS_PER_SECOND of them (bursts of LSQ_REQUEST_BURST)."""
+    GUESSES.take(client_key(host), settings.requests_per_second, settings.request_burst)
 
 
 def current_owner(
@@ -81,22 +97,19 @@ def current_owner(
     one: past its address's rate of invalid tokens). The token is read in the request's read
     session, which a read route then uses too."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            401, "missing token: send Authorization: Bearer <token>", headers=CHALLENGE
-        )
-    rate, burst = settings.requests_per_second, settings.request_burst
+        raise HTTPException(401, MISSING_TOKEN, headers=CHALLENGE)  # api.middleware answers first
     plain = credentials.credentials
     owner = None if len(plain) > 200 else tokens.owner_of(session, plain)  # an indexed lookup
     if owner is None:
         # Failures are counted per address, and only failures: a guesser past its rate waits
         # (429), while the valid tokens of others at the same address are not held up by it.
-        GUESSES.take(_address(request), rate, burst)
+        count_guess(request.client.host if request.client else None, settings)
         raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
     if request.method not in ("GET", "HEAD"):
         # A write route opens its own session: hand this one's connection back now, not
         # after the route (under load the pool would be held by requests still waiting).
         session.commit()
-    LIMITER.take(tokens.digest(plain), rate, burst)
+    LIMITER.take(tokens.digest(plain), settings.requests_per_second, settings.request_burst)
     return owner
 
 

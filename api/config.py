@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     max_connections: int = Field(400, ge=1, alias="LSQ_MAX_CONNECTIONS")
     # A request's headers and body must have arrived this long after it began.
     request_timeout_seconds: float = Field(20.0, gt=0, alias="LSQ_REQUEST_TIMEOUT_SECONDS")
+    # Connections one client address (an IPv6 one: its /64) holds at once; past them a new one
+    # is closed at once. 0: a quarter of LSQ_MAX_CONNECTIONS. FORWARDED_ALLOW_IPS are exempt.
+    max_connections_per_address: int = Field(0, ge=0, alias="LSQ_MAX_CONNECTIONS_PER_ADDRESS")
+
+    @property
+    def connections_per_address(self) -> int:
+        # A quarter: one address alone never takes the connections from everyone else, and a
+        # client's few (a browser opens 6 per site) stay far below it.
+        return self.max_connections_per_address or max(1, self.max_connections // 4)
 
 
 @lru_cache

@@ -6,38 +6,57 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lsq.levels import cut
+
+from .auth import CHALLENGE, MISSING_TOKEN, TooManyRequests, count_guess
+from .config import get_settings
+from .server import MAX_HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
 
 async def _send_error(
-    send: Send, status: int, code: str, message: str, fields: Sequence[dict[str, str]] = ()
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    fields: Sequence[dict[str, str]] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     error = {"code": code, "message": message, "fields": list(fields)}
     body = json.dumps({"error": error}, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    length = str(len(body)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyGuard:
-    """413 for a body over `max_bytes`, whether it says its length or streams: the body is read
-    (up to the limit) before the app sees it. Then 422 for a JSON body that means two things
-    (see `ambiguity`)."""
+    """401 for a /v1 request without a bearer token, before anything of its body is read (it
+    counts against its address as an invalid token does: 429 past the rate). Else 413 for a
+    body over `max_bytes`, whether it says its length or streams: the body is read (up to the
+    limit) before the app sees it. Then 422 for a JSON body that means two things (see
+    `ambiguity`), found off the event loop."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self._parser: anyio.CapacityLimiter | None = None  # made in the loop: anyio needs one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if _needs_token(scope["path"]) and not _has_bearer(scope["headers"]):
+            # Refused before the body is read or parsed: without a token that work is free to
+            # anyone, and it ran on the event loop every other request waits on.
+            return await _refuse_tokenless(scope, send)
         too_large = f"request body over {self.max_bytes} bytes (LSQ_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or int(length) > self.max_bytes:
@@ -53,7 +72,7 @@ class BodyGuard:
             more = message.get("more_body", False)
         # Every body, whatever its Content-Type says: FastAPI reads one without it as JSON,
         # and matches `Application/JSON` as `application/json`.
-        if body and (problem := ambiguity(bytes(body))):
+        if body and (problem := await self._ambiguity(bytes(body))):
             fields = [{"field": "body", "message": problem}]
             return await _send_error(send, 422, "invalid", "invalid request: body", fields)
         replayed = False
@@ -66,6 +85,37 @@ class BodyGuard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _ambiguity(self, body: bytes) -> str | None:
+        """`ambiguity` in a thread: parsing 256 KiB with a Python hook took the event loop for
+        tens of milliseconds. One parse at a time, in a pool of its own: the GIL runs one
+        anyway, and the shared pool stays free for sync routes (/healthz among them)."""
+        if self._parser is None:
+            self._parser = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(ambiguity, body, limiter=self._parser)
+
+
+def _needs_token(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def _has_bearer(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the (first) Authorization header has the form api.auth reads: `Bearer <token>`."""
+    value = next((v for k, v in headers if k == b"authorization"), b"")
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
+async def _refuse_tokenless(scope: Scope, send: Send) -> None:
+    """api.auth's 401 for a missing token, or its 429 once the address has sent too many."""
+    client = scope.get("client")
+    try:
+        count_guess(client[0] if client else None, get_settings())
+    except TooManyRequests as e:
+        retry = [(b"retry-after", str(max(1, math.ceil(e.retry_after))).encode())]
+        return await _send_error(send, 429, "too_many_requests", str(e), headers=retry)
+    challenge = [(k.lower().encode(), v.encode()) for k, v in CHALLENGE.items()]
+    await _send_error(send, 401, "unauthorized", MISSING_TOKEN, headers=challenge)
 
 
 class _Repeated(Exception):
@@ -101,16 +151,28 @@ class TrustedHosts:
     """400 for a Host header that is not one of this service's names: a page on another site
     whose name resolves to this machine (DNS rebinding) cannot talk to it. 400 for two Host
     headers, which two readers could read differently (RFC 9112 refuses them), and 431 past
-    `max_headers` headers."""
+    `max_headers` headers or `max_bytes` bytes of request line and headers."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str], max_headers: int = 100) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        hosts: list[str],
+        max_headers: int = 100,
+        max_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.app, self.hosts, self.max_headers = app, {h.lower() for h in hosts}, max_headers
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if len(scope["headers"]) > self.max_headers:
             message = f"more than {self.max_headers} request headers"
+            return await _send_error(send, 431, "too_large", message)
+        if _head_bytes(scope) > self.max_bytes:
+            # h11 bounds only a request that arrives in pieces: one that came in a single read
+            # reached the app whole, whatever its size.
+            message = f"request line and headers over {self.max_bytes} bytes"
             return await _send_error(send, 431, "too_large", message)
         hosts = [v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"host"]
         if len(hosts) > 1:
@@ -122,6 +184,12 @@ class TrustedHosts:
                 send, 400, "bad_request", "unknown Host header; see LSQ_ALLOWED_HOSTS"
             )
         await self.app(scope, receive, send)
+
+
+def _head_bytes(scope: Scope) -> int:
+    """About the size of a request's line and headers as sent (`name: value\\r\\n` each)."""
+    line = len(scope["raw_path"]) + len(scope["query_string"]) + len(scope["method"])
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 class HeadAsGet:

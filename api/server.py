@@ -5,18 +5,27 @@ uvicorn on h11, not on httptools (what uvicorn[standard] picks by default): http
 header of any size (a 16 MB one grew the process by 16 MB), h11 keeps the request line and
 headers within `h11_max_incomplete_event_size` and refuses two Host headers. uvicorn times out
 only the idle time between requests, so a client sending a byte a second held its connection
-for ever: `RequestDeadline` adds a deadline for the headers and body of each request.
+for ever: `RequestDeadline` adds a deadline for the headers and body of each request, and for a
+response stuck on a client that stopped reading (nothing timed that out). uvicorn's
+connection limit is for all clients together: `ConnectionsPerAddress` keeps one client from
+taking them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import socket
+import struct
+from collections import Counter
+from typing import Any, ClassVar
 
 import h11
 import uvicorn
+from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .auth import client_key
 from .config import Settings, get_settings
 
 MAX_HEADER_BYTES = 16 << 10  # the request line and headers of one request
@@ -39,10 +48,17 @@ class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline: a request's headers and body must have arrived
     `seconds` after it began (when the connection opened, or the last response ended);
     otherwise the connection closes, with a 408 when part of a request came and no response
-    has started."""
+    has started.
+
+    And the same deadline for sending: a response whose writing stays paused `seconds` (the
+    client has stopped reading and every buffer between is full) ends with the connection
+    reset. A download that sat unread held its connection for ever, and enough of them took
+    every connection there is. A client reading on, however slowly, keeps it: each time its
+    reading empties the buffer enough, writing resumes and the clock stops."""
 
     seconds: float = 20.0
     _timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,7 +76,33 @@ class RequestDeadline(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self._stop_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.seconds, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self) -> None:
+        """Reset the connection: close() would wait for the unsent data to go, which is what
+        never happens, and without SO_LINGER 0 the kernel would go on holding it (and the
+        connection) for minutes after."""
+        self._send_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _follow(self, before: object) -> None:
         """Start the clock when a request begins; stop it once the whole request is in."""
@@ -89,11 +131,49 @@ class RequestDeadline(H11Protocol):
             self.transport.close()
 
 
+class ConnectionsPerAddress(RequestDeadline):
+    """At most `per_address` open connections from one client address (an IPv6 one: its /64):
+    past them a new connection is closed at once, before any request. Otherwise one client's
+    idle sockets filled uvicorn's limit_concurrency and everyone else got 503. The `proxies`
+    are exempt: every client behind them shares their address."""
+
+    per_address: int = 100
+    proxies: _TrustedHosts = _TrustedHosts("")  # uvicorn's own reading of FORWARDED_ALLOW_IPS
+    open_by_address: ClassVar[Counter[str]]  # one per server: see uvicorn_config
+    _counted_as: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else None
+        if host is None or host in self.proxies:
+            return
+        key = client_key(host)
+        if self.open_by_address[key] >= self.per_address:
+            # No answer and no log line: a flood of them would fill the log.
+            self.transport.close()
+            return
+        self.open_by_address[key] += 1
+        self._counted_as = key
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if (key := self._counted_as) is not None:
+            self._counted_as = None
+            self.open_by_address[key] -= 1
+            if self.open_by_address[key] <= 0:
+                del self.open_by_address[key]  # only addresses with connections take memory
+        super().connection_lost(exc)
+
+
 def uvicorn_config(settings: Settings, **options: Any) -> dict[str, Any]:
     """uvicorn's settings for the API; `options` adds host, port, logging..."""
-    deadline = {"seconds": settings.request_timeout_seconds}
+    bounds = {
+        "seconds": settings.request_timeout_seconds,
+        "per_address": settings.connections_per_address,
+        "proxies": _TrustedHosts(settings.forwarded_allow_ips),
+        "open_by_address": Counter(),
+    }
     return dict(
-        http=type("RequestDeadline", (RequestDeadline,), deadline),
+        http=type("BoundedH11Protocol", (ConnectionsPerAddress,), bounds),
         ws="none",  # no WebSocket route: an Upgrade request is a plain HTTP one
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,

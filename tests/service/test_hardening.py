@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def backend_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "DATABASE_URL": request.getfixturevalue("new_pg_database")(),
             "CELERY_BROKER_URL": request.getfixturevalue("redis_url"),
         }
-    server = Api(data, **urls)
+    server = Api(data, **urls, LSQ_MAX_CONNECTIONS_PER_ADDRESS=str(FLOOD))  # all from 127.0.0.1
     yield server
     server.proc.stop()
 
@@ -105,8 +106,10 @@ def test_a_flood_on_every_route_leaves_no_trace(backend_api: Api) -> None:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """An embedded API whose requests must arrive within 2 s."""
-    server = Api(tmp_path_factory.mktemp("hardening"), LSQ_REQUEST_TIMEOUT_SECONDS="2")
+    """An embedded API whose requests must arrive within 2 s; FLOOD connections from one
+    address."""
+    data = tmp_path_factory.mktemp("hardening")
+    server = Api(data, LSQ_REQUEST_TIMEOUT_SECONDS="2", LSQ_MAX_CONNECTIONS_PER_ADDRESS=str(FLOOD))
     yield server
     server.proc.stop()
 
@@ -153,6 +156,21 @@ def test_oversized_headers_are_refused_and_cost_no_memory(api: Api) -> None:
     answer = raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + CLOSE)
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+def test_headers_over_the_limit_in_one_read_are_refused(api: Api) -> None:
+    """h11 bounds only headers still arriving: 100 KiB of them sent at once got a 200."""
+    big = b"X-A: " + b"a" * (100 << 10) + b"\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + CLOSE
+    with socket.create_connection(("127.0.0.1", port_of(api)), 30) as sock:
+        sock.sendall(request)  # one write: on the loopback, mostly one read for the server
+        answer = answer_then_close(sock)
+    # 431 from the app; 400 from h11 should the server have read it in pieces
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), answer[:100]
+
+
+def port_of(api: Api) -> int:
+    return int(api.url.rsplit(":", 1)[1])
 
 
 CLOSE = b"Connection: close\r\n\r\n"
@@ -202,6 +220,118 @@ def test_a_slow_or_idle_connection_is_closed_at_the_deadline(api: Api, sends: st
     assert httpx.get(f"{api.url}/healthz").status_code == 200
 
 
+def connect(api: Api, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the API from `source` (any 127/8 address is the loopback on Linux)."""
+    sock = socket.socket()
+    sock.settimeout(30)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port_of(api)))
+    return sock
+
+
+def healthz(sock: socket.socket) -> bytes:
+    """The answer to GET /healthz on `sock`: b"" when the server closed it unanswered."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + CLOSE)
+    return answer_then_close(sock)
+
+
+def test_one_address_cannot_hold_every_connection(tmp_path: Path) -> None:
+    """60 idle sockets from one address (LSQ_MAX_CONNECTIONS) got every other client a 503
+    until the request deadline, and reconnecting kept the service down."""
+    bounds = {"LSQ_MAX_CONNECTIONS": "6", "LSQ_MAX_CONNECTIONS_PER_ADDRESS": "4"}
+    server = Api(tmp_path, **bounds, LSQ_REQUEST_TIMEOUT_SECONDS="120")  # idle ones stay
+    try:
+        held = [connect(server) for _ in range(4)]  # accepted in order: these count first
+        past_the_cap = [healthz(connect(server)) for _ in range(3)]
+        other_client = healthz(connect(server, "127.0.0.2"))
+        for sock in held:
+            sock.close()
+        again = b""
+        for _ in range(50):  # until the server has seen them go
+            if (again := healthz(connect(server))).startswith(b"HTTP/1.1 200 "):
+                break
+            time.sleep(0.1)
+    finally:
+        server.proc.stop()
+    assert past_the_cap == [b""] * 3, [a[:40] for a in past_the_cap]
+    assert other_client.startswith(b"HTTP/1.1 200 "), other_client[:100]
+    assert again.startswith(b"HTTP/1.1 200 "), again[:100]
+    # Every client behind a proxy named in FORWARDED_ALLOW_IPS comes from its address: exempt.
+    (data := tmp_path / "proxied").mkdir()
+    proxied = Api(data, LSQ_MAX_CONNECTIONS_PER_ADDRESS="2", FORWARDED_ALLOW_IPS="127.0.0.1")
+    try:
+        held = [connect(proxied) for _ in range(4)]
+        assert healthz(connect(proxied)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        proxied.proc.stop()
+
+
+def test_an_ipv4_client_of_a_dual_stack_socket_counts_as_its_ipv4_address() -> None:
+    """Counted by the /64 of ::ffff:a.b.c.d, every IPv4 client shared one bucket."""
+    from api.auth import client_key
+
+    assert client_key("::ffff:203.0.113.7") == "203.0.113.7" != client_key("::ffff:203.0.113.8")
+
+
+def download(api: Api, path: str, token: str, buffer: int | None = None) -> socket.socket:
+    """A GET of `path`, from a client whose receive buffer holds `buffer` bytes (None: the
+    system's); nothing read yet."""
+    sock = socket.socket()
+    if buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)  # before connect
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port_of(api)))
+    sock.sendall(
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n%s"
+        % (path.encode(), token.encode(), CLOSE)
+    )
+    return sock
+
+
+def hung_up(sock: socket.socket, within: float = 30) -> bool:
+    """Whether the server ends the connection (reset, or closed) within `within` seconds,
+    while nothing is read from it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)  # POLLERR and POLLHUP come unasked
+    return bool(poller.poll(within * 1000))
+
+
+def read_all(sock: socket.socket, pause: float = 0, within: float = 120) -> bytes:
+    """Everything until the server closes, 16 KiB at most at a time, `pause` seconds after
+    each."""
+    received, deadline = bytearray(), time.monotonic() + within
+    with contextlib.suppress(ConnectionResetError):
+        while time.monotonic() < deadline and (chunk := sock.recv(16 << 10)):
+            received += chunk
+            time.sleep(pause)
+    return bytes(received)
+
+
+def test_a_download_never_read_loses_its_connection(api: Api) -> None:
+    """Nothing timed out a response stuck writing: 62 unread downloads of one token held every
+    connection, and everyone else got 503 for as long as they liked."""
+    token = make_token(api.env)
+    with httpx.Client(base_url=api.url, headers=bearer(token), timeout=30) as c:
+        job = c.post("/v1/jobs", json=tiny_spec("unread")).json()["id"]
+    folder = api.data / "artifacts" / "jobs" / job_folder_name(api.data, job)
+    folder.mkdir(parents=True)
+    with (folder / "model.onnx").open("wb") as f:
+        f.truncate(64 << 20)  # sparse: far more than every buffer on the way holds
+    # 8 MiB: the server's socket alone takes 4 MiB on the loopback before writing pauses
+    (folder / "model.pt").write_bytes(bytes(range(256)) * (8 << 12))
+    with download(api, f"/v1/jobs/{job}/artifacts/model.onnx", token, 4096) as unread:
+        assert hung_up(unread)  # after the deadline (2 s) with its writing paused
+        assert len(read_all(unread)) < 64 << 20  # what the buffers held, then the end
+    # A reader slower than the server writes (16 KiB, then 10 ms of sleep: 5 s or more for
+    # the file), for longer than the deadline, but steady: never paused that long, it gets
+    # everything.
+    with download(api, f"/v1/jobs/{job}/artifacts/model.pt", token) as slow:
+        answer = read_all(slow, pause=0.01)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == (folder / "model.pt").read_bytes()
+
+
 def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -> None:
     """uvicorn believes X-Forwarded-For from the loopback by default: 300 guessed tokens, each
     from a forged address, never met the guessing limit, and the forgeries filled the log."""
@@ -225,6 +355,30 @@ def test_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path: Path) -
         else:  # the connection's address counts, whatever the header says
             assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
             assert "203.0.113." not in log
+
+
+def test_requests_without_a_token_count_as_guesses(tmp_path: Path) -> None:
+    """Only invalid tokens were counted: POSTs with no token at all were never limited, and
+    each had its 256 KiB body read and parsed on the event loop first."""
+    server = Api(tmp_path, LSQ_REQUESTS_PER_SECOND="1", LSQ_REQUEST_BURST="5")
+    try:
+        body = {"name": "x" * (200 << 10)}
+        codes = [httpx.post(f"{server.url}/v1/jobs", json=body).status_code for _ in range(8)]
+        token = bearer(make_token(server.env))  # another client at the same address
+        assert httpx.get(f"{server.url}/v1/jobs", headers=token).status_code == 200
+    finally:
+        server.proc.stop()
+    assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
+
+
+def test_the_body_of_a_request_without_a_token_is_never_read(api: Api) -> None:
+    """The 401 comes on the headers alone: the 200,000 bytes announced are never sent."""
+    request = b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 200000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port_of(api)), 30) as sock:
+        sock.sendall(request)
+        answer = answer_then_close(sock)  # the request deadline ends the connection
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+    assert b"\r\nwww-authenticate: bearer\r\n" in answer.lower()
 
 
 # ------------------------------------------------------------------------------ browsers
