@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import load_only
 
 from api import store
-from api.artifacts import experiment_folder
+from api.artifacts import experiment_folder, remove_folder
 from api.config import get_settings
 from api.db import session_scope
 from api.experiments import ExperimentSpec, Row, rows
@@ -33,12 +33,27 @@ def experiment_plot(experiment_id: int, *, final: bool = False) -> None:
         return
     _drawn[experiment_id] = now
     try:
-        _draw(experiment_id)
+        folder = _draw(experiment_id)
+    except store.ExperimentNotFound:
+        return  # deleted: nothing to draw
     except Exception:
         log.exception("experiment %s: its plot could not be drawn", experiment_id)
+        return
+    _unless_deleted_meanwhile(experiment_id, folder)
 
 
-def _draw(experiment_id: int) -> None:
+def _unless_deleted_meanwhile(experiment_id: int, folder: Path) -> None:
+    """An experiment deleted while its plot was drawn loses the plot too: the deletion removed
+    its folder before the drawing wrote it again."""
+    with session_scope(read_only=True) as session:
+        try:
+            store.get_experiment(session, experiment_id, owner=None)
+        except store.ExperimentNotFound:
+            remove_folder(folder)
+
+
+def _draw(experiment_id: int) -> Path:
+    """Draw the plot; the folder it is in."""
     from lsq.plot import Curve, experiment_curves  # matplotlib loads in workers only
 
     with session_scope(read_only=True) as session:
@@ -56,7 +71,8 @@ def _draw(experiment_id: int) -> None:
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
         folder = experiment_folder(get_settings(), experiment.folder)
     if spec.kind == "sensitivity":
-        return _bars(spec, table, [folder / PLOT, folder / PLOT_SVG], title)
+        _bars(spec, table, [folder / PLOT, folder / PLOT_SVG], title)
+        return folder
     # variants continue from a baseline trained here: draw them after its epochs
     start = next((r.epochs or 0 for r in table if r.baseline and r.jobs), 0)
     curves = [
@@ -69,6 +85,7 @@ def _draw(experiment_id: int) -> None:
         for r in table
     ]
     experiment_curves(curves, [folder / PLOT, folder / PLOT_SVG], title)
+    return folder
 
 
 def _bars(spec: ExperimentSpec, table: list[Row], paths: list[Path], title: str) -> None:
