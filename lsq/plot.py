@@ -20,10 +20,15 @@ def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and workers
-    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a user's name is just a "$"
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _literal(text: str) -> str:
+    """A user's text (a name, a layer) shown as written: each "$" escaped, so that it is not
+    read as math (math stays on for matplotlib's own labels, such as a log axis's 10^0)."""
+    return text.replace("$", r"\$")
 
 
 def _save(fig: Any, paths: Sequence[Path]) -> None:
@@ -58,7 +63,7 @@ def run_curves(epochs: list[EpochMetrics], paths: Sequence[Path], title: str = "
     loss.legend(loc="upper right")
     for ax in (acc, loss):
         _epoch_axis(ax)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     _save(fig, paths)
 
 
@@ -75,7 +80,7 @@ def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: s
         style = "-" if kind == "weight" else "--"
         steps.plot(x, [p[1] for p in points], style, linewidth=1, alpha=0.8)
         if kind == "weight":
-            zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=layer)
+            zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=_literal(layer))
     steps.set(yscale="log", ylabel="step size (log)", title="steps: weights —, activations --")
     zeros.axhline(95, color="red", linestyle=":", linewidth=1, label="95%: the step is too large")
     zeros.set(ylabel="weights at 0 (%)", ylim=(0, 100), title="share of each layer's weights at 0")
@@ -84,7 +89,7 @@ def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: s
         zeros.legend(fontsize=6, ncol=2, loc="lower left")
     for ax in (steps, zeros):
         _epoch_axis(ax)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     _save(fig, paths)
 
 
@@ -116,11 +121,11 @@ def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "
         x = [curve.start + e for e in epochs]
         mean = [statistics.fmean(by_epoch[e]) for e in epochs]
         style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
-        (line,) = ax.plot(x, mean, label=cut(curve.label, LEGEND), **style)
+        (line,) = ax.plot(x, mean, label=_literal(cut(curve.label, LEGEND)), **style)
         if len(curve.runs) > 1:
             low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
-    ax.set(ylabel="test top-1 accuracy (%)", title=title)
+    ax.set(ylabel="test top-1 accuracy (%)", title=_literal(title))
     _epoch_axis(ax)
     if any(curve.start for curve in curves):
         ax.set_xlabel("epoch (the variants continue from the baseline's final model)")
@@ -152,7 +157,7 @@ def sensitivity_bars(
     y = range(len(bars))
     errors = [b.std or 0 for b in bars] if any(b.std for b in bars) else None
     ax.barh(y, [b.drop for b in bars], xerr=errors, color="tab:red", alpha=0.75)
-    ax.set_yticks(list(y), [b.layer for b in bars], fontsize=8)
+    ax.set_yticks(list(y), [_literal(b.layer) for b in bars], fontsize=8)
     ax.invert_yaxis()
     if whole is not None:
         label = f"every layer quantized: {whole:.2f}"
@@ -160,6 +165,6 @@ def sensitivity_bars(
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"drop in test top-1 (points), {PROBED[mode]}")
-    ax.set_title(textwrap.fill(title, 80), fontsize=10)
+    ax.set_title(_literal(textwrap.fill(title, 80)), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, paths)
