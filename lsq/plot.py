@@ -33,7 +33,8 @@ def _literal(text: str) -> str:
 
 def _save(fig: Any, paths: Sequence[Path]) -> None:
     """Each file written whole, then renamed: a reader never sees half a picture."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # one laid out as it was made keeps its layout
+        fig.tight_layout()
     for path in paths:
         with atomic_file(path) as f:
             fig.savefig(f, format=path.suffix[1:])
@@ -109,28 +110,48 @@ LEGEND = 80  # characters of a legend's line: a long variant's settings must not
 def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "") -> None:
     """Test top-1 per epoch, one line per variant (the mean over seeds, with their range as a
     band), the baseline dashed."""
-    fig, ax = _pyplot().subplots(figsize=(8, 5), dpi=100)
-    for curve in curves:
-        by_epoch: dict[int, list[float]] = {}
-        for run in curve.runs:
-            for e in run:
-                by_epoch.setdefault(e.epoch, []).append(e.test_top1)
-        if not by_epoch:
-            continue
-        epochs = sorted(by_epoch)
-        x = [curve.start + e for e in epochs]
-        mean = [statistics.fmean(by_epoch[e]) for e in epochs]
-        style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
-        (line,) = ax.plot(x, mean, label=_literal(cut(curve.label, LEGEND)), **style)
-        if len(curve.runs) > 1:
-            low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
+    _save(experiment_figure(curves, title), paths)
+
+
+LEGEND_LINE = 0.17  # inches a line of the legend (font size 8) takes
+
+
+def experiment_figure(curves: list[Curve], title: str = "") -> Any:
+    """experiment_curves' figure, its legend below the axes: it hides no row's line, and the
+    figure grows with the number of rows."""
+    labels = [cut(c.label, LEGEND) for c in curves]
+    columns = 2 if len(curves) > 1 and max(map(len, labels)) <= LEGEND // 2 else 1
+    lines = -(-len(curves) // columns)
+    fig, ax = _pyplot().subplots(
+        figsize=(8, 5 + LEGEND_LINE * lines), dpi=100, layout="constrained"
+    )
+    for curve, label in zip(curves, labels, strict=True):
+        _mean_line(ax, curve, _literal(label))
     ax.set(ylabel="test top-1 accuracy (%)", title=_literal(title))
     _epoch_axis(ax)
     if any(curve.start for curve in curves):
         ax.set_xlabel("epoch (the variants continue from the baseline's final model)")
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, paths)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", fontsize=8, ncols=columns)
+    return fig
+
+
+def _mean_line(ax: Any, curve: Curve, label: str) -> None:
+    """A row's mean over seeds per epoch, their range as a band; nothing before its first."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in curve.runs:
+        for e in run:
+            by_epoch.setdefault(e.epoch, []).append(e.test_top1)
+    if not by_epoch:
+        return
+    epochs = sorted(by_epoch)
+    x = [curve.start + e for e in epochs]
+    mean = [statistics.fmean(by_epoch[e]) for e in epochs]
+    style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
+    (line,) = ax.plot(x, mean, label=label, **style)
+    if len(curve.runs) > 1:
+        low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
-"""The plots as drawn: what their text says."""
+"""The plots as drawn: what their text says, and where their legends sit."""
 
 import re
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 from lsq.metrics import EpochMetrics, QuantizerHealth
-from lsq.plot import quantizer_health
+from lsq.plot import Curve, experiment_figure, quantizer_health
 
 
 def epoch(number: int, top1: float = 50, quantizers: list | None = None) -> EpochMetrics:
@@ -40,3 +41,19 @@ def test_log_ticks_read_as_powers_of_ten_and_a_dollar_in_a_name_as_a_dollar(
     assert "100" in texts  # 10^0: a 10 and a raised 0
     assert not [t for t in texts if "mathdefault" in t or "\\" in t], texts
     assert "conv$1$" in texts and "job$x$on$y$" in texts  # as written (spaces removed)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 20])
+def test_the_experiment_legend_hides_no_line(rows: int) -> None:
+    curves = [Curve("FP: full precision (baseline)", [[epoch(1, 60), epoch(2, 90)]], True)]
+    for row in range(1, rows):
+        label = f"{row}: W[-1,0,1] A[0,1,2,3], first/last float" + ", lr=0.01" * (rows // 4)
+        curves.append(Curve(label, [[epoch(1, 60 + row), epoch(2, 66 + row)]], start=2))
+    fig = experiment_figure(curves, "an experiment")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,), (legend,) = fig.axes, fig.legends
+    box = legend.get_window_extent(renderer)
+    assert len(legend.get_texts()) == rows
+    assert not box.overlaps(ax.get_window_extent(renderer))
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
