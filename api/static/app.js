@@ -11,10 +11,13 @@ const REDRAWN_EVERY = 10000; // a running job's plots are fetched again at most 
 // ---------------------------------------------------------------- the token and the API
 
 function token() {
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) { // `lsq serve` prints a link with it: keep it here, out of the address bar
+  // the CLI prints links with it (#token=T, #/jobs/7?token=T): keep it here, out of the
+  // address bar, and open the page the link names
+  const m = location.hash.match(/[#?&]token=([^&]+)/);
+  if (m) {
     localStorage.setItem("lsq-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + "#/");
+    const page = location.hash.replace(/[?&]?token=[^&]+/, "");
+    history.replaceState(null, "", location.pathname + (page.length > 2 ? page : "#/"));
   }
   return localStorage.getItem("lsq-token");
 }

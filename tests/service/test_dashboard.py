@@ -273,3 +273,17 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     ), 30, "the probe job's bars")  # fmt: skip
     time.sleep(1)
     assert shot(browser, "dashboard-probe-job").stat().st_size > 10_000
+
+
+def test_a_link_the_cli_prints_opens_its_page_and_keeps_the_token(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    """`lsq submit --wait` on a terminal prints `URL/#/jobs/ID?token=T`: the job's page opens
+    in a browser that had no token, and the token leaves the address bar."""
+    job = service.submit({**EXPERIMENT["base"], "name": "linked"})
+    browser.get(f"{service.url}/#/")
+    browser.execute_script("localStorage.clear()")
+    browser.get(f"{service.url}/#/jobs/{job['id']}?token={service.token}")
+    until(lambda: text(browser, "h1").startswith(f"Job {job['id']}: linked"), 30, "its page")
+    assert browser.execute_script("return location.hash") == f"#/jobs/{job['id']}"
+    assert browser.execute_script("return localStorage.getItem('lsq-token')") == service.token
