@@ -34,6 +34,7 @@ from pydantic import (
 
 from lsq.archs import layer_names, pretrained_missing
 from lsq.levels import cut
+from lsq.metrics import fixed
 from lsq.spec import (
     MAX_EPOCHS,
     MAX_SEED,
@@ -753,7 +754,12 @@ COLUMNS = ["ID", "quan_lr", "constr_w", "constr_a", "lr_base", "epoch", "test_ac
 def _fmt(stat: Stat | None) -> str:
     if stat is None:
         return ""
-    return f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
+    return fixed(stat.mean) + (f" ± {fixed(stat.std)}" if stat.std is not None else "")
+
+
+def _signed(value: float) -> str:
+    shown = fixed(value)
+    return shown if shown.startswith("-") else f"+{shown}"
 
 
 def _num(value: float | None) -> str:
@@ -783,8 +789,8 @@ def table(table_rows: list[Row]) -> list[list[str]]:
         line += [_fmt(r.test_top1), _fmt(r.drop_top1), _fmt(r.test_top5), _fmt(r.drop_top5)]
         if refs:
             line += [
-                f"{r.reference.test_top1:.2f}" if r.reference else "",
-                f"{r.delta_vs_reference:+.2f}" if r.delta_vs_reference is not None else "",
+                fixed(r.reference.test_top1) if r.reference else "",
+                _signed(r.delta_vs_reference) if r.delta_vs_reference is not None else "",
             ]
         if settings:
             line.append(r.other_settings)

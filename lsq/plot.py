@@ -13,7 +13,7 @@ from typing import Any
 
 from .files import atomic_file
 from .levels import cut
-from .metrics import EpochMetrics
+from .metrics import EpochMetrics, fixed
 
 
 def _pyplot() -> Any:
@@ -181,7 +181,7 @@ def sensitivity_bars(
     ax.set_yticks(list(y), [_literal(b.layer) for b in bars], fontsize=8)
     ax.invert_yaxis()
     if whole is not None:
-        label = f"every layer quantized: {whole:.2f}"
+        label = f"every layer quantized: {fixed(whole)}"
         ax.axvline(whole, color="black", linestyle="--", label=label)
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="grey", linewidth=0.8)

@@ -12,6 +12,7 @@ from api import experiments
 from api.experiments import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
 from lsq.documents import read_document
+from lsq.metrics import fixed
 
 from .conftest import TINY, Service, tiny_spec
 
@@ -90,7 +91,7 @@ def test_a_baseline_and_a_grid_of_variants_per_seed_give_the_results_table(
         "| ID | quan_lr | constr_w | constr_a | lr_base | epoch | test_acc | drop_acc "
         "| acc_top5 | drop_top5 |"
     )
-    assert lines[2].startswith(f"| FP | no | none | none | 0.05 | 3 | {fp:.2f} |")
+    assert lines[2].startswith(f"| FP | no | none | none | 0.05 | 3 | {fixed(fp)} |")
     assert lines[4].startswith("| 2 | no | [-1,0,1] | [0,1,2,3] | 0.01 | 2 |") and " ± " in lines[4]
     csv = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "csv"}).text
     assert csv.splitlines()[0].startswith("ID,quan_lr,constr_w") and len(csv.splitlines()) == 4
