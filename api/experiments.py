@@ -583,11 +583,17 @@ def _key_values(settings: dict[str, Any]) -> str:
     )
 
 
+# A row's numbers in JSON: a difference of two accuracies carries float noise (91.23 - 92.18
+# is -0.9500000000000028); a millionth of a point is far below what a test set resolves (one
+# image in 50 000 is 0.002 points), and a 256-image set's steps (0.390625) stay exact.
+DECIMALS = 6
+
+
 def _stat(values: list[float]) -> Stat | None:
     if not values:
         return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Stat(mean=statistics.fmean(values), std=std, n=len(values))
+    std = round(statistics.stdev(values), DECIMALS) if len(values) > 1 else None
+    return Stat(mean=round(statistics.fmean(values), DECIMALS), std=std, n=len(values))
 
 
 def _quan_lr(q: QuantizationSpec) -> str:
@@ -637,7 +643,7 @@ def rows(exp: ExperimentSpec, jobs: list[Job]) -> list[Row]:
         drop1 = [start[0] - v for v in top1] if start else []
         drop5 = [start[1] - v for v in top5] if start else []
         ref = override.reference
-        delta = statistics.fmean(top1) - ref.test_top1 if ref and top1 else None
+        delta = round(statistics.fmean(top1) - ref.test_top1, DECIMALS) if ref and top1 else None
         label = override.name or specs[0].quantization.describe()
         out.append(
             _row(str(index + 1), label, specs, variant_jobs, baseline=False,

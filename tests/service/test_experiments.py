@@ -496,6 +496,25 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
     assert experiments._flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
 
 
+def test_a_drop_in_json_has_no_float_noise() -> None:
+    """91.23 - 92.18 is -0.9500000000000028 in floats: the row says -0.95."""
+    from api.models import Job, JobStatus
+    from lsq.spec import SPEC_VERSION
+
+    spec = ExperimentSpec.model_validate(experiment(seeds=None, grid={"training.lr": [0.01]}))
+    plan = experiments.plan(spec, max_jobs=64)
+    stored = {"status": JobStatus.succeeded, "spec_version": SPEC_VERSION}
+    jobs = [
+        Job(id=1, variant=None, spec=plan.baseline.model_dump(mode="json"), **stored,
+            result={"final_top1": 91.23, "final_top5": 99.1}),
+        Job(id=2, variant=0, spec=plan.variants[0].specs[0].model_dump(mode="json"), **stored,
+            result={"final_top1": 92.18, "final_top5": 99.3}),
+    ]  # fmt: skip
+    _, variant = experiments.rows(spec, jobs)
+    numbers = variant.model_dump(mode="json")
+    assert (numbers["drop_top1"]["mean"], numbers["drop_top5"]["mean"]) == (-0.95, -0.2)
+
+
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     """Rows are read from stored results: one missing a layer (or its probes) gives empty
     cells, never a 500."""
