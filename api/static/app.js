@@ -62,8 +62,9 @@ const stat = (s) => (s == null ? "" : s.mean.toFixed(2) + (s.std == null ? "" : 
 function progress(p, status) {
   const done = status === "succeeded" ? 1 : Math.max(0, (p.epoch - 1 + p.fraction) / p.epochs);
   const epoch = status === "succeeded" ? p.epochs : Math.max(0, p.epoch - 1 + p.fraction);
+  const shown = epoch.toFixed(1).replace(/\.0$/, ""); // 2/2 epochs, not 2.0/2; 1.5/2 as is
   return `<progress class="bar" max="1" value="${done.toFixed(3)}"></progress>
-    <span class="muted">${epoch.toFixed(1)}/${p.epochs} epochs</span>`;
+    <span class="muted">${shown}/${p.epochs} epochs</span>`;
 }
 
 function levels(value) {

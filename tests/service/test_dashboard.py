@@ -310,3 +310,13 @@ def test_numbers_read_the_same_in_the_cli_and_on_the_dashboard(
                          epochs=1, init_top1=50 + x, drop_top1=x) for x in NUMBERS]  # fmt: skip
     drops = [summary_line("job", r).split("drop ")[1].split()[0] for r in results]
     assert drops == browser.execute_script("return arguments[0].map((x) => x.toFixed(2))", NUMBERS)
+
+
+def test_a_whole_epoch_reads_as_a_whole_number(service: Service, browser: webdriver.Chrome) -> None:
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    done, halfway = browser.execute_script(
+        "return [progress({epoch: 2, fraction: 1, epochs: 2}, 'succeeded'),"
+        " progress({epoch: 2, fraction: 0.5, epochs: 3}, 'running')]"
+    )
+    assert ">2/2 epochs<" in done and ">1.5/3 epochs<" in halfway
