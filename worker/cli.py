@@ -32,7 +32,7 @@ from lsq import cli as core_cli
 # checkpoint write may take. Docker's stop_grace_period (or systemd's) bounds the whole stop.
 STOP_GRACE_SECONDS = 600
 # `lsq serve --demo`: a full-precision job, then a 2-bit one started from it, on synthetic
-# data small enough for a laptop CPU (26 s on a 2-core one).
+# data small enough for a laptop CPU (1-3 minutes on a 2-core one, by what else runs there).
 DEMO_DATASET = {"name": "synthetic", "train_size": 1024, "test_size": 256}
 DEMO_TRAINING = {"batch_size": 64, "lr": 0.05}
 
