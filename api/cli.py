@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import get_settings
+from .config import Settings, get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -127,7 +127,7 @@ def submit(args: argparse.Namespace) -> int:
         print(f"lsq submit: {e}", file=sys.stderr)
         return 2
     print(format_job(job))
-    print(job_summary(job, f"{client.url}/v1/jobs/{job['id']}/artifacts"))
+    print(job_summary(job, dashboard_line(client.url, f"jobs/{job['id']}", get_settings())))
     return 0 if job["status"] == "succeeded" else 1
 
 
@@ -151,11 +151,42 @@ def experiment(args: argparse.Namespace) -> int:
         body = client.follow_experiment(body["id"])
         print(f"experiment {body['id']} {body['status']}:\n")
         print(client.experiment_table(body["id"]))
-        print(f"plot: {client.url}/v1/experiments/{body['id']}/plot.png")
+        page = f"experiments/{body['id']}"
+        print(f"plot and table: {dashboard_line(client.url, page, get_settings())}")
     except ServiceError as e:
         print(f"lsq experiment: {e}", file=sys.stderr)
         return 2
     return 0 if body["status"] == "succeeded" else 1
+
+
+def dashboard_link(url: str, page: str = "", token: str | None = None) -> str:
+    """The dashboard's `page` (`jobs/7`, `experiments/3`; by default its home page), with
+    `token` in the link when given: the page keeps it and asks for none."""
+    link = f"{url.rstrip('/')}/"
+    if page:
+        return link + f"#/{page}" + (f"?token={token}" if token else "")
+    return link + (f"#token={token}" if token else "")
+
+
+def dashboard_line(url: str, page: str, settings: Settings, token: str | None = None) -> str:
+    """A link to a dashboard page, to print: with the token (by default the CLI's) on a
+    terminal, else with where to find it (stdout sent to a file is a log, and a log must not
+    keep a token)."""
+    from .tokens import client_token
+
+    token = token or client_token(settings)
+    if token and sys.stdout.isatty():
+        return dashboard_link(url, page, token)
+    return f"{dashboard_link(url, page)} ({token_hint(settings)})"
+
+
+def token_hint(settings: Settings) -> str:
+    """Where the dashboard's token is, as the page asks for it once."""
+    if settings.token:
+        return "it asks for an API token once: LSQ_TOKEN's"
+    if settings.token_file.is_file():
+        return f"it asks for an API token once: this machine's, in {settings.token_file}"
+    return "it asks for an API token once (`lsq token create OWNER` makes one)"
 
 
 def status(args: argparse.Namespace) -> int:

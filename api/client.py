@@ -10,7 +10,7 @@ import httpx
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from lsq.metrics import EpochMetrics, RunResult, epoch_table, summary_line
+from lsq.metrics import EpochMetrics, RunResult, epoch_table, fixed, summary_line
 from lsq.spec import format_errors
 
 from .config import Settings
@@ -126,7 +126,7 @@ class Client:
                 pbar.n = min(total, max(len(epochs), progress["epoch"] - 1 + progress["fraction"]))
                 postfix = {"status": job["status"]}
                 if epochs:
-                    postfix["test_top1"] = f"{epochs[-1]['test_top1']:.2f}%"
+                    postfix["test_top1"] = f"{fixed(epochs[-1]['test_top1'])}%"
                 pbar.set_postfix(postfix, refresh=False)
                 pbar.refresh()
                 if job["status"] in FINISHED:
@@ -167,11 +167,11 @@ def format_job(job: dict[str, Any]) -> str:
     if job["result"]:
         r = RunResult.model_validate(job["result"])
         line = (
-            f"result: final top-1 {r.final_top1:.2f}%, top-5 {r.final_top5:.2f}%; "
-            f"best top-1 {r.best_top1:.2f}% (epoch {r.best_epoch})"
+            f"result: final top-1 {fixed(r.final_top1)}%, top-5 {fixed(r.final_top5)}%; "
+            f"best top-1 {fixed(r.best_top1)}% (epoch {r.best_epoch})"
         )
         if r.init_top1 is not None:
-            line += f"; start {r.init_top1:.2f}%, drop {r.drop_top1:.2f} points"
+            line += f"; start {fixed(r.init_top1)}%, drop {fixed(r.drop_top1)} points"
         lines.append(line)
     if job["epochs"]:
         lines.append(epoch_table([EpochMetrics.model_validate(e) for e in job["epochs"]]))

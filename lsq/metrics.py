@@ -8,7 +8,9 @@ entry in ``COLUMNS`` to show it in the table).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -173,27 +175,37 @@ class RunMetrics(_Record):
     result: RunResult | None = None
 
 
-# (field, heading, format): the one table of epochs, for `lsq run` and the service's clients.
+def fixed(value: float, digits: int = 2) -> str:
+    """`value` with `digits` decimals, a half rounded away from zero, as the dashboard's
+    toFixed rounds it: Python's format rounds a half to even (3.125: "3.12", the dashboard
+    "3.13"). Both round the float's exact value, so they agree on every number."""
+    if not math.isfinite(value):
+        return f"{value:.{digits}f}"
+    exact = Decimal(value + 0.0)  # + 0.0: -0.0 is 0.0, as toFixed writes it
+    return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+# (field, heading, width, how to show it): the one table of epochs, for `lsq run` and the
+# service's clients; numbers as the dashboard's table shows them.
 COLUMNS = (
-    ("epoch", "epoch", "{:>5}"),
-    ("train_loss", "train_loss", "{:>10.4f}"),
-    ("train_top1", "train_top1", "{:>10.2f}"),
-    ("test_loss", "test_loss", "{:>9.4f}"),
-    ("test_top1", "test_top1", "{:>9.2f}"),
-    ("test_top5", "test_top5", "{:>9.2f}"),
-    ("lr", "lr", "{:>8.5f}"),
-    ("images_per_second", "img/s", "{:>7.0f}"),
-    ("seconds", "seconds", "{:>7.1f}"),
+    ("epoch", "epoch", 5, str),
+    ("train_loss", "train_loss", 10, lambda v: fixed(v, 4)),
+    ("train_top1", "train_top1", 10, fixed),
+    ("test_loss", "test_loss", 9, lambda v: fixed(v, 4)),
+    ("test_top1", "test_top1", 9, fixed),
+    ("test_top5", "test_top5", 9, fixed),
+    ("lr", "lr", 8, lambda v: f"{v:.5f}"),
+    ("images_per_second", "img/s", 7, lambda v: f"{v:.0f}"),
+    ("seconds", "seconds", 7, lambda v: fixed(v, 1)),
 )
 
 
 def table_header() -> str:
-    widths = [len(fmt.format(0)) for _, _, fmt in COLUMNS]
-    return " ".join(f"{head:>{w}}" for (_, head, _), w in zip(COLUMNS, widths, strict=True))
+    return " ".join(f"{head:>{width}}" for _, head, width, _ in COLUMNS)
 
 
 def table_row(m: EpochMetrics) -> str:
-    return " ".join(fmt.format(getattr(m, name)) for name, _, fmt in COLUMNS)
+    return " ".join(f"{show(getattr(m, name)):>{width}}" for name, _, width, show in COLUMNS)
 
 
 def epoch_table(epochs: list[EpochMetrics]) -> str:
@@ -212,7 +224,7 @@ def sensitivity_table(probes: list[LayerSensitivity], mode: str) -> str:
         mark = "  <- largest" if p.drop_top1 == worst else ""
         lines.append(
             f"{p.layer:<24} {p.weight or 'float':>11} {p.activation or 'float':>11} "
-            f"{p.parameters:>10,} {p.test_top1:>6.2f} {p.drop_top1:>6.2f}{mark}"
+            f"{p.parameters:>10,} {fixed(p.test_top1):>6} {fixed(p.drop_top1):>6}{mark}"
         )
     return "\n".join(lines)
 
@@ -220,9 +232,9 @@ def sensitivity_table(probes: list[LayerSensitivity], mode: str) -> str:
 def summary_line(title: str, result: RunResult) -> str:
     """One line that says what a run was (`JobSpec.describe()`) and what it kept."""
     every = " with every layer quantized, untrained" if result.sensitivity is not None else ""
-    line = f"{title}: test top-1 {result.final_top1:.2f}%{every}"
+    line = f"{title}: test top-1 {fixed(result.final_top1)}%{every}"
     if result.drop_top1 is not None:
-        line += f", drop {result.drop_top1:.2f} points from {result.init_top1:.2f}%"
+        line += f", drop {fixed(result.drop_top1)} points from {fixed(result.init_top1)}%"
     if result.model_bits is not None:
         line += (
             f"; {result.model_bits / 8e6:.3g} MB, {result.compression:.1f}x smaller than float32"

@@ -13,22 +13,28 @@ from typing import Any
 
 from .files import atomic_file
 from .levels import cut
-from .metrics import EpochMetrics
+from .metrics import EpochMetrics, fixed
 
 
 def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and workers
-    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a user's name is just a "$"
     import matplotlib.pyplot as plt
 
     return plt
 
 
+def _literal(text: str) -> str:
+    """A user's text (a name, a layer) shown as written: each "$" escaped, so that it is not
+    read as math (math stays on for matplotlib's own labels, such as a log axis's 10^0)."""
+    return text.replace("$", r"\$")
+
+
 def _save(fig: Any, paths: Sequence[Path]) -> None:
     """Each file written whole, then renamed: a reader never sees half a picture."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # one laid out as it was made keeps its layout
+        fig.tight_layout()
     for path in paths:
         with atomic_file(path) as f:
             fig.savefig(f, format=path.suffix[1:])
@@ -58,7 +64,7 @@ def run_curves(epochs: list[EpochMetrics], paths: Sequence[Path], title: str = "
     loss.legend(loc="upper right")
     for ax in (acc, loss):
         _epoch_axis(ax)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     _save(fig, paths)
 
 
@@ -75,7 +81,7 @@ def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: s
         style = "-" if kind == "weight" else "--"
         steps.plot(x, [p[1] for p in points], style, linewidth=1, alpha=0.8)
         if kind == "weight":
-            zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=layer)
+            zeros.plot(x, [100 * p[2] for p in points], "-", linewidth=1, label=_literal(layer))
     steps.set(yscale="log", ylabel="step size (log)", title="steps: weights —, activations --")
     zeros.axhline(95, color="red", linestyle=":", linewidth=1, label="95%: the step is too large")
     zeros.set(ylabel="weights at 0 (%)", ylim=(0, 100), title="share of each layer's weights at 0")
@@ -84,7 +90,7 @@ def quantizer_health(epochs: list[EpochMetrics], paths: Sequence[Path], title: s
         zeros.legend(fontsize=6, ncol=2, loc="lower left")
     for ax in (steps, zeros):
         _epoch_axis(ax)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     _save(fig, paths)
 
 
@@ -104,28 +110,48 @@ LEGEND = 80  # characters of a legend's line: a long variant's settings must not
 def experiment_curves(curves: list[Curve], paths: Sequence[Path], title: str = "") -> None:
     """Test top-1 per epoch, one line per variant (the mean over seeds, with their range as a
     band), the baseline dashed."""
-    fig, ax = _pyplot().subplots(figsize=(8, 5), dpi=100)
-    for curve in curves:
-        by_epoch: dict[int, list[float]] = {}
-        for run in curve.runs:
-            for e in run:
-                by_epoch.setdefault(e.epoch, []).append(e.test_top1)
-        if not by_epoch:
-            continue
-        epochs = sorted(by_epoch)
-        x = [curve.start + e for e in epochs]
-        mean = [statistics.fmean(by_epoch[e]) for e in epochs]
-        style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
-        (line,) = ax.plot(x, mean, label=cut(curve.label, LEGEND), **style)
-        if len(curve.runs) > 1:
-            low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
-    ax.set(ylabel="test top-1 accuracy (%)", title=title)
+    _save(experiment_figure(curves, title), paths)
+
+
+LEGEND_LINE = 0.17  # inches a line of the legend (font size 8) takes
+
+
+def experiment_figure(curves: list[Curve], title: str = "") -> Any:
+    """experiment_curves' figure, its legend below the axes: it hides no row's line, and the
+    figure grows with the number of rows."""
+    labels = [cut(c.label, LEGEND) for c in curves]
+    columns = 2 if len(curves) > 1 and max(map(len, labels)) <= LEGEND // 2 else 1
+    lines = -(-len(curves) // columns)
+    fig, ax = _pyplot().subplots(
+        figsize=(8, 5 + LEGEND_LINE * lines), dpi=100, layout="constrained"
+    )
+    for curve, label in zip(curves, labels, strict=True):
+        _mean_line(ax, curve, _literal(label))
+    ax.set(ylabel="test top-1 accuracy (%)", title=_literal(title))
     _epoch_axis(ax)
     if any(curve.start for curve in curves):
         ax.set_xlabel("epoch (the variants continue from the baseline's final model)")
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, paths)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", fontsize=8, ncols=columns)
+    return fig
+
+
+def _mean_line(ax: Any, curve: Curve, label: str) -> None:
+    """A row's mean over seeds per epoch, their range as a band; nothing before its first."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in curve.runs:
+        for e in run:
+            by_epoch.setdefault(e.epoch, []).append(e.test_top1)
+    if not by_epoch:
+        return
+    epochs = sorted(by_epoch)
+    x = [curve.start + e for e in epochs]
+    mean = [statistics.fmean(by_epoch[e]) for e in epochs]
+    style = dict(linestyle="--", color="black") if curve.baseline else dict(marker=".")
+    (line,) = ax.plot(x, mean, label=label, **style)
+    if len(curve.runs) > 1:
+        low, high = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
 
 
 @dataclass(frozen=True)
@@ -152,14 +178,14 @@ def sensitivity_bars(
     y = range(len(bars))
     errors = [b.std or 0 for b in bars] if any(b.std for b in bars) else None
     ax.barh(y, [b.drop for b in bars], xerr=errors, color="tab:red", alpha=0.75)
-    ax.set_yticks(list(y), [b.layer for b in bars], fontsize=8)
+    ax.set_yticks(list(y), [_literal(b.layer) for b in bars], fontsize=8)
     ax.invert_yaxis()
     if whole is not None:
-        label = f"every layer quantized: {whole:.2f}"
+        label = f"every layer quantized: {fixed(whole)}"
         ax.axvline(whole, color="black", linestyle="--", label=label)
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"drop in test top-1 (points), {PROBED[mode]}")
-    ax.set_title(textwrap.fill(title, 80), fontsize=10)
+    ax.set_title(_literal(textwrap.fill(title, 80)), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, paths)

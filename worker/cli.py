@@ -32,7 +32,7 @@ from lsq import cli as core_cli
 # checkpoint write may take. Docker's stop_grace_period (or systemd's) bounds the whole stop.
 STOP_GRACE_SECONDS = 600
 # `lsq serve --demo`: a full-precision job, then a 2-bit one started from it, on synthetic
-# data small enough for a laptop CPU (26 s on a 2-core one).
+# data small enough for a laptop CPU (1-3 minutes on a 2-core one, by what else runs there).
 DEMO_DATASET = {"name": "synthetic", "train_size": 1024, "test_size": 256}
 DEMO_TRAINING = {"batch_size": 64, "lr": 0.05}
 
@@ -127,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
     token, new = _local_token(settings)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     if not args.demo:
-        _show_token(f"http://{host}:{args.port}", token if new else None, settings)
+        _show_token(f"http://{host}:{args.port}", token, new, settings)
     # The demo keeps the terminal for its own output.
     level = ["--log-level", "warning" if args.demo else "info"]
     procs = [
@@ -137,7 +137,16 @@ def serve(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if not args.demo:
         return _supervise(procs)
-    return _supervise(procs, lambda: _demo(f"http://{host}:{args.port}", token, procs))
+    url, again = f"http://{host}:{args.port}", _serve_command(args)
+    return _supervise(procs, lambda: _demo(url, token, procs, again))
+
+
+def _serve_command(args: argparse.Namespace) -> str:
+    """`lsq serve` as typed to serve where this one did: the dashboard's link stays valid."""
+    default = build_parser().parse_args(["serve"])
+    options = [f"--{name} {getattr(args, name)}" for name in ("host", "port")
+               if getattr(args, name) != getattr(default, name)]  # fmt: skip
+    return " ".join(["lsq serve", *options])
 
 
 def _local_token(settings: Settings) -> tuple[str | None, bool]:
@@ -151,19 +160,18 @@ def _local_token(settings: Settings) -> tuple[str | None, bool]:
     return local_token(settings)
 
 
-def _show_token(url: str, new_token: str | None, settings: Settings) -> None:
-    """A new token goes to the terminal, once; never to a log (stdout sent to a file)."""
-    if new_token and sys.stdout.isatty():
+def _show_token(url: str, token: str | None, new: bool, settings: Settings) -> None:
+    """The dashboard's link, and a new token once: on a terminal only, never in a log (stdout
+    sent to a file)."""
+    if new and token and sys.stdout.isatty():
         print(f"lsq serve: made a token for this machine, saved in {settings.token_file} "
               f"(lsq submit and lsq status use it; other clients send it as "
-              f"Authorization: Bearer):\n  {new_token}", flush=True)  # fmt: skip
-        print(f"lsq serve: dashboard at {url}/#token={new_token}", flush=True)
-        return
-    where = "" if settings.database_url else f"; this machine's is in {settings.token_file}"
-    print(f"lsq serve: dashboard at {url}/ (it asks for an API token once{where})", flush=True)
+              f"Authorization: Bearer):\n  {token}", flush=True)  # fmt: skip
+    link = service_cli.dashboard_line(url, "", settings, token)
+    print(f"lsq serve: dashboard at {link}", flush=True)
 
 
-def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
+def _demo(url: str, token: str | None, procs: list[subprocess.Popen], again: str) -> int:
     from api.client import Client, ServiceError, format_job, job_summary
 
     client = Client(url, token)
@@ -186,9 +194,10 @@ def _demo(url: str, token: str | None, procs: list[subprocess.Popen]) -> int:
     print("\nThe demo's two jobs:")
     for job in ended:
         print(job_summary(job, str(_folder_of(job["id"]))))
+    dashboard = service_cli.dashboard_line(url, "", get_settings(), token)
     print(
-        f"\nNext: `lsq serve` keeps the service running (the dashboard at {url}/, the API's "
-        f"docs at {url}/docs), and `lsq submit SPEC --wait` runs a job of yours on it."
+        f"\nNext: `{again}` keeps the service running (the dashboard at {dashboard}, the "
+        f"API's docs at {url}/docs), and `lsq submit SPEC --wait` runs a job of yours on it."
     )
     return 0 if all(job["status"] == "succeeded" for job in ended) else 1
 

@@ -11,10 +11,13 @@ const REDRAWN_EVERY = 10000; // a running job's plots are fetched again at most 
 // ---------------------------------------------------------------- the token and the API
 
 function token() {
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) { // `lsq serve` prints a link with it: keep it here, out of the address bar
+  // the CLI prints links with it (#token=T, #/jobs/7?token=T): keep it here, out of the
+  // address bar, and open the page the link names
+  const m = location.hash.match(/[#?&]token=([^&]+)/);
+  if (m) {
     localStorage.setItem("lsq-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + "#/");
+    const page = location.hash.replace(/[?&]?token=[^&]+/, "");
+    history.replaceState(null, "", location.pathname + (page.length > 2 ? page : "#/"));
   }
   return localStorage.getItem("lsq-token");
 }
@@ -59,8 +62,9 @@ const stat = (s) => (s == null ? "" : s.mean.toFixed(2) + (s.std == null ? "" : 
 function progress(p, status) {
   const done = status === "succeeded" ? 1 : Math.max(0, (p.epoch - 1 + p.fraction) / p.epochs);
   const epoch = status === "succeeded" ? p.epochs : Math.max(0, p.epoch - 1 + p.fraction);
+  const shown = epoch.toFixed(1).replace(/\.0$/, ""); // 2/2 epochs, not 2.0/2; 1.5/2 as is
   return `<progress class="bar" max="1" value="${done.toFixed(3)}"></progress>
-    <span class="muted">${epoch.toFixed(1)}/${p.epochs} epochs</span>`;
+    <span class="muted">${shown}/${p.epochs} epochs</span>`;
 }
 
 function levels(value) {

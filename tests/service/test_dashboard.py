@@ -273,3 +273,50 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     ), 30, "the probe job's bars")  # fmt: skip
     time.sleep(1)
     assert shot(browser, "dashboard-probe-job").stat().st_size > 10_000
+
+
+def test_a_link_the_cli_prints_opens_its_page_and_keeps_the_token(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    """`lsq submit --wait` on a terminal prints `URL/#/jobs/ID?token=T`: the job's page opens
+    in a browser that had no token, and the token leaves the address bar."""
+    job = service.submit({**EXPERIMENT["base"], "name": "linked"})
+    browser.get(f"{service.url}/#/")
+    browser.execute_script("localStorage.clear()")
+    browser.get(f"{service.url}/#/jobs/{job['id']}?token={service.token}")
+    until(lambda: text(browser, "h1").startswith(f"Job {job['id']}: linked"), 30, "its page")
+    assert browser.execute_script("return location.hash") == f"#/jobs/{job['id']}"
+    assert browser.execute_script("return localStorage.getItem('lsq-token')") == service.token
+
+
+# A 256-image test set measures in steps of 100/256 = 0.390625 points: a drop of 3.125 is one;
+# Python's format rounded such a half to even (3.12), the dashboard away from zero (3.13).
+NUMBERS = [3.125, -3.125, 0.375, 66.40625, 1.005, 2.675, 12.5, 0.0, -0.001, 99.995]
+
+
+def test_numbers_read_the_same_in_the_cli_and_on_the_dashboard(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    from lsq.metrics import EpochMetrics, RunResult, summary_line, table_row
+
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    dashboard = browser.execute_script("return arguments[0].map((x) => pct(x))", NUMBERS)
+    numbers = dict(train_loss=1, test_loss=1, lr=0.1, seconds=1, images_per_second=1)
+    epochs = [EpochMetrics(epoch=1, train_top1=x, test_top1=x, test_top5=x, **numbers)
+              for x in NUMBERS]  # fmt: skip
+    assert [f"{table_row(e).split()[4]}%" for e in epochs] == dashboard  # test_top1
+    results = [RunResult(final_top1=50, final_top5=90, best_top1=50, best_top5=90, best_epoch=1,
+                         epochs=1, init_top1=50 + x, drop_top1=x) for x in NUMBERS]  # fmt: skip
+    drops = [summary_line("job", r).split("drop ")[1].split()[0] for r in results]
+    assert drops == browser.execute_script("return arguments[0].map((x) => x.toFixed(2))", NUMBERS)
+
+
+def test_a_whole_epoch_reads_as_a_whole_number(service: Service, browser: webdriver.Chrome) -> None:
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    done, halfway = browser.execute_script(
+        "return [progress({epoch: 2, fraction: 1, epochs: 2}, 'succeeded'),"
+        " progress({epoch: 2, fraction: 0.5, epochs: 3}, 'running')]"
+    )
+    assert ">2/2 epochs<" in done and ">1.5/3 epochs<" in halfway

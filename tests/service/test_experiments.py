@@ -12,6 +12,7 @@ from api import experiments
 from api.experiments import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
 from lsq.documents import read_document
+from lsq.metrics import fixed
 
 from .conftest import TINY, Service, tiny_spec
 
@@ -90,7 +91,7 @@ def test_a_baseline_and_a_grid_of_variants_per_seed_give_the_results_table(
         "| ID | quan_lr | constr_w | constr_a | lr_base | epoch | test_acc | drop_acc "
         "| acc_top5 | drop_top5 |"
     )
-    assert lines[2].startswith(f"| FP | no | none | none | 0.05 | 3 | {fp:.2f} |")
+    assert lines[2].startswith(f"| FP | no | none | none | 0.05 | 3 | {fixed(fp)} |")
     assert lines[4].startswith("| 2 | no | [-1,0,1] | [0,1,2,3] | 0.01 | 2 |") and " ± " in lines[4]
     csv = service.http.get(f"/v1/experiments/{body['id']}", params={"format": "csv"}).text
     assert csv.splitlines()[0].startswith("ID,quan_lr,constr_w") and len(csv.splitlines()) == 4
@@ -493,6 +494,25 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
     )
     # a row's settings keep the patterns whole, in their order
     assert experiments._flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
+
+
+def test_a_drop_in_json_has_no_float_noise() -> None:
+    """91.23 - 92.18 is -0.9500000000000028 in floats: the row says -0.95."""
+    from api.models import Job, JobStatus
+    from lsq.spec import SPEC_VERSION
+
+    spec = ExperimentSpec.model_validate(experiment(seeds=None, grid={"training.lr": [0.01]}))
+    plan = experiments.plan(spec, max_jobs=64)
+    stored = {"status": JobStatus.succeeded, "spec_version": SPEC_VERSION}
+    jobs = [
+        Job(id=1, variant=None, spec=plan.baseline.model_dump(mode="json"), **stored,
+            result={"final_top1": 91.23, "final_top5": 99.1}),
+        Job(id=2, variant=0, spec=plan.variants[0].specs[0].model_dump(mode="json"), **stored,
+            result={"final_top1": 92.18, "final_top5": 99.3}),
+    ]  # fmt: skip
+    _, variant = experiments.rows(spec, jobs)
+    numbers = variant.model_dump(mode="json")
+    assert (numbers["drop_top1"]["mean"], numbers["drop_top5"]["mean"]) == (-0.95, -0.2)
 
 
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import ROOT, Proc, free_port, job_folder_name, service_env, tiny_spec
+from .conftest import ROOT, TINY, Proc, free_port, job_folder_name, service_env, tiny_spec
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,6 +30,26 @@ def lsq(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
+
+
+def on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """`lsq ARGS` with a (pseudo-)terminal for its output, as a user runs it: exit status and
+    output."""
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=child, stderr=child)  # fmt: skip
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # EIO: the program ended and its terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(parent)
+    return proc.wait(30), b"".join(chunks).decode(errors="replace")
 
 
 def test_serve_then_submit_and_status(tmp_path: Path) -> None:
@@ -55,7 +77,19 @@ def test_serve_then_submit_and_status(tmp_path: Path) -> None:
         assert [row.split()[0] for row in table[1:-2]] == ["1", "2"]
         # then one line with what the job kept, and where its files are
         assert table[-2].startswith("job 1 succeeded: cli: resnet20 on synthetic, full precision")
-        assert table[-1] == f"  files: {env['LSQ_URL']}/v1/jobs/1/artifacts"
+        # the job's dashboard page; not on a terminal, without the token (a log keeps none)
+        token_file = tmp_path / "data" / "token"
+        assert table[-1] == (
+            f"  files: {env['LSQ_URL']}/#/jobs/1 "
+            f"(it asks for an API token once: this machine's, in {token_file})"
+        )
+
+        # on a terminal, an experiment's page with the token: it opens in a browser
+        spec.write_text(yaml.safe_dump(EXPERIMENT))
+        code, out = on_a_terminal("experiment", str(spec), "--wait", env=env)
+        assert code == 0, out + serve.output()
+        token = token_file.read_text().strip()
+        assert f"plot and table: {env['LSQ_URL']}/#/experiments/1?token={token}\r\n" in out
 
         shown = lsq("status", "1", "--json", env=env)
         assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
@@ -74,6 +108,15 @@ def test_serve_then_submit_and_status(tmp_path: Path) -> None:
     assert "worker: Warm shutdown" in serve.output()
 
 
+# One variant of job 1, fine-tuned for an epoch.
+EXPERIMENT = {
+    "name": "cli-table",
+    "base": TINY | {"training": TINY["training"] | {"epochs": 1}},
+    "baseline": {"job": 1},
+    "grid": {"training.lr": [0.01]},
+}
+
+
 def test_a_client_without_a_service_says_how_to_start_one(tmp_path: Path) -> None:
     env = service_env(tmp_path, LSQ_URL=f"http://127.0.0.1:{free_port()}")
     done = lsq("status", "1", env=env)
@@ -81,8 +124,8 @@ def test_a_client_without_a_service_says_how_to_start_one(tmp_path: Path) -> Non
 
 
 def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None:
-    env = service_env(tmp_path / "data")
-    done = lsq("serve", "--demo", "--port", str(free_port()), env=env)
+    env, port = service_env(tmp_path / "data"), free_port()
+    done = lsq("serve", "--demo", "--port", str(port), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "'demo-fp32': succeeded" in out and "'demo-2bit': succeeded" in out
@@ -93,7 +136,14 @@ def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None
     lines = out.splitlines()
     summary = lines[lines.index("The demo's two jobs:") + 1 :]
     fp, q = summary[0:2], summary[2:4]
-    assert summary[5].startswith("Next: `lsq serve` keeps the service running")
+    # the same service again, and its dashboard: no token in the link, as not on a terminal
+    assert summary[5].startswith(f"Next: `lsq serve --port {port}` keeps the service running")
+    token_file = tmp_path / "data" / "token"
+    assert (
+        f"(the dashboard at http://127.0.0.1:{port}/ (it asks for an API token once: this "
+        f"machine's, in {token_file}), the API's docs at http://127.0.0.1:{port}/docs)"
+    ) in summary[5]
+    assert token_file.read_text().strip() not in out
     assert fp[0].startswith("job 1 succeeded: demo-fp32: resnet20 on synthetic, full precision")
     assert "W[-2,-1,0,1] A[0,1,2,3], first/last float: test top-1" in q[0] and "drop" in q[0]
     folder = job_folder_name(tmp_path / "data", 2)
