@@ -233,7 +233,7 @@ def _no_turn(session: Session, job_id: int, settings: Settings) -> Outcome:
         # a duplicate message: take the job over if its worker stops renewing the lease
         wait = max(1.0, (job.lease_expires_at - utcnow()).total_seconds() + 1)
         return RetryLater(wait, "another worker holds its lease")
-    return Ack(None, f"job {job.status}")
+    return Ack(None, "job finished" if job.status.finished else f"job {job.status}")
 
 
 def run_claimed(claimed: Claimed) -> Outcome:
