@@ -505,11 +505,14 @@ def prune_files(session: Session, ended_before: datetime, limit: int) -> list[st
         Job.finished_at < ended_before,
         Job.files_pruned_at.is_(None),
     )
+    if in_use := _models_in_use(session):
+        query = query.where(Job.id.not_in(in_use))
     query = query.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
-    # Locked first, then looked up: a submission naming one of them (it holds the source FOR
-    # SHARE) either committed before, and is seen in use, or waits and then sees it pruned.
+    jobs = list(session.scalars(query))
+    # Looked up again now they are locked: a submission naming one of them (it holds its source
+    # FOR SHARE) either committed meanwhile, and is seen here, or waits and then sees it pruned.
     in_use = _models_in_use(session)
-    jobs = [job for job in session.scalars(query) if job.id not in in_use]
+    jobs = [job for job in jobs if job.id not in in_use]
     now = utcnow()
     for job in jobs:
         job.files_pruned_at, job.stored_bytes = now, 0
