@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from . import tokens
 from .config import Settings, get_settings
+from .db import session_scope
 from .deps import ReadSessionDep
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `lsq token create OWNER`")
@@ -41,6 +42,11 @@ class RateLimiter:
         level, at = self._buckets.get(key, (float(burst), now))
         return min(float(burst), level + (now - at) * rate)
 
+    def spent(self, key: str, rate: float, burst: int) -> bool:
+        """Whether `key` has no request left (taking none)."""
+        with self._lock:
+            return self._level(key, rate, burst, time.monotonic()) < 1
+
     def take(self, key: str, rate: float, burst: int) -> None:
         """Count a request of `key`; 429 when it has none left."""
         now = time.monotonic()
@@ -60,6 +66,7 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 MISSING_TOKEN = "missing token: send Authorization: Bearer <token>"
+INVALID_TOKEN = "invalid or revoked token"
 
 
 def client_key(host: str | None) -> str:
@@ -87,6 +94,20 @@ def count_guess(host: str | None, settings: Settings) -> None:
     GUESSES.take(client_key(host), settings.requests_per_second, settings.request_burst)
 
 
+def guessing(host: str | None, settings: Settings) -> bool:
+    """Whether the address has sent as many invalid tokens as it may for now."""
+    rate, burst = settings.requests_per_second, settings.request_burst
+    return GUESSES.spent(client_key(host), rate, burst)
+
+
+def valid(plain: str) -> bool:
+    """Whether `plain` is a known, unrevoked token (its own short read session)."""
+    if len(plain) > 200:
+        return False
+    with session_scope(read_only=True) as session:
+        return tokens.owner_of(session, plain) is not None
+
+
 def current_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -104,7 +125,7 @@ def current_owner(
         # Failures are counted per address, and only failures: a guesser past its rate waits
         # (429), while the valid tokens of others at the same address are not held up by it.
         count_guess(request.client.host if request.client else None, settings)
-        raise HTTPException(401, "invalid or revoked token", headers=CHALLENGE)
+        raise HTTPException(401, INVALID_TOKEN, headers=CHALLENGE)
     if request.method not in ("GET", "HEAD"):
         # A write route opens its own session: hand this one's connection back now, not
         # after the route (under load the pool would be held by requests still waiting).

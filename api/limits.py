@@ -30,14 +30,21 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
     for field, value, cap, name in caps:
         if value is not None and value > cap:
             raise InvalidField(field, f"{value} is above this service's limit of {cap} ({name})")
-    if (held := training_bytes(spec)) > settings.max_batch_bytes:
+    check_batch(spec, settings)
+    check_files(spec, settings)
+
+
+def check_batch(spec: JobSpec, settings: Settings, one_host: bool = False) -> None:
+    """A training batch must fit LSQ_MAX_BATCH_BYTES on each device (on a CPU, `one_host`,
+    the whole batch on the host: a worker checks again once it knows which it has)."""
+    if (held := training_bytes(spec, one_host)) > settings.max_batch_bytes:
+        where = "on this CPU worker's host" if one_host else "on each device"
         raise InvalidField(
             "training.batch_size",
-            f"a batch would hold about {held / 2**30:,.1f} GiB on each device for the backward "
+            f"a batch would hold about {held / 2**30:,.1f} GiB {where} for the backward "
             f"pass, above this service's {settings.max_batch_bytes / 2**30:,.1f} GiB "
-            "(LSQ_MAX_BATCH_BYTES): a smaller batch_size, or more training.devices",
+            "(LSQ_MAX_BATCH_BYTES): a smaller batch_size, or more GPUs (training.devices)",
         )
-    check_files(spec, settings)
 
 
 def check_files(spec: JobSpec, settings: Settings) -> None:

@@ -16,7 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lsq.levels import cut
 
-from .auth import CHALLENGE, MISSING_TOKEN, TooManyRequests, count_guess
+from .auth import (
+    CHALLENGE,
+    INVALID_TOKEN,
+    MISSING_TOKEN,
+    TooManyRequests,
+    count_guess,
+    guessing,
+    valid,
+)
 from .config import get_settings
 from .server import MAX_HEADER_BYTES
 
@@ -53,10 +61,15 @@ class BodyGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if _needs_token(scope["path"]) and not _has_bearer(scope["headers"]):
-            # Refused before the body is read or parsed: without a token that work is free to
-            # anyone, and it ran on the event loop every other request waits on.
-            return await _refuse_tokenless(scope, send)
+        if not _needs_token(scope["path"]):
+            # No route outside /v1 reads a body: nothing to bound or check here, and a check
+            # would be work anyone could make the API do.
+            return await self.app(scope, receive, send)
+        token = _bearer(scope["headers"])
+        if token is None or await _guessing_with_a_wrong_one(scope, token):
+            # Refused before the body is read or parsed: without a valid token that work is
+            # free to anyone, and its parse takes turns with everyone else's.
+            return await _refuse(scope, send, MISSING_TOKEN if token is None else INVALID_TOKEN)
         too_large = f"request body over {self.max_bytes} bytes (LSQ_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or int(length) > self.max_bytes:
@@ -99,15 +112,26 @@ def _needs_token(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-def _has_bearer(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the (first) Authorization header has the form api.auth reads: `Bearer <token>`."""
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of the (first) Authorization header of the form api.auth reads: `Bearer
+    <token>`; None for none."""
     value = next((v for k, v in headers if k == b"authorization"), b"")
     scheme, _, token = value.decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and bool(token.strip())
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _refuse_tokenless(scope: Scope, send: Send) -> None:
-    """api.auth's 401 for a missing token, or its 429 once the address has sent too many."""
+async def _guessing_with_a_wrong_one(scope: Scope, token: str) -> bool:
+    """An address past its rate of invalid tokens has its token looked up before its body is
+    read (a valid one goes on, bound by its own rate; api.auth)."""
+    client = scope.get("client")
+    if not guessing(client[0] if client else None, get_settings()):
+        return False
+    return not await anyio.to_thread.run_sync(valid, token)
+
+
+async def _refuse(scope: Scope, send: Send, why: str) -> None:
+    """api.auth's 401 for a missing or invalid token, or its 429 once the address has sent
+    too many."""
     client = scope.get("client")
     try:
         count_guess(client[0] if client else None, get_settings())
@@ -115,7 +139,7 @@ async def _refuse_tokenless(scope: Scope, send: Send) -> None:
         retry = [(b"retry-after", str(max(1, math.ceil(e.retry_after))).encode())]
         return await _send_error(send, 429, "too_many_requests", str(e), headers=retry)
     challenge = [(k.lower().encode(), v.encode()) for k, v in CHALLENGE.items()]
-    await _send_error(send, 401, "unauthorized", MISSING_TOKEN, headers=challenge)
+    await _send_error(send, 401, "unauthorized", why, headers=challenge)
 
 
 class _Repeated(Exception):

@@ -120,11 +120,14 @@ def _per_image(spec: JobSpec) -> Tally:
     return network_cost(spec.model.arch, size, geometry.channels, geometry.classes)
 
 
-def training_bytes(spec: JobSpec) -> int:
+def training_bytes(spec: JobSpec, one_host: bool = False) -> int:
     """What one device holds for the backward pass of one training batch: about two float32
     values per layer output per image (the layer's output and the activation after it;
-    measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB)."""
-    per_device = -(-spec.training.batch_size // spec.training.devices)
+    measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB). `one_host`
+    (CPU training): its `devices` processes share one host's memory, the whole batch."""
+    t = spec.training
+    whole = one_host or t.device == "cpu"
+    per_device = t.batch_size if whole else -(-t.batch_size // t.devices)
     return per_device * _per_image(spec).outputs * BYTES_KEPT_PER_OUTPUT
 
 

@@ -24,7 +24,7 @@ from api import dispatch, owners, store
 from api.artifacts import folder_bytes, job_folder
 from api.config import Settings, get_settings
 from api.db import DATABASE_UNAVAILABLE, session_scope
-from api.limits import check_files
+from api.limits import check_batch, check_files
 from api.models import JobStatus, utcnow
 from api.owners import Limits
 from api.queue import enqueue_when_committed
@@ -315,6 +315,7 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
     """The core's spec: each `{job: ID}` replaced by the path of that job's model."""
     spec = ServiceJobSpec.model_validate(claimed.spec)
     check_files(spec, settings)  # again: a folder may have become a symlink since submission
+    check_batch(spec, settings, one_host=not _on_gpu(spec))
     models = {}
     for field, source_id in source_jobs(claimed.spec).items():
         source = claimed.sources.get(source_id, Source(None))
@@ -327,6 +328,12 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
             )
         models[field] = str(path)
     return for_the_core(spec, models)
+
+
+def _on_gpu(spec: JobSpec) -> bool:
+    import torch
+
+    return spec.training.device != "cpu" and torch.cuda.is_available()
 
 
 def _prepare_folder(claimed: Claimed, out: Path, worker: str) -> None:

@@ -108,3 +108,22 @@ def test_a_batch_holds_two_values_per_layer_output_per_image_on_each_device() ->
     outputs = network_cost("resnet50", 256, 3, 10).outputs
     assert training_bytes(spec) == 1024 * outputs * 8
     assert 100e6 < outputs * 8 < 130e6  # ResNet-50 at 256 x 256 keeps 113 MB an image
+
+
+def test_a_cpu_batch_is_held_whole_by_its_host() -> None:
+    """`devices` CPU processes share one host: the batch does not shrink per process."""
+    spec = JobSpec.model_validate(
+        {
+            "name": "x",
+            "dataset": {"name": "synthetic"},
+            "model": {"arch": "resnet20"},
+            "training": {"batch_size": 512, "devices": 4},
+        }
+    )
+    whole = 512 * network_cost("resnet20", 16, 3, 10).outputs * 8
+    assert training_bytes(spec) == whole // 4
+    assert training_bytes(spec, one_host=True) == whole
+    on_cpu = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"device": "cpu"})}
+    )
+    assert training_bytes(on_cpu) == whole

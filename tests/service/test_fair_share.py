@@ -240,6 +240,19 @@ def test_a_batch_too_large_for_a_device_is_refused(service: Service) -> None:
     assert field["field"] == "training.batch_size" and "LSQ_MAX_BATCH_BYTES" in field["message"]
 
 
+def test_a_cpu_worker_refuses_a_batch_its_host_cannot_hold(service: Service) -> None:
+    """Split over 8 GPUs the batch fits each (about 11 GiB); on this GPU-less worker its 8
+    processes would share one host's memory (about 85 GiB): the job fails before it starts."""
+    spec = tiny_spec(
+        "wide", model={"arch": "resnet50"}, dataset={"image_size": 224, "train_size": 64},
+        training={"batch_size": 1024, "devices": 8, "epochs": 1},
+    )  # fmt: skip
+    job = service.submit(spec)
+    ended = service.wait(job["id"])
+    assert ended["status"] == "failed" and "on this CPU worker's host" in ended["error"]
+    assert "LSQ_MAX_BATCH_BYTES" in ended["error"] and ended["epochs"] == []
+
+
 @pytest.fixture(scope="module")
 def pg_api(tmp_path_factory: pytest.TempPathFactory, new_pg_database) -> Any:  # noqa: ANN001
     data = tmp_path_factory.mktemp("race")

@@ -381,6 +381,33 @@ def test_the_body_of_a_request_without_a_token_is_never_read(api: Api) -> None:
     assert b"\r\nwww-authenticate: bearer\r\n" in answer.lower()
 
 
+def test_a_guessing_address_has_its_token_checked_before_its_body_is_read(
+    tmp_path: Path,
+) -> None:
+    """Past its rate of invalid tokens, an address's POST with a wrong token is refused on its
+    headers (its body used to be read and parsed first: work anyone could make the API do);
+    a right token from it still goes on. No route outside /v1 has its body checked at all."""
+    server = Api(tmp_path, LSQ_REQUESTS_PER_SECOND="1", LSQ_REQUEST_BURST="3")
+    wrong = b"Authorization: Bearer lsq_wrong\r\n"
+    try:
+        for _ in range(3):  # the address's burst of invalid tokens
+            assert (
+                httpx.get(f"{server.url}/v1/jobs", headers=bearer("lsq_wrong")).status_code == 401
+            )
+        request = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n" + wrong
+                   + b"Content-Length: 200000\r\n\r\n")  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port_of(server)), 30) as sock:
+            sock.sendall(request)
+            answer = answer_then_close(sock)
+        assert answer.startswith(b"HTTP/1.1 429 "), answer[:100]
+        token = bearer(make_token(server.env))
+        assert httpx.post(f"{server.url}/v1/jobs", headers=token, json={}).status_code == 422
+        twice = b'{"a": 1, "a": 2}'  # a body the check refuses where it runs
+        assert httpx.post(f"{server.url}/healthz", content=twice).status_code == 405
+    finally:
+        server.proc.stop()
+
+
 # ------------------------------------------------------------------------------ browsers
 
 STATIC = Path(__file__).resolve().parents[2] / "api" / "static"
