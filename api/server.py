@@ -134,6 +134,7 @@ class RequestDeadline(H11Protocol):
             # Part of a request came, and no answer went: say why (an idle one just closes).
             if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
                 headers = [(b"connection", b"close"), (b"content-length", b"0")]
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS]
                 response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
                 self.transport.write(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
         finally:
