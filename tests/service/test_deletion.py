@@ -395,8 +395,7 @@ def test_the_page_of_an_ended_job_deletes_it(
 ) -> None:
     job_id, folder = ended_job(api, ann, "from-the-page")
     token = ann.headers["Authorization"].removeprefix("Bearer ")
-    browser.get(f"{api.url}/#token={token}")
-    browser.get(f"{api.url}/#/jobs/{job_id}")
+    browser.get(f"{api.url}/#/jobs/{job_id}?token={token}")  # the link the CLI prints
     until(lambda: browser.find_element(By.ID, "delete"), 30, "the Delete button").click()
     browser.switch_to.alert.accept()  # "Delete job N, its epochs and its files?"
     until(lambda: browser.current_url.endswith("#/"), 30, "the home page")
