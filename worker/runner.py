@@ -319,12 +319,12 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
     models = {}
     for field, source_id in source_jobs(claimed.spec).items():
         source = claimed.sources.get(source_id, Source(None))
-        status = source.status
-        path = job_folder(settings, source.folder or "-") / MODEL
-        if status != JobStatus.succeeded or source.folder is None or not path.is_file():
-            state = f"ended {status}" if status else "does not exist"
+        path = job_folder(settings, source.folder) / MODEL if source.folder else None
+        if source.status != JobStatus.succeeded or path is None or not path.is_file():
+            state = f"ended {source.status}" if source.status else "does not exist"
+            where = f" ({path})" if path else ""
             raise FileNotFoundError(
-                f"{field} names job {source_id}, which {state}; there is no final model ({path})"
+                f"{field} names job {source_id}, which {state}; there is no final model{where}"
             )
         models[field] = str(path)
     return for_the_core(spec, models)
