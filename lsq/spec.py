@@ -103,7 +103,7 @@ def printable(text: str) -> str:
     return text
 
 
-# Every bound of the spec, in one place. The service may set lower caps (api.limits).
+# Every bound of the spec, in one place. The service may set lower caps (api.service.limits).
 MAX_PATH = 4096  # characters of a path
 MAX_SUBSET = 10_000_000  # images in a train_size / test_size subset
 MAX_EPOCHS = 10_000
@@ -183,7 +183,7 @@ def _local_init(value: Any) -> Any:
 
 class ModelSpec(Strict):
     arch: Arch
-    # The service widens this field to accept {job: ID} as well (api.spec).
+    # The service widens this field to accept {job: ID} as well (api.service.job_spec).
     init: Annotated[Path_ | None, BeforeValidator(_local_init)] = Field(
         None,
         description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
@@ -359,8 +359,8 @@ class TrainingSpec(Strict):
 
 # The version of the spec's JSON form. Stored with every job; a change that would make stored
 # specs invalid bumps it and adds the function that upgrades the previous version's documents.
-# An experiment's base is upgraded the same way (api.store.stored_experiment_spec); an upgrade
-# that renames a field must also reach its grid and variants' overrides.
+# An experiment's base is upgraded the same way (the service's stored_experiment_spec); an
+# upgrade that renames a field must also reach its grid and variants' overrides.
 SPEC_VERSION = 2
 
 

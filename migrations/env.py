@@ -4,9 +4,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.config import get_settings
-from api.db import make_engine, migration_lock
-from api.models import Base
+from api.service.config import get_settings
+from api.service.db import make_engine, migration_lock
+from api.service.models import Base
 
 config = context.config
 if config.config_file_name and config.attributes.get("connection") is None:
@@ -27,7 +27,7 @@ def run(connection) -> None:  # noqa: ANN001
 
 
 def run_online() -> None:
-    # api.db.upgrade_database passes a connection that already holds the migration lock.
+    # api.service.db.upgrade_database passes a connection that already holds the migration lock.
     connection = config.attributes.get("connection")
     if connection is not None:
         run(connection)

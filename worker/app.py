@@ -1,4 +1,4 @@
-"""The Celery app of the workers: the consumer side of api.queue, and its start-up duties.
+"""The Celery app of the workers: the consumer side of api.service.queue, and its start-up duties.
 
 One worker process trains one job at a time: the solo pool runs tasks in the worker process
 itself, so no process ever forks after torch has run in it (a forked child of a process that
@@ -18,12 +18,12 @@ from functools import lru_cache
 
 from celery import Celery, signals
 
-from api import store
-from api.artifacts import folder_bytes, job_folder, remove_folder
-from api.config import Settings, get_settings
-from api.db import session_scope
-from api.models import utcnow
-from api.queue import broker_config, enqueue, publish, queue_length
+from api.service import store
+from api.service.artifacts import folder_bytes, job_folder, remove_folder
+from api.service.config import Settings, get_settings
+from api.service.db import session_scope
+from api.service.models import utcnow
+from api.service.queue import broker_config, enqueue, publish, queue_length
 
 # Set when the worker is asked to stop: a running job stops at the next batch and is requeued.
 SHUTTING_DOWN = threading.Event()
@@ -60,7 +60,7 @@ def worker_name() -> str:
 
 @signals.worker_init.connect
 def _migrate(**_: object) -> None:
-    from api.db import upgrade_database
+    from api.service.db import upgrade_database
 
     upgrade_database()
 

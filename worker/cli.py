@@ -4,11 +4,11 @@ lsq run SPEC [--out DIR] | --resume DIR    run a job spec on this machine (lsq.c
 lsq export DIR [--onnx]                    check a run's integer export; write model.onnx
 lsq layers ARCH [--dataset NAME]           a network's quantizable layers (quantization.layers)
 lsq serve [--host H] [--port P] [--demo]   API + one worker on this machine
-lsq api [--host H] [--port P]              the API alone (api.cli)
+lsq api [--host H] [--port P]              the API alone (api.service.cli)
 lsq worker [--gpus 0,1]                    a worker (one process per listed GPU)
-lsq submit SPEC [--wait]                   submit a job spec to LSQ_URL (api.cli)
-lsq status ID [--json]                     a job's status and epochs (api.cli)
-lsq db upgrade                             apply the database migrations (api.cli)
+lsq submit SPEC [--wait]                   submit a job spec to LSQ_URL (api.service.cli)
+lsq status ID [--json]                     a job's status and epochs (api.service.cli)
+lsq db upgrade                             apply the database migrations (api.service.cli)
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from api import cli as service_cli
-from api.config import Settings, get_settings
-from api.tokens import client_token, local_token
+from api.service import cli as service_cli
+from api.service.config import Settings, get_settings
+from api.service.tokens import client_token, local_token
 from lsq import cli as core_cli
 
 # A worker stops its job at the next batch boundary; give it as long as an evaluation or a
@@ -154,7 +154,7 @@ def _local_token(settings: Settings) -> tuple[str | None, bool]:
     whether it is new."""
     if settings.database_url:  # a shared database: tokens come from `lsq token create`
         return client_token(settings), False
-    from api.db import upgrade_database
+    from api.service.db import upgrade_database
 
     upgrade_database()
     return local_token(settings)
@@ -172,7 +172,7 @@ def _show_token(url: str, token: str | None, new: bool, settings: Settings) -> N
 
 
 def _demo(url: str, token: str | None, procs: list[subprocess.Popen], again: str) -> int:
-    from api.client import Client, ServiceError, format_job, job_summary
+    from api.service.client import Client, ServiceError, format_job, job_summary
 
     client = Client(url, token)
     try:
@@ -204,9 +204,9 @@ def _demo(url: str, token: str | None, procs: list[subprocess.Popen], again: str
 
 def _folder_of(job_id: int) -> Path:
     """Where a job of this machine's embedded service keeps its files."""
-    from api import store
-    from api.artifacts import job_folder
-    from api.db import session_scope
+    from api.service import store
+    from api.service.artifacts import job_folder
+    from api.service.db import session_scope
 
     with session_scope(read_only=True) as session:
         return job_folder(get_settings(), store.get_job(session, job_id).folder)

@@ -8,18 +8,13 @@ import logging
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import load_only
-
-from api import store
-from api.artifacts import experiment_folder, remove_folder
-from api.config import get_settings
-from api.db import session_scope
-from api.experiments import ExperimentSpec, Row, rows
-from api.models import EPOCH_NUMBERS, Epoch
-from api.schemas import epoch_numbers
+from api.service import store
+from api.service.artifacts import experiment_folder, remove_folder
+from api.service.config import get_settings
+from api.service.db import session_scope
+from api.service.errors import ExperimentNotFound
+from api.service.experiments import ExperimentSpec, Row, rows
 from lsq.files import PLOT, PLOT_SVG
-from lsq.metrics import EpochMetrics
 
 log = logging.getLogger(__name__)
 EVERY_SECONDS = 10.0  # redraw an experiment's plot at most this often, but always at a job's end
@@ -34,7 +29,7 @@ def experiment_plot(experiment_id: int, *, final: bool = False) -> None:
     _drawn[experiment_id] = now
     try:
         folder = _draw(experiment_id)
-    except store.ExperimentNotFound:
+    except ExperimentNotFound:
         return  # deleted: nothing to draw
     except Exception:
         log.exception("experiment %s: its plot could not be drawn", experiment_id)
@@ -48,7 +43,7 @@ def _unless_deleted_meanwhile(experiment_id: int, folder: Path) -> None:
     with session_scope(read_only=True) as session:
         try:
             store.get_experiment(session, experiment_id, owner=None)
-        except store.ExperimentNotFound:
+        except ExperimentNotFound:
             remove_folder(folder)
 
 
@@ -61,12 +56,7 @@ def _draw(experiment_id: int) -> Path:
         request = store.stored_experiment_spec(experiment)
         spec = ExperimentSpec.model_validate(request)
         table = rows(spec, experiment.jobs)
-        ids = [j.id for j in experiment.jobs]
-        query = select(Epoch).where(Epoch.job_id.in_(ids)).order_by(Epoch.job_id, Epoch.epoch)
-        epochs: dict[int, list[EpochMetrics]] = {}
-        numbers = load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))
-        for e in session.scalars(query.options(numbers)):
-            epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
+        epochs = store.epochs_of(session, [j.id for j in experiment.jobs])
         base = request["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
         folder = experiment_folder(get_settings(), experiment.folder)

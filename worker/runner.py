@@ -20,15 +20,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api import dispatch, owners, store
-from api.artifacts import folder_bytes, job_folder
-from api.config import Settings, get_settings
-from api.db import DATABASE_UNAVAILABLE, session_scope
-from api.limits import check_batch, check_files
-from api.models import JobStatus, utcnow
-from api.owners import Limits
-from api.queue import enqueue_when_committed
-from api.spec import ServiceJobSpec, for_the_core, source_jobs
+from api.service import dispatch, owners, store
+from api.service.artifacts import folder_bytes, job_folder
+from api.service.config import Settings, get_settings
+from api.service.db import DATABASE_UNAVAILABLE, session_scope
+from api.service.errors import JobNotFound
+from api.service.job_spec import ServiceJobSpec, for_the_core, source_jobs
+from api.service.limits import check_batch, check_files
+from api.service.models import JobStatus, utcnow
+from api.service.owners import Limits
+from api.service.queue import enqueue_when_committed
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
@@ -181,8 +182,8 @@ def execute(job_id: int) -> Outcome:
 
 
 def claim(job_id: int) -> Claimed | Outcome:
-    """Take the lease of the fairest job that can run (api.dispatch.claim_next): a message is a
-    turn, whichever job it names. With none, say what to do with the message."""
+    """Take the lease of the fairest job that can run (api.service.dispatch.claim_next): a message
+    is a turn, whichever job it names. With none, say what to do with the message."""
     settings = get_settings()
     defaults = Limits.defaults(settings)
     with session_scope() as session:
@@ -214,7 +215,7 @@ def _keep_a_turn(session: Session, job_id: int) -> None:
     message of its own (the other job's message finds it running, or ended, and is dropped)."""
     try:
         queued = store.get_job(session, job_id).status == JobStatus.queued
-    except store.JobNotFound:
+    except JobNotFound:
         return
     if queued:
         enqueue_when_committed(session, job_id)
@@ -224,7 +225,7 @@ def _no_turn(session: Session, job_id: int, settings: Settings) -> Outcome:
     """Nothing can run now: keep the message while its job may still need to run."""
     try:
         job = store.get_job(session, job_id)
-    except store.JobNotFound:
+    except JobNotFound:
         return Ack(None, "no such job")
     if job.status == JobStatus.queued:  # waits for a model, or its owner's running jobs
         store.mark_published(session, [job_id])  # its message is alive: no sweep needed
@@ -306,7 +307,7 @@ def _source(session: Session, job_id: int, owner: str) -> Source:
     """A job whose model another uses, as `owner` may see it."""
     try:
         source = store.get_job(session, job_id, owner=owner)
-    except store.JobNotFound:
+    except JobNotFound:
         return Source(None)
     return Source(source.status, source.folder)
 

@@ -8,9 +8,9 @@ from typing import assert_never
 from celery import Task
 from celery.exceptions import Reject
 
-from api.config import get_settings
-from api.db import DATABASE_UNAVAILABLE
-from api.queue import RUN_JOB, enqueue
+from api.service.config import get_settings
+from api.service.db import DATABASE_UNAVAILABLE
+from api.service.queue import RUN_JOB, enqueue
 
 from .app import SHUTTING_DOWN, celery_app
 from .runner import Ack, Requeue, RetryLater, execute

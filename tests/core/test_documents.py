@@ -133,14 +133,14 @@ tRUE 0b11 +0b1 1_000 1__2 -0x1F 1_0.5 .5 -.5 +.5 1_ 0_ 0x1_ 0b1_ 1.5_ .5_ 1._ 0x
 
 
 def test_every_plain_scalar_reads_as_in_the_dashboard(tmp_path):
-    """The same document through js-yaml 4.1.0 (api/static, CORE_SCHEMA, as app.js reads the
+    """The same document through js-yaml 4.1.0 (api/web/static, CORE_SCHEMA, as app.js reads the
     form) and through lsq.documents: the same JSON values."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     text = "".join(f"k{i}: {s}\n" for i, s in enumerate(SCALARS))
     script = (
-        f"const y = require({json.dumps(str(ROOT / 'api/static/js-yaml.min.js'))});"
+        f"const y = require({json.dumps(str(ROOT / 'api/web/static/js-yaml.min.js'))});"
         "process.stdout.write(JSON.stringify(y.load(require('fs').readFileSync(0, 'utf8'),"
         " {schema: y.CORE_SCHEMA})))"
     )

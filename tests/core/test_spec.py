@@ -134,7 +134,7 @@ def test_each_offending_field_is_named():
         "dataset.name",
         "model.arch",
     }
-    # a job of the service is the service's notion (api.spec widens model.init)
+    # a job of the service is the service's notion (api.service.job_spec widens model.init)
     assert error_locations(minimal(model={"arch": "resnet20", "init": {"job": 3}})) == {
         "model.init"
     }

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api.config import Settings
+from api.service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -184,7 +184,7 @@ def test_every_variable_is_documented_with_its_default() -> None:
 
 
 def test_service_settings_keep_the_service_defaults() -> None:
-    """The compose defaults of api/config.py's settings are that file's defaults."""
+    """The compose defaults of api/service/config.py's settings are that file's defaults."""
     settings = {f.alias: f.default for f in Settings.model_fields.values() if f.alias}
     documented = env_example()
     passed = [name for name in documented if name in settings]

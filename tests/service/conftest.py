@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import make_engine, upgrade_database
-from api.owners import Limits
+from api.service.db import make_engine, upgrade_database
+from api.service.owners import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SERVER = os.environ.get(

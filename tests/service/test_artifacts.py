@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from api import artifacts
+from api.service import artifacts
 from lsq.files import CHECKPOINT, PLOT, atomic_file
 
 

@@ -17,11 +17,12 @@ from selenium.webdriver.common.by import By
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import store
-from api.config import Settings
-from api.db import make_engine
-from api.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
-from api.spec import ServiceJobSpec
+from api.service import store
+from api.service.config import Settings
+from api.service.db import make_engine
+from api.service.errors import ExperimentNotFound, InvalidField, JobConflict, JobNotFound
+from api.service.job_spec import ServiceJobSpec
+from api.service.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
 from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
 from lsq.metrics import EpochMetrics
 
@@ -81,28 +82,26 @@ def test_a_deleted_job_takes_its_epochs_and_keys_along(db) -> None:
     assert count(db, Epoch, job_id=job_id) == 0  # the foreign keys cascade, on both databases
     assert count(db, IdempotencyKey, job_id=job_id) == 0
     assert count(db, Epoch, job_id=kept) == 1 and count(db, IdempotencyKey, job_id=kept) == 1
-    with db.begin() as session, pytest.raises(store.JobNotFound):
+    with db.begin() as session, pytest.raises(JobNotFound):
         store.delete_job(session, job_id, OWNER)
 
 
 def test_a_job_is_deleted_only_once_ended_and_when_no_unfinished_job_uses_its_model(db) -> None:
     source = add_job(db)
     with db.begin() as session:
-        with pytest.raises(store.JobConflict, match=rf"queued; cancel it first .*{source}/cancel"):
+        with pytest.raises(JobConflict, match=rf"queued; cancel it first .*{source}/cancel"):
             store.delete_job(session, source, OWNER)
-    with db.begin() as session, pytest.raises(store.JobNotFound):  # another owner's: missing
+    with db.begin() as session, pytest.raises(JobNotFound):  # another owner's: missing
         store.delete_job(session, source, "bob")
     run_to(db, source, JobStatus.succeeded)
     user = add_job(db, model={"init": {"job": source}})
     teacher = add_job(db, training={"distill": {"teacher": {"job": source}}})
     with db.begin() as session:
-        with pytest.raises(
-            store.JobConflict, match=f"job {user} .* uses the model of job {source}"
-        ):
+        with pytest.raises(JobConflict, match=f"job {user} .* uses the model of job {source}"):
             store.delete_job(session, source, OWNER)
         store.cancel_job(session, user, OWNER)
     with db.begin() as session:
-        with pytest.raises(store.JobConflict, match=f"job {teacher} .* model of job {source}"):
+        with pytest.raises(JobConflict, match=f"job {teacher} .* model of job {source}"):
             store.delete_job(session, source, OWNER)
         store.cancel_job(session, teacher, OWNER)
     with db.begin() as session:
@@ -126,18 +125,18 @@ def experiment(db: sessionmaker[Session]) -> tuple[int, list[int]]:
 def test_an_experiment_is_deleted_with_its_jobs_once_they_all_ended(db) -> None:
     experiment_id, (baseline, variant) = experiment(db)
     with db.begin() as session:  # its job is deleted with it, never alone
-        with pytest.raises(store.JobConflict, match=f"belongs to experiment {experiment_id}"):
+        with pytest.raises(JobConflict, match=f"belongs to experiment {experiment_id}"):
             store.delete_job(session, variant, OWNER)
-        with pytest.raises(store.JobConflict, match=rf"\({baseline}, {variant}\); cancel it"):
+        with pytest.raises(JobConflict, match=rf"\({baseline}, {variant}\); cancel it"):
             store.delete_experiment(session, experiment_id, OWNER)
-        with pytest.raises(store.ExperimentNotFound):
+        with pytest.raises(ExperimentNotFound):
             store.delete_experiment(session, experiment_id, "bob")
     run_to(db, baseline, JobStatus.succeeded, epochs=1)
     outside = add_job(db, model={"init": {"job": baseline}})  # another job uses the baseline
     with db.begin() as session:
         store.cancel_job(session, variant, OWNER)
     with db.begin() as session:
-        with pytest.raises(store.JobConflict, match=f"job {outside} .* model of job {baseline}"):
+        with pytest.raises(JobConflict, match=f"job {outside} .* model of job {baseline}"):
             store.delete_experiment(session, experiment_id, OWNER)
         store.cancel_job(session, outside, OWNER)
     with db.begin() as session:
@@ -183,7 +182,7 @@ def test_a_job_whose_files_were_pruned_is_no_model_to_start_from(db) -> None:
     ended_ago(db, source, 10)
     with db.begin() as session:
         store.prune_files(session, utcnow(), limit=10)
-    with pytest.raises(store.InvalidField, match="files were removed") as refused:
+    with pytest.raises(InvalidField, match="files were removed") as refused:
         add_job(db, model={"init": {"job": source}})
     assert refused.value.field == "model.init.job"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api import experiments
-from api.experiments import CheckpointBaseline, ExperimentSpec
+from api.service import experiments
+from api.service.experiments import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
 from lsq.documents import read_document
 from lsq.metrics import fixed
@@ -442,7 +442,7 @@ def test_a_fine_tuned_probe_warms_up_within_its_own_epochs() -> None:
 
 
 def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> None:
-    from api.models import Job, JobStatus
+    from api.service.models import Job, JobStatus
     from lsq.spec import SPEC_VERSION
 
     grid = {"quantization.weight": [TERNARY], "quantization.weight_init": ["lsq", "mse"]}
@@ -498,7 +498,7 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
 
 def test_a_drop_in_json_has_no_float_noise() -> None:
     """91.23 - 92.18 is -0.9500000000000028 in floats: the row says -0.95."""
-    from api.models import Job, JobStatus
+    from api.service.models import Job, JobStatus
     from lsq.spec import SPEC_VERSION
 
     spec = ExperimentSpec.model_validate(experiment(seeds=None, grid={"training.lr": [0.01]}))
@@ -518,7 +518,7 @@ def test_a_drop_in_json_has_no_float_noise() -> None:
 def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     """Rows are read from stored results: one missing a layer (or its probes) gives empty
     cells, never a 500."""
-    from api.models import Job, JobStatus
+    from api.service.models import Job, JobStatus
     from lsq.spec import SPEC_VERSION
 
     spec = ExperimentSpec.model_validate(sensitivity())

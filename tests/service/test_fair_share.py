@@ -16,10 +16,11 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import dispatch, owners, store
-from api.models import Job, JobStatus
-from api.owners import Limits
-from api.spec import ServiceJobSpec
+from api.service import dispatch, owners, store
+from api.service.errors import TooManyJobs
+from api.service.job_spec import ServiceJobSpec
+from api.service.models import Job, JobStatus
+from api.service.owners import Limits
 from lsq.cost import TRAINING_PASSES, network_macs
 
 from .conftest import (
@@ -118,7 +119,7 @@ def test_the_queue_limit_holds_when_two_submissions_race(db: sessionmaker[Sessio
             with db.begin() as session:
                 store.submit_job(session, "ann", spec, limits=quota(queued=1))
             outcomes.append("second")
-        except store.TooManyJobs:
+        except TooManyJobs:
             outcomes.append("refused")
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
@@ -289,12 +290,12 @@ def test_no_job_runs_twice_when_two_workers_choose_at_once(db: sessionmaker[Sess
 # time limit counts the seconds earlier attempts ran.
 TURNS = """
 import sys
-from api import store
-from api.config import get_settings
-from api.db import session_scope, upgrade_database
-from api.owners import Limits
-from api.queue import queue_length
-from api.spec import ServiceJobSpec
+from api.service import store
+from api.service.config import get_settings
+from api.service.db import session_scope, upgrade_database
+from api.service.owners import Limits
+from api.service.queue import queue_length
+from api.service.job_spec import ServiceJobSpec
 from worker import runner
 
 upgrade_database()

@@ -269,7 +269,7 @@ def test_one_address_cannot_hold_every_connection(tmp_path: Path) -> None:
 
 def test_an_ipv4_client_of_a_dual_stack_socket_counts_as_its_ipv4_address() -> None:
     """Counted by the /64 of ::ffff:a.b.c.d, every IPv4 client shared one bucket."""
-    from api.auth import client_key
+    from api.web.auth import client_key
 
     assert client_key("::ffff:203.0.113.7") == "203.0.113.7" != client_key("::ffff:203.0.113.8")
 
@@ -410,7 +410,7 @@ def test_a_guessing_address_has_its_token_checked_before_its_body_is_read(
 
 # ------------------------------------------------------------------------------ browsers
 
-STATIC = Path(__file__).resolve().parents[2] / "api" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "api" / "web" / "static"
 
 
 def test_every_response_carries_the_security_headers(api: Api) -> None:

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from api import store
-from api.models import JobStatus
-from api.schemas import public_worker
-from api.spec import ServiceJobSpec
+from api.service import store
+from api.service.job_spec import ServiceJobSpec
+from api.service.models import JobStatus
+from api.web.schemas import public_worker
 from lsq.metrics import RunResult
 
 from .conftest import Service, quota, tiny_spec

@@ -309,7 +309,7 @@ def test_quota_and_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> No
 def test_the_rate_limiter_forgets_the_longest_idle_and_counts_ipv6_by_64() -> None:
     from starlette.requests import Request
 
-    from api.auth import RateLimiter, TooManyRequests, _address
+    from api.web.auth import RateLimiter, TooManyRequests, _address
 
     limiter = RateLimiter(keys=2)
     limiter.take("worn", rate=1e-9, burst=1)
@@ -337,7 +337,7 @@ def test_the_rate_limiter_forgets_the_longest_idle_and_counts_ipv6_by_64() -> No
 
 def test_an_unexpected_error_is_one_shape_and_the_connection_lives_on(tmp_path: Path) -> None:
     os.environ.setdefault("LSQ_DATA_DIR", str(tmp_path))
-    from api.main import create_app
+    from api.web.app import create_app
 
     app = create_app()
 

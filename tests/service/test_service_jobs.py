@@ -11,9 +11,9 @@ import onnxruntime
 import pytest
 import torch
 
-from api.config import Settings
-from api.queue import RUN_JOB
-from api.schemas import public_worker
+from api.service.config import Settings
+from api.service.queue import RUN_JOB
+from api.web.schemas import public_worker
 from lsq.export import load_integer, read_integer
 from worker.app import make_celery
 

@@ -14,11 +14,12 @@ import pytest
 from sqlalchemy import Engine, event, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import store
-from api.db import make_engine, upgrade_database
-from api.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
-from api.schemas import ExperimentOut, JobDetail, JobOut
-from api.spec import ServiceJobSpec
+from api.service import store
+from api.service.db import make_engine, upgrade_database
+from api.service.errors import InvalidField, JobConflict, JobNotFound, TooManyJobs
+from api.service.job_spec import ServiceJobSpec
+from api.service.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
+from api.web.schemas import ExperimentOut, JobDetail, JobOut
 from lsq.levels import from_bits
 from lsq.metrics import EpochMetrics, RunResult
 
@@ -135,9 +136,9 @@ def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
     claim(db, job_id, "w1")
     with db.begin() as session:
         store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
-    with db.begin() as session, pytest.raises(store.JobConflict, match="already succeeded"):
+    with db.begin() as session, pytest.raises(JobConflict, match="already succeeded"):
         store.cancel_job(session, job_id, OWNER)
-    with db.begin() as session, pytest.raises(store.JobNotFound):
+    with db.begin() as session, pytest.raises(JobNotFound):
         store.cancel_job(session, 999999, OWNER)
 
 
@@ -169,7 +170,7 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
     with db.begin() as session:
         store.finish_job(session, source, "w1", JobStatus.failed, error="boom")
     for ref, message in [(source, "ended failed"), (999999, "does not exist")]:
-        with pytest.raises(store.InvalidField, match=message) as e:
+        with pytest.raises(InvalidField, match=message) as e:
             add_job(db, model={"init": {"job": ref}})
         assert e.value.field == "model.init.job"
     fits = add_job(db)  # its model's layers fit only the same network on the same data
@@ -177,7 +178,7 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
         ({"model": {"arch": "resnet32", "init": {"job": fits}}}, "is a resnet20, not"),
         ({"model": {"init": {"job": fits}}, "dataset": {"name": "cifar10"}}, "on synthetic, not"),
     ]:
-        with pytest.raises(store.InvalidField, match=message) as e:
+        with pytest.raises(InvalidField, match=message) as e:
             add_job(db, **change)
         assert e.value.field == "model.init.job"
 
@@ -200,7 +201,7 @@ def test_an_experiments_baseline_job_is_a_full_precision_one(db) -> None:
             )[0]  # fmt: skip
 
     assert experiment(float_job).id
-    with pytest.raises(store.InvalidField, match=f"job {ternary} is quantized") as e:
+    with pytest.raises(InvalidField, match=f"job {ternary} is quantized") as e:
         experiment(ternary)
     assert e.value.field == "baseline.job"
 
@@ -219,7 +220,7 @@ def test_pages_stay_correct_while_jobs_are_added(db) -> None:
     assert seen == ids[::-1] and new not in seen
     with db.begin() as session:
         assert store.list_jobs(session, OWNER, status=JobStatus.running)[0] == []
-        with pytest.raises(store.InvalidField):
+        with pytest.raises(InvalidField):
             store.list_jobs(session, OWNER, cursor="1; drop table jobs")
 
 
@@ -244,7 +245,7 @@ def test_the_models_match_the_migrated_schema(db) -> None:
 # Each process waits until the same instant, then upgrades: the migrations really overlap.
 UPGRADE_AT = """
 import sys, time
-from api.db import make_engine, upgrade_database
+from api.service.db import make_engine, upgrade_database
 engine = make_engine(sys.argv[1])
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 upgrade_database(engine)
@@ -289,7 +290,7 @@ def test_lsq_db_upgrade(database_url: str, tmp_path: Path) -> None:
 
 
 def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
-    from api.config import Settings
+    from api.service.config import Settings
 
     monkeypatch.setenv("LSQ_HEARTBEAT_SECONDS", "2")
     monkeypatch.setenv("LSQ_LEASE_SECONDS", "5")
@@ -300,7 +301,7 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused(monkeypatch) -> None:
 
 
 def test_torch_threads_come_from_lsq_torch_threads_then_omp_num_threads(monkeypatch) -> None:
-    from api.config import Settings
+    from api.service.config import Settings
 
     monkeypatch.delenv("LSQ_TORCH_THREADS", raising=False)
     monkeypatch.setenv("LSQ_WORKERS_PER_HOST", "1")
@@ -399,12 +400,12 @@ def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
             lambda: store.list_epochs(session, job_id, "bob"),
             lambda: store.cancel_job(session, job_id, "bob"),
         ):
-            with pytest.raises(store.JobNotFound, match=f"job {job_id} does not exist"):
+            with pytest.raises(JobNotFound, match=f"job {job_id} does not exist"):
                 call()
         assert store.list_jobs(session, "bob") == ([], None)
         # nor can bob start from ann's model
         spec = ServiceJobSpec.model_validate(tiny_spec("b", model={"init": {"job": job_id}}))
-        with pytest.raises(store.InvalidField, match=f"job {job_id} does not exist"):
+        with pytest.raises(InvalidField, match=f"job {job_id} does not exist"):
             create(session, spec, owner="bob")
 
 
@@ -417,7 +418,7 @@ def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
         again, new = store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
         assert (again.id, new) == (first.id, False)
         other = ServiceJobSpec.model_validate(tiny_spec("other"))
-        with pytest.raises(store.InvalidField, match="different body"):
+        with pytest.raises(InvalidField, match="different body"):
             store.submit_job(session, OWNER, other, limits=quota(10), key="k1")
     with db.begin() as session:  # keys are per owner, and expire
         assert store.submit_job(session, "bob", spec, limits=quota(10), key="k1")[1]
@@ -450,7 +451,7 @@ def test_a_jobs_key_and_an_experiments_key_never_meet(db) -> None:
 def test_migrations_0010_and_0011_move_experiments_keys_and_version_them(database_url: str) -> None:
     from alembic import command
 
-    from api.db import alembic_config
+    from api.service.db import alembic_config
 
     engine = make_engine(database_url)
     config = alembic_config()
@@ -495,7 +496,7 @@ def test_an_owner_has_at_most_so_many_unfinished_jobs(db) -> None:
     with db.begin() as session:
         for _ in range(2):
             store.submit_job(session, OWNER, spec, limits=quota(2))
-        with pytest.raises(store.TooManyJobs, match="2 unfinished jobs"):
+        with pytest.raises(TooManyJobs, match="2 unfinished jobs"):
             store.submit_job(session, OWNER, spec, limits=quota(2))
         store.submit_job(session, "bob", spec, limits=quota(2))  # bob has his own
 
@@ -602,7 +603,7 @@ def test_an_owners_list_is_read_by_index(db) -> None:
 def test_migration_0008_gives_existing_jobs_their_warnings(database_url: str) -> None:
     from alembic import command
 
-    from api.db import alembic_config
+    from api.service.db import alembic_config
 
     engine = make_engine(database_url)
     config = alembic_config()

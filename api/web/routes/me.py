@@ -6,12 +6,12 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from .. import owners
-from ..auth import OwnerDep
-from ..deps import ReadSessionDep, SettingsDep
-from ..owners import Limits
-from ..schemas import Me, OwnerLimits, OwnerUsage
-from .jobs import ERRORS
+from api.service import owners
+from api.service.owners import Limits
+from api.web.auth import OwnerDep
+from api.web.deps import ReadSessionDep, SettingsDep
+from api.web.routes.jobs import ERRORS
+from api.web.schemas import Me, OwnerLimits, OwnerUsage
 
 router = APIRouter(prefix="/v1/me", tags=["owner"], responses=ERRORS)
 

@@ -9,18 +9,23 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
+from api.service import artifacts, experiments, limits, store
+from api.service.db import session_scope
+from api.service.errors import InvalidField
+from api.service.experiments import (
+    CheckpointBaseline,
+    ExperimentSpec,
+    JobBaseline,
+    PretrainedBaseline,
+)
+from api.service.models import Experiment
+from api.service.owners import Limits
+from api.service.queue import enqueue_when_committed
+from api.web.auth import OwnerDep
+from api.web.deps import ReadSessionDep, SettingsDep
+from api.web.routes.jobs import ERRORS, IdempotencyKey, submitted
+from api.web.schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
 from lsq.files import PLOT, PLOT_SVG
-
-from .. import artifacts, experiments, limits, store
-from ..auth import OwnerDep
-from ..db import session_scope
-from ..deps import ReadSessionDep, SettingsDep
-from ..experiments import CheckpointBaseline, ExperimentSpec, JobBaseline, PretrainedBaseline
-from ..models import Experiment
-from ..owners import Limits
-from ..queue import enqueue_when_committed
-from ..schemas import ErrorOut, ExperimentOut, ExperimentPage, ExperimentSummary
-from .jobs import ERRORS, IdempotencyKey, submitted
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id"}}
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERRORS)
@@ -48,8 +53,8 @@ def submit_experiment(
     for where, job in plan.specs():
         try:
             limits.check_job(job, settings)
-        except store.InvalidField as e:
-            raise store.InvalidField(f"{where}.{e.field}", str(e)) from None
+        except InvalidField as e:
+            raise InvalidField(f"{where}.{e.field}", str(e)) from None
     start: int | str | None = None
     if isinstance(spec.baseline, JobBaseline):
         start = spec.baseline.job
@@ -59,7 +64,7 @@ def submit_experiment(
     elif isinstance(spec.baseline, PretrainedBaseline):
         start = "pretrained"
     variants = [(v.index, s) for v in plan.variants for s in v.specs]
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         experiment, new = store.create_experiment(
             session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
             start=start, distill=plan.distill, limits=Limits.defaults(settings),
@@ -118,7 +123,7 @@ def get_experiment(
 def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
     """Cancels every job of the experiment that has not ended (running ones stop at the next
     batch)."""
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         experiment = store.cancel_experiment(session, experiment_id, owner)
         session.flush()
         return _out(experiment)
@@ -141,7 +146,7 @@ def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
 )
 def delete_experiment(experiment_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
     """A finished experiment goes with every job of it (their epochs and files) and its plots."""
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         deleted = store.delete_experiment(session, experiment_id, owner)
     artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
     return Response(status_code=204)

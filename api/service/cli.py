@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import re
 import sys
 from pathlib import Path
 
-from .config import Settings, get_settings
+from api.service.config import Settings, get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("api", help="start the API alone")
-    host_port(p)
-    log_level(p)
-    p.add_argument(
-        "--access-log",
-        default="all",
-        choices=["all", "writes"],
-        help="writes: log only requests that change something, or fail (no polling lines)",
-    )
-    p.set_defaults(func=api)
+    api_options(sub.add_parser("api", help="start the API alone")).set_defaults(func=api)
 
     p = sub.add_parser("submit", help="submit a job spec (YAML or JSON) to the service")
     p.add_argument("spec", type=Path)
@@ -45,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", action="store_true", help="ID is an experiment's")
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=status)
+    _register_admin(sub)
 
+
+def _register_admin(sub: argparse._SubParsersAction) -> None:
+    """The commands run on the service's host, against its database."""
     p = sub.add_parser("token", help="API tokens (on the service's host: reads DATABASE_URL)")
     tok = p.add_subparsers(dest="token_command", required=True)
     create = tok.add_parser("create", help="make a token for OWNER and print it (only once)")
@@ -85,30 +80,29 @@ def log_level(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def api(args: argparse.Namespace) -> int:
-    from .server import run
-
-    if args.access_log == "writes":
-        logging.getLogger("uvicorn.access").addFilter(_writes_and_failures)
-    run(
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.log_level in ("debug", "info"),
+def api_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`lsq api`'s options, which `python -m api.web` reads too."""
+    host_port(p)
+    log_level(p)
+    p.add_argument(
+        "--access-log",
+        default="all",
+        choices=["all", "writes"],
+        help="writes: log only requests that change something, or fail (no polling lines)",
     )
-    return 0
+    return p
 
 
-def _writes_and_failures(record: logging.LogRecord) -> bool:
-    """uvicorn's access-log record args: (client, method, path, http version, status)."""
-    method, status = record.args[1], record.args[4]  # type: ignore[index]
-    return method not in ("GET", "HEAD") or int(status) >= 400
+def api(args: argparse.Namespace) -> int:
+    """Become `python -m api.web`: the HTTP face, which nothing below it imports."""
+    options = ["--host", args.host, "--port", str(args.port), "--log-level", args.log_level]
+    options += ["--access-log", args.access_log]
+    os.execv(sys.executable, [sys.executable, "-m", "api.web", *options])
 
 
 def submit(args: argparse.Namespace) -> int:
+    from api.service.client import Client, ServiceError, format_job, job_summary
     from lsq.documents import DocumentError, read_document
-
-    from .client import Client, ServiceError, format_job, job_summary
 
     try:
         spec = read_document(args.spec)
@@ -132,9 +126,8 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def experiment(args: argparse.Namespace) -> int:
+    from api.service.client import Client, ServiceError
     from lsq.documents import DocumentError, read_document
-
-    from .client import Client, ServiceError
 
     try:
         spec = read_document(args.spec)
@@ -172,7 +165,7 @@ def dashboard_line(url: str, page: str, settings: Settings, token: str | None = 
     """A link to a dashboard page, to print: with the token (by default the CLI's) on a
     terminal, else with where to find it (stdout sent to a file is a log, and a log must not
     keep a token)."""
-    from .tokens import client_token
+    from api.service.tokens import client_token
 
     token = token or client_token(settings)
     if token and sys.stdout.isatty():
@@ -190,7 +183,7 @@ def token_hint(settings: Settings) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    from .client import Client, ServiceError, format_job
+    from api.service.client import Client, ServiceError, format_job
 
     client = Client.from_settings(get_settings())
     try:
@@ -215,8 +208,8 @@ OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 
 
 def token_create(args: argparse.Namespace) -> int:
-    from . import tokens
-    from .db import session_scope, upgrade_database
+    from api.service import tokens
+    from api.service.db import session_scope, upgrade_database
 
     if not OWNER.fullmatch(args.owner):
         print("lsq token create: OWNER is 1-100 letters, digits, . _ @ -", file=sys.stderr)
@@ -230,8 +223,8 @@ def token_create(args: argparse.Namespace) -> int:
 
 
 def token_list(args: argparse.Namespace) -> int:
-    from . import tokens
-    from .db import session_scope
+    from api.service import tokens
+    from api.service.db import session_scope
 
     with session_scope(read_only=True) as session:
         rows = tokens.all_tokens(session)
@@ -243,8 +236,8 @@ def token_list(args: argparse.Namespace) -> int:
 
 
 def token_revoke(args: argparse.Namespace) -> int:
-    from . import tokens
-    from .db import session_scope
+    from api.service import tokens
+    from api.service.db import session_scope
 
     with session_scope() as session:
         done = tokens.revoke(session, args.id)
@@ -272,9 +265,9 @@ def _limit(text: str) -> float | str:
 def owner_limits(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from . import owners
-    from .db import session_scope, upgrade_database
-    from .owners import Limits
+    from api.service import owners
+    from api.service.db import session_scope, upgrade_database
+    from api.service.owners import Limits
 
     if not OWNER.fullmatch(args.owner):
         print("lsq owner limits: OWNER is 1-100 letters, digits, . _ @ -", file=sys.stderr)
@@ -299,7 +292,7 @@ def owner_limits(args: argparse.Namespace) -> int:
 
 
 def db_upgrade(args: argparse.Namespace) -> int:
-    from .db import upgrade_database
+    from api.service.db import upgrade_database
 
     settings = get_settings()
     upgrade_database()

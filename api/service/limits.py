@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from api.service.config import Settings
+from api.service.errors import InvalidField
+from api.service.job_spec import named_models
 from lsq.cost import training_bytes
 from lsq.spec import DEFAULT_ROOTS, JobSpec
-
-from .config import Settings
-from .spec import named_models
-from .store import InvalidField
 
 
 def check_job(spec: JobSpec, settings: Settings) -> None:

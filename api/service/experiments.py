@@ -32,6 +32,10 @@ from pydantic import (
     field_validator,
 )
 
+from api.service.errors import InvalidField
+from api.service.job_spec import MAX_JOB_ID, ServiceJobSpec
+from api.service.models import Job, JobStatus
+from api.service.store import spec_of
 from lsq.archs import layer_names, pretrained_missing
 from lsq.levels import cut
 from lsq.metrics import fixed
@@ -47,10 +51,6 @@ from lsq.spec import (
     pretrained_cannot_teach,
     printable,
 )
-
-from .models import Job, JobStatus
-from .spec import MAX_JOB_ID, ServiceJobSpec
-from .store import InvalidField, spec_of
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 GRID_PATH = re.compile(r"[A-Za-z_]\w{0,39}(\.[A-Za-z_]\w{0,39}){0,3}", re.ASCII)  # training.lr

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lsq.levels import cut
-
-from .auth import (
+from api.service.config import get_settings
+from api.web.auth import (
     CHALLENGE,
     INVALID_TOKEN,
     MISSING_TOKEN,
@@ -25,26 +23,12 @@ from .auth import (
     guessing,
     valid,
 )
-from .config import get_settings
-from .server import MAX_HEADER_BYTES
+from api.web.errors import send_error
+from api.web.schemas import ErrorField
+from api.web.server import MAX_HEADER_BYTES
+from lsq.levels import cut
 
 log = logging.getLogger(__name__)
-
-
-async def _send_error(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    fields: Sequence[dict[str, str]] = (),
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    error = {"code": code, "message": message, "fields": list(fields)}
-    body = json.dumps({"error": error}, separators=(",", ":")).encode()
-    length = str(len(body)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodyGuard:
@@ -73,7 +57,7 @@ class BodyGuard:
         too_large = f"request body over {self.max_bytes} bytes (LSQ_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or int(length) > self.max_bytes:
-            return await _send_error(send, 413, "too_large", too_large)
+            return await send_error(send, 413, too_large)
         body, more = bytearray(), True
         while more:
             message = await receive()
@@ -81,13 +65,13 @@ class BodyGuard:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
-                return await _send_error(send, 413, "too_large", too_large)
+                return await send_error(send, 413, too_large)
             more = message.get("more_body", False)
         # Every body, whatever its Content-Type says: FastAPI reads one without it as JSON,
         # and matches `Application/JSON` as `application/json`.
         if body and (problem := await self._ambiguity(bytes(body))):
-            fields = [{"field": "body", "message": problem}]
-            return await _send_error(send, 422, "invalid", "invalid request: body", fields)
+            fields = [ErrorField(field="body", message=problem)]
+            return await send_error(send, 422, "invalid request: body", fields)
         replayed = False
 
         async def replay() -> Message:
@@ -113,7 +97,7 @@ def _needs_token(path: str) -> bool:
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The token of the (first) Authorization header of the form api.auth reads: `Bearer
+    """The token of the (first) Authorization header of the form api.web.auth reads: `Bearer
     <token>`; None for none."""
     value = next((v for k, v in headers if k == b"authorization"), b"")
     scheme, _, token = value.decode("latin-1").partition(" ")
@@ -122,7 +106,7 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 async def _guessing_with_a_wrong_one(scope: Scope, token: str) -> bool:
     """An address past its rate of invalid tokens has its token looked up before its body is
-    read (a valid one goes on, bound by its own rate; api.auth)."""
+    read (a valid one goes on, bound by its own rate; api.web.auth)."""
     client = scope.get("client")
     if not guessing(client[0] if client else None, get_settings()):
         return False
@@ -130,16 +114,16 @@ async def _guessing_with_a_wrong_one(scope: Scope, token: str) -> bool:
 
 
 async def _refuse(scope: Scope, send: Send, why: str) -> None:
-    """api.auth's 401 for a missing or invalid token, or its 429 once the address has sent
+    """api.web.auth's 401 for a missing or invalid token, or its 429 once the address has sent
     too many."""
     client = scope.get("client")
     try:
         count_guess(client[0] if client else None, get_settings())
     except TooManyRequests as e:
         retry = [(b"retry-after", str(max(1, math.ceil(e.retry_after))).encode())]
-        return await _send_error(send, 429, "too_many_requests", str(e), headers=retry)
+        return await send_error(send, 429, str(e), headers=retry)
     challenge = [(k.lower().encode(), v.encode()) for k, v in CHALLENGE.items()]
-    await _send_error(send, 401, "unauthorized", why, headers=challenge)
+    await send_error(send, 401, why, headers=challenge)
 
 
 class _Repeated(Exception):
@@ -192,21 +176,19 @@ class TrustedHosts:
             return await self.app(scope, receive, send)
         if len(scope["headers"]) > self.max_headers:
             message = f"more than {self.max_headers} request headers"
-            return await _send_error(send, 431, "too_large", message)
+            return await send_error(send, 431, message)
         if _head_bytes(scope) > self.max_bytes:
             # h11 bounds only a request that arrives in pieces: one that came in a single read
             # reached the app whole, whatever its size.
             message = f"request line and headers over {self.max_bytes} bytes"
-            return await _send_error(send, 431, "too_large", message)
+            return await send_error(send, 431, message)
         hosts = [v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"host"]
         if len(hosts) > 1:
-            return await _send_error(send, 400, "bad_request", "more than one Host header")
+            return await send_error(send, 400, "more than one Host header")
         host = hosts[0] if hosts else ""
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # drop the port
         if "*" not in self.hosts and name not in self.hosts:
-            return await _send_error(
-                send, 400, "bad_request", "unknown Host header; see LSQ_ALLOWED_HOSTS"
-            )
+            return await send_error(send, 400, "unknown Host header; see LSQ_ALLOWED_HOSTS")
         await self.app(scope, receive, send)
 
 
@@ -271,4 +253,4 @@ class CrashGuard:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            await _send_error(send, 500, "internal", f"internal error: {type(e).__name__}")
+            await send_error(send, 500, f"internal error: {type(e).__name__}")

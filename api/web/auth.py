@@ -1,4 +1,4 @@
-"""Who is calling: every /v1 request carries `Authorization: Bearer <token>` (see api.tokens);
+"""Who is calling: every /v1 request carries `Authorization: Bearer <token>` (api.service.tokens);
 each token may make `LSQ_REQUESTS_PER_SECOND` requests a second (bursts of LSQ_REQUEST_BURST), and
 each client address as many without a valid token (none, or one not valid): past that, these get
 429 while a valid one is still let through (bound only by its own rate)."""
@@ -15,10 +15,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from . import tokens
-from .config import Settings, get_settings
-from .db import session_scope
-from .deps import ReadSessionDep
+from api.service import tokens
+from api.service.config import Settings, get_settings
+from api.service.db import session_scope
+from api.web.deps import ReadSessionDep
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `lsq token create OWNER`")
 
@@ -118,7 +118,9 @@ def current_owner(
     one: past its address's rate of invalid tokens). The token is read in the request's read
     session, which a read route then uses too."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, MISSING_TOKEN, headers=CHALLENGE)  # api.middleware answers first
+        raise HTTPException(
+            401, MISSING_TOKEN, headers=CHALLENGE
+        )  # api.web.middleware answers first
     plain = credentials.credentials
     owner = None if len(plain) > 200 else tokens.owner_of(session, plain)  # an indexed lookup
     if owner is None:

@@ -17,10 +17,10 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from . import store
-from .config import Settings, get_settings
-from .db import after_commit, private_file, session_scope
-from .models import utcnow
+from api.service import store
+from api.service.config import Settings, get_settings
+from api.service.db import after_commit, private_file, session_scope
+from api.service.models import utcnow
 
 RUN_JOB = "lsq.run_job"  # the task's name: what a worker registers and the API sends
 BROKER_TIMEOUT = 3  # seconds, for the readiness probe

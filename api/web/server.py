@@ -25,8 +25,8 @@ import uvicorn
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .auth import client_key
-from .config import Settings, get_settings
+from api.service.config import Settings, get_settings
+from api.web.auth import client_key
 
 MAX_HEADER_BYTES = 16 << 10  # the request line and headers of one request
 KEEP_ALIVE_SECONDS = 5  # an idle connection between two requests
@@ -199,5 +199,5 @@ def uvicorn_config(settings: Settings, **options: Any) -> dict[str, Any]:
 
 
 def run(**options: Any) -> None:
-    """Serve the API (`api.main:create_app`) until stopped."""
-    uvicorn.run("api.main:create_app", factory=True, **uvicorn_config(get_settings(), **options))
+    """Serve the API (`api.web.app:create_app`) until stopped."""
+    uvicorn.run("api.web.app:create_app", factory=True, **uvicorn_config(get_settings(), **options))

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from .config import Settings, get_settings
-from .db import session_scope
+from api.service.config import Settings, get_settings
+from api.service.db import session_scope
 
 
 def get_read_session() -> Iterator[Session]:

@@ -15,10 +15,10 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from . import owners, store
-from .models import UNFINISHED, Job, JobStatus, utcnow
-from .owners import Limits
-from .spec import source_jobs
+from api.service import owners, store
+from api.service.job_spec import source_jobs
+from api.service.models import UNFINISHED, Job, JobStatus, utcnow
+from api.service.owners import Limits
 
 PAGE = 50  # an owner's candidates read at a time
 TRIES = 20  # jobs another worker claimed first, before giving up the turn

@@ -1,4 +1,4 @@
-"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` (api.server: the server's bounds)."""
+"""The FastAPI app, OpenAPI at /docs. Run: `lsq api` (api.web.server: the server's bounds)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import errors
-from .config import get_settings
-from .db import upgrade_database
-from .middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
-from .routes import experiments, health, jobs, me
+from api.service.config import get_settings
+from api.service.db import upgrade_database
+from api.web import errors
+from api.web.middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
+from api.web.routes import experiments, jobs, me, probes
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
 
@@ -38,7 +38,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    app.state.readiness = health.Readiness()
+    app.state.readiness = probes.Readiness()
 
     @app.get("/", include_in_schema=False)
     def _dashboard() -> FileResponse:
@@ -57,7 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(experiments.router)
     app.include_router(me.router)
-    app.include_router(health.router)
+    app.include_router(probes.router)
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's
     # 413 and 422 pass through it, so such a page reads them).

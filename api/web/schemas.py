@@ -1,5 +1,5 @@
-"""Response bodies. The request body is the job spec (api.spec, lsq's JobSpec with one more
-kind of model.init); epochs and results are lsq's own records, never copies of them."""
+"""Response bodies. The request body is the job spec (api.service.job_spec: lsq's JobSpec with
+one more kind of model.init); epochs and results are lsq's own records, never copies of them."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.service import store
+from api.service.experiments import Row
+from api.service.experiments import status as experiment_status
+from api.service.models import Epoch, Experiment, Job, JobStatus
+from api.service.store import stored_experiment_spec, stored_spec
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult
-
-from .experiments import Row
-from .experiments import status as experiment_status
-from .models import EPOCH_NUMBERS, Epoch, Experiment, Job, JobStatus
-from .store import stored_experiment_spec, stored_spec
 
 
 def public_worker(name: str | None) -> str | None:
@@ -110,11 +110,6 @@ class JobOut(BaseModel):
         )
 
 
-def epoch_numbers(epoch: Epoch) -> EpochMetrics:
-    """An epoch without its quantizer health (GET /v1/jobs/{id}/quantizers has it)."""
-    return EpochMetrics.model_validate({k: getattr(epoch, k) for k in ("epoch", *EPOCH_NUMBERS)})
-
-
 class JobDetail(JobOut):
     epochs: list[EpochMetrics] = Field(
         description="Every finished epoch so far, in order (quantizers: see .../quantizers)"
@@ -128,7 +123,9 @@ class JobDetail(JobOut):
     @classmethod
     def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
         rows = job.epochs if epochs is None else epochs
-        return super().of(job, epochs=[epoch_numbers(e) for e in rows], warnings=job.warnings or [])
+        return super().of(
+            job, epochs=[store.epoch_numbers(e) for e in rows], warnings=job.warnings or []
+        )
 
 
 class EpochHealth(BaseModel):

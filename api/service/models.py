@@ -47,7 +47,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime; use api.models.utcnow()")
+            raise ValueError("naive datetime; use api.service.models.utcnow()")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -150,7 +150,7 @@ class Job(Base):
 
 
 class Experiment(Base):
-    """A baseline and variants of it, one job each per seed (api.experiments)."""
+    """A baseline and variants of it, one job each per seed (api.service.experiments)."""
 
     __tablename__ = "experiments"
     __table_args__ = (

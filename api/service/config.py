@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         0.0, ge=0, le=36_500, allow_inf_nan=False, alias="LSQ_RETENTION_DAYS"
     )
 
-    # -- the HTTP server (api.server)
+    # -- the HTTP server (api.web.server)
     # Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or networks,
     # comma-separated, uvicorn's syntax); empty: none, the client is the connection's peer.
     forwarded_allow_ips: str = Field("", alias="FORWARDED_ALLOW_IPS")

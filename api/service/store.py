@@ -1,9 +1,9 @@
 """Every query of the service. The API and the worker both go through these functions.
 
 Functions take a Session and leave committing to the caller (one short transaction each:
-``api.db.session_scope`` or the API's per-request session). Worker-side writes are guarded by
-the lease: they only touch a job that is ``running`` under that worker's name, so a worker that
-lost its job (its lease expired and another took over) cannot overwrite anything.
+``api.service.db.session_scope`` or the API's per-request session). Worker-side writes are
+guarded by the lease: they only touch a job that is ``running`` under that worker's name, so a
+worker that lost its job (its lease expired and another took over) cannot overwrite anything.
 """
 
 from __future__ import annotations
@@ -27,16 +27,21 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from lsq.archs import pretrained_missing
-from lsq.cost import job_tmacs
-from lsq.levels import cut
-from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
-from lsq.spec import upgrade_spec
-
-from . import owners
-from .db import insert_for
-from .models import (
+from api.service import owners
+from api.service.db import insert_for
+from api.service.errors import (
+    ExperimentNotFound,
+    InvalidField,
+    JobConflict,
+    JobNotFound,
+    KeyInUse,
+    StorageFull,
+    TooManyJobs,
+)
+from api.service.job_spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models, source_jobs
+from api.service.models import (
     EPOCH_METRICS,
+    EPOCH_NUMBERS,
     FINISHED,
     UNFINISHED,
     Epoch,
@@ -47,50 +52,16 @@ from .models import (
     Owner,
     utcnow,
 )
-from .owners import Limits
-from .spec import MAX_JOB_ID, JobRef, ServiceJobSpec, named_models, source_jobs
+from api.service.owners import Limits
+from lsq.archs import pretrained_missing
+from lsq.cost import job_tmacs
+from lsq.levels import cut
+from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
+from lsq.spec import upgrade_spec
 
 # An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
 # space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
 EXPERIMENT_KEY = "experiment "
-
-
-class JobNotFound(LookupError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"job {job_id} does not exist")
-        self.job_id = job_id
-
-
-class ExperimentNotFound(LookupError):
-    def __init__(self, experiment_id: int) -> None:
-        super().__init__(f"experiment {experiment_id} does not exist")
-
-
-class JobConflict(Exception):
-    """The request does not apply to the job in its current state."""
-
-
-class InvalidField(ValueError):
-    """A value that is well-formed but not acceptable here; `field` is its dotted path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-# ---------------------------------------------------------------------------------- API side
-
-
-class TooManyJobs(Exception):
-    """The owner has as many unfinished jobs as the service allows."""
-
-
-class StorageFull(Exception):
-    """The owner's jobs hold as many bytes as the service allows."""
-
-
-class KeyInUse(Exception):
-    """An Idempotency-Key whose first request is still being handled."""
 
 
 def submit_job(
@@ -352,15 +323,7 @@ def create_experiment(
         _check_source(session, owner, baseline)
         start = _add(session, owner, baseline, experiment.id, None).id
     elif isinstance(start, int):
-        source = session.get(Job, start)
-        if source is None or source.owner != owner:
-            raise InvalidField("baseline.job", f"job {start} does not exist")
-        if source.status != JobStatus.succeeded:
-            raise InvalidField("baseline.job", f"job {start} is {source.status}, not succeeded")
-        _has_a_model("baseline.job", source, variants[0][1])
-        if _quantized(source):
-            raise InvalidField("baseline.job", f"job {start} is quantized; a baseline is the "
-                               "full-precision model the variants start from")  # fmt: skip
+        _check_baseline_job(session, owner, start, variants[0][1])
     first = None
     for index, spec in variants:
         init = {"job": start} if isinstance(start, int) else start
@@ -375,6 +338,19 @@ def create_experiment(
     if key is not None:  # the key names the experiment through its first variant's job
         _bind_key(session, owner, key, first.id)
     return experiment, True
+
+
+def _check_baseline_job(session: Session, owner: str, job_id: int, variant: ServiceJobSpec) -> None:
+    """A baseline job is the owner's, succeeded, full precision, with a model to start from."""
+    source = session.get(Job, job_id)
+    if source is None or source.owner != owner:
+        raise InvalidField("baseline.job", f"job {job_id} does not exist")
+    if source.status != JobStatus.succeeded:
+        raise InvalidField("baseline.job", f"job {job_id} is {source.status}, not succeeded")
+    _has_a_model("baseline.job", source, variant)
+    if _quantized(source):
+        raise InvalidField("baseline.job", f"job {job_id} is quantized; a baseline is the "
+                           "full-precision model the variants start from")  # fmt: skip
 
 
 def _quantized(job: Job) -> bool:
@@ -792,3 +768,18 @@ def clean_error(text: str | None) -> str | None:
         return None
     text = "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else "?" for c in text)
     return cut(text, MAX_ERROR)
+
+
+def epoch_numbers(epoch: Epoch) -> EpochMetrics:
+    """An epoch without its quantizer health (GET /v1/jobs/{id}/quantizers has it)."""
+    return EpochMetrics.model_validate({k: getattr(epoch, k) for k in ("epoch", *EPOCH_NUMBERS)})
+
+
+def epochs_of(session: Session, job_ids: list[int]) -> dict[int, list[EpochMetrics]]:
+    """The numbers of every epoch of these jobs (no quantizer health), by job, in order."""
+    query = select(Epoch).where(Epoch.job_id.in_(job_ids)).order_by(Epoch.job_id, Epoch.epoch)
+    numbers = load_only(*(getattr(Epoch, n) for n in ("job_id", "epoch", *EPOCH_NUMBERS)))
+    epochs: dict[int, list[EpochMetrics]] = {}
+    for e in session.scalars(query.options(numbers)):
+        epochs.setdefault(e.job_id, []).append(epoch_numbers(e))
+    return epochs

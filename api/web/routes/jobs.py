@@ -9,18 +9,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 
+from api.service import artifacts, limits, store
+from api.service.db import session_scope
+from api.service.job_spec import ServiceJobSpec
+from api.service.models import JobStatus
+from api.service.owners import Limits
+from api.service.queue import enqueue_when_committed
+from api.web.auth import OwnerDep
+from api.web.deps import ReadSessionDep, SettingsDep
+from api.web.schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage
 from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG, SENSITIVITY_PLOT
 from lsq.metrics import EpochMetrics
-
-from .. import artifacts, limits, store
-from ..auth import OwnerDep
-from ..db import session_scope
-from ..deps import ReadSessionDep, SettingsDep
-from ..models import JobStatus
-from ..owners import Limits
-from ..queue import enqueue_when_committed
-from ..schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage, epoch_numbers
-from ..spec import ServiceJobSpec
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
 ERRORS = {
@@ -60,7 +59,7 @@ def submit_job(
 ) -> JobDetail:
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
     limits.check_job(spec, settings)
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         job, new = store.submit_job(
             session, owner, spec, limits=Limits.defaults(settings),
             key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
@@ -92,7 +91,7 @@ def get_job(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> JobDetail:
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")
 def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochMetrics]:
-    return [epoch_numbers(e) for e in store.list_epochs(session, job_id, owner)]
+    return [store.epoch_numbers(e) for e in store.list_epochs(session, job_id, owner)]
 
 
 @router.get(
@@ -135,7 +134,7 @@ _image(SENSITIVITY_PLOT, "A sensitivity job's drop in accuracy per layer (PNG)")
 def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
     """A queued job never starts; a running one stops at the next batch boundary, keeps the
     epochs it finished and ends `cancelled` (`cancel_requested` is true until then)."""
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         return JobOut.of(store.cancel_job(session, job_id, owner))
 
 
@@ -156,7 +155,7 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
 )
 def delete_job(job_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
     """A finished job goes with its epochs and files: for good."""
-    with session_scope() as session:  # writes commit in this thread (api.deps)
+    with session_scope() as session:  # writes commit in this thread (api.web.deps)
         deleted = store.delete_job(session, job_id, owner)
     artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
     return Response(status_code=204)

@@ -9,9 +9,9 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .config import Settings
-from .db import session_scope
-from .models import Token, utcnow
+from api.service.config import Settings
+from api.service.db import session_scope
+from api.service.models import Token, utcnow
 
 PREFIX = "lsq_"
 LOCAL_OWNER = "local"  # the owner of the token `lsq serve` makes for its own machine

@@ -18,6 +18,8 @@ from fastapi import HTTPException, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from api.service.config import Settings
+from api.service.store import Deleted
 from lsq.files import (
     CHECKPOINT,
     HEALTH_PLOT,
@@ -29,9 +31,6 @@ from lsq.files import (
     PLOT_SVG,
     SENSITIVITY_PLOT,
 )
-
-from .config import Settings
-from .store import Deleted
 
 DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
              SENSITIVITY_PLOT)  # fmt: skip

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from ..db import ping
-from ..errors import error_response
-from ..queue import ping_broker
-from ..schemas import ErrorField, ErrorOut
+from api.service.db import ping
+from api.service.queue import ping_broker
+from api.web.errors import error_response
+from api.web.schemas import ErrorField, ErrorOut
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["probes"])
 # How long one readiness check answers for: a flood of /readyz costs a check a second.
 READY_SECONDS = 1.0
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields, replace
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .config import Settings
-from .db import insert_for
-from .models import UNFINISHED, Job, JobStatus, Owner
+from api.service.config import Settings
+from api.service.db import insert_for
+from api.service.models import UNFINISHED, Job, JobStatus, Owner
 
 
 @dataclass(frozen=True)

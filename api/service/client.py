@@ -10,12 +10,11 @@ import httpx
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from api.service.config import Settings
+from api.service.job_spec import ServiceJobSpec
+from api.service.tokens import client_token
 from lsq.metrics import EpochMetrics, RunResult, epoch_table, fixed, summary_line
 from lsq.spec import format_errors
-
-from .config import Settings
-from .spec import ServiceJobSpec
-from .tokens import client_token
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
-from lsq.spec import describe_errors
-
-from .auth import TooManyRequests
-from .experiments import ExperimentSpec
-from .routes import experiments as experiment_routes
-from .schemas import ErrorBody, ErrorField, ErrorOut
-from .spec import ServiceJobSpec
-from .store import (
+from api.service.errors import (
     ExperimentNotFound,
     InvalidField,
     JobConflict,
@@ -27,29 +21,65 @@ from .store import (
     StorageFull,
     TooManyJobs,
 )
+from api.service.experiments import ExperimentSpec
+from api.service.job_spec import ServiceJobSpec
+from api.web.auth import TooManyRequests
+from api.web.routes import experiments as experiment_routes
+from api.web.schemas import ErrorBody, ErrorField, ErrorOut
+from lsq.spec import describe_errors
 
 log = logging.getLogger(__name__)
+# The one code table: every error body's `code` comes from its status here, whether a route's
+# exception handler or a middleware (which answers before any route) sends it.
 CODES = {
-    401: "unauthorized",
-    413: "too_large",
-    429: "too_many_requests",
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "too_large",
     416: "range_not_satisfiable",
     422: "invalid",
+    429: "too_many_requests",
+    431: "too_large",
     500: "internal",
     503: "unavailable",
     507: "insufficient_storage",
 }
+# The service's domain errors and their statuses (their messages are the body's).
+STATUSES: dict[type[Exception], int] = {
+    JobNotFound: 404,
+    ExperimentNotFound: 404,
+    JobConflict: 409,
+    KeyInUse: 409,
+    StorageFull: 507,
+}
+
+
+def error_body(status: int, message: str, fields: Iterable[ErrorField] = ()) -> ErrorOut:
+    return ErrorOut(
+        error=ErrorBody(code=CODES.get(status, "error"), message=message, fields=list(fields))
+    )
 
 
 def error_response(status: int, message: str, fields: Iterable[ErrorField] = ()) -> JSONResponse:
-    body = ErrorOut(
-        error=ErrorBody(code=CODES.get(status, "error"), message=message, fields=list(fields))
-    )
-    return JSONResponse(body.model_dump(), status_code=status)
+    """The error as a route answers it (from an exception handler)."""
+    return JSONResponse(error_body(status, message, fields).model_dump(), status_code=status)
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    fields: Iterable[ErrorField] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """The same error as a middleware answers it, straight onto the ASGI connection."""
+    body = error_body(status, message, fields).model_dump_json().encode()
+    length = str(len(body)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # Where FastAPI says a value came from; the field name alone is clearer to a client.
@@ -96,14 +126,11 @@ def install(app: FastAPI) -> None:
             422, f"invalid request: {exc.field}", [ErrorField(field=exc.field, message=str(exc))]
         )
 
-    @app.exception_handler(JobNotFound)
-    @app.exception_handler(ExperimentNotFound)
-    async def _not_found(_: Request, exc: LookupError) -> JSONResponse:
-        return error_response(404, str(exc))
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(STATUSES[type(exc)], str(exc))
 
-    @app.exception_handler(JobConflict)
-    async def _conflict(_: Request, exc: JobConflict) -> JSONResponse:
-        return error_response(409, str(exc))
+    for kind in STATUSES:
+        app.add_exception_handler(kind, _domain)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
@@ -111,17 +138,9 @@ def install(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})
         return response
 
-    @app.exception_handler(KeyInUse)
-    async def _key_in_use(_: Request, exc: KeyInUse) -> JSONResponse:
-        return error_response(409, str(exc))
-
     @app.exception_handler(TooManyRequests)
     async def _rate(_: Request, exc: TooManyRequests) -> JSONResponse:
         return _retry_later(str(exc), exc.retry_after)
-
-    @app.exception_handler(StorageFull)
-    async def _storage(_: Request, exc: StorageFull) -> JSONResponse:
-        return error_response(507, str(exc))
 
     @app.exception_handler(TooManyJobs)
     async def _quota(_: Request, exc: TooManyJobs) -> JSONResponse:

@@ -1,1 +1,0 @@
-"""HTTP routes; thin, the queries live in api.store."""

@@ -1,0 +1,1 @@
+"""HTTP routes; thin, the queries live in api.service.store."""
