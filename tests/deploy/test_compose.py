@@ -1,5 +1,6 @@
 """The container deployment, checked without a Docker engine: docker-compose validates the compose
-file offline, and the YAML, .env.example and the Dockerfile are read for what the README promises.
+file offline, and the YAML, .env.example and the Dockerfile are read for what docs/deploying/
+promises.
 
 docker-compose (v1, Debian's package) must be installed: scripts/services installs it. Without it
 these tests fail; they never skip, so CI cannot pass without validating the file.
