@@ -55,9 +55,9 @@ from api.service.models import (
 from api.service.owners import Limits
 from lsq.archs import pretrained_missing
 from lsq.cost import job_tmacs
-from lsq.levels import cut
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
 from lsq.spec import upgrade_spec
+from lsq.text import cut
 
 # An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
 # space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
