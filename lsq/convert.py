@@ -8,8 +8,8 @@ from typing import Any, Literal
 from torch import nn
 
 from .layers import QUANTIZED
-from .levels import FirstMatch, LevelSet, layer_levels, parse_levels
-from .spec import Init, QuantizationSpec
+from .levels import FirstMatch, Init, LevelSet, layer_levels, parse_levels
+from .spec import QuantizationSpec
 
 FirstLast = Literal["float", "same"] | LevelSet
 

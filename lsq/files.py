@@ -17,7 +17,7 @@ MODEL_INT = "model-int.pt"  # the integer export of a quantized job
 MODEL_ONNX = "model.onnx"  # a quantized job as an ONNX graph (QuantizeLinear/DequantizeLinear)
 PLOT, PLOT_SVG = "plot.png", "plot.svg"  # accuracy and loss per epoch
 SENSITIVITY_PLOT = "sensitivity.png"  # drop per probed layer (sensitivity jobs)
-HEALTH_PLOT = "quantizers.png"  # step sizes and shares at zero per epoch (quantized jobs)
+QUANTIZER_PLOT = "quantizers.png"  # step sizes and shares at zero per epoch (quantized jobs)
 
 
 @contextlib.contextmanager

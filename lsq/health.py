@@ -1,6 +1,9 @@
 """Quantizer health, the reference's tuning advice made visible: per quantized tensor, its
 step size and the share of its values at each level (a weight step too large sends almost
-every weight to 0; a step that never moves, or explodes, says the learning rate is off)."""
+every weight to 0; a step that never moves, or explodes, says the learning rate is off).
+
+In lsq, "health" means this and only this: how the quantizers are doing, never whether a process
+is up (the service calls those its probes)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .levels import Init
 from .quantizer import LsqQuantizer
-from .spec import Init
 
 
 def _maybe(quantizer: LsqQuantizer | None, v: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,9 @@
 A level set is a contiguous run of integers containing 0, so it is fully described by
 Q_N (= -min, written positive) and Q_P (= max). Users give it either as the list of levels or
 as the shorthand ``{bits: B, signed: bool, symmetric: bool}``.
+
+Plain Python (no torch, no pydantic): the quantizer and the layers build on it without the job
+contract, and the contract (lsq.spec) wraps it in a pydantic field type.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Annotated, Any
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from .text import show
 
 MAX_BITS = 16
 ACCEPTED = (
@@ -136,6 +139,10 @@ def _from_range(value: dict[str, Any]) -> LevelSet:
     return LevelSet(q_n=-low, q_p=high)  # it bounds the size (at most 2^16 levels)
 
 
+# How a step starts: lsq, the paper's rule; mse, the least squared quantization error.
+Init = Literal["lsq", "mse"]
+
+
 Sides = tuple[LevelSet | None, LevelSet | None]  # (weight, activation); None is float
 
 
@@ -184,49 +191,3 @@ class FirstMatch:
             if fnmatchcase(name, pattern):
                 return pattern
         return None if best is None else self.patterns[best]
-
-
-def show(value: Any) -> str:
-    """A user's value in an error message, cut short: it may be a list of 65536 levels."""
-    return cut(repr(list(value) if isinstance(value, tuple) else value), 60)
-
-
-def cut(text: str, limit: int) -> str:
-    """`text`, or its first `limit - 3` characters and '...'."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# The pydantic field type used by the job spec: validated on input, written back as a list.
-Levels = Annotated[
-    LevelSet,
-    BeforeValidator(parse_levels),
-    PlainSerializer(lambda levels: levels.to_json()),
-    WithJsonSchema(
-        {
-            "description": ACCEPTED,
-            "anyOf": [
-                {"type": "array", "items": {"type": "integer"}, "minItems": 2},
-                {
-                    "type": "object",
-                    "properties": {
-                        "bits": {"type": "integer", "minimum": 1, "maximum": MAX_BITS},
-                        "signed": {"type": "boolean", "default": False},
-                        "symmetric": {"type": "boolean", "default": False},
-                    },
-                    "required": ["bits"],
-                    "additionalProperties": False,
-                },
-                {
-                    "type": "object",
-                    "properties": {
-                        "min": {"type": "integer", "maximum": 0},
-                        "max": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["min", "max"],
-                    "additionalProperties": False,
-                },
-            ],
-            "examples": [[-1, 0, 1], [0, 1, 2, 3], {"bits": 4, "signed": True}],
-        }
-    ),
-]

@@ -308,7 +308,7 @@ class Trainer:
         eval_start = time.perf_counter()
         test = evaluate(self.model, test_data, self.device, self.amp, self.hooks.should_cancel)
         end = time.perf_counter()
-        quantizers = self._health(test_data) if self.spec.quantization.enabled else None
+        quantizers = self._quantizer_health(test_data) if self.spec.quantization.enabled else None
         return EpochMetrics(
             epoch=epoch,
             train_loss=loss,
@@ -341,7 +341,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
 
-    def _health(self, test_data: Batches) -> list[QuantizerHealth]:
+    def _quantizer_health(self, test_data: Batches) -> list[QuantizerHealth]:
         """The quantizers' health on the first test batch (lsq.health)."""
         x, _ = next(iter(test_data))
         with autocast(self.device, self.amp):

@@ -31,7 +31,7 @@ class QuantizerHealth(_Record):
     shares: list[float] = Field(description="Share of the values at each of `levels`")
 
 
-def health_warnings(history: list[list[QuantizerHealth]]) -> list[str]:
+def quantizer_warnings(history: list[list[QuantizerHealth]]) -> list[str]:
     """What the quantizers' health over a run's epochs (oldest first) says is wrong: weights
     collapsed to 0, a step that exploded or stopped moving."""
     if not history or not history[-1]:

@@ -22,13 +22,13 @@ from . import checkpoint, export, onnx_export, plot
 from .data import DatasetInfo
 from .files import (
     CHECKPOINT,
-    HEALTH_PLOT,
     METRICS,
     MODEL,
     MODEL_INT,
     MODEL_ONNX,
     PLOT,
     PLOT_SVG,
+    QUANTIZER_PLOT,
     SENSITIVITY_PLOT,
     atomic_file,
 )
@@ -151,7 +151,7 @@ def save_plots(out: Path, spec: JobSpec, epochs: list[EpochMetrics]) -> None:
     try:
         plot.run_curves(epochs, [out / PLOT, out / PLOT_SVG], title)
         if spec.quantization.enabled:
-            plot.quantizer_health(epochs, [out / HEALTH_PLOT], title)
+            plot.quantizer_health(epochs, [out / QUANTIZER_PLOT], title)
     except Exception:
         log.exception("%s: the plots could not be drawn", spec.name)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_file
-from .levels import cut
 from .metrics import EpochMetrics, fixed
+from .text import cut
 
 
 def _pyplot() -> Any:

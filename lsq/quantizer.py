@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .levels import LevelSet, parse_levels
-from .spec import Init
+from .levels import Init, LevelSet, parse_levels
 
 # Step sizes are kept at or above this so the quantizer never divides by zero or goes negative.
 MIN_STEP = 1e-8

@@ -22,17 +22,17 @@ from api.service.config import Settings
 from api.service.store import Deleted
 from lsq.files import (
     CHECKPOINT,
-    HEALTH_PLOT,
     METRICS,
     MODEL,
     MODEL_INT,
     MODEL_ONNX,
     PLOT,
     PLOT_SVG,
+    QUANTIZER_PLOT,
     SENSITIVITY_PLOT,
 )
 
-DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, HEALTH_PLOT,
+DOWNLOADS = (CHECKPOINT, MODEL_INT, MODEL_ONNX, MODEL, METRICS, PLOT, PLOT_SVG, QUANTIZER_PLOT,
              SENSITIVITY_PLOT)  # fmt: skip
 CHUNK = 1 << 20  # bytes per read of a download
 log = logging.getLogger(__name__)

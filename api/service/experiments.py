@@ -37,7 +37,6 @@ from api.service.job_spec import MAX_JOB_ID, ServiceJobSpec
 from api.service.models import Job, JobStatus
 from api.service.store import spec_of
 from lsq.archs import layer_names, pretrained_missing
-from lsq.levels import cut
 from lsq.metrics import fixed
 from lsq.spec import (
     MAX_EPOCHS,
@@ -51,6 +50,7 @@ from lsq.spec import (
     pretrained_cannot_teach,
     printable,
 )
+from lsq.text import cut
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 GRID_PATH = re.compile(r"[A-Za-z_]\w{0,39}(\.[A-Za-z_]\w{0,39}){0,3}", re.ASCII)  # training.lr

@@ -55,9 +55,9 @@ from api.service.models import (
 from api.service.owners import Limits
 from lsq.archs import pretrained_missing
 from lsq.cost import job_tmacs
-from lsq.levels import cut
-from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, health_warnings
+from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult, quantizer_warnings
 from lsq.spec import upgrade_spec
+from lsq.text import cut
 
 # An experiment's Idempotency-Key is stored after this prefix. A header key cannot hold a
 # space, so no job's key equals it (migration 0010 moved keys stored under "experiment:").
@@ -262,14 +262,14 @@ def list_epochs(
     return list(session.scalars(query if health else query.options(defer(Epoch.quantizers))))
 
 
-def _health_warnings(session: Session, job_id: int) -> list[str]:
+def _quantizer_warnings(session: Session, job_id: int) -> list[str]:
     """What the quantizer health of a job's first and last three epochs says is wrong."""
     numbers = select(Epoch.epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)
     epochs = list(session.scalars(numbers))
     wanted = sorted({*epochs[:1], *epochs[-3:]})
     query = select(Epoch.quantizers).where(Epoch.job_id == job_id, Epoch.epoch.in_(wanted))
     rows = [q for q in session.scalars(query.order_by(Epoch.epoch)) if q]
-    return health_warnings([[QuantizerHealth.model_validate(h) for h in e] for e in rows])
+    return quantizer_warnings([[QuantizerHealth.model_validate(h) for h in e] for e in rows])
 
 
 def cancel_job(session: Session, job_id: int, owner: str) -> Job:
@@ -628,7 +628,7 @@ def record_epoch(session: Session, job_id: int, worker: str, metrics: EpochMetri
     if values["epoch"] >= job.progress_epoch:  # a resume rewrites earlier epochs too
         job.progress_epoch, job.progress_fraction = values["epoch"], 1.0
     if metrics.quantizers:
-        job.warnings = _health_warnings(session, job_id)
+        job.warnings = _quantizer_warnings(session, job_id)
     return True
 
 

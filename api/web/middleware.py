@@ -26,7 +26,7 @@ from api.web.auth import (
 from api.web.errors import send_error
 from api.web.schemas import ErrorField
 from api.web.server import MAX_HEADER_BYTES
-from lsq.levels import cut
+from lsq.text import cut
 
 log = logging.getLogger(__name__)
 

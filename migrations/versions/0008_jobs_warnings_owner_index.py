@@ -25,7 +25,7 @@ def upgrade() -> None:
 def _existing_jobs_warnings() -> None:
     """Jobs with epochs already recorded get the warnings their epochs' health says (new
     epochs write them as they come)."""
-    from lsq.metrics import QuantizerHealth, health_warnings
+    from lsq.metrics import QuantizerHealth, quantizer_warnings
 
     epochs = sa.table(
         "epochs", sa.column("job_id"), sa.column("epoch"), sa.column("quantizers", sa.JSON)
@@ -41,7 +41,7 @@ def _existing_jobs_warnings() -> None:
         history.setdefault(job_id, []).append(quantizers)
     for job_id, rows in history.items():
         rows = rows[:1] + rows[1:][-3:]  # what a job's warnings read: first and last three
-        found = health_warnings([[QuantizerHealth.model_validate(h) for h in e] for e in rows])
+        found = quantizer_warnings([[QuantizerHealth.model_validate(h) for h in e] for e in rows])
         op.get_bind().execute(jobs.update().where(jobs.c.id == job_id).values(warnings=found))
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from lsq.health import measure
 from lsq.layers import QuantLinear
-from lsq.metrics import QuantizerHealth, health_warnings
+from lsq.metrics import QuantizerHealth, quantizer_warnings
 
 
 def test_shares_per_level_and_steps_are_measured_on_one_batch():
@@ -41,5 +41,5 @@ def h(step, zero=0.3, layer="conv", kind="weight"):
     ],
 )
 def test_warnings(history, says):
-    found = health_warnings(history)
+    found = quantizer_warnings(history)
     assert len(found) == len(says) and all(s in f for s, f in zip(says, found, strict=True))

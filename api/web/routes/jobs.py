@@ -18,7 +18,7 @@ from api.service.queue import enqueue_when_committed
 from api.web.auth import OwnerDep
 from api.web.deps import ReadSessionDep, SettingsDep
 from api.web.schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage
-from lsq.files import HEALTH_PLOT, PLOT, PLOT_SVG, SENSITIVITY_PLOT
+from lsq.files import PLOT, PLOT_SVG, QUANTIZER_PLOT, SENSITIVITY_PLOT
 from lsq.metrics import EpochMetrics
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id"}}
@@ -118,11 +118,11 @@ def _image(name: str, what: str) -> None:
         return artifacts.image(artifacts.job_folder(settings, job.folder), name)
 
 
-IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", HEALTH_PLOT: "image/png",
+IMAGE = {PLOT: "image/png", PLOT_SVG: "image/svg+xml", QUANTIZER_PLOT: "image/png",
          SENSITIVITY_PLOT: "image/png"}  # fmt: skip
 _image(PLOT, "Accuracy and loss per epoch (PNG)")
 _image(PLOT_SVG, "Accuracy and loss per epoch (SVG)")
-_image(HEALTH_PLOT, "Step sizes and weights at zero per epoch (PNG)")
+_image(QUANTIZER_PLOT, "Step sizes and weights at zero per epoch (PNG)")
 _image(SENSITIVITY_PLOT, "A sensitivity job's drop in accuracy per layer (PNG)")
 
 

@@ -1,12 +1,9 @@
-"""The job spec: one pydantic model, the contract from the HTTP body to the training loop."""
+"""The job contract: one pydantic model, JobSpec, from the HTTP body to the training loop, and
+the models it is made of (dataset, network, quantization, training, sensitivity probe)."""
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
-import types
-import typing
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -14,118 +11,38 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    StringConstraints,
-    Tag,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from .archs import layer_names
-from .documents import DocumentError, read_document
-from .levels import (
-    ACCEPTED,
-    FirstMatch,
+from ..archs import layer_names
+from ..documents import DocumentError, read_document
+from ..levels import FirstMatch, Init, LevelSet, Sides, layer_levels
+from ..text import listed
+from .errors import SpecError, describe_errors
+from .fields import (
+    MAX_BATCH,
+    MAX_BN_BATCHES,
+    MAX_DEVICES,
+    MAX_EPOCHS,
+    MAX_LAYER_PATTERNS,
+    MAX_SEED,
+    MAX_SUBSET,
+    MAX_SYNTHETIC_BYTES,
+    Arch,
+    DatasetName,
+    FirstLast,
     Levels,
-    LevelSet,
-    Sides,
-    cut,
-    layer_levels,
-    parse_levels,
-    show,
+    Path_,
+    Strict,
+    bounded_text,
 )
-
-DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
-Arch = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"]
-
-
-def _parse_first_last(value: Any) -> str | LevelSet:
-    if value in ("float", "same"):
-        return value
-    if isinstance(value, str):
-        raise ValueError(f"got {show(value)}; expected 'float', 'same' or {ACCEPTED}")
-    return parse_levels(value)
-
-
-FirstLast = Annotated[
-    Literal["float", "same"] | LevelSet,
-    BeforeValidator(_parse_first_last),
-    PlainSerializer(lambda v: v if isinstance(v, str) else v.to_json()),
-    WithJsonSchema(
-        {
-            "description": "'float' (first conv and last linear stay full precision), 'same' "
-            "(quantized like the others) or a level set of their own "
-            "(e.g. {bits: 8, signed: true})",
-            "anyOf": [
-                {"enum": ["float", "same"]},
-                {"type": "array", "items": {"type": "integer"}},
-                {"type": "object"},
-            ],
-        }
-    ),
-]
-
-
-class Strict(BaseModel):
-    # Strict: no "3" for 3 and no true for 1; finite floats only; unknown keys are mistakes.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _few_keys(cls, data: Any) -> Any:
-        # Each unknown key costs an error, and only 20 are shown: 20,000 of them (a 250 KB
-        # body) would cost the API 30 ms. Refused on the count instead, before any is checked.
-        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_UNKNOWN_KEYS:
-            raise ValueError(f"{len(data)} keys; accepted: {', '.join(cls.model_fields)}")
-        return data
-
-
-MAX_UNKNOWN_KEYS = 20
-
-
-# Control characters (C0, DEL, C1), line separators and bidirectional overrides: they break
-# logs and terminals, can disguise text, and PostgreSQL refuses NUL.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    if _CONTROL.search(text):
-        raise ValueError("must not contain control characters (newlines, tabs, NUL...)")
-    return text
-
-
-# Every bound of the spec, in one place. The service may set lower caps (api.service.limits).
-MAX_PATH = 4096  # characters of a path
-MAX_SUBSET = 10_000_000  # images in a train_size / test_size subset
-MAX_EPOCHS = 10_000
-MAX_BATCH = 65_536
-MAX_DEVICES = 64
-MAX_SEED = 2**32 - 1
-MAX_SYNTHETIC_BYTES = 2**30  # a synthetic set's uint8 images, train and test together
-
-
-def _text(max_length: int) -> Any:
-    """1 to max_length characters, none of them a control character (they break logs and
-    terminals, and PostgreSQL refuses NUL)."""
-    return Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=max_length),
-        AfterValidator(printable),
-        Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
-    ]
-
-
-Path_ = _text(MAX_PATH)
-
+from .versions import SPEC_VERSION, upgrade_spec
 
 # Where a dataset is read from when `dataset.root` is not given (Debian's package).
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -207,13 +124,6 @@ class LayerLevels(Strict):
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
 
-MAX_LAYER_PATTERNS = 64
-
-
-# How a step starts: lsq, the paper's rule; mse, the least squared quantization error.
-Init = Literal["lsq", "mse"]
-
-
 class QuantizationSpec(Strict):
     weight: Levels | None = Field(None, description="Weight levels; null = full precision")
     activation: Levels | None = Field(None, description="Activation levels; null = full precision")
@@ -221,7 +131,7 @@ class QuantizationSpec(Strict):
     granularity: Literal["per_tensor", "per_channel"] = Field(
         "per_tensor", description="One weight step per layer or per output channel"
     )
-    layers: dict[_text(200), LayerLevels] = Field(  # type: ignore[valid-type]
+    layers: dict[bounded_text(200), LayerLevels] = Field(  # type: ignore[valid-type]
         {},
         max_length=MAX_LAYER_PATTERNS,
         description="Per-layer levels (mixed precision): a glob of module names (`lsq layers "
@@ -294,9 +204,6 @@ class DistillSpec(DistillOptions):
     )
 
 
-MAX_BN_BATCHES = 1000
-
-
 class TrainingSpec(Strict):
     epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(
@@ -357,34 +264,6 @@ class TrainingSpec(Strict):
         return value
 
 
-# The version of the spec's JSON form. Stored with every job; a change that would make stored
-# specs invalid bumps it and adds the function that upgrades the previous version's documents.
-# An experiment's base is upgraded the same way (the service's stored_experiment_spec); an
-# upgrade that renames a field must also reach its grid and variants' overrides.
-SPEC_VERSION = 2
-
-
-def _bn_reestimate_was_off(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 re-estimates batch norms by default; a version-1 spec without the field ran
-    without."""
-    training = data.get("training")
-    if training is None or isinstance(training, dict):
-        data = {**data, "training": {"bn_reestimate": 0, **(training or {})}}
-    return data
-
-
-UPGRADES: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
-    1: _bn_reestimate_was_off,
-}
-
-
-def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
-    """A spec document stored at `version`, brought to SPEC_VERSION."""
-    for v in range(version, SPEC_VERSION):
-        data = UPGRADES[v](data)
-    return data
-
-
 class SensitivitySpec(Strict):
     """Per-layer sensitivity in one job, without training: the network of model.init quantized
     as the spec says, then each probed layer alone quantized (quantize_one) or alone left in
@@ -395,7 +274,7 @@ class SensitivitySpec(Strict):
         description="quantize_one: only the probed layer is quantized; float_one: every layer "
         "the spec quantizes but the probed one",
     )
-    layers: list[_text(200)] = Field(  # type: ignore[valid-type]
+    layers: list[bounded_text(200)] = Field(  # type: ignore[valid-type]
         ["*"],
         min_length=1,
         max_length=MAX_LAYER_PATTERNS,
@@ -410,7 +289,7 @@ class SensitivitySpec(Strict):
             if not any(fnmatchcase(n, glob) for n in quantized):
                 raise ValueError(
                     f"{glob[:80]!r} matches no layer this spec quantizes; those of {arch} are "
-                    f"{_listed(quantized)}"
+                    f"{listed(quantized)}"
                 )
         return [n for n in quantized if any(fnmatchcase(n, g) for g in self.layers)]
 
@@ -431,10 +310,6 @@ def _json(levels: LevelSet | None) -> Any:
     return levels.to_json() if levels is not None else None
 
 
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-
-
 def pretrained_cannot_teach(dataset: str) -> str | None:
     """Why torchvision's ImageNet weights cannot teach a network on `dataset`, or None."""
     if dataset == "imagenet":
@@ -448,7 +323,7 @@ def pretrained_cannot_teach(dataset: str) -> str | None:
 class JobSpec(Strict):
     """A quantize-and-evaluate job: dataset, network, constraints, training recipe."""
 
-    name: _text(200)  # type: ignore[valid-type]
+    name: bounded_text(200)  # type: ignore[valid-type]
     dataset: DatasetSpec
     model: ModelSpec
     quantization: QuantizationSpec = QuantizationSpec()
@@ -479,7 +354,7 @@ class JobSpec(Strict):
         first = {first_match(n) for n in names}
         unused = [p for p in self.quantization.layers if p not in first]
         if unused:
-            shown = _listed(names)
+            shown = listed(names)
             raise ValueError(
                 f"quantization.layers: {', '.join(repr(p[:80]) for p in unused[:5])} is the first "
                 f"pattern to match no layer of {self.model.arch} (none, or only layers an "
@@ -520,113 +395,3 @@ class JobSpec(Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
-
-
-# ------------------------------------------------------------------- errors, for both CLIs
-
-
-class SpecError(ValueError):
-    """A spec that cannot be read or validated; `fields` holds (dotted field, message) pairs."""
-
-    def __init__(self, message: str, fields: Sequence[tuple[str, str]] = ()) -> None:
-        self.message, self.fields = message, list(fields)
-        super().__init__(format_errors(message, self.fields))
-
-
-def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
-    """The one presentation of spec errors: a line, then one line per field."""
-    return "\n".join([message, *(f"  {field}: {text}" for field, text in fields)])
-
-
-def field_name(loc: Sequence[str | int]) -> str:
-    """`model.init.job`, not pydantic's `model.init.Tag.job`: tags of a union's members and
-    validator names are not fields (capitalised, or not identifiers). A layer pattern is a
-    key of `quantization.layers`, kept as written: `quantization.layers."layers.0.*".weight`."""
-    parts, loc = [], [str(p) for p in loc]
-    for i, part in enumerate(loc):
-        if loc[i - 2 : i] == ["quantization", "layers"] and part != "[key]":  # [key]: pydantic's
-            plain = _PLAIN.fullmatch(part)
-            parts.append(part if plain else json.dumps(cut(part, MAX_KEY), ensure_ascii=False))
-        elif part.isdigit() or (part.isidentifier() and not part[0].isupper()):
-            parts.append(part)
-    return ".".join(parts) or "body"
-
-
-MAX_KEY, MAX_MESSAGE = 80, 1000
-_PLAIN = re.compile(r"[a-z_][a-z0-9_]{0,79}")  # a field's name, or a pattern that could be one
-_PART = re.compile(r'"(?:[^"\\]|\\.)*"|[^.]+')  # a quoted pattern is one part, dots and all
-_NAMED = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)*): ")
-
-
-def _shown(field: str) -> str:
-    """A client's long key cut short: a 250 KB key is not a 500 KB error. A quoted pattern
-    was cut before it was quoted (an escape cut in half would not read back)."""
-    return ".".join(p if p.startswith('"') else cut(p, MAX_KEY) for p in _PART.findall(field))
-
-
-def describe_errors(
-    errors: ValidationError | Sequence[dict[str, Any]], root: type[BaseModel] | None = None
-) -> list[tuple[str, str]]:
-    """(field, message) per error; an unknown key names the accepted ones and the closest."""
-    if isinstance(errors, ValidationError):
-        errors = errors.errors()
-    described = []
-    for e in errors:
-        field, message = field_name(e["loc"]), e["msg"].removeprefix("Value error, ")
-        named = _NAMED.match(message)  # a check of a whole object that names its field
-        if named and (field == "body" or named[1].startswith(field + ".")):
-            field, message = named[1], message[named.end() :]
-        if e["type"].endswith("_type") and "input" in e:  # strict: "3" is not 3; say so
-            message += f", not {_kind(e['input'])}"
-        if e["type"] == "extra_forbidden" and root is not None:
-            message = _unknown_key(e["loc"], root) or message
-        described.append((_shown(field), cut(message, MAX_MESSAGE)))
-    return described
-
-
-def _kind(value: Any) -> str:
-    """What a JSON (or YAML) value is, as its writer would call it."""
-    kinds = {bool: "true/false", str: "a string", int: "an integer", float: "a number",
-             list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
-    return kinds.get(type(value), type(value).__name__)
-
-
-def _unknown_key(loc: Sequence[Any], root: type[BaseModel]) -> str | None:
-    *parents, key = (str(p) for p in loc)
-    model: type[BaseModel] | None = root
-    annotation: Any = None
-    for part in parents:
-        info = model.model_fields.get(part)
-        if info is None:  # a union's tag (its member), a dict's key (a layer pattern), an index
-            model = _member(annotation, part) or model
-            continue
-        annotation = info.annotation
-        model = _model_in(annotation)
-        if model is None:
-            return None
-    known = list(model.model_fields)
-    close = difflib.get_close_matches(key[:100], known, n=1, cutoff=0.6)
-    guess = f"did you mean {close[0]!r}? " if close else ""
-    shown = cut(key, 60)
-    return f"unknown key {shown!r}; {guess}accepted: {', '.join(known)}"
-
-
-def _member(annotation: Any, tag: str) -> type[BaseModel] | None:
-    """The model of a tagged union's member `Annotated[Model, Tag(tag)]`, if there is one."""
-    for arg in typing.get_args(annotation):
-        if any(isinstance(m, Tag) and m.tag == tag for m in getattr(arg, "__metadata__", ())):
-            return _model_in(arg)
-        if found := _member(arg, tag):
-            return found
-    return None
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `ModelSpec | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
-        for arg in typing.get_args(annotation):
-            if found := _model_in(arg):
-                return found
-    return None
