@@ -227,6 +227,7 @@ def unmeasured_jobs(session: Session, limit: int) -> list[Job]:
 
 
 def _owned(session: Session, job_id: int, worker: str) -> Job | None:
+    """The job, locked, while `worker` holds its lease; None once it has lost it."""
     job = locked(session, job_id)
     if job is None or job.status != JobStatus.running or job.worker != worker:
         return None
