@@ -18,12 +18,12 @@ from functools import lru_cache
 
 from celery import Celery, signals
 
-from api.service import store
 from api.service.artifacts import folder_bytes, job_folder, remove_folder
 from api.service.config import Settings, get_settings
 from api.service.db import session_scope
 from api.service.models import utcnow
 from api.service.queue import broker_config, enqueue, publish, queue_length
+from api.service.store import worker as worker_store
 
 # Set when the worker is asked to stop: a running job stops at the next batch and is requeued.
 SHUTTING_DOWN = threading.Event()
@@ -71,11 +71,11 @@ def _requeue_unfinished(**_: object) -> None:
     was killed, or never sent. A duplicate is harmless (the lease decides who runs a job).
     Then sweep, every LSQ_SWEEP_SECONDS, for jobs whose publish failed at submission."""
     with session_scope() as session:
-        jobs = [(job.id, job.lease_expires_at) for job in store.unfinished_jobs(session)]
+        jobs = [(job.id, job.lease_expires_at) for job in worker_store.unfinished_jobs(session)]
     for job_id, lease_expires_at in jobs:
         enqueue(job_id, at=lease_expires_at)
     with session_scope() as session:
-        store.mark_published(session, [job_id for job_id, _ in jobs])
+        worker_store.mark_published(session, [job_id for job_id, _ in jobs])
     if jobs:
         log.info("requeued unfinished jobs %s", [job_id for job_id, _ in jobs])
     threading.Thread(target=_sweep, name="publish-sweep", daemon=True).start()
@@ -98,8 +98,10 @@ def sweep_once(settings: Settings) -> list[int]:
     a duplicate is harmless (the lease decides who runs a job). Returns what it published."""
     now = utcnow()
     with session_scope(read_only=True) as session:
-        never = store.unpublished_jobs(session, now - timedelta(seconds=settings.sweep_seconds))
-        queued, orphans = store.stale_jobs(
+        never = worker_store.unpublished_jobs(
+            session, now - timedelta(seconds=settings.sweep_seconds)
+        )
+        queued, orphans = worker_store.stale_jobs(
             session, now - timedelta(seconds=settings.republish_seconds)
         )
     if queued and queue_length() > 0:
@@ -123,7 +125,7 @@ def prune_once(settings: Settings) -> list[str]:
         return []
     ended_before = utcnow() - timedelta(days=settings.retention_days)
     with session_scope() as session:
-        folders = store.prune_files(session, ended_before, PRUNE_BATCH)
+        folders = worker_store.prune_files(session, ended_before, PRUNE_BATCH)
     for folder in folders:
         remove_folder(job_folder(settings, folder))
     if folders:
@@ -136,7 +138,7 @@ def measure_once(settings: Settings) -> int:
     queued after a resume, or given up after its workers died, may hold checkpoints). Returns
     how many were measured."""
     with session_scope() as session:
-        jobs = store.unmeasured_jobs(session, PRUNE_BATCH)
+        jobs = worker_store.unmeasured_jobs(session, PRUNE_BATCH)
         for job in jobs:
             job.stored_bytes = folder_bytes(job_folder(settings, job.folder))
     return len(jobs)

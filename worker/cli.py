@@ -204,12 +204,12 @@ def _demo(url: str, token: str | None, procs: list[subprocess.Popen], again: str
 
 def _folder_of(job_id: int) -> Path:
     """Where a job of this machine's embedded service keeps its files."""
-    from api.service import store
     from api.service.artifacts import job_folder
     from api.service.db import session_scope
+    from api.service.store import jobs as job_store
 
     with session_scope(read_only=True) as session:
-        return job_folder(get_settings(), store.get_job(session, job_id).folder)
+        return job_folder(get_settings(), job_store.get_job(session, job_id).folder)
 
 
 def _demo_spec(name: str, epochs: int, lr: float = 0.05, init: dict | None = None,

@@ -8,12 +8,14 @@ import logging
 import time
 from pathlib import Path
 
-from api.service import store
 from api.service.artifacts import experiment_folder, remove_folder
 from api.service.config import get_settings
 from api.service.db import session_scope
 from api.service.errors import ExperimentNotFound
-from api.service.experiments import ExperimentSpec, Row, rows
+from api.service.experiments.request import ExperimentSpec
+from api.service.experiments.results import Row, rows
+from api.service.store import epochs as epoch_store
+from api.service.store import experiments as experiment_store
 from lsq.files import PLOT, PLOT_SVG
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def _unless_deleted_meanwhile(experiment_id: int, folder: Path) -> None:
     its folder before the drawing wrote it again."""
     with session_scope(read_only=True) as session:
         try:
-            store.get_experiment(session, experiment_id, owner=None)
+            experiment_store.get_experiment(session, experiment_id, owner=None)
         except ExperimentNotFound:
             remove_folder(folder)
 
@@ -52,11 +54,11 @@ def _draw(experiment_id: int) -> Path:
     from lsq.plot import Curve, experiment_curves  # matplotlib loads in workers only
 
     with session_scope(read_only=True) as session:
-        experiment = store.get_experiment(session, experiment_id, owner=None)
-        request = store.stored_experiment_spec(experiment)
+        experiment = experiment_store.get_experiment(session, experiment_id, owner=None)
+        request = experiment_store.stored_experiment_spec(experiment)
         spec = ExperimentSpec.model_validate(request)
         table = rows(spec, experiment.jobs)
-        epochs = store.epochs_of(session, [j.id for j in experiment.jobs])
+        epochs = epoch_store.epochs_of(session, [j.id for j in experiment.jobs])
         base = request["base"]
         title = f"{experiment.name}: {base['model']['arch']} on {base['dataset']['name']}"
         folder = experiment_folder(get_settings(), experiment.folder)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.service import dispatch, owners, store
+from api.service import dispatch, owners
 from api.service.artifacts import folder_bytes, job_folder
 from api.service.config import Settings, get_settings
 from api.service.db import DATABASE_UNAVAILABLE, session_scope
@@ -30,6 +30,8 @@ from api.service.limits import check_batch, check_files
 from api.service.models import JobStatus, utcnow
 from api.service.owners import Limits
 from api.service.queue import enqueue_when_committed
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
@@ -120,7 +122,7 @@ class LeaseKeeper(threading.Thread):
             attempt = time.monotonic()
             try:
                 with session_scope() as session:
-                    lease = store.renew_lease(
+                    lease = worker_store.renew_lease(
                         session, self.job_id, self.worker, self.settings.lease_seconds,
                         self._progress, self.ran_before + attempt - self.began,
                     )  # fmt: skip
@@ -197,11 +199,11 @@ def claim(job_id: int) -> Claimed | Outcome:
         limits = owners.limits_of(session, job.owner, defaults)
         stored = owners.usage_of(session, job.owner).storage_bytes  # jobs ended since it queued
         if problem := owners.storage_full(job.owner, stored, limits):
-            store.finish_job(
+            worker_store.finish_job(
                 session, job.id, args[0], JobStatus.failed, error=problem, stored_bytes=0
             )
             return Ack(JobStatus.failed, problem)
-        spec = store.stored_spec(job)
+        spec = job_store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
         seconds = limits.max_job_seconds
         return Claimed(
@@ -214,7 +216,7 @@ def _keep_a_turn(session: Session, job_id: int) -> None:
     """A queued job whose message another job used gets a new one: every queued job keeps a
     message of its own (the other job's message finds it running, or ended, and is dropped)."""
     try:
-        queued = store.get_job(session, job_id).status == JobStatus.queued
+        queued = job_store.get_job(session, job_id).status == JobStatus.queued
     except JobNotFound:
         return
     if queued:
@@ -224,11 +226,11 @@ def _keep_a_turn(session: Session, job_id: int) -> None:
 def _no_turn(session: Session, job_id: int, settings: Settings) -> Outcome:
     """Nothing can run now: keep the message while its job may still need to run."""
     try:
-        job = store.get_job(session, job_id)
+        job = job_store.get_job(session, job_id)
     except JobNotFound:
         return Ack(None, "no such job")
     if job.status == JobStatus.queued:  # waits for a model, or its owner's running jobs
-        store.mark_published(session, [job_id])  # its message is alive: no sweep needed
+        worker_store.mark_published(session, [job_id])  # its message is alive: no sweep needed
         return RetryLater(settings.retry_seconds, "it waits for another job, or its turn")
     if job.status == JobStatus.running and job.lease_expires_at is not None:
         # a duplicate message: take the job over if its worker stops renewing the lease
@@ -297,7 +299,7 @@ def _stopped(claimed: Claimed, worker: str, reason: Stop | None, settings: Setti
             return RetryLater(settings.lease_seconds, "its lease could not be renewed")
         case Stop.shutdown:  # give the job back for the next worker
             with session_scope() as session:
-                released = store.release_job(session, job_id, worker)
+                released = worker_store.release_job(session, job_id, worker)
             return Requeue("the worker is stopping") if released else Ack(None, "lost its lease")
         case None:  # only the keeper stops a run
             raise RuntimeError(f"job {job_id} stopped without a reason")
@@ -306,7 +308,7 @@ def _stopped(claimed: Claimed, worker: str, reason: Stop | None, settings: Setti
 def _source(session: Session, job_id: int, owner: str) -> Source:
     """A job whose model another uses, as `owner` may see it."""
     try:
-        source = store.get_job(session, job_id, owner=owner)
+        source = job_store.get_job(session, job_id, owner=owner)
     except JobNotFound:
         return Source(None)
     return Source(source.status, source.folder)
@@ -358,7 +360,7 @@ def _record(
     job_id: int, worker: str, metrics: EpochMetrics, experiment_id: int | None = None
 ) -> None:
     with session_scope() as session:
-        if not store.record_epoch(session, job_id, worker, metrics):
+        if not worker_store.record_epoch(session, job_id, worker, metrics):
             raise LeaseLost()
     if experiment_id is not None:
         experiment_plot(experiment_id)
@@ -374,7 +376,7 @@ def _finish(
     """End the job, with the bytes its folder holds (its owner's storage counts them)."""
     job_id, stored = claimed.job_id, folder_bytes(job_folder(get_settings(), claimed.folder))
     with session_scope() as session:
-        ended = store.finish_job(
+        ended = worker_store.finish_job(
             session, job_id, worker, status, result=result, error=error, stored_bytes=stored
         )
     log.info("job %s: %s", job_id, status if ended else "lost its lease before it ended")

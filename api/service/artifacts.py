@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from api.service.config import Settings
-from api.service.store import Deleted
+from api.service.store.jobs import Deleted
 from lsq.files import (
     CHECKPOINT,
     METRICS,
@@ -56,8 +56,8 @@ def image(folder: Path, name: str) -> Response:
             content = file.read()
     if not content:  # not drawn, not a regular file, or empty: as good as not drawn
         raise HTTPException(404, f"no {name} yet: it is drawn after the first epoch")
-    kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
-    return Response(content, media_type=kind, headers={"Cache-Control": "no-cache"})
+    media_type = "image/svg+xml" if name.endswith(".svg") else "image/png"
+    return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 def download(

@@ -15,10 +15,12 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from api.service import owners, store
+from api.service import owners
 from api.service.job_spec import source_jobs
 from api.service.models import UNFINISHED, Job, JobStatus, utcnow
 from api.service.owners import Limits
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 
 PAGE = 50  # an owner's candidates read at a time
 TRIES = 20  # jobs another worker claimed first, before giving up the turn
@@ -35,7 +37,7 @@ def claim_next(
         job_id = _fairest(session, utcnow(), defaults, skipped)
         if job_id is None:
             return None
-        claim = store.claim_job(session, job_id, worker, lease_seconds, max_takeovers)
+        claim = worker_store.claim_job(session, job_id, worker, lease_seconds, max_takeovers)
         if claim.outcome == "claimed":
             return claim.job
         skipped.add(job_id)  # another worker was first, or it ended: the next one
@@ -118,7 +120,7 @@ def _waits(session: Session, job: Job) -> bool:
     cannot, or is not its owner's, lets it run: it then fails, saying why)."""
     if job.status != JobStatus.queued:
         return False
-    ids = list(source_jobs(store.stored_spec(job)).values())
+    ids = list(source_jobs(job_store.stored_spec(job)).values())
     statuses = dict(
         session.execute(
             select(Job.id, Job.status).where(Job.id.in_(ids), Job.owner == job.owner)

@@ -3,7 +3,9 @@
 A spec submitted to the service may start from another job's final model (`model.init:
 {job: ID}`) and distil from one (`training.distill.teacher: {job: ID}`); the worker resolves
 each to that job's model.pt before handing the core a plain `lsq.spec.JobSpec`. Everything
-else is the core's model, not a copy of it.
+else is the core's model, not a copy of it. The rules for what those fields may name live here
+too, for jobs and experiments alike: 'pretrained' (`pretrained_problem`) and another job's
+model (`has_a_model`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from lsq.spec import DistillSpec, JobSpec, ModelSpec, Path_, TrainingSpec
+from api.service.errors import InvalidField
+from api.service.models import Job, JobStatus
+from lsq.archs import pretrained_missing
+from lsq.spec import (
+    DistillSpec,
+    JobSpec,
+    ModelSpec,
+    Path_,
+    TrainingSpec,
+    pretrained_cannot_teach,
+)
 
 # Job ids are 32-bit integers in the service's schema.
 MAX_JOB_ID = 2**31 - 1
@@ -26,7 +38,8 @@ class JobRef(BaseModel):
     job: int = Field(ge=1, le=MAX_JOB_ID)
 
 
-def _init_kind(value: Any) -> str | None:
+def _init_tag(value: Any) -> str | None:
+    """Which ServiceInit member `value` is, by its type: a path (or 'pretrained'), or a job."""
     if isinstance(value, str):
         return "Path"
     if isinstance(value, dict | JobRef):
@@ -38,7 +51,7 @@ def _init_kind(value: Any) -> str | None:
 ServiceInit = Annotated[
     Annotated[Path_, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
     Discriminator(
-        _init_kind,
+        _init_tag,
         custom_error_type="init",
         custom_error_message="expected null, 'pretrained', a path, or {job: ID}",
     ),
@@ -73,7 +86,8 @@ class ServiceJobSpec(JobSpec):
 
 
 # The fields where a spec names a model: a path, 'pretrained', or (service) another job's.
-MODEL_FIELDS = ("model.init", "training.distill.teacher")
+TEACHER = "training.distill.teacher"
+MODEL_FIELDS = ("model.init", TEACHER)
 
 
 def named_models(spec: JobSpec) -> dict[str, Any]:
@@ -101,3 +115,33 @@ def for_the_core(spec: ServiceJobSpec, models: dict[str, str]) -> JobSpec:
         *parents, last = field.split(".")
         _at(data, ".".join(parents))[last] = path
     return JobSpec.model_validate(data)
+
+
+def pretrained_problem(field: str, arch: str, dataset: str) -> str | None:
+    """Why 'pretrained' (torchvision's ImageNet weights) cannot be `field` (one of
+    MODEL_FIELDS) of a job of `arch` on `dataset`, or None: only torchvision's ResNets have
+    them, and as a teacher their head knows ImageNet's classes alone. Checked on what is
+    submitted (a job, an experiment's baseline), not in the spec, so a stored spec stays
+    readable; lsq.spec refuses the teacher half on its own, for the core's users."""
+    if problem := pretrained_missing(arch):
+        return problem
+    return pretrained_cannot_teach(dataset) if field == TEACHER else None
+
+
+def has_a_model(field: str, source: Job, spec: JobSpec) -> None:
+    """Raise unless `spec`'s job may start from (or learn from) `source`'s model: not ended
+    without one, not a probe, the same network on the same data (so its layers' shapes fit)."""
+    if source.status in (JobStatus.failed, JobStatus.cancelled):
+        raise InvalidField(field, f"job {source.id} ended {source.status}; it has no model to use")
+    if source.files_pruned_at is not None:
+        raise InvalidField(field, f"job {source.id}'s files were removed (retention); no model")
+    if source.spec.get("sensitivity"):
+        raise InvalidField(field, f"job {source.id} is a sensitivity probe; it writes no model")
+    arch, data = (
+        source.spec.get("model", {}).get("arch"),
+        source.spec.get("dataset", {}).get("name"),
+    )
+    if arch != spec.model.arch:
+        raise InvalidField(field, f"job {source.id} is a {arch}, not a {spec.model.arch}")
+    if data != spec.dataset.name:
+        raise InvalidField(field, f"job {source.id} is on {data}, not {spec.dataset.name}")

@@ -17,10 +17,10 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from api.service import store
 from api.service.config import Settings, get_settings
 from api.service.db import after_commit, private_file, session_scope
 from api.service.models import utcnow
+from api.service.store import worker as worker_store
 
 RUN_JOB = "lsq.run_job"  # the task's name: what a worker registers and the API sends
 BROKER_TIMEOUT = 3  # seconds, for the readiness probe
@@ -103,7 +103,7 @@ def publish(job_ids: list[int]) -> None:
             log.exception("job %s is stored but not queued; a worker's sweep will", job_id)
     try:
         with session_scope() as session:
-            store.mark_published(session, sent)
+            worker_store.mark_published(session, sent)
     except Exception:  # the sweep will publish them again: a duplicate message is harmless
         log.exception("jobs %s were queued but could not be marked so", sent)
 

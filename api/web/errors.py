@@ -21,7 +21,7 @@ from api.service.errors import (
     StorageFull,
     TooManyJobs,
 )
-from api.service.experiments import ExperimentSpec
+from api.service.experiments.request import ExperimentSpec
 from api.service.job_spec import ServiceJobSpec
 from api.web.auth import TooManyRequests
 from api.web.routes import experiments as experiment_routes

@@ -9,11 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.service import store
-from api.service.experiments import Row
-from api.service.experiments import status as experiment_status
+from api.service.experiments.results import Row
+from api.service.experiments.results import status as experiment_status
 from api.service.models import Epoch, Experiment, Job, JobStatus
-from api.service.store import stored_experiment_spec, stored_spec
+from api.service.store.epochs import epoch_numbers
+from api.service.store.experiments import stored_experiment_spec
+from api.service.store.jobs import stored_spec
 from lsq.metrics import EpochMetrics, QuantizerHealth, RunResult
 
 
@@ -123,9 +124,7 @@ class JobDetail(JobOut):
     @classmethod
     def of(cls, job: Job, epochs: list[Epoch] | None = None) -> JobDetail:  # type: ignore[override]
         rows = job.epochs if epochs is None else epochs
-        return super().of(
-            job, epochs=[store.epoch_numbers(e) for e in rows], warnings=job.warnings or []
-        )
+        return super().of(job, epochs=[epoch_numbers(e) for e in rows], warnings=job.warnings or [])
 
 
 class EpochHealth(BaseModel):

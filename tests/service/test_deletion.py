@@ -17,12 +17,16 @@ from selenium.webdriver.common.by import By
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.service import store
 from api.service.config import Settings
 from api.service.db import make_engine
 from api.service.errors import ExperimentNotFound, InvalidField, JobConflict, JobNotFound
+from api.service.experiments.plan import Plan, TrainedHere, Variant
 from api.service.job_spec import ServiceJobSpec
 from api.service.models import Epoch, Experiment, IdempotencyKey, Job, JobStatus, utcnow
+from api.service.store import epochs as epoch_store
+from api.service.store import experiments as experiment_store
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 from lsq.files import CHECKPOINT, METRICS, MODEL, PLOT
 from lsq.metrics import EpochMetrics
 
@@ -45,17 +49,17 @@ METRICS_ROW = {
 def add_job(db: sessionmaker[Session], key: str | None = None, **changes: object) -> int:
     spec = ServiceJobSpec.model_validate(tiny_spec("j", **changes))
     with db.begin() as session:
-        return store.submit_job(session, OWNER, spec, limits=quota(1000), key=key)[0].id
+        return job_store.submit_job(session, OWNER, spec, limits=quota(1000), key=key)[0].id
 
 
 def run_to(db: sessionmaker[Session], job_id: int, status: JobStatus, epochs: int = 0) -> None:
     """Claim the job as a worker would, record `epochs` epochs, and end it as `status`."""
     with db.begin() as session:
-        assert store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
+        assert worker_store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
         for epoch in range(1, epochs + 1):
             metrics = EpochMetrics(**{**METRICS_ROW, "epoch": epoch})
-            assert store.record_epoch(session, job_id, "w1", metrics)
-        assert store.finish_job(session, job_id, "w1", status)
+            assert worker_store.record_epoch(session, job_id, "w1", metrics)
+        assert worker_store.finish_job(session, job_id, "w1", status)
 
 
 def ended_ago(db: sessionmaker[Session], job_id: int, days: float) -> None:
@@ -76,47 +80,47 @@ def test_a_deleted_job_takes_its_epochs_and_keys_along(db) -> None:
     kept = add_job(db, key="k2")
     run_to(db, kept, JobStatus.failed, epochs=1)
     with db.begin() as session:
-        folder = store.get_job(session, job_id).folder
-        assert store.delete_job(session, job_id, OWNER) == store.Deleted([folder], [])
+        folder = job_store.get_job(session, job_id).folder
+        assert job_store.delete_job(session, job_id, OWNER) == job_store.Deleted([folder], [])
     assert count(db, Job, id=job_id) == 0
     assert count(db, Epoch, job_id=job_id) == 0  # the foreign keys cascade, on both databases
     assert count(db, IdempotencyKey, job_id=job_id) == 0
     assert count(db, Epoch, job_id=kept) == 1 and count(db, IdempotencyKey, job_id=kept) == 1
     with db.begin() as session, pytest.raises(JobNotFound):
-        store.delete_job(session, job_id, OWNER)
+        job_store.delete_job(session, job_id, OWNER)
 
 
 def test_a_job_is_deleted_only_once_ended_and_when_no_unfinished_job_uses_its_model(db) -> None:
     source = add_job(db)
     with db.begin() as session:
         with pytest.raises(JobConflict, match=rf"queued; cancel it first .*{source}/cancel"):
-            store.delete_job(session, source, OWNER)
+            job_store.delete_job(session, source, OWNER)
     with db.begin() as session, pytest.raises(JobNotFound):  # another owner's: missing
-        store.delete_job(session, source, "bob")
+        job_store.delete_job(session, source, "bob")
     run_to(db, source, JobStatus.succeeded)
     user = add_job(db, model={"init": {"job": source}})
     teacher = add_job(db, training={"distill": {"teacher": {"job": source}}})
     with db.begin() as session:
         with pytest.raises(JobConflict, match=f"job {user} .* uses the model of job {source}"):
-            store.delete_job(session, source, OWNER)
-        store.cancel_job(session, user, OWNER)
+            job_store.delete_job(session, source, OWNER)
+        job_store.cancel_job(session, user, OWNER)
     with db.begin() as session:
         with pytest.raises(JobConflict, match=f"job {teacher} .* model of job {source}"):
-            store.delete_job(session, source, OWNER)
-        store.cancel_job(session, teacher, OWNER)
+            job_store.delete_job(session, source, OWNER)
+        job_store.cancel_job(session, teacher, OWNER)
     with db.begin() as session:
-        store.delete_job(session, source, OWNER)
+        job_store.delete_job(session, source, OWNER)
     assert count(db, Job, id=source) == 0 and count(db, Job) == 2  # the users' records stay
 
 
 def experiment(db: sessionmaker[Session]) -> tuple[int, list[int]]:
     """An experiment of a baseline and one variant (both queued), and its jobs' ids."""
     spec = ServiceJobSpec.model_validate(tiny_spec("e"))
+    plan = Plan(TrainedHere(spec), [Variant("variants.0", 0, None, [spec])])
     with db.begin() as session:
-        made, _ = store.create_experiment(
-            session, OWNER, "e", {"name": "e"}, spec, [(0, spec)], start=None,
-            limits=quota(100), key="e1",
-        )  # fmt: skip
+        made, _ = experiment_store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, plan, limits=quota(100), key="e1"
+        )
         session.flush()
         session.refresh(made)
         return made.id, [job.id for job in made.jobs]
@@ -126,24 +130,24 @@ def test_an_experiment_is_deleted_with_its_jobs_once_they_all_ended(db) -> None:
     experiment_id, (baseline, variant) = experiment(db)
     with db.begin() as session:  # its job is deleted with it, never alone
         with pytest.raises(JobConflict, match=f"belongs to experiment {experiment_id}"):
-            store.delete_job(session, variant, OWNER)
+            job_store.delete_job(session, variant, OWNER)
         with pytest.raises(JobConflict, match=rf"\({baseline}, {variant}\); cancel it"):
-            store.delete_experiment(session, experiment_id, OWNER)
+            experiment_store.delete_experiment(session, experiment_id, OWNER)
         with pytest.raises(ExperimentNotFound):
-            store.delete_experiment(session, experiment_id, "bob")
+            experiment_store.delete_experiment(session, experiment_id, "bob")
     run_to(db, baseline, JobStatus.succeeded, epochs=1)
     outside = add_job(db, model={"init": {"job": baseline}})  # another job uses the baseline
     with db.begin() as session:
-        store.cancel_job(session, variant, OWNER)
+        job_store.cancel_job(session, variant, OWNER)
     with db.begin() as session:
         with pytest.raises(JobConflict, match=f"job {outside} .* model of job {baseline}"):
-            store.delete_experiment(session, experiment_id, OWNER)
-        store.cancel_job(session, outside, OWNER)
+            experiment_store.delete_experiment(session, experiment_id, OWNER)
+        job_store.cancel_job(session, outside, OWNER)
     with db.begin() as session:
-        folders = [store.get_job(session, i).folder for i in (baseline, variant)]
+        folders = [job_store.get_job(session, i).folder for i in (baseline, variant)]
         plots = session.get(Experiment, experiment_id).folder
-        deleted = store.delete_experiment(session, experiment_id, OWNER)
-    assert deleted == store.Deleted(folders, [plots])
+        deleted = experiment_store.delete_experiment(session, experiment_id, OWNER)
+    assert deleted == job_store.Deleted(folders, [plots])
     assert count(db, Experiment) == 0 and count(db, Job) == 1  # `outside` stays
     assert count(db, Epoch) == 0 and count(db, IdempotencyKey) == 0
 
@@ -157,22 +161,22 @@ def test_retention_marks_the_files_of_jobs_that_ended_long_ago_in_batches(db) ->
     for job_id, days in ((old, 10), (older, 20), (recent, 1), (in_use, 30), (queued, 30)):
         ended_ago(db, job_id, days)
     with db.begin() as session:
-        folder = {i: store.get_job(session, i).folder for i in (old, older)}
+        folder = {i: job_store.get_job(session, i).folder for i in (old, older)}
     week_ago = utcnow() - timedelta(days=7)
     with db.begin() as session:  # the oldest first, at most `limit`; an unfinished user's never
-        assert store.prune_files(session, week_ago, limit=1) == [folder[older]]
+        assert worker_store.prune_files(session, week_ago, limit=1) == [folder[older]]
     with db.begin() as session:
-        assert store.prune_files(session, week_ago, limit=10) == [folder[old]]
+        assert worker_store.prune_files(session, week_ago, limit=10) == [folder[old]]
     with db.begin() as session:
-        assert store.prune_files(session, week_ago, limit=10) == []
-        pruned = store.get_job(session, old)
+        assert worker_store.prune_files(session, week_ago, limit=10) == []
+        pruned = job_store.get_job(session, old)
         assert pruned.files_pruned_at is not None and pruned.stored_bytes == 0
-        assert store.get_job(session, recent).files_pruned_at is None
-        assert len(store.list_epochs(session, old, OWNER)) == 1  # the record stays readable
-        store.cancel_job(session, user, OWNER)
+        assert job_store.get_job(session, recent).files_pruned_at is None
+        assert len(epoch_store.list_epochs(session, old, OWNER)) == 1  # the record stays readable
+        job_store.cancel_job(session, user, OWNER)
     with db.begin() as session:  # its user ended: now its files go too
-        assert store.prune_files(session, week_ago, limit=10) == [
-            store.get_job(session, in_use).folder
+        assert worker_store.prune_files(session, week_ago, limit=10) == [
+            job_store.get_job(session, in_use).folder
         ]
 
 
@@ -181,7 +185,7 @@ def test_a_job_whose_files_were_pruned_is_no_model_to_start_from(db) -> None:
     run_to(db, source, JobStatus.succeeded)
     ended_ago(db, source, 10)
     with db.begin() as session:
-        store.prune_files(session, utcnow(), limit=10)
+        worker_store.prune_files(session, utcnow(), limit=10)
     with pytest.raises(InvalidField, match="files were removed") as refused:
         add_job(db, model={"init": {"job": source}})
     assert refused.value.field == "model.init.job"
@@ -198,10 +202,12 @@ def test_workers_pruning_at_once_never_take_the_same_job(pg_store_url: str) -> N
         ended_ago(db, job_id, 10 if job_id == first else 9)
     try:
         with db.begin() as one, db.begin() as two:
-            taken = store.prune_files(one, utcnow(), limit=1)  # holds its row until it commits
+            taken = worker_store.prune_files(
+                one, utcnow(), limit=1
+            )  # holds its row until it commits
             two.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting on it would fail
-            assert taken + store.prune_files(two, utcnow(), limit=10) == [
-                store.get_job(one, i).folder for i in (first, second)
+            assert taken + worker_store.prune_files(two, utcnow(), limit=10) == [
+                job_store.get_job(one, i).folder for i in (first, second)
             ]
     finally:
         engine.dispose()

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from api.service import experiments
-from api.service.experiments import CheckpointBaseline, ExperimentSpec
+from api.service.errors import InvalidField
+from api.service.experiments import plan as planning
+from api.service.experiments import results, tables
+from api.service.experiments.overrides import flatten
+from api.service.experiments.request import CheckpointBaseline, ExperimentSpec
 from lsq.archs import layer_names
 from lsq.documents import read_document
 from lsq.metrics import fixed
@@ -347,7 +350,7 @@ def test_a_bad_experiment_gets_422_naming_the_field(
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("experiment-*.yaml")), ids=lambda p: p.stem)
 def test_every_example_experiment_plans_its_table(path) -> None:
     spec = ExperimentSpec.model_validate(read_document(path))
-    plan = experiments.plan(spec, max_jobs=64)
+    plan = planning.plan(spec, max_jobs=64)
     if spec.kind == "sensitivity":  # one untrained probe job, from a float baseline
         assert len(plan.variants) == 1 and plan.variants[0].specs[0].sensitivity is not None
         assert not plan.baseline.quantization.enabled and plan.baseline.sensitivity is None
@@ -426,7 +429,7 @@ def test_a_fine_tuned_probe_plan_writes_long_level_sets_short() -> None:
     spec = ExperimentSpec.model_validate(
         sensitivity(fine_tune=1) | {"base": BASE | {"quantization": wide}}
     )
-    plan = experiments.plan(spec, max_jobs=64)
+    plan = planning.plan(spec, max_jobs=64)
     assert len(plan.variants) == 4  # every layer, then the three probed
     for variant in plan.variants:
         written = variant.specs[0].model_dump_json()
@@ -436,7 +439,7 @@ def test_a_fine_tuned_probe_plan_writes_long_level_sets_short() -> None:
 def test_a_fine_tuned_probe_warms_up_within_its_own_epochs() -> None:
     request = sensitivity(fine_tune=1)
     request["base"]["training"] = {**request["base"]["training"], "warmup_epochs": 1.5}
-    plan = experiments.plan(ExperimentSpec.model_validate(request), max_jobs=64)
+    plan = planning.plan(ExperimentSpec.model_validate(request), max_jobs=64)
     assert plan.baseline.training.warmup_epochs == 1.5  # the baseline trains 2 epochs
     assert {v.specs[0].training.warmup_epochs for v in plan.variants} == {1.0}
 
@@ -447,24 +450,24 @@ def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> 
 
     grid = {"quantization.weight": [TERNARY], "quantization.weight_init": ["lsq", "mse"]}
     spec = ExperimentSpec.model_validate(experiment(grid=grid, seeds=None))
-    plan = experiments.plan(spec, max_jobs=64)
+    plan = planning.plan(spec, max_jobs=64)
     jobs = [
         Job(id=i + 2, status=JobStatus.queued, variant=v.index, spec_version=SPEC_VERSION,
             spec=v.specs[0].model_dump(mode="json"))
         for i, v in enumerate(plan.variants)
     ]  # fmt: skip
-    table_rows = experiments.rows(spec, jobs)
+    table_rows = results.rows(spec, jobs)
     assert [r.model_dump()["other_settings"] for r in table_rows] == [  # the dashboard's column
         "quantization.weight_init=lsq",
         "quantization.weight_init=mse",
     ]
-    head, *body = experiments.table(table_rows)
+    head, *body = tables.table(table_rows)
     assert head[-1] == "settings" and [line[-1] for line in body] == [
         "quantization.weight_init=lsq",
         "quantization.weight_init=mse",
     ]
     plain = ExperimentSpec.model_validate(experiment(seeds=None))
-    assert "settings" not in experiments.table(experiments.rows(plain, []))[0]
+    assert "settings" not in tables.table(results.rows(plain, []))[0]
 
 
 def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run() -> None:
@@ -473,27 +476,25 @@ def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run
     first = {"quantization": {"layers": {"layers.0.*": two, "layers.?.conv1": four}}}
     second = {"quantization": {"layers": {"layers.?.conv1": four, "layers.0.*": two}}}
 
-    def plan(*variants: dict) -> experiments.Plan:
+    def plan(*variants: dict) -> planning.Plan:
         request = experiment(grid=None, seeds=None, variants=list(variants))
-        return experiments.plan(ExperimentSpec.model_validate(request), max_jobs=64)
+        return planning.plan(ExperimentSpec.model_validate(request), max_jobs=64)
 
     conv1 = [v.specs[0].quantization.levels_by_layer(layer_names("resnet20"))["layers.0.conv1"]
              for v in plan(first, second).variants]  # fmt: skip
     assert conv1[0] != conv1[1]
-    with pytest.raises(
-        experiments.InvalidField, match=r"variant 2 \(quantization.layers=.*\) would"
-    ):
+    with pytest.raises(InvalidField, match=r"variant 2 \(quantization.layers=.*\) would"):
         plan(first, first)
     grid = {"quantization.weight": [TERNARY, [1, 0, -1]]}  # one level set, written twice
     request = ExperimentSpec.model_validate(experiment(grid=grid, seeds=None))
-    with pytest.raises(experiments.InvalidField) as e:
-        experiments.plan(request, max_jobs=64)
+    with pytest.raises(InvalidField) as e:
+        planning.plan(request, max_jobs=64)
     assert str(e.value) == (
         "variant 2 (quantization.weight=[1,0,-1]) would run the same jobs as variant 1 "
         "(quantization.weight=[-1,0,1]); seeds repeat a variant"
     )
     # a row's settings keep the patterns whole, in their order
-    assert experiments._flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
+    assert flatten(second) == {"quantization.layers": second["quantization"]["layers"]}
 
 
 def test_a_drop_in_json_has_no_float_noise() -> None:
@@ -502,7 +503,7 @@ def test_a_drop_in_json_has_no_float_noise() -> None:
     from lsq.spec import SPEC_VERSION
 
     spec = ExperimentSpec.model_validate(experiment(seeds=None, grid={"training.lr": [0.01]}))
-    plan = experiments.plan(spec, max_jobs=64)
+    plan = planning.plan(spec, max_jobs=64)
     stored = {"status": JobStatus.succeeded, "spec_version": SPEC_VERSION}
     jobs = [
         Job(id=1, variant=None, spec=plan.baseline.model_dump(mode="json"), **stored,
@@ -510,7 +511,7 @@ def test_a_drop_in_json_has_no_float_noise() -> None:
         Job(id=2, variant=0, spec=plan.variants[0].specs[0].model_dump(mode="json"), **stored,
             result={"final_top1": 92.18, "final_top5": 99.3}),
     ]  # fmt: skip
-    _, variant = experiments.rows(spec, jobs)
+    _, variant = results.rows(spec, jobs)
     numbers = variant.model_dump(mode="json")
     assert (numbers["drop_top1"]["mean"], numbers["drop_top5"]["mean"]) == (-0.95, -0.2)
 
@@ -522,7 +523,7 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     from lsq.spec import SPEC_VERSION
 
     spec = ExperimentSpec.model_validate(sensitivity())
-    plan = experiments.plan(spec, max_jobs=64)
+    plan = planning.plan(spec, max_jobs=64)
     probe_spec = plan.variants[0].specs[0].model_dump(mode="json")
     probe_spec["model"]["init"] = {"job": 1}
     whole = {"final_top1": 50.0, "final_top5": 90.0, "init_top1": 80.0, "init_top5": 99.0}
@@ -533,17 +534,17 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
         Job(id=2, **stored, result=whole | {"sensitivity": [one]}),
         Job(id=3, **stored, result=whole),
     ]
-    fp, every, conv1, conv2, last = experiments.rows(spec, jobs)
+    fp, every, conv1, conv2, last = results.rows(spec, jobs)
     assert fp.test_top1.mean == 80.0 and every.id == "all" and every.test_top1.n == 2
     # a baseline trained elsewhere: float, named by where it came from, measured by the probes
     from_file = spec.model_copy(update={"baseline": CheckpointBaseline(checkpoint="/d/fp.pt")})
-    fp = experiments.rows(from_file, jobs)[0]
+    fp = results.rows(from_file, jobs)[0]
     assert (fp.label, fp.constr_w, fp.constr_a, fp.quan_lr, fp.epochs, fp.lr_base, fp.jobs) == (
         "full precision (checkpoint)", "none", "none", "no", None, None, []
     )  # fmt: skip
     assert fp.test_top1.mean == 80.0
     assert conv1.test_top1.mean == 70.0 and conv1.drop_top1.mean == 10.0
     assert conv2.test_top1 is None and last.test_top1 is None
-    md = experiments.markdown(experiments.rows(from_file, jobs))
+    md = tables.markdown(results.rows(from_file, jobs))
     assert "| FP | full precision (checkpoint) | none | none |  | 80.00 |" in md
     assert "| 2 | layers.0.conv2 |" in md

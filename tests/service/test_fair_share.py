@@ -16,11 +16,13 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.service import dispatch, owners, store
+from api.service import dispatch, owners
 from api.service.errors import TooManyJobs
 from api.service.job_spec import ServiceJobSpec
 from api.service.models import Job, JobStatus
 from api.service.owners import Limits
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 from lsq.cost import TRAINING_PASSES, network_macs
 
 from .conftest import (
@@ -42,7 +44,7 @@ WORKER = "w1"
 def submit(db: sessionmaker[Session], owner: str, name: str, **defaults: Any) -> int:
     spec = ServiceJobSpec.model_validate(tiny_spec(name))
     with db.begin() as session:
-        return store.submit_job(session, owner, spec, limits=quota(**defaults))[0].id
+        return job_store.submit_job(session, owner, spec, limits=quota(**defaults))[0].id
 
 
 def next_job(db: sessionmaker[Session], defaults: Limits | None = None) -> int | None:
@@ -53,7 +55,9 @@ def next_job(db: sessionmaker[Session], defaults: Limits | None = None) -> int |
 
 def finish(db: sessionmaker[Session], job_id: int) -> None:
     with db.begin() as session:
-        assert store.finish_job(session, job_id, WORKER, JobStatus.succeeded, stored_bytes=10)
+        assert worker_store.finish_job(
+            session, job_id, WORKER, JobStatus.succeeded, stored_bytes=10
+        )
 
 
 # ------------------------------------------------------------------------------- the store
@@ -91,7 +95,7 @@ def test_a_job_waiting_for_another_jobs_model_lets_the_next_one_run(
     source = submit(db, "ann", "source")
     spec = ServiceJobSpec.model_validate(tiny_spec("student", model={"init": {"job": source}}))
     with db.begin() as session:
-        student = store.submit_job(session, "ann", spec, limits=quota())[0].id
+        student = job_store.submit_job(session, "ann", spec, limits=quota())[0].id
     assert next_job(db) == source
     assert next_job(db) is None  # the student waits for its source's model
     finish(db, source)
@@ -108,7 +112,7 @@ def test_the_queue_limit_holds_when_two_submissions_race(db: sessionmaker[Sessio
 
     def first() -> None:
         with db.begin() as session:
-            store.submit_job(session, "ann", spec, limits=quota(queued=1))
+            job_store.submit_job(session, "ann", spec, limits=quota(queued=1))
             inside.set()
             time.sleep(1.0)  # the second starts its count meanwhile
         outcomes.append("first")
@@ -117,7 +121,7 @@ def test_the_queue_limit_holds_when_two_submissions_race(db: sessionmaker[Sessio
         inside.wait(10)
         try:
             with db.begin() as session:
-                store.submit_job(session, "ann", spec, limits=quota(queued=1))
+                job_store.submit_job(session, "ann", spec, limits=quota(queued=1))
             outcomes.append("second")
         except TooManyJobs:
             outcomes.append("refused")
@@ -290,7 +294,7 @@ def test_no_job_runs_twice_when_two_workers_choose_at_once(db: sessionmaker[Sess
 # time limit counts the seconds earlier attempts ran.
 TURNS = """
 import sys
-from api.service import store
+from api.service.store import jobs as job_store
 from api.service.config import get_settings
 from api.service.db import session_scope, upgrade_database
 from api.service.owners import Limits
@@ -303,14 +307,14 @@ spec = ServiceJobSpec.model_validate({"name": "x", "dataset": {"name": "syntheti
                                       "model": {"arch": "resnet20"}})
 limits = Limits.defaults(get_settings())
 with session_scope() as session:
-    named = store.submit_job(session, "zed", spec, limits=limits)[0].id
-    fairer = store.submit_job(session, "amy", spec, limits=limits)[0].id  # 'amy' < 'zed'
+    named = job_store.submit_job(session, "zed", spec, limits=limits)[0].id
+    fairer = job_store.submit_job(session, "amy", spec, limits=limits)[0].id  # 'amy' < 'zed'
 claimed = runner.claim(named)
 assert claimed.job_id == fairer, claimed
 assert queue_length() == 1, queue_length()  # a new message for the job the first one named
 with session_scope() as session:
-    assert store.get_job(session, named).published_at is not None
-    store.get_job(session, fairer).run_seconds = 7.0  # as if an earlier attempt ran 7 s
+    assert job_store.get_job(session, named).published_at is not None
+    job_store.get_job(session, fairer).run_seconds = 7.0  # as if an earlier attempt ran 7 s
 assert runner.claim(fairer).job_id == named  # a running job's message: a turn for another
 waits = runner.claim(fairer)  # nothing else to run, and its lease is alive: it waits
 assert isinstance(waits, runner.RetryLater) and "lease" in waits.why, waits

@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from api.service import store
 from api.service.job_spec import ServiceJobSpec
 from api.service.models import JobStatus
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 from api.web.schemas import public_worker
 from lsq.metrics import RunResult
 
@@ -61,13 +62,13 @@ RESULT = RunResult(final_top1=1, final_top5=5, best_top1=1, best_top5=5, best_ep
 def test_a_run_that_ended_before_it_saw_its_cancel_ends_cancelled(db) -> None:
     with db.begin() as session:
         spec = ServiceJobSpec.model_validate(tiny_spec("late"))
-        job_id = store.submit_job(session, "ann", spec, limits=quota(10))[0].id
+        job_id = job_store.submit_job(session, "ann", spec, limits=quota(10))[0].id
     with db.begin() as session:
-        assert store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
+        assert worker_store.claim_job(session, job_id, "w1", lease_seconds=60).outcome == "claimed"
     with db.begin() as session:
-        store.cancel_job(session, job_id, "ann")  # after the run's last look at the flag
+        job_store.cancel_job(session, job_id, "ann")  # after the run's last look at the flag
     with db.begin() as session:
-        assert store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
+        assert worker_store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
     with db.begin() as session:
-        job = store.get_job(session, job_id)
+        job = job_store.get_job(session, job_id)
         assert (job.status, job.result, job.cancel_requested) == (JobStatus.cancelled, None, True)

@@ -14,11 +14,15 @@ import pytest
 from sqlalchemy import Engine, event, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.service import store
 from api.service.db import make_engine, upgrade_database
 from api.service.errors import InvalidField, JobConflict, JobNotFound, TooManyJobs
+from api.service.experiments.plan import FromCheckpoint, FromJob, Plan, Variant
 from api.service.job_spec import ServiceJobSpec
 from api.service.models import Base, Epoch, Experiment, Job, JobStatus, utcnow
+from api.service.store import epochs as epoch_store
+from api.service.store import experiments as experiment_store
+from api.service.store import jobs as job_store
+from api.service.store import worker as worker_store
 from api.web.schemas import ExperimentOut, JobDetail, JobOut
 from lsq.levels import from_bits
 from lsq.metrics import EpochMetrics, RunResult
@@ -55,7 +59,7 @@ OWNER = "ann"
 
 
 def create(session: Session, spec: ServiceJobSpec, owner: str = OWNER) -> Job:
-    return store.submit_job(session, owner, spec, limits=quota(1000))[0]
+    return job_store.submit_job(session, owner, spec, limits=quota(1000))[0]
 
 
 def add_job(db: sessionmaker[Session], **changes: object) -> int:
@@ -63,9 +67,9 @@ def add_job(db: sessionmaker[Session], **changes: object) -> int:
         return create(session, ServiceJobSpec.model_validate(tiny_spec("j", **changes))).id
 
 
-def claim(db: sessionmaker[Session], job_id: int, worker: str) -> store.Claim:
+def claim(db: sessionmaker[Session], job_id: int, worker: str) -> worker_store.Claim:
     with db.begin() as session:
-        return store.claim_job(session, job_id, worker, lease_seconds=60)
+        return worker_store.claim_job(session, job_id, worker, lease_seconds=60)
 
 
 def expire_lease(db: sessionmaker[Session], job_id: int) -> None:
@@ -87,13 +91,13 @@ def test_a_job_is_claimed_once_and_taken_over_only_when_its_lease_expired(db) ->
     assert taken.outcome == "claimed" and taken.job.attempts == 2 and taken.job.worker == "w2"
     assert taken.job.started_at == first.job.started_at
     with db.begin() as session:  # the old owner can no longer write anything
-        assert not store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
-        assert not store.renew_lease(session, job_id, "w1", 60).held
-        assert not store.finish_job(session, job_id, "w1", JobStatus.succeeded)
-        assert store.finish_job(session, job_id, "w2", JobStatus.failed, error="boom")
+        assert not worker_store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
+        assert not worker_store.renew_lease(session, job_id, "w1", 60).held
+        assert not worker_store.finish_job(session, job_id, "w1", JobStatus.succeeded)
+        assert worker_store.finish_job(session, job_id, "w2", JobStatus.failed, error="boom")
     assert claim(db, job_id, "w3").outcome == "finished"
     with db.begin() as session:
-        job = store.get_job(session, job_id)
+        job = job_store.get_job(session, job_id)
         assert (job.status, job.error, job.lease_expires_at) == (JobStatus.failed, "boom", None)
     assert claim(db, 999999, "w1").outcome == "missing"
 
@@ -102,17 +106,19 @@ def test_an_epoch_is_recorded_once_per_job_and_number(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        assert store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
-        assert store.record_epoch(session, job_id, "w1", EpochMetrics(**{**METRICS, "epoch": 2}))
+        assert worker_store.record_epoch(session, job_id, "w1", EpochMetrics(**METRICS))
+        assert worker_store.record_epoch(
+            session, job_id, "w1", EpochMetrics(**{**METRICS, "epoch": 2})
+        )
     with db.begin() as session:  # written again, e.g. after a resume: replaced, not doubled
-        assert store.record_epoch(
+        assert worker_store.record_epoch(
             session, job_id, "w1", EpochMetrics(**{**METRICS, "test_top1": 41})
         )
     with db.begin() as session:
-        epochs = store.list_epochs(session, job_id, OWNER)
+        epochs = epoch_store.list_epochs(session, job_id, OWNER)
         assert [(e.epoch, e.test_top1) for e in epochs] == [(1, 41.0), (2, 40.0)]
         assert session.scalar(select(func.count()).select_from(Epoch)) == 2
-        job = store.get_job(session, job_id)
+        job = job_store.get_job(session, job_id)
         assert (job.progress_epoch, job.progress_fraction) == (2, 1.0)
 
 
@@ -120,45 +126,47 @@ def test_cancel_stops_a_queued_job_at_once_and_flags_a_running_one(db) -> None:
     queued, running = add_job(db), add_job(db)
     claim(db, running, "w1")
     with db.begin() as session:
-        assert store.cancel_job(session, queued, OWNER).status == JobStatus.cancelled
-        job = store.cancel_job(session, running, OWNER)
+        assert job_store.cancel_job(session, queued, OWNER).status == JobStatus.cancelled
+        job = job_store.cancel_job(session, running, OWNER)
         assert job.status == JobStatus.running and job.cancel_requested
     assert claim(db, queued, "w1").outcome == "finished"  # a queued job never starts
     with db.begin() as session:
-        assert store.renew_lease(session, running, "w1", 60).cancel_requested
-        assert store.finish_job(session, running, "w1", JobStatus.cancelled)
+        assert worker_store.renew_lease(session, running, "w1", 60).cancel_requested
+        assert worker_store.finish_job(session, running, "w1", JobStatus.cancelled)
     with db.begin() as session:
-        assert store.cancel_job(session, running, OWNER).status == JobStatus.cancelled  # idempotent
+        assert (
+            job_store.cancel_job(session, running, OWNER).status == JobStatus.cancelled
+        )  # idempotent
 
 
 def test_cancelling_a_finished_job_is_a_conflict(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
+        worker_store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
     with db.begin() as session, pytest.raises(JobConflict, match="already succeeded"):
-        store.cancel_job(session, job_id, OWNER)
+        job_store.cancel_job(session, job_id, OWNER)
     with db.begin() as session, pytest.raises(JobNotFound):
-        store.cancel_job(session, 999999, OWNER)
+        job_store.cancel_job(session, 999999, OWNER)
 
 
 def test_a_job_whose_worker_died_after_a_cancel_ends_cancelled(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        store.cancel_job(session, job_id, OWNER)
+        job_store.cancel_job(session, job_id, OWNER)
     expire_lease(db, job_id)
     assert claim(db, job_id, "w2").outcome == "finished"
     with db.begin() as session:
-        assert store.get_job(session, job_id).status == JobStatus.cancelled
+        assert job_store.get_job(session, job_id).status == JobStatus.cancelled
 
 
 def test_a_released_job_is_queued_again_for_another_worker(db) -> None:
     job_id = add_job(db)
     claim(db, job_id, "w1")
     with db.begin() as session:
-        assert store.release_job(session, job_id, "w1")
-        assert [j.id for j in store.unfinished_jobs(session)] == [job_id]
+        assert worker_store.release_job(session, job_id, "w1")
+        assert [j.id for j in worker_store.unfinished_jobs(session)] == [job_id]
     resumed = claim(db, job_id, "w2")
     assert resumed.outcome == "claimed" and resumed.job.attempts == 2
 
@@ -168,7 +176,7 @@ def test_model_init_may_name_a_job_that_can_still_succeed(db) -> None:
     add_job(db, model={"init": {"job": source}})  # queued source: accepted, the worker waits
     claim(db, source, "w1")
     with db.begin() as session:
-        store.finish_job(session, source, "w1", JobStatus.failed, error="boom")
+        worker_store.finish_job(session, source, "w1", JobStatus.failed, error="boom")
     for ref, message in [(source, "ended failed"), (999999, "does not exist")]:
         with pytest.raises(InvalidField, match=message) as e:
             add_job(db, model={"init": {"job": ref}})
@@ -190,15 +198,15 @@ def test_an_experiments_baseline_job_is_a_full_precision_one(db) -> None:
     for job_id in (float_job, ternary):
         claim(db, job_id, "w1")
         with db.begin() as session:
-            store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
+            worker_store.finish_job(session, job_id, "w1", JobStatus.succeeded, result=RESULT)
     variant = ServiceJobSpec.model_validate(tiny_spec("v", quantization={"weight": [-1, 0, 1]}))
 
-    def experiment(start: int) -> Experiment:
+    def experiment(baseline_job: int) -> Experiment:
+        plan = Plan(FromJob(baseline_job), [Variant("variants.0", 0, None, [variant])])
         with db.begin() as session:
-            return store.create_experiment(
-                session, OWNER, "e", {"name": "e"}, None, [(0, variant)], start=start,
-                limits=quota(10),
-            )[0]  # fmt: skip
+            return experiment_store.create_experiment(
+                session, OWNER, "e", {"name": "e"}, plan, limits=quota(10)
+            )[0]
 
     assert experiment(float_job).id
     with pytest.raises(InvalidField, match=f"job {ternary} is quantized") as e:
@@ -209,19 +217,19 @@ def test_an_experiments_baseline_job_is_a_full_precision_one(db) -> None:
 def test_pages_stay_correct_while_jobs_are_added(db) -> None:
     ids = [add_job(db) for _ in range(5)]
     with db.begin() as session:
-        page, cursor = store.list_jobs(session, OWNER, limit=2)
+        page, cursor = job_store.list_jobs(session, OWNER, limit=2)
     assert [j.id for j in page] == ids[:-3:-1]
     new = add_job(db)
     seen = [j.id for j in page]
     while cursor:
         with db.begin() as session:
-            page, cursor = store.list_jobs(session, OWNER, limit=2, cursor=cursor)
+            page, cursor = job_store.list_jobs(session, OWNER, limit=2, cursor=cursor)
         seen += [j.id for j in page]
     assert seen == ids[::-1] and new not in seen
     with db.begin() as session:
-        assert store.list_jobs(session, OWNER, status=JobStatus.running)[0] == []
+        assert job_store.list_jobs(session, OWNER, status=JobStatus.running)[0] == []
         with pytest.raises(InvalidField):
-            store.list_jobs(session, OWNER, cursor="1; drop table jobs")
+            job_store.list_jobs(session, OWNER, cursor="1; drop table jobs")
 
 
 def test_the_schema_comes_from_the_migrations(db) -> None:
@@ -319,11 +327,13 @@ def test_unpublished_queued_jobs_are_found_for_the_sweep(db) -> None:
         a, b = create(session, spec).id, create(session, spec).id
     later = utcnow() + timedelta(seconds=1)
     with db.begin() as session:
-        assert store.unpublished_jobs(session, older_than=later) == [a, b]
-        assert store.unpublished_jobs(session, older_than=utcnow() - timedelta(hours=1)) == []
-        store.mark_published(session, [a])
+        assert worker_store.unpublished_jobs(session, older_than=later) == [a, b]
+        assert (
+            worker_store.unpublished_jobs(session, older_than=utcnow() - timedelta(hours=1)) == []
+        )
+        worker_store.mark_published(session, [a])
     with db.begin() as session:
-        assert store.unpublished_jobs(session, older_than=later) == [b]
+        assert worker_store.unpublished_jobs(session, older_than=later) == [b]
 
 
 # A spec exactly as this version of the service stores it (spec_version 1). Later versions of
@@ -354,10 +364,10 @@ def test_a_spec_stored_at_version_1_stays_readable_and_runnable(db) -> None:
         session.flush()
         job_id = old.id
     with db.begin() as session:
-        job = store.get_job(session, job_id, with_epochs=True)
+        job = job_store.get_job(session, job_id, with_epochs=True)
         upgraded = {**STORED_V1, "training": {**STORED_V1["training"], "bn_reestimate": 0}}
         assert JobDetail.of(job).spec == upgraded  # what GET /v1/jobs/{id} returns
-        spec = ServiceJobSpec.model_validate(store.stored_spec(job))  # what the worker runs
+        spec = ServiceJobSpec.model_validate(job_store.stored_spec(job))  # what the worker runs
         added = {k: {**STORED_V1[k], **v} for k, v in ADDED_SINCE_V1.items()}
         assert spec.model_dump(mode="json") == {**STORED_V1, **added, **ADDED_TOP_LEVEL_SINCE_V1}
         assert spec.quantization.first_last == from_bits(8, signed=True)
@@ -385,7 +395,7 @@ def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> N
     with db.begin() as session:
         session.add(Job(owner=OWNER, name="odd", spec=odd, spec_version=1, status=JobStatus.failed))
     with db.begin() as session:
-        (job,), _ = store.list_jobs(session, OWNER)
+        (job,), _ = job_store.list_jobs(session, OWNER)
         out = JobOut.of(job)
         upgraded = {**odd, "training": {**odd["training"], "bn_reestimate": 0}}  # not validated
         assert out.spec == upgraded and out.progress.epochs == 10**6
@@ -394,15 +404,15 @@ def test_a_stored_spec_the_current_model_would_reject_is_still_returned(db) -> N
 def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
     job_id = add_job(db)
     with db.begin() as session:
-        assert store.get_job(session, job_id, owner=OWNER).id == job_id
+        assert job_store.get_job(session, job_id, owner=OWNER).id == job_id
         for call in (
-            lambda: store.get_job(session, job_id, owner="bob"),
-            lambda: store.list_epochs(session, job_id, "bob"),
-            lambda: store.cancel_job(session, job_id, "bob"),
+            lambda: job_store.get_job(session, job_id, owner="bob"),
+            lambda: epoch_store.list_epochs(session, job_id, "bob"),
+            lambda: job_store.cancel_job(session, job_id, "bob"),
         ):
             with pytest.raises(JobNotFound, match=f"job {job_id} does not exist"):
                 call()
-        assert store.list_jobs(session, "bob") == ([], None)
+        assert job_store.list_jobs(session, "bob") == ([], None)
         # nor can bob start from ann's model
         spec = ServiceJobSpec.model_validate(tiny_spec("b", model={"init": {"job": job_id}}))
         with pytest.raises(InvalidField, match=f"job {job_id} does not exist"):
@@ -412,17 +422,17 @@ def test_another_owners_job_is_as_missing_as_a_job_that_never_was(db) -> None:
 def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
     spec = ServiceJobSpec.model_validate(tiny_spec("once"))
     with db.begin() as session:
-        first, new = store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
+        first, new = job_store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
         assert new
     with db.begin() as session:
-        again, new = store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
+        again, new = job_store.submit_job(session, OWNER, spec, limits=quota(10), key="k1")
         assert (again.id, new) == (first.id, False)
         other = ServiceJobSpec.model_validate(tiny_spec("other"))
         with pytest.raises(InvalidField, match="different body"):
-            store.submit_job(session, OWNER, other, limits=quota(10), key="k1")
+            job_store.submit_job(session, OWNER, other, limits=quota(10), key="k1")
     with db.begin() as session:  # keys are per owner, and expire
-        assert store.submit_job(session, "bob", spec, limits=quota(10), key="k1")[1]
-        expired = store.submit_job(
+        assert job_store.submit_job(session, "bob", spec, limits=quota(10), key="k1")[1]
+        expired = job_store.submit_job(
             session, OWNER, spec, limits=quota(10), key="k1", key_expiry=timedelta(0)
         )
         assert expired[1] and expired[0].id != first.id
@@ -433,17 +443,18 @@ def test_an_idempotency_key_returns_the_job_it_made(db) -> None:
 def test_a_jobs_key_and_an_experiments_key_never_meet(db) -> None:
     """A job's key "experiment:k" and an experiment's key "k" are two keys, not one reused."""
     spec = ServiceJobSpec.model_validate(tiny_spec("e"))
+    plan = Plan(FromCheckpoint("/data/fp.pt"), [Variant("variants.0", 0, None, [spec])])
     with db.begin() as session:
-        job, new_job = store.submit_job(session, OWNER, spec, limits=quota(10), key="experiment:k")
-        experiment, new_experiment = store.create_experiment(
-            session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
-            limits=quota(10), key="k",
+        job, new_job = job_store.submit_job(
+            session, OWNER, spec, limits=quota(10), key="experiment:k"
+        )
+        experiment, new_experiment = experiment_store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, plan, limits=quota(10), key="k",
         )  # fmt: skip
         assert new_job and new_experiment and job.experiment_id is None
     with db.begin() as session:
-        again, new = store.create_experiment(
-            session, OWNER, "e", {"name": "e"}, None, [(0, spec)], start=None,
-            limits=quota(10), key="k",
+        again, new = experiment_store.create_experiment(
+            session, OWNER, "e", {"name": "e"}, plan, limits=quota(10), key="k",
         )  # fmt: skip
         assert (again.id, new) == (experiment.id, False)
 
@@ -495,24 +506,26 @@ def test_an_owner_has_at_most_so_many_unfinished_jobs(db) -> None:
     spec = ServiceJobSpec.model_validate(tiny_spec("q"))
     with db.begin() as session:
         for _ in range(2):
-            store.submit_job(session, OWNER, spec, limits=quota(2))
+            job_store.submit_job(session, OWNER, spec, limits=quota(2))
         with pytest.raises(TooManyJobs, match="2 unfinished jobs"):
-            store.submit_job(session, OWNER, spec, limits=quota(2))
-        store.submit_job(session, "bob", spec, limits=quota(2))  # bob has his own
+            job_store.submit_job(session, OWNER, spec, limits=quota(2))
+        job_store.submit_job(session, "bob", spec, limits=quota(2))  # bob has his own
 
 
 def test_a_job_whose_workers_keep_dying_ends_failed_with_its_history(db) -> None:
     job_id = add_job(db)
     for worker in ("w1", "w2", "w3"):
         with db.begin() as session:
-            assert store.claim_job(session, job_id, worker, 60, max_takeovers=3).outcome == (
+            assert worker_store.claim_job(session, job_id, worker, 60, max_takeovers=3).outcome == (
                 "claimed"
             )
         expire_lease(db, job_id)
     with db.begin() as session:
-        assert store.claim_job(session, job_id, "w4", 60, max_takeovers=3).outcome == "finished"
+        assert (
+            worker_store.claim_job(session, job_id, "w4", 60, max_takeovers=3).outcome == "finished"
+        )
     with db.begin() as session:
-        job = store.get_job(session, job_id)
+        job = job_store.get_job(session, job_id)
         assert job.status == JobStatus.failed and job.attempts == 3
         assert "stopped answering 3 times (workers w1, w2, w3)" in job.error
         assert [(h["worker"], h["took_over"]) for h in job.history] == [
@@ -525,11 +538,11 @@ def test_an_error_message_is_stored_clean_and_bounded(db) -> None:
     claim(db, job_id, "w1")
     with db.begin() as session:  # PostgreSQL refuses a NUL: the job must still end
         error = "ValueError: bad \x00root\x1b[31m\n" + "x" * 10_000
-        assert store.finish_job(session, job_id, "w1", JobStatus.failed, error=error)
+        assert worker_store.finish_job(session, job_id, "w1", JobStatus.failed, error=error)
     with db.begin() as session:
-        stored = store.get_job(session, job_id).error
+        stored = job_store.get_job(session, job_id).error
         assert stored.startswith("ValueError: bad ?root?[31m\nxxx") and stored.endswith("...")
-        assert len(stored) == store.MAX_ERROR
+        assert len(stored) == job_store.MAX_ERROR
 
 
 def test_jobs_that_lost_their_message_are_found_for_republishing(db) -> None:
@@ -538,13 +551,16 @@ def test_jobs_that_lost_their_message_are_found_for_republishing(db) -> None:
     expire_lease(db, running)
     long_ago = utcnow() - timedelta(hours=1)
     with db.begin() as session:
-        store.mark_published(session, [queued, running, fresh])
+        worker_store.mark_published(session, [queued, running, fresh])
         session.execute(
             update(Job).where(Job.id.in_([queued, running])).values(published_at=long_ago)
         )
         session.execute(update(Job).where(Job.id == running).values(lease_expires_at=long_ago))
     with db.begin() as session:
-        assert store.stale_jobs(session, utcnow() - timedelta(minutes=10)) == ([queued], [running])
+        assert worker_store.stale_jobs(session, utcnow() - timedelta(minutes=10)) == (
+            [queued],
+            [running],
+        )
 
 
 def _health(zero: float, step: float) -> list[dict]:
@@ -564,7 +580,7 @@ def test_reading_a_job_is_one_query_whatever_its_epochs(db) -> None:
         for epoch, zero in enumerate([0.3, 0.5, 0.97], start=1):
             health = _health(zero, step=0.1 * epoch)
             metrics = EpochMetrics(**{**METRICS, "epoch": epoch, "quantizers": health})
-            assert store.record_epoch(session, job_id, "w1", metrics)
+            assert worker_store.record_epoch(session, job_id, "w1", metrics)
     statements: list[str] = []
     engine = db.kw["bind"]
 
@@ -574,7 +590,7 @@ def test_reading_a_job_is_one_query_whatever_its_epochs(db) -> None:
     event.listen(engine, "before_cursor_execute", count)
     try:
         with db.begin() as session:
-            detail = JobDetail.of(store.get_job(session, job_id, owner=OWNER, with_epochs=True))
+            detail = JobDetail.of(job_store.get_job(session, job_id, owner=OWNER, with_epochs=True))
     finally:
         event.remove(engine, "before_cursor_execute", count)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]

@@ -1,1 +1,1 @@
-"""HTTP routes; thin, the queries live in api.service.store."""
+"""HTTP routes; thin, the queries live in api.service.store (a module per domain)."""

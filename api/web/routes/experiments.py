@@ -9,18 +9,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from api.service import artifacts, experiments, limits, store
+from api.service import artifacts, limits
 from api.service.db import session_scope
 from api.service.errors import InvalidField
-from api.service.experiments import (
-    CheckpointBaseline,
-    ExperimentSpec,
-    JobBaseline,
-    PretrainedBaseline,
-)
+from api.service.experiments.plan import FromCheckpoint, plan
+from api.service.experiments.request import ExperimentSpec
+from api.service.experiments.results import rows
+from api.service.experiments.tables import csv_text, markdown
 from api.service.models import Experiment
 from api.service.owners import Limits
 from api.service.queue import enqueue_when_committed
+from api.service.store import experiments as experiment_store
 from api.web.auth import OwnerDep
 from api.web.deps import ReadSessionDep, SettingsDep
 from api.web.routes.jobs import ERRORS, IdempotencyKey, submitted
@@ -32,8 +31,8 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=ERR
 
 
 def _out(experiment: Experiment) -> ExperimentOut:
-    spec = ExperimentSpec.model_validate(store.stored_experiment_spec(experiment))
-    return ExperimentOut.of(experiment, experiments.rows(spec, experiment.jobs))
+    spec = ExperimentSpec.model_validate(experiment_store.stored_experiment_spec(experiment))
+    return ExperimentOut.of(experiment, rows(spec, experiment.jobs))
 
 
 @router.post(
@@ -49,26 +48,18 @@ def submit_experiment(
     """A baseline (`{train: true}`, `{job: ID}`, `{checkpoint: PATH}` or `{pretrained: true}`)
     and variants of the base spec (`grid` of dotted paths, crossed, or `variants` one by one),
     each once per seed."""
-    plan = experiments.plan(spec, settings.max_experiment_jobs)
-    for where, job in plan.specs():
+    planned = plan(spec, settings.max_experiment_jobs)
+    for where, job in planned.specs():
         try:
             limits.check_job(job, settings)
         except InvalidField as e:
             raise InvalidField(f"{where}.{e.field}", str(e)) from None
-    start: int | str | None = None
-    if isinstance(spec.baseline, JobBaseline):
-        start = spec.baseline.job
-    elif isinstance(spec.baseline, CheckpointBaseline):
-        start = spec.baseline.checkpoint
-        limits.check_file("baseline.checkpoint", start, settings)
-    elif isinstance(spec.baseline, PretrainedBaseline):
-        start = "pretrained"
-    variants = [(v.index, s) for v in plan.variants for s in v.specs]
+    if isinstance(planned.source, FromCheckpoint):
+        limits.check_file("baseline.checkpoint", planned.source.path, settings)
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        experiment, new = store.create_experiment(
-            session, owner, spec.name, spec.model_dump(mode="json"), plan.baseline, variants,
-            start=start, distill=plan.distill, limits=Limits.defaults(settings),
-            key=idempotency_key,
+        experiment, new = experiment_store.create_experiment(
+            session, owner, spec.name, spec.model_dump(mode="json"), planned,
+            limits=Limits.defaults(settings), key=idempotency_key,
             key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip
         session.flush()
@@ -89,7 +80,9 @@ def list_experiments(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> ExperimentPage:
-    found, next_cursor = store.list_experiments(session, owner, limit=limit, cursor=cursor)
+    found, next_cursor = experiment_store.list_experiments(
+        session, owner, limit=limit, cursor=cursor
+    )
     return ExperimentPage(items=[ExperimentSummary.of(e) for e in found], next_cursor=next_cursor)
 
 
@@ -110,12 +103,12 @@ def get_experiment(
         Query(description="md or csv: the table alone, in the reference's columns"),
     ] = "json",
 ) -> ExperimentOut:
-    experiment = store.get_experiment(session, experiment_id, owner)
+    experiment = experiment_store.get_experiment(session, experiment_id, owner)
     body = _out(experiment)
     if format == "md":
-        return PlainTextResponse(experiments.markdown(body.rows), media_type="text/markdown")
+        return PlainTextResponse(markdown(body.rows), media_type="text/markdown")
     if format == "csv":
-        return PlainTextResponse(experiments.csv_text(body.rows), media_type="text/csv")
+        return PlainTextResponse(csv_text(body.rows), media_type="text/csv")
     return body
 
 
@@ -124,7 +117,7 @@ def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
     """Cancels every job of the experiment that has not ended (running ones stop at the next
     batch)."""
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        experiment = store.cancel_experiment(session, experiment_id, owner)
+        experiment = experiment_store.cancel_experiment(session, experiment_id, owner)
         session.flush()
         return _out(experiment)
 
@@ -147,24 +140,24 @@ def cancel_experiment(experiment_id: int, owner: OwnerDep) -> ExperimentOut:
 def delete_experiment(experiment_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
     """A finished experiment goes with every job of it (their epochs and files) and its plots."""
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        deleted = store.delete_experiment(session, experiment_id, owner)
+        deleted = experiment_store.delete_experiment(session, experiment_id, owner)
     artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
     return Response(status_code=204)
 
 
 def _image(name: str, what: str) -> None:
-    kind = "image/svg+xml" if name.endswith(".svg") else "image/png"
+    media_type = "image/svg+xml" if name.endswith(".svg") else "image/png"
 
     @router.get(
         f"/{{experiment_id}}/{name}",
         summary=what,
         response_class=Response,
-        responses={**NOT_FOUND, 200: {"content": {kind: {}}}},
+        responses={**NOT_FOUND, 200: {"content": {media_type: {}}}},
     )
     def image(
         experiment_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
     ) -> Response:
-        experiment = store.get_experiment(session, experiment_id, owner)
+        experiment = experiment_store.get_experiment(session, experiment_id, owner)
         return artifacts.image(artifacts.experiment_folder(settings, experiment.folder), name)
 
 

@@ -9,12 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api.service import artifacts, limits, store
+from api.service import artifacts, limits
 from api.service.db import session_scope
 from api.service.job_spec import ServiceJobSpec
 from api.service.models import JobStatus
 from api.service.owners import Limits
 from api.service.queue import enqueue_when_committed
+from api.service.store import epochs as epoch_store
+from api.service.store import jobs as job_store
 from api.web.auth import OwnerDep
 from api.web.deps import ReadSessionDep, SettingsDep
 from api.web.schemas import Artifact, EpochHealth, ErrorOut, JobDetail, JobOut, JobPage
@@ -60,7 +62,7 @@ def submit_job(
     """The body is the job spec (as for `lsq run`); the job starts `queued`."""
     limits.check_job(spec, settings)
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        job, new = store.submit_job(
+        job, new = job_store.submit_job(
             session, owner, spec, limits=Limits.defaults(settings),
             key=idempotency_key, key_expiry=timedelta(seconds=settings.idempotency_seconds),
         )  # fmt: skip
@@ -80,18 +82,20 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobPage:
-    jobs, next_cursor = store.list_jobs(session, owner, status=status, limit=limit, cursor=cursor)
+    jobs, next_cursor = job_store.list_jobs(
+        session, owner, status=status, limit=limit, cursor=cursor
+    )
     return JobPage(items=[JobOut.of(job) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", responses=NOT_FOUND, summary="A job with its epochs so far")
 def get_job(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> JobDetail:
-    return JobDetail.of(store.get_job(session, job_id, owner=owner, with_epochs=True))
+    return JobDetail.of(job_store.get_job(session, job_id, owner=owner, with_epochs=True))
 
 
 @router.get("/{job_id}/epochs", responses=NOT_FOUND, summary="Per-epoch metrics so far")
 def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochMetrics]:
-    return [store.epoch_numbers(e) for e in store.list_epochs(session, job_id, owner)]
+    return [epoch_store.epoch_numbers(e) for e in epoch_store.list_epochs(session, job_id, owner)]
 
 
 @router.get(
@@ -100,7 +104,7 @@ def get_epochs(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[Ep
 def get_quantizers(job_id: int, session: ReadSessionDep, owner: OwnerDep) -> list[EpochHealth]:
     """Per epoch, each quantized tensor's step size and share of values at each level
     (measured on one test batch); empty for a full-precision job."""
-    epochs = store.list_epochs(session, job_id, owner, health=True)
+    epochs = epoch_store.list_epochs(session, job_id, owner, health=True)
     return [EpochHealth(epoch=e.epoch, quantizers=e.quantizers) for e in epochs if e.quantizers]
 
 
@@ -114,7 +118,7 @@ def _image(name: str, what: str) -> None:
     def image(
         job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
     ) -> Response:
-        job = store.get_job(session, job_id, owner=owner)
+        job = job_store.get_job(session, job_id, owner=owner)
         return artifacts.image(artifacts.job_folder(settings, job.folder), name)
 
 
@@ -135,7 +139,7 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
     """A queued job never starts; a running one stops at the next batch boundary, keeps the
     epochs it finished and ends `cancelled` (`cancel_requested` is true until then)."""
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        return JobOut.of(store.cancel_job(session, job_id, owner))
+        return JobOut.of(job_store.cancel_job(session, job_id, owner))
 
 
 @router.delete(
@@ -156,7 +160,7 @@ def cancel_job(job_id: int, owner: OwnerDep) -> JobOut:
 def delete_job(job_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
     """A finished job goes with its epochs and files: for good."""
     with session_scope() as session:  # writes commit in this thread (api.web.deps)
-        deleted = store.delete_job(session, job_id, owner)
+        deleted = job_store.delete_job(session, job_id, owner)
     artifacts.remove_deleted(settings, deleted)  # after the commit: never rows without files
     return Response(status_code=204)
 
@@ -165,7 +169,7 @@ def delete_job(job_id: int, owner: OwnerDep, settings: SettingsDep) -> Response:
 def list_artifacts(
     job_id: int, session: ReadSessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> list[Artifact]:
-    job = store.get_job(session, job_id, owner=owner)
+    job = job_store.get_job(session, job_id, owner=owner)
     return [
         Artifact(name=name, size=size, url=f"/v1/jobs/{job_id}/artifacts/{name}")
         for name, size in artifacts.available(settings, job.folder).items()
@@ -194,7 +198,7 @@ def download_artifact(
 ) -> StreamingResponse:
     """The whole file, or one `Range: bytes=A-B` of it (206; `If-Range: <its ETag>` makes a
     resumed download safe: another version of the file comes whole)."""
-    job = store.get_job(session, job_id, owner=owner)
+    job = job_store.get_job(session, job_id, owner=owner)
     files = artifacts.available(settings, job.folder)  # known names only
     response = None
     if name in files:
