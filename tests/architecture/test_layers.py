@@ -1,6 +1,6 @@
 """The house rules a reader relies on, checked on the source: imports run one way
 (api.web -> api.service -> lsq, worker -> api.service -> lsq) and every function fits on one
-screen."""
+screen, every module in a few hundred lines."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ MAY_IMPORT = {
 }
 PACKAGES = ("worker", "api.web", "api.service", "api", "lsq", "migrations")
 MAX_FUNCTION_LINES = 50
+MAX_MODULE_LINES = 450  # past that a module holds two things: split it by what they are
 
 
 def modules(package: str) -> list[Path]:
@@ -83,3 +84,13 @@ def test_functions_fit_on_one_screen(package: str) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, long
+
+
+@pytest.mark.parametrize("package", ["lsq", "worker", "api", "migrations"])
+def test_modules_stay_small(package: str) -> None:
+    large = [
+        f"{path.relative_to(ROOT)} ({lines})"
+        for path in modules(package)
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not large, large
