@@ -194,7 +194,7 @@ spec's own; a service may lower some of them ([Security and limits](../security.
 
 def spec_reference() -> str:
     """The job spec, the service's differences from it, and the experiment request."""
-    from api.service.experiments import ExperimentSpec
+    from api.service.experiments.request import ExperimentSpec
     from api.service.job_spec import ServiceJobSpec
     from lsq.spec import SPEC_VERSION, JobSpec
 

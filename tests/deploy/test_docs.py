@@ -73,7 +73,7 @@ def test_every_job_spec_field_is_in_the_spec_reference_with_its_default(referenc
 
 
 def test_the_spec_reference_shows_bounds_and_the_service_and_experiment_fields(reference) -> None:
-    from api.service.experiments import ExperimentSpec
+    from api.service.experiments.request import ExperimentSpec
 
     page = reference.spec_reference()
     assert "| ≥ 1, ≤ 10000 | `90` |" in row(page, "training.epochs")
