@@ -17,7 +17,9 @@ from api.service.config import Settings, get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    api_options(sub.add_parser("api", help="start the API alone")).set_defaults(func=api)
+    api_options(
+        sub.add_parser("api", help="start the API alone", description=API_HELP)
+    ).set_defaults(func=api)
 
     p = sub.add_parser("submit", help="submit a job spec (YAML or JSON) to the service")
     p.add_argument("spec", type=Path)
@@ -72,12 +74,16 @@ def _register_admin(sub: argparse._SubParsersAction) -> None:
 
 
 def host_port(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
 
 
 def log_level(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    levels = ["debug", "info", "warning", "error"]
+    p.add_argument("--log-level", default="info", choices=levels, help="(default %(default)s)")
+
+
+API_HELP = "the API alone, on this machine's database and broker (a worker runs apart)"
 
 
 def api_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -7,12 +7,12 @@ import argparse
 import logging
 import sys
 
-from api.service.cli import api_options
+from api.service.cli import API_HELP, api_options
 from api.web.server import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = api_options(argparse.ArgumentParser(prog="lsq api", description="the API alone"))
+    p = api_options(argparse.ArgumentParser(prog="lsq api", description=API_HELP))
     args = p.parse_args(argv)
     if args.access_log == "writes":
         logging.getLogger("uvicorn.access").addFilter(_writes_and_failures)

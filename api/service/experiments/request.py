@@ -49,7 +49,9 @@ def _baseline_source_tag(value: Any) -> str | None:
     """Which baseline member `value` is, by its one key; the tag capitalised as no field is:
     error names say `baseline.job`, not `baseline.job.job` (lsq.spec.field_name drops such
     parts)."""
-    keys = [k for k in BASELINE_KEYS if isinstance(value, dict) and k in value]
+    # A request's dict when validated; a member itself when the request is serialised.
+    fields = value if isinstance(value, dict) else getattr(type(value), "model_fields", {})
+    keys = [k for k in BASELINE_KEYS if k in fields]
     return keys[0].capitalize() if len(keys) == 1 else None  # one of them, not two
 
 

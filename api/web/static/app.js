@@ -98,10 +98,25 @@ async function picture(id, path, live) {
       if (known) URL.revokeObjectURL(known.url);
       images[path] = { url: URL.createObjectURL(blob), at: Date.now(), live };
     } catch (e) {
-      if (!known) { el.alt = "not drawn yet: after the first epoch"; return; }
+      if (!known) { notYet(el, true); return; }
     }
   }
+  notYet(el, false);
   el.src = images[path].url;
+}
+
+// A line of text in place of a plot not drawn yet (an image without a source shows as broken).
+function notYet(el, pending) {
+  let note = el.previousElementSibling;
+  if (!note || !note.classList.contains("not-yet")) {
+    if (!pending) return;
+    note = document.createElement("p");
+    note.className = "muted not-yet";
+    note.textContent = "not drawn yet: after the first epoch";
+    el.before(note);
+  }
+  note.hidden = !pending;
+  el.hidden = pending;
 }
 
 // ---------------------------------------------------------------------------- the pages
