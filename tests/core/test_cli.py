@@ -22,6 +22,7 @@ def lsq(*args, cwd):
     return [sys.executable, "-m", "lsq", *map(str, args)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_run_killed_with_sigkill_resumes_to_the_end(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))

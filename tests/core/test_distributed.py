@@ -21,6 +21,7 @@ def spec(devices, epochs=2, init=None, quant=None):
     return synthetic_spec(f"ddp{devices}", epochs, init, quant, devices=devices)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(fp_model, tmp_path):
     one, two = [], []
     r1 = run(spec(1, init=fp_model, quant=TERNARY), tmp_path / "one", on_epoch=one.append)

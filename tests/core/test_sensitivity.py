@@ -96,6 +96,7 @@ def test_a_bad_sensitivity_spec_says_why(change, message) -> None:
         spec("probe", **args)
 
 
+@pytest.mark.slow
 def test_lsq_run_prints_the_probes(tmp_path, fp_model) -> None:
     path = tmp_path / "probe.yaml"
     s = spec("probe", init=fp_model, quant=W_ONLY, sensitivity={"layers": ["fc", "conv1"]})
@@ -123,6 +124,7 @@ def test_the_mse_step_by_hand() -> None:
     assert mse_step(torch.tensor([1.0, 1, 1, 1, 9]), levels).item() == pytest.approx(9.0)
 
 
+@pytest.mark.slow
 def test_an_mse_init_job_starts_its_activation_steps_by_the_mse_rule(tmp_path, fp_model) -> None:
     quant = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "activation_init": "mse"}
     s = spec("mse", epochs=1, init=fp_model, quant=quant)
@@ -167,6 +169,7 @@ def test_batch_norm_is_reestimated_as_the_plain_average_of_the_batches() -> None
     assert not math.isnan(bn.running_var.sum().item())
 
 
+@pytest.mark.slow
 def test_a_job_reestimates_batch_norm_after_each_epoch(tmp_path, fp_model) -> None:
     quant = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]}
     result = run(spec("bn", epochs=1, init=fp_model, quant=quant, bn_reestimate=2), tmp_path)

@@ -4,12 +4,20 @@ migrations, Redis, and API / worker processes talking HTTP and through a real br
 PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) must be running; when
 they are not, the tests that need them fail rather than skip. Override with LSQ_TEST_PG_URL
 (a server URL, any database) and LSQ_TEST_REDIS_URL.
+
+Under pytest-xdist each worker (gw0, gw1, ...) keeps to its own: PostgreSQL databases named
+after it, a Redis database index of its own, a port range of its own, and pytest's per-worker
+temporary folders.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -32,7 +41,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PG_SERVER = os.environ.get(
     "LSQ_TEST_PG_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("LSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# pytest-xdist's worker name ("gw0", "gw1", ...); "" in a run without workers.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_NUMBER = int(XDIST_WORKER[2:]) if XDIST_WORKER.startswith("gw") else None
+
+
+def worker_redis_url(url: str) -> str:
+    """Worker gwN gets the Redis database index N + 1 past `url`'s: Celery's own keys (unacked
+    messages, bindings, the workers' broadcasts) are per database, not per queue."""
+    if WORKER_NUMBER is None:
+        return url
+    parts = urlsplit(url)
+    index = int(parts.path.strip("/") or 0) + WORKER_NUMBER + 1
+    return urlunsplit(parts._replace(path=f"/{index}"))
+
+
+REDIS_URL = worker_redis_url(os.environ.get("LSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 # Settings the service reads; a test's environment must not leak into the processes it starts.
 SERVICE_ENV = (
     "DATABASE_URL",
@@ -99,7 +123,7 @@ def new_pg_database(pg_server: str) -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        name = f"lsq_test_{uuid.uuid4().hex[:12]}"
+        name = f"lsq_test_{XDIST_WORKER or 'main'}_{uuid.uuid4().hex[:12]}"
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         made.append(name)
@@ -131,6 +155,22 @@ def pg_store_url(new_pg_database) -> str:  # noqa: ANN001
     return url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite database built by the real migrations, once per session (per xdist worker):
+    each test gets a copy of the file rather than running every migration again."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "lsq.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    engine.dispose()
+    # Out of WAL mode, the file alone is the whole database (make_engine turns WAL on again
+    # for each copy).
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A migrated database with no jobs."""
@@ -140,8 +180,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[
             tables = "jobs, epochs, idempotency_keys, tokens, experiments, owners"
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
     else:
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "lsq.db")
         engine = make_engine(f"sqlite:///{tmp_path / 'lsq.db'}")
-        upgrade_database(engine)
     yield sessionmaker(engine, expire_on_commit=False)
     engine.dispose()
 
@@ -155,12 +195,28 @@ def quota(queued: int = 100, running: int = 0) -> Limits:
 # ------------------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    import socket
+# Under xdist, worker gwN takes ports from a block of its own, below Linux's ephemeral range
+# (32768-60999) where the kernel picks the other side's ports: two workers never pick the same
+# port between one's check and its server's bind.
+PORT_BLOCK = 1000
+_FIRST_PORT = 20000 + PORT_BLOCK * (WORKER_NUMBER or 0)
+_PORTS = itertools.cycle(range(_FIRST_PORT, _FIRST_PORT + PORT_BLOCK))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    if WORKER_NUMBER is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for port in itertools.islice(_PORTS, PORT_BLOCK):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or still in TIME_WAIT
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_FIRST_PORT}-{_FIRST_PORT + PORT_BLOCK - 1}")
 
 
 def service_env(
@@ -203,8 +259,6 @@ def make_token(env: dict[str, str], owner: str = "tester") -> str:
 
 def job_folder_name(data_dir: Path, job_id: int) -> str:
     """The folder name of an embedded service's job (its files: artifacts/jobs/<name>)."""
-    import sqlite3
-
     with sqlite3.connect(data_dir / "lsq.db") as db:
         return db.execute("SELECT folder FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
 

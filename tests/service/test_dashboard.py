@@ -111,6 +111,7 @@ def selection(browser: webdriver.Chrome) -> str:
     )
 
 
+@pytest.mark.slow
 def test_submit_a_job_in_the_browser_and_watch_it_run(
     service: Service, browser: webdriver.Chrome
 ) -> None:
@@ -186,6 +187,7 @@ def test_the_api_docs_render_offline_under_the_policy(
     assert shot(browser, "api-docs").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_an_experiment_page_shows_the_live_table_and_its_plot(
     service: Service, browser: webdriver.Chrome
 ) -> None:
@@ -221,6 +223,7 @@ def test_an_experiment_page_shows_the_live_table_and_its_plot(
     assert shot(browser, "dashboard-experiment").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     service: Service, browser: webdriver.Chrome
 ) -> None:

@@ -354,6 +354,7 @@ def test_a_fresh_database_never_serves_the_files_an_older_one_left(tmp_path: Pat
 RETAINED_SECONDS = 5.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_worker_prunes_the_files_of_old_jobs_and_keeps_their_records(tmp_path: Path) -> None:
     env = service_env(

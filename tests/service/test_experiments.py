@@ -53,6 +53,7 @@ def wait_experiment(service: Service, experiment_id: int, timeout: float = 300) 
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_a_baseline_and_a_grid_of_variants_per_seed_give_the_results_table(
     service: Service,
 ) -> None:
@@ -161,6 +162,7 @@ def test_variants_listed_one_by_one_carry_their_reference(service: Service) -> N
     assert (row["label"], row["reference"]) == ("ternary", {"test_top1": 89.69, "test_top5": None})
 
 
+@pytest.mark.slow
 def test_with_distill_the_baseline_teaches_every_variant(service: Service) -> None:
     request = experiment(
         name="distilled",
@@ -201,6 +203,7 @@ def until_drawn(service: Service, path: str, timeout: float = 20):
     return image
 
 
+@pytest.mark.slow
 def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service) -> None:
     body = service.http.post("/v1/experiments", json=sensitivity()).json()
     assert body["total_jobs"] == 2, body  # the baseline and one probe job
@@ -242,6 +245,7 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG", path
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_sensitivity_experiment_runs_a_job_per_layer(service: Service) -> None:
     request = sensitivity(mode="float_one", fine_tune=1, layers=["layers.8.conv2"])
     body = service.http.post("/v1/experiments", json=request).json()

@@ -165,6 +165,7 @@ def started(job: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(job["started_at"])
 
 
+@pytest.mark.slow
 def test_a_polite_owner_waits_behind_one_job_of_a_flood(service: Service) -> None:
     quick = {"training": {"epochs": 1}, "dataset": {"train_size": 256, "test_size": 64}}
     with client(service, "flood") as flood, client(service, "polite") as polite:
@@ -185,6 +186,7 @@ def test_a_polite_owner_waits_behind_one_job_of_a_flood(service: Service) -> Non
             wait(flood, r.json()["id"])
 
 
+@pytest.mark.slow
 def test_a_job_past_its_owners_time_limit_fails_and_keeps_its_checkpoint(
     service: Service,
 ) -> None:
@@ -201,6 +203,7 @@ def test_a_job_past_its_owners_time_limit_fails_and_keeps_its_checkpoint(
         assert "checkpoint.pt" in names
 
 
+@pytest.mark.slow
 def test_compute_and_storage_limits_are_shown_and_hold(service: Service) -> None:
     set_limits(service.env, "frugal", max_job_tmacs=0.05, max_storage_bytes=1)
     spec = tiny_spec("small", training={"epochs": 1})

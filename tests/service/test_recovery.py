@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from .conftest import Proc, Service, bearer, free_port, make_token, service_env, tiny_spec
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_database_outage_mid_job_resumes_the_job(new_pg_database, pg_server, redis_url,
                                                     tmp_path) -> None:  # fmt: skip
@@ -52,6 +53,7 @@ def test_a_database_outage_mid_job_resumes_the_job(new_pg_database, pg_server, r
         svc.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_job_the_api_could_not_queue_is_published_by_a_worker_sweep(
     new_pg_database, redis_url, tmp_path
@@ -105,6 +107,7 @@ def _redis(port: int, folder: Path) -> Proc:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_jobs_a_restarted_redis_lost_are_published_again_and_run_once(
     new_pg_database, tmp_path
@@ -132,6 +135,7 @@ def test_jobs_a_restarted_redis_lost_are_published_again_and_run_once(
         redis.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_retries_after_the_api_was_killed_mid_burst_make_each_job_once(tmp_path) -> None:
     """Clients submit with Idempotency-Keys, the API dies (kill -9) in the middle, comes back,

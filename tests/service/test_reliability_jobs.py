@@ -42,6 +42,7 @@ def worker_of(service: Service, job_id: int, attempt: int = 1) -> str:
     return re.findall(rf"job {job_id}: attempt {attempt} on (\S+)", log)[0]
 
 
+@pytest.mark.slow
 def test_a_job_shows_its_worker_by_an_opaque_name_stable_per_worker(service: Service) -> None:
     jobs = [service.submit(tiny_spec(f"who-{i}", training={"epochs": 1})) for i in range(2)]
     first, second = (service.wait(job["id"]) for job in jobs)

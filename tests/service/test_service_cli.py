@@ -52,6 +52,7 @@ def on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
     return proc.wait(30), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_serve_then_submit_and_status(tmp_path: Path) -> None:
     port = free_port()
     env = service_env(tmp_path / "data", LSQ_URL=f"http://127.0.0.1:{port}")
@@ -123,6 +124,7 @@ def test_a_client_without_a_service_says_how_to_start_one(tmp_path: Path) -> Non
     assert done.returncode == 2 and "lsq serve" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_first_command_runs_a_demo_to_the_end(tmp_path: Path) -> None:
     env, port = service_env(tmp_path / "data"), free_port()
     done = lsq("serve", "--demo", "--port", str(port), env=env)

@@ -168,6 +168,7 @@ def test_a_data_parallel_job_runs_through_the_worker(service: Service) -> None:
     assert 0 < job["epochs"][0]["test_top1"] <= 100 and job["result"]["final_top1"] is not None
 
 
+@pytest.mark.slow
 def test_cancel_a_queued_job_and_a_running_job(service: Service) -> None:
     long = service.submit(tiny_spec("long", training={"epochs": 500}))
     queued = service.submit(tiny_spec("never-runs", training={"epochs": 1}))
@@ -215,6 +216,7 @@ def test_the_same_message_delivered_twice_runs_the_job_once(service: Service) ->
     assert line.endswith("'job finished'")
 
 
+@pytest.mark.slow
 def test_a_job_survives_its_worker_stopping_and_dying(service: Service) -> None:
     """SIGTERM: the worker stops at a batch boundary and requeues the job. SIGKILL: the lease
     runs out and a new worker takes the job over. Both times it resumes from its checkpoint."""

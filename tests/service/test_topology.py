@@ -38,6 +38,7 @@ def compose_config(env: dict[str, str], tmp_path: Path) -> dict:
     return yaml.safe_load(out.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_one_api_and_two_workers_from_the_compose_environment(new_pg_database, tmp_path):
     db = make_url(new_pg_database())

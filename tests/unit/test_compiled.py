@@ -75,6 +75,7 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog) -> None:
     assert all(m is model for m in used) and policy.state == "settled"
 
 
+@pytest.mark.slow
 def test_auto_compiles_a_long_job_and_the_compiled_step_gives_the_same_results(
     monkeypatch,
 ) -> None:

@@ -71,6 +71,7 @@ def plain_run(fp_model, tmp_path_factory):
     return epochs[0]
 
 
+@pytest.mark.slow
 def test_alpha_zero_is_training_on_the_labels_alone(fp_model, plain_run, tmp_path) -> None:
     epochs = []
     distill = {"teacher": fp_model, "alpha": 0.0}
@@ -81,6 +82,7 @@ def test_alpha_zero_is_training_on_the_labels_alone(fp_model, plain_run, tmp_pat
     assert 0 < epochs[0].teacher_seconds < epochs[0].seconds  # its cost, reported
 
 
+@pytest.mark.slow
 def test_a_teacher_changes_what_the_student_learns(fp_model, plain_run, tmp_path) -> None:
     epochs = []
     distill = {"teacher": fp_model}  # the paper's: temperature 1, alpha 0.5

@@ -46,6 +46,7 @@ def test_full_precision_learns_well_above_chance(fp_run):
     assert not (out / "model-int.pt").exists()
 
 
+@pytest.mark.slow
 def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_path):
     fp_out, fp_result, seen = fp_run
     assert all(m.quantizers is None for m in seen)  # full precision: nothing to watch
@@ -69,6 +70,7 @@ def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_pat
     assert result.drop_top1 == pytest.approx(result.init_top1 - result.final_top1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
 def test_integer_export_predicts_exactly_like_the_fake_quantized_model(
     fp_run, tmp_path, granularity
@@ -97,6 +99,7 @@ def test_integer_export_predicts_exactly_like_the_fake_quantized_model(
             assert torch.equal(int_model(x), fake(x))
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(fp_run, tmp_path):
     fp_out, _, _ = fp_run
     s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=3, lr=0.01)
@@ -120,6 +123,7 @@ def test_resume_refuses_a_checkpoint_of_another_spec(fp_run, tmp_path):
         run(spec(epochs=1, lr=0.1), tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_before_a_field_existed_still_resumes(tmp_path):
     """An upgrade that adds a spec field (with its default) must not strand running jobs."""
     done = []
@@ -179,6 +183,7 @@ def test_cosine_batch_anneals_after_every_batch_and_the_steps_at_their_own_rate(
     assert [e.lr for e in seen] == pytest.approx([0.01, 0.005])  # at each epoch's start
 
 
+@pytest.mark.slow
 def test_warm_up_rises_linearly_then_the_epochs_cosine_goes_on_as_without_it(
     fp_run, tmp_path, sgd_rates
 ):
@@ -197,6 +202,7 @@ def test_warm_up_rises_linearly_then_the_epochs_cosine_goes_on_as_without_it(
     assert [e.lr for e in seen] == pytest.approx(cosine)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains(fp_run, tmp_path):
     fp_out, _, _ = fp_run
     s = spec(init=str(fp_out / "model.pt"), quant=TERNARY, epochs=1, lr=0.01, precision="bf16")

@@ -104,6 +104,7 @@ def test_overrides_are_bounded_and_strict() -> None:
         QuantizationSpec.model_validate({"layers": {"fc": {"weight": [0, 5]}}})
 
 
+@pytest.mark.slow
 def test_a_mixed_precision_run_exports_each_layers_own_levels(fp_model, tmp_path) -> None:
     quant = {
         "weight": W,
