@@ -31,9 +31,12 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
-  const headers = { Authorization: `Bearer ${token()}`, ...(options.headers || {}) };
+  const sent = token();
+  const headers = { Authorization: `Bearer ${sent}`, ...(options.headers || {}) };
   const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) { askToken(); throw new ApiError(401, null); }
+  // A 401 asks for a token only if it answers the token in use: a page's request sent before
+  // a link brought a new one must not stop the page that link opened.
+  if (response.status === 401) { if (token() === sent) askToken(); throw new ApiError(401, null); }
   const kind = response.headers.get("content-type") || "";
   const body = kind.includes("json") ? await response.json() : await response.blob();
   if (!response.ok) throw new ApiError(response.status, body);
