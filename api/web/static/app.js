@@ -115,7 +115,7 @@ function notYet(el, pending) {
     if (!pending) return;
     note = document.createElement("p");
     note.className = "muted not-yet";
-    note.textContent = "not drawn yet: after the first epoch";
+    note.textContent = `${el.alt}: drawn after the first epoch`;
     el.before(note);
   }
   note.hidden = !pending;
