@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import Send
 
 from api.service.errors import (
@@ -133,9 +134,11 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _domain)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         response = error_response(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = allowed_methods(request)
         return response
 
     @app.exception_handler(TooManyRequests)
@@ -148,6 +151,18 @@ def install(app: FastAPI) -> None:
 
 
 QUOTA_RETRY_SECONDS = 60
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path: Starlette's 405 names only the first
+    route's (GET /v1/jobs and POST /v1/jobs are two routes). HEAD wherever GET is."""
+    routes = request.app.router.routes
+    methods = [
+        method
+        for method in ("DELETE", "GET", "POST", "PUT", "PATCH")
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
+    return ", ".join(sorted([*methods, *(["HEAD"] if "GET" in methods else [])]))
 
 
 def _retry_later(message: str, seconds: float) -> JSONResponse:

@@ -463,6 +463,20 @@ def test_head_answers_wherever_get_does(api: Api) -> None:
         assert c.head("/v1/jobs", headers={"Authorization": ""}).status_code == 401
 
 
+def test_a_405_names_every_method_the_path_takes(api: Api) -> None:
+    """Starlette's 405 named only its first route's methods (POST for /v1/jobs, not GET)."""
+    with httpx.Client(base_url=api.url, headers=bearer(make_token(api.env)), timeout=30) as c:
+        job = c.post("/v1/jobs", json=tiny_spec("allow")).json()["id"]
+        expected = {"/v1/jobs": "GET, HEAD, POST", f"/v1/jobs/{job}": "DELETE, GET, HEAD",
+                    f"/v1/jobs/{job}/cancel": "POST", "/v1/experiments": "GET, HEAD, POST",
+                    "/healthz": "GET, HEAD"}  # fmt: skip
+        for path, allow in expected.items():
+            for method in ("PUT", "PATCH", "OPTIONS"):
+                r = c.request(method, path)
+                assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
+                assert r.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_two_host_headers_are_refused(api: Api) -> None:
     """Only the first was checked: two readers of one request could see two hosts."""
     for hosts in (b"127.0.0.1", b"evil.example"), (b"evil.example", b"127.0.0.1"):
