@@ -142,7 +142,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def ambiguity(body: bytes) -> str | None:
     """What makes a JSON body mean two things: a key given twice in one object (the JSON RFC
     leaves which one counts to the reader), or half a UTF-16 surrogate pair in a string (no
-    text holds it, and no database stores it). None for malformed JSON: the app says so."""
+    text holds it, and no database stores it); and what Python's JSON reader cannot read at
+    all, which FastAPI answers with a 400 that names nothing. None for malformed JSON: the
+    app says where."""
     try:
         data = json.loads(body, object_pairs_hook=_unique)
         json.dumps(data, ensure_ascii=False).encode()
@@ -150,8 +152,14 @@ def ambiguity(body: bytes) -> str | None:
         return f"the key {cut(json.dumps(e.args[0]), 80)} is given twice in one object"
     except UnicodeEncodeError:
         return "a string holds half a UTF-16 surrogate pair (a lone \\ud800-\\udfff)"
-    except (ValueError, RecursionError):
+    except json.JSONDecodeError:
         return None
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except RecursionError:
+        return "arrays or objects nested too deeply to read"
+    except ValueError:  # Python reads no integer of more than 4300 digits
+        return "a number too long to read (over 4300 digits)"
     return None
 
 

@@ -496,6 +496,20 @@ def test_a_json_body_that_means_two_things_is_a_422_that_stores_nothing(ann: htt
     assert ann.post("/v1/experiments", json=fine).status_code == 201  # the rest was valid
 
 
+def test_a_body_json_cannot_read_is_a_422_naming_the_body(ann: httpx.Client) -> None:
+    """FastAPI answered these with a 400 "error parsing the body" that named nothing."""
+    bodies = {
+        b'{"name": "\xff\xfe"}': "not UTF-8",
+        b'{"training": {"epochs": ' + b"9" * 5000 + b"}}": "over 4300 digits",
+        b"[" * 5000 + b"]" * 5000: "nested too deeply",
+    }
+    for body, says in bodies.items():
+        response = ann.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        [field] = error_of(response)["fields"]
+        assert field["field"] == "body" and says in field["message"]
+
+
 def test_an_unknown_key_in_an_experiment_names_the_experiments_own_keys(ann: httpx.Client) -> None:
     base = {k: v for k, v in tiny_spec("x").items() if k != "name"}
     for change, field, says in [
