@@ -165,7 +165,12 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted([*methods, *(["HEAD"] if "GET" in methods else [])]))
 
 
+def retry_after(seconds: float) -> str:
+    """A Retry-After value: whole seconds, at least one (0 would invite a retry at once)."""
+    return str(max(1, math.ceil(seconds)))
+
+
 def _retry_later(message: str, seconds: float) -> JSONResponse:
     response = error_response(429, message)
-    response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+    response.headers["Retry-After"] = retry_after(seconds)
     return response

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
 
 import anyio
@@ -23,7 +22,7 @@ from api.web.auth import (
     guessing,
     valid,
 )
-from api.web.errors import send_error
+from api.web.errors import retry_after, send_error
 from api.web.schemas import ErrorField
 from api.web.server import MAX_HEADER_BYTES
 from lsq.text import cut
@@ -120,7 +119,7 @@ async def _refuse(scope: Scope, send: Send, why: str) -> None:
     try:
         count_guess(client[0] if client else None, get_settings())
     except TooManyRequests as e:
-        retry = [(b"retry-after", str(max(1, math.ceil(e.retry_after))).encode())]
+        retry = [(b"retry-after", retry_after(e.retry_after).encode())]
         return await send_error(send, 429, str(e), headers=retry)
     challenge = [(k.lower().encode(), v.encode()) for k, v in CHALLENGE.items()]
     await send_error(send, 401, why, headers=challenge)
