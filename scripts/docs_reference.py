@@ -22,8 +22,6 @@ if str(ROOT) not in sys.path:
 
 # Pages copied from bench/ into the site, under the same names (docs link to ../bench/...).
 BENCH_PAGES = ("README.md", "accuracy.md")
-# The spec's text fields carry this pattern: say what it means instead of printing it.
-PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 BOUNDS = (
     ("minimum", "≥ {}"),
     ("exclusiveMinimum", "> {}"),
@@ -137,10 +135,12 @@ def map_values(s: dict[str, Any]) -> dict[str, Any] | None:
 
 def bounds_of(s: dict[str, Any]) -> str:
     """ge/le/min_length/... of a field, from its schema or the non-null member of a union."""
+    from lsq.spec.fields import PRINTABLE_PATTERN
+
     found = []
     for part in [s, *(o for o in s.get("anyOf", ()) if o.get("type") != "null")]:
         found += [text.format(part[key]) for key, text in BOUNDS if key in part]
-        if part.get("pattern") == PRINTABLE:
+        if part.get("pattern") == PRINTABLE_PATTERN:  # say what it means, not the regex
             found.append("no control characters")
         elif "pattern" in part:
             found.append(f"matches {code(part['pattern'])}")

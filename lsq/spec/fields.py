@@ -56,6 +56,10 @@ class Strict(BaseModel):
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+# The JSON schema's approximation of `printable` (C0, DEL and C1), for the spec's readers.
+PRINTABLE_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+
+
 def printable(text: str) -> str:
     if _CONTROL.search(text):
         raise ValueError("must not contain control characters (newlines, tabs, NUL...)")
@@ -69,7 +73,7 @@ def bounded_text(max_length: int) -> Any:
         str,
         StringConstraints(min_length=1, max_length=max_length),
         AfterValidator(printable),
-        Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
+        Field(json_schema_extra={"pattern": PRINTABLE_PATTERN}),
     ]
 
 
