@@ -244,7 +244,8 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     experiment = service.http.post("/v1/experiments", json=request).json()
     browser.get(f"{service.url}/#token={service.token}")  # also when run alone
     browser.get(f"{service.url}/#/experiments/{experiment['id']}")
-    until(lambda: "succeeded" in text(browser, "h1"), 300, "the experiment to succeed")
+    heading = f"Experiment {experiment['id']}: browser-layers succeeded"
+    until(lambda: text(browser, "h1") == heading, 300, "the experiment to succeed")
     until(lambda: "per layer" in text(browser, "main"), 10, "the plot's heading")
     expected = [f"full precision (job {trained['id']})", "every layer", "conv1", "layers.0.conv1",
                 "layers.0.conv2", "fc"]  # fmt: skip
@@ -268,7 +269,10 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
 
     probe_job = [j for j in experiment["jobs"] if j["variant"] == 0][0]["id"]
     browser.get(f"{service.url}/#/jobs/{probe_job}")
-    until(lambda: "succeeded" in text(browser, "h1"), 30, "the probe job's page")
+    # The experiment's own page said "succeeded" too: wait for the job's heading.
+    heading = f"Job {probe_job}: "
+    until(lambda: text(browser, "h1").startswith(heading), 30, "the probe job's page")
+    assert "succeeded" in text(browser, "h1")
     probes = browser.find_elements(By.CSS_SELECTOR, "#probes tr")
     assert len(probes) == 5 and probes[1].text.startswith("conv1 [-1,0,1] [-2,-1,0,1] 432")
     until(lambda: browser.execute_script(
