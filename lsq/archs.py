@@ -1,35 +1,68 @@
-"""Each network's quantizable layers (its Conv2d and Linear modules) by name, without building
-it: torch-free, so the API checks `quantization.layers` patterns in microseconds. A test
-compares these names with the real modules of every network in lsq.networks."""
+"""Each network's quantizable layers (the Conv2d and Linear modules a forward runs, in that
+order) by name, without building it: torch-free, so the API checks `quantization.layers`
+patterns in microseconds. Our CIFAR ResNets are computed here; torchvision's networks and our
+vit_tiny come from network_table.json (scripts/network_table.py writes it; tests compare both
+with the real modules). timm's networks and a deployment's own are known only once built."""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
 CIFAR_DEPTHS = (20, 32, 44, 56)
-# torchvision's ResNets: blocks per stage, and convs per block (basic 2, bottleneck 3)
-TORCHVISION = {"resnet18": ((2, 2, 2, 2), 2), "resnet34": ((3, 4, 6, 3), 2)}
-TORCHVISION["resnet50"] = ((3, 4, 6, 3), 3)
+OWN_NAMES = (*(f"resnet{d}" for d in CIFAR_DEPTHS), "vit_tiny")  # lsq.networks.OWN
+PLUGIN_GROUP = "lsq.networks"
+TIMM = "timm:"
+
+
+@functools.cache
+def table() -> dict[str, dict[str, Any]]:
+    """network_table.json: per network its layers, pretrained weights and cost at 224 px."""
+    return json.loads((Path(__file__).parent / "network_table.json").read_text())
+
+
+@functools.cache
+def plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    """The networks installed packages register under `lsq.networks` (not loaded)."""
+    return {e.name: e for e in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
+
+
+def cifar_depth(arch: str) -> int | None:
+    """20 for resnet20, ...; None for any other network."""
+    depth = arch.removeprefix("resnet")
+    return int(depth) if depth.isdigit() and int(depth) in CIFAR_DEPTHS else None
+
+
+def unknown(arch: str) -> str | None:
+    """Why `arch` names no network we can build, or None."""
+    if cifar_depth(arch) or arch in table() or arch in plugins():
+        return None
+    if arch.startswith(TIMM) and len(arch) > len(TIMM):
+        return None
+    return (
+        f"{arch[:80]!r} is no network: give resnet20/32/44/56, vit_tiny, a torchvision "
+        "classifier (resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, ...: lsq layers --list), "
+        "timm:<name> or a deployment's own (an lsq.networks entry point)"
+    )
 
 
 def pretrained_missing(arch: str) -> str | None:
-    """Why `model.init: pretrained` cannot build `arch`, or None (torchvision's ResNets can)."""
-    if arch in TORCHVISION:
+    """Why `model.init: pretrained` cannot build `arch`, or None (torchvision's and timm's
+    networks can, when their weights are in the cache)."""
+    if arch.startswith(TIMM) or table().get(arch, {}).get("pretrained"):
         return None
-    return f"{arch} has no pretrained weights (only {', '.join(TORCHVISION)} do): give a model.pt"
+    return f"{arch[:80]} has no pretrained weights: give a model.pt"
 
 
-def layer_names(arch: str) -> list[str]:
-    """The names of `arch`'s Conv2d and Linear modules, in registration order."""
-    if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
-        blocks = 3 * (int(arch[6:]) - 2) // 6
+def layer_names(arch: str) -> list[str] | None:
+    """The names of `arch`'s Conv2d and Linear modules in the order a forward runs them (the
+    first is its first layer, the last its classifier); None where only a build can tell."""
+    if depth := cifar_depth(arch):
+        blocks = 3 * (depth - 2) // 6
         convs = [f"layers.{i}.conv{c}" for i in range(blocks) for c in (1, 2)]
         return ["conv1", *convs, "fc"]
-    stages, per_block = TORCHVISION[arch]
-    names = ["conv1"]
-    for stage, count in enumerate(stages, start=1):
-        for block in range(count):
-            prefix = f"layer{stage}.{block}"
-            names += [f"{prefix}.conv{c}" for c in range(1, per_block + 1)]
-            # the first block of a stage projects its shortcut, except where shapes agree
-            if block == 0 and (stage > 1 or per_block == 3):
-                names.append(f"{prefix}.downsample.0")
-    return [*names, "fc"]
+    entry = table().get(arch)
+    return list(entry["layers"]) if entry else None

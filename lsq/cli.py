@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import layer_table
 from .spec import JobSpec, SpecError
 
 SPEC_COPY = "spec.yaml"
@@ -25,42 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, help="the run folder (holds model-int.pt and model.pt)")
     p.add_argument("--onnx", action="store_true", help="write DIR/model.onnx")
     p.set_defaults(func=export_command)
-    register_layers(subparsers)
-
-
-def register_layers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "layers", help="list a network's quantizable layers (names for quantization.layers)"
-    )
-    p.add_argument("arch", help="resnet20, resnet32, resnet44, resnet56, resnet18, ...")
-    p.add_argument("--dataset", default="cifar10", help="sets input channels and classes")
-    p.set_defaults(func=layers_command)
-
-
-# Input channels and classes of each dataset, for `lsq layers` (no data read).
-SHAPES = {"cifar10": (3, 10), "synthetic": (3, 10), "fashion-mnist": (1, 10), "imagenet": (3, 1000)}
-
-
-def layers_command(args: argparse.Namespace) -> int:
-    """One line per Conv2d/Linear: name, type, weight shape, parameters; first and last marked."""
-    from .archs import layer_names
-    from .convert import first_and_last
-    from .networks import ARCHS, build_model
-
-    if args.arch not in ARCHS or args.dataset not in SHAPES:
-        sys.exit(f"lsq layers: give one of {', '.join(ARCHS)} and --dataset {'|'.join(SHAPES)}")
-    channels, classes = SHAPES[args.dataset]
-    model = build_model(args.arch, classes, channels)
-    first, last = first_and_last(model)
-    print(f"{args.arch} for {args.dataset} ({channels} channel(s), {classes} classes):")
-    print(f"{'layer':<24} {'type':<7} {'weight shape':<18} {'parameters':>10}")
-    for name in layer_names(args.arch):
-        layer = model.get_submodule(name)
-        mark = " (first)" if name == first else " (last)" if name == last else ""
-        shape, count = tuple(layer.weight.shape), sum(p.numel() for p in layer.parameters())
-        kind = type(layer).__name__
-        print(f"{name:<24} {kind:<7} {str(shape):<18} {count:>10,}{mark}")
-    return 0
+    layer_table.register(subparsers)
 
 
 def export_command(args: argparse.Namespace) -> int:

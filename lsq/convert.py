@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
+from .graph import trace
 from .layers import QUANTIZED
 from .levels import FirstMatch, Init, LevelSet, layer_levels, parse_levels
 from .spec import QuantizationSpec
@@ -15,7 +17,8 @@ FirstLast = Literal["float", "same"] | LevelSet
 
 
 def first_and_last(model: nn.Module) -> tuple[str | None, str | None]:
-    """Names of the first Conv2d/Linear and of the last Linear, in module registration order."""
+    """Names of the first Conv2d/Linear and of the last Linear, in module registration order
+    (for a network no example batch was traced through)."""
     names = [n for n, m in model.named_modules() if type(m) in QUANTIZED]
     linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     return (names[0] if names else None), (linears[-1] if linears else None)
@@ -31,6 +34,7 @@ def quantize_model(
     layers: dict[str, dict[str, Any]] | None = None,
     activation_init: Init = "lsq",
     weight_init: Init = "lsq",
+    example: torch.Tensor | None = None,
 ) -> nn.Module:
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
@@ -38,9 +42,14 @@ def quantize_model(
     - ``first_last``: ``"float"`` keeps the first conv and the last linear in full precision,
       ``"same"`` quantizes them like the others, a level set gives them their own (both weight
       and input), as the paper's 8 bits.
+    - ``example``: a batch traced through the network to find which layers run, in what order
+      (lsq.graph): the first and last are those that run first and last, and a layer whose
+      weight is used without calling it stays float. Without it, every Conv2d and Linear is
+      swapped, and the first and last are the first quantizable and the last Linear module.
     - The first layer's input is a normalised image and so signed: an unsigned activation set
       there is replaced by the signed set with as many levels ([0,1,2,3] -> [-2,-1,0,1]).
-      Every other quantized layer's input is taken to be post-ReLU (true of all our networks).
+      Every other layer's input is measured on the batch that sets its step, and takes the
+      signed set too if it holds a negative value (LsqQuantizer.init_from).
     - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
       "activation": levels}}`` (a side left out keeps its level set, None is float); the first
       matching pattern applies, after ``first_last``.
@@ -54,11 +63,15 @@ def quantize_model(
     first_match = FirstMatch(overrides)
     if not inplace:
         model = copy.deepcopy(model)
-    first, last = first_and_last(model)
-    for name, module in list(model.named_modules()):
-        twin = QUANTIZED.get(type(module))
-        if twin is None:
-            continue
+    if example is None:
+        first, last = first_and_last(model)
+        swap = [n for n, m in model.named_modules() if type(m) in QUANTIZED]
+    else:
+        swap = trace(model, example).order
+        first, last = (swap[0], swap[-1]) if swap else (None, None)
+    for name in swap:
+        module = model.get_submodule(name)
+        twin = QUANTIZED[type(module)]
         role = "first" if name == first else "last" if name == last else None
         pattern = first_match(name)
         w, a = layer_levels(role, job, first_last, overrides[pattern] if pattern else None)
@@ -67,7 +80,7 @@ def quantize_model(
         if w is None and a is None:
             continue
         quantized = twin.from_float(module, w, a, per_channel, activation_init, weight_init)
-        _set_submodule(model, name, quantized)
+        model.set_submodule(name, quantized)
     return model
 
 
@@ -75,18 +88,16 @@ def _levels(value: Any) -> LevelSet | None:
     return None if value is None else parse_levels(value)
 
 
-def quantize_as_specified(model: nn.Module, q: QuantizationSpec) -> nn.Module:
-    """A job spec's `quantization` applied to `model` in place (unchanged when it is off)."""
+def quantize_as_specified(
+    model: nn.Module, q: QuantizationSpec, example: torch.Tensor | None = None
+) -> nn.Module:
+    """A job spec's `quantization` applied to `model` in place (unchanged when it is off);
+    `example`, a batch of the job's input shape, finds the layers that run (quantize_model)."""
     if not q.enabled:
         return model
     per_channel = q.granularity == "per_channel"
     layers = {pattern: o.given() for pattern, o in q.layers.items()}
     return quantize_model(
         model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers,
-        activation_init=q.activation_init, weight_init=q.weight_init,
+        activation_init=q.activation_init, weight_init=q.weight_init, example=example,
     )  # fmt: skip
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

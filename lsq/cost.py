@@ -2,9 +2,10 @@
 
 A network's cost per image is counted from its layers' shapes (every Conv2d and Linear; batch
 norms, pools and additions are cheap beside them); a test checks each count against the real
-modules. A job costs, per epoch, a training pass over its training images (forward and
-backward: about 3 forward passes, as in Kaplan et al. 2020), a teacher's forward pass when it
-distils, and an evaluation of its test images; a sensitivity job evaluates the test set once
+modules. Other networks' costs at 224 px come from lsq/network_table.json, scaled by area.
+A job costs, per epoch, a training pass over its training images (forward and backward:
+about 3 forward passes, as in Kaplan et al. 2020), a teacher's forward pass when it distils,
+and an evaluation of its test images; a sensitivity job evaluates the test set once
 per probed layer, plus the whole network quantized and in float.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .archs import CIFAR_DEPTHS, TORCHVISION
+from .archs import cifar_depth, table
 
 if TYPE_CHECKING:
     from .spec import JobSpec
@@ -77,36 +78,18 @@ def _cifar(depth: int, size: int, channels: int, classes: int) -> Tally:
     return tally
 
 
-def _torchvision(arch: str, size: int, channels: int, classes: int) -> Tally:
-    stages, per_block = TORCHVISION[arch]
-    expansion = 4 if per_block == 3 else 1
-    tally = Tally()
-    side = _out(tally.conv(size, channels, 64, 7, 2), 3, 2, 1)  # then the max pool
-    c_in = 64
-    for stage, count in enumerate(stages):
-        planes = 64 << stage
-        for block in range(count):
-            stride = 2 if block == 0 and stage > 0 else 1
-            c_out = planes * expansion
-            if block == 0 and (stride != 1 or c_in != c_out):  # the projected shortcut
-                tally.conv(side, c_in, c_out, 1, stride)
-            if expansion == 1:
-                new_side = tally.conv(side, c_in, planes, 3, stride)
-                tally.conv(new_side, planes, planes, 3)
-            else:  # bottleneck: 1x1, then the strided 3x3, then 1x1
-                tally.conv(side, c_in, planes, 1)
-                new_side = tally.conv(side, planes, planes, 3, stride)
-                tally.conv(new_side, planes, c_out, 1)
-            side, c_in = new_side, c_out
-    tally.linear(c_in, classes)
-    return tally
+# timm's networks and a deployment's own are not in the table: they are costed as ResNet-50.
+UNKNOWN_COST_AS = "resnet50"
 
 
 def network_cost(arch: str, size: int, channels: int, classes: int) -> Tally:
-    """The cost of one forward pass of one `size` x `size` image."""
-    if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
-        return _cifar(int(arch[6:]), size, channels, classes)
-    return _torchvision(arch, size, channels, classes)
+    """The cost of one forward pass of one `size` x `size` image: counted for our CIFAR
+    ResNets, scaled from 224 px for the networks of lsq/network_table.json."""
+    if depth := cifar_depth(arch):
+        return _cifar(depth, size, channels, classes)
+    entry = table().get(arch) or table()[UNKNOWN_COST_AS]
+    scale = (size / 224) ** 2
+    return Tally(round(entry["macs"] * scale), round(entry["outputs"] * scale))
 
 
 def network_macs(arch: str, size: int, channels: int, classes: int) -> int:

@@ -34,6 +34,10 @@ class DatasetInfo:
     in_channels: int
     image_size: int
 
+    def example(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """One blank image of this shape: what a network is traced with (lsq.graph)."""
+        return torch.zeros(1, self.in_channels, self.image_size, self.image_size, device=device)
+
 
 @dataclass(frozen=True)
 class Augment:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .quantizer import step_parameters
+from .quantizer import LsqQuantizer
 
 TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -79,10 +79,16 @@ def barrier() -> None:
 
 
 def broadcast_steps(model: nn.Module) -> None:
-    """Give every replica rank 0's step sizes (each initialised from its own first batch)."""
+    """Give every replica rank 0's step sizes and level sets (each initialised from its own
+    first batch)."""
     if dist.is_initialized():
-        for p in step_parameters(model):
-            dist.broadcast(p.data, src=0)
+        for q in (m for m in model.modules() if isinstance(m, LsqQuantizer)):
+            dist.broadcast(q.step.data, src=0)
+            if q.activation:
+                signed = q.signed.to(torch.uint8)  # not every backend sends bool
+                dist.broadcast(signed, src=0)
+                q.signed.copy_(signed.bool())
+                q.sync_levels()
 
 
 SINGLE = Rank()

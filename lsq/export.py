@@ -106,9 +106,9 @@ def read_integer(path: str | Path) -> dict:
 
 def _network(data: dict) -> tuple[nn.Module, JobSpec]:
     spec = JobSpec.model_validate(data["spec"])
-    info = data["dataset"]
-    model = build_model(spec.model.arch, info["num_classes"], info["in_channels"])
-    return quantize_as_specified(model, spec.quantization), spec
+    info = DatasetInfo(**data["dataset"])
+    model = build_model(spec.model.arch, info.num_classes, info.in_channels, False, info.image_size)
+    return quantize_as_specified(model, spec.quantization, info.example()), spec
 
 
 def load_integer(path: str | Path) -> tuple[nn.Module, JobSpec]:

@@ -200,7 +200,8 @@ def init_activation_steps(model: nn.Module, x: torch.Tensor) -> None:
     quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
     if not any(q.needs_init for q in quantizers):
         return
-    saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("initialized")}
+    quantizer_state = ("initialized", "signed")  # what this pass sets: kept
+    saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith(quantizer_state)}
     model.train()(x)
     for k, v in model.named_buffers():
         if k in saved:

@@ -1,13 +1,18 @@
-"""Networks: CIFAR-style ResNets (He et al. 2016, option A shortcuts) and torchvision's ResNets."""
+"""Networks by name: our CIFAR-style ResNets (He et al. 2016, option A shortcuts) and small ViT,
+and any network of lsq.zoo (torchvision, timm, a deployment's entry points)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from . import zoo
+from .archs import TIMM, plugins, unknown
 
 
 class _BasicBlock(nn.Module):
@@ -59,8 +64,8 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _cifar(depth: int) -> Callable[..., nn.Module]:
-    def build(num_classes: int, in_channels: int, pretrained: bool) -> nn.Module:
+def _cifar(depth: int) -> Builder:
+    def build(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> nn.Module:
         if pretrained:
             raise ValueError(f"resnet{depth} has no pretrained weights; give a checkpoint path")
         return CifarResNet(depth, num_classes, in_channels)
@@ -68,36 +73,44 @@ def _cifar(depth: int) -> Callable[..., nn.Module]:
     return build
 
 
-def _torchvision(arch: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, in_channels: int, pretrained: bool) -> nn.Module:
-        # Pretrained weights come through torch's own cache ($TORCH_HOME/hub/checkpoints).
-        weights = torchvision.models.get_model_weights(arch).DEFAULT if pretrained else None
-        model = torchvision.models.get_model(arch, weights=weights)
-        if in_channels != 3:
-            old = model.conv1
-            model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-            if pretrained:  # a grey image is the sum of its colour channels' responses
-                with torch.no_grad():
-                    model.conv1.weight.copy_(
-                        old.weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
-                    )
-        if num_classes != model.fc.out_features:
-            model.fc = nn.Linear(model.fc.in_features, num_classes)
-        return model
-
-    return build
+def vit_tiny(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> nn.Module:
+    """A small ViT for small images (torchvision's VisionTransformer: 6 layers of width 192,
+    3 heads, 4x4 patches), with the patch embedding taking `in_channels`."""
+    if pretrained:
+        raise ValueError("vit_tiny has no pretrained weights; give a checkpoint path")
+    if image_size % 4:
+        raise ValueError(f"vit_tiny cuts images into 4x4 patches: {image_size} is no multiple of 4")
+    model = torchvision.models.VisionTransformer(
+        image_size, 4, 6, 3, 192, 384, num_classes=num_classes
+    )
+    return zoo.adapt(model, num_classes, in_channels, image_size, keep_weights=False)
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {
+Builder = Callable[[int, int, int, bool], nn.Module]
+OWN: dict[str, Builder] = {
     **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56)},
-    **{name: _torchvision(name) for name in ("resnet18", "resnet34", "resnet50")},
+    "vit_tiny": vit_tiny,
 }
 
 
 def build_model(
-    arch: str, num_classes: int, in_channels: int = 3, pretrained: bool = False
+    arch: str,
+    num_classes: int,
+    in_channels: int = 3,
+    pretrained: bool = False,
+    image_size: int = 32,
 ) -> nn.Module:
-    """A network for `num_classes` classes of `in_channels`-channel images (any size)."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    return ARCHS[arch](num_classes, in_channels, pretrained)
+    """A network for `num_classes` classes of `in_channels`-channel images of `image_size`
+    pixels square: ours (OWN), torchvision's by builder name, `timm:<name>`, or one a
+    deployment registers as an `lsq.networks` entry point."""
+    if arch in OWN:
+        build: Builder = OWN[arch]
+    elif arch.startswith(TIMM):
+        build = functools.partial(zoo.timm_model, arch.removeprefix(TIMM))
+    elif arch in plugins():
+        build = functools.partial(zoo.plugin_model, arch)
+    elif arch in zoo.torchvision_archs():
+        build = functools.partial(zoo.torchvision_model, arch)
+    else:
+        raise ValueError(unknown(arch) or f"{arch} is no network")
+    return build(num_classes, in_channels, image_size, pretrained)

@@ -107,7 +107,7 @@ class LsqQuantizer(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.levels = parse_levels(levels)
+        self.levels = self.converted = parse_levels(levels)
         self.activation = activation
         self.init = init
         self.step = nn.Parameter(torch.ones(channels, device=device))
@@ -115,6 +115,8 @@ class LsqQuantizer(nn.Module):
         # forward never reads a device tensor on the host.
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
         self._initialized = False
+        if activation:  # True once a negative input widened an unsigned set to the signed one
+            self.register_buffer("signed", torch.zeros((), dtype=torch.bool, device=device))
         self.register_load_state_dict_pre_hook(_sync_initialized_flag)
 
     @property
@@ -137,7 +139,12 @@ class LsqQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from(self, v: torch.Tensor) -> None:
-        """Set the step from v by this quantizer's rule (per channel if this quantizer is)."""
+        """Set the step from v by this quantizer's rule (per channel if this quantizer is). An
+        activation quantizer whose input v holds a negative value takes the signed set with as
+        many levels ([0,1,2,3] -> [-2,-1,0,1]): an unsigned set would clip it all to zero."""
+        if self.activation and not self.levels.signed and bool((v < 0).any()):
+            self.signed.fill_(True)
+            self.levels = self.converted.as_signed()
         per_channel = self.step.numel() > 1
         if self.init == "mse":
             s = mse_step(v, self.levels, per_channel)
@@ -162,8 +169,17 @@ class LsqQuantizer(nn.Module):
         s = self._step_view(v).clamp_min(MIN_STEP)
         return (v.float() / s).clamp(-self.q_n, self.q_p).round()
 
+    def sync_levels(self) -> None:
+        """The set given at conversion, or its signed twin if the `signed` buffer says so."""
+        signed = self.activation and bool(self.signed)
+        self.levels = self.converted.as_signed() if signed else self.converted
+
     def extra_repr(self) -> str:
-        kind = "activation" if self.activation else "weight"
+        kind = (
+            "activation, input measured signed"
+            if self.activation and self.signed
+            else ("activation" if self.activation else "weight")
+        )
         return f"levels={self.levels}, {kind}, channels={self.step.numel()}"
 
 
@@ -173,7 +189,12 @@ def step_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _sync_initialized_flag(module: LsqQuantizer, state_dict: dict, prefix: str, *_: Any) -> None:
-    """Loading a state dict sets the Python flag from the saved buffer."""
+    """Loading a state dict sets the Python flag and the level set from the saved buffers. A
+    checkpoint from before inputs were measured has no `signed`: its sets are as converted."""
     flag = state_dict.get(prefix + "initialized")
     if flag is not None:
         module._initialized = bool(flag)
+    if module.activation:
+        signed = state_dict.setdefault(prefix + "signed", torch.zeros((), dtype=torch.bool))
+        module.signed.copy_(signed)
+        module.sync_levels()

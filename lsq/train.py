@@ -18,10 +18,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from . import checkpoint, distributed, export, outputs, sensitivity
+from .archs import layer_names
 from .convert import quantize_as_specified
 from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
 from .distributed import SINGLE, Rank
+from .graph import trace
 from .loop import (
     Batches,
     Cancelled,
@@ -98,7 +100,9 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
     if saved is None and spec.model.init is not None and rank.main:
         # so the result states the drop
         start = evaluate(model, test_data, device, amp, hooks.should_cancel)
-    model = quantize_as_specified(model, spec.quantization)
+    if layer_names(spec.model.arch) is None:  # timm's or a plugin's: known now it is built
+        spec.check_layers(trace(model, info.example(device)).order)
+    model = quantize_as_specified(model, spec.quantization, info.example(device))
     if spec.sensitivity is not None:  # validated: model.init is given, one device
         assert start is not None
         return _probe(out, spec, model, (train_set, test_data), device, amp, start, hooks)
@@ -199,7 +203,8 @@ def build(
     """The network the spec names, in float, with the weights of `init` ('pretrained', a
     model.pt path, or None for a random init)."""
     pretrained = init == "pretrained"
-    model = build_model(spec.model.arch, info.num_classes, info.in_channels, pretrained=pretrained)
+    shape = (info.num_classes, info.in_channels)
+    model = build_model(spec.model.arch, *shape, pretrained, info.image_size)
     if init and init != "pretrained":
         checkpoint.load_init_weights(model, init)
     return model.to(device)

@@ -18,11 +18,11 @@ from pydantic import (
     model_validator,
 )
 
+from ..archs import unknown
 from ..levels import ACCEPTED, MAX_BITS, LevelSet, parse_levels
 from ..text import show
 
 DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
-Arch = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"]
 
 # Every bound of the spec, in one place. The service may set lower caps (api.service.limits).
 MAX_PATH = 4096  # characters of a path
@@ -78,6 +78,25 @@ def bounded_text(max_length: int) -> Any:
 
 
 Path_ = bounded_text(MAX_PATH)
+
+
+def _known_arch(arch: str) -> str:
+    if problem := unknown(arch):
+        raise ValueError(problem)
+    return arch
+
+
+Arch = Annotated[
+    bounded_text(200),
+    AfterValidator(_known_arch),
+    Field(
+        description="resnet20/32/44/56 (CIFAR ResNets), vit_tiny, any torchvision classifier by "
+        "builder name (resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, ...), timm:<name> "
+        "(with the timm extra), or a network the deployment registers as an lsq.networks entry "
+        "point",
+        examples=["resnet20", "mobilenet_v2", "vit_tiny", "timm:resnet18"],
+    ),
+]
 
 
 # The pydantic field type used by the job spec: validated on input, written back as a list.

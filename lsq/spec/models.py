@@ -284,7 +284,7 @@ class SensitivitySpec(Strict):
     def probed(self, arch: str, q: QuantizationSpec) -> list[str]:
         """The layers to probe, in network order: those `q` quantizes that a glob matches.
         ValueError names a glob that matches none of them."""
-        quantized = [n for n, sides in q.levels_by_layer(layer_names(arch)).items() if any(sides)]
+        quantized = [n for n, sides in q.levels_by_layer(known_layers(arch)).items() if any(sides)]
         for glob in self.layers:
             if not any(fnmatchcase(n, glob) for n in quantized):
                 raise ValueError(
@@ -298,12 +298,23 @@ class SensitivitySpec(Strict):
         layer, by name): what `q` gives each layer, with `layer` alone quantized or alone
         float. None as `layer`: every layer as `q` gives it."""
         out = {}
-        for name, (w, a) in q.levels_by_layer(layer_names(arch)).items():
+        for name, (w, a) in q.levels_by_layer(known_layers(arch)).items():
             float_here = name == layer if self.mode == "float_one" else name != layer
             if layer is not None and float_here:
                 w = a = None
             out[name] = {"weight": _json(w), "activation": _json(a)}
         return out
+
+
+def known_layers(arch: str) -> list[str]:
+    """`arch`'s quantizable layers; ValueError for a network only a build can list."""
+    names = layer_names(arch)
+    if names is None:
+        raise ValueError(
+            f"probing layer by layer needs a network whose layers are known before it is built "
+            f"(ours or torchvision's), not {arch[:80]}"
+        )
+    return names
 
 
 def _json(levels: LevelSet | None) -> Any:
@@ -350,6 +361,13 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _layer_patterns_match(self) -> Self:
         names = layer_names(self.model.arch)
+        if names is not None:  # otherwise checked once the network is built (check_layers)
+            self.check_layers(names)
+        return self
+
+    def check_layers(self, names: Sequence[str]) -> None:
+        """ValueError if a `quantization.layers` pattern is the first to match none of the
+        network's quantizable layers `names`."""
         first_match = FirstMatch(self.quantization.layers)
         first = {first_match(n) for n in names}
         unused = [p for p in self.quantization.layers if p not in first]
@@ -361,7 +379,6 @@ class JobSpec(Strict):
                 f"earlier pattern takes); its quantizable layers are {shown} (lsq layers "
                 f"{self.model.arch})"
             )
-        return self
 
     @model_validator(mode="after")
     def _teacher_fits(self) -> Self:

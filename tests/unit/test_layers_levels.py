@@ -8,21 +8,25 @@ from pydantic import ValidationError
 from torch import nn
 
 from lsq import cli, export
-from lsq.archs import layer_names
+from lsq.archs import OWN_NAMES, layer_names
 from lsq.convert import quantize_as_specified
-from lsq.networks import ARCHS, build_model
+from lsq.graph import trace
+from lsq.networks import build_model
 from lsq.spec import JobSpec, QuantizationSpec
 from lsq.train import run
 
 W, A = [-1, 0, 1], [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_the_torch_free_names_are_the_networks_real_ones(arch: str) -> None:
+SOME_TORCHVISION = ["resnet18", "resnet50", "mobilenet_v3_small", "swin_t", "squeezenet1_1"]
+
+
+@pytest.mark.parametrize("arch", [*OWN_NAMES, *SOME_TORCHVISION])
+def test_the_torch_free_names_are_the_layers_a_forward_runs_in_order(arch: str) -> None:
     with torch.device("meta"):
-        model = build_model(arch, 10, 3)
-    real = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    assert layer_names(arch) == real
+        model = build_model(arch, 10, 3, image_size=64)
+        order = trace(model, torch.zeros(1, 3, 64, 64)).order
+    assert layer_names(arch) == order
 
 
 def levels_of(model: nn.Module, name: str) -> tuple:
@@ -121,14 +125,23 @@ def test_a_mixed_precision_run_exports_each_layers_own_levels(fp_model, tmp_path
     assert export.check(export.read_integer(tmp_path / "model-int.pt")).violations == []
 
 
-def test_lsq_layers_lists_names_shapes_and_parameters(capsys) -> None:
+def test_lsq_layers_lists_names_shapes_parameters_and_measured_inputs(capsys) -> None:
     assert cli.main(["layers", "resnet20", "--dataset", "fashion-mnist"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "resnet20 for fashion-mnist (1 channel(s), 10 classes):"
+    assert lines[0] == "resnet20 for fashion-mnist (1 channel(s) of 28 px, 10 classes):"
     rows = {line.split()[0]: line for line in lines[2:]}
     assert list(rows) == layer_names("resnet20")
-    assert rows["conv1"].split()[-2:] == ["144", "(first)"]  # 16 x 1 x 3 x 3
-    assert rows["fc"].split()[-2:] == ["650", "(last)"]  # 10 x 64 + 10
+    assert rows["conv1"].split()[-3:] == ["144", "signed", "(first)"]  # 16 x 1 x 3 x 3
+    assert rows["fc"].split()[-3:] == ["650", "non-negative", "(last)"]  # 10 x 64 + 10
+    assert rows["layers.3.conv1"].split()[-1] == "non-negative"  # after a ReLU
     assert "(32, 16, 3, 3)" in rows["layers.3.conv1"]
-    with pytest.raises(SystemExit):
-        cli.main(["layers", "vgg16"])
+    with pytest.raises(SystemExit, match="'nonet' is no network"):
+        cli.main(["layers", "nonet"])
+
+
+def test_lsq_layers_says_which_layers_stay_float_and_why(capsys) -> None:
+    assert cli.main(["layers", "vit_tiny", "--dataset", "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stays float") == 6  # one attention per encoder layer
+    assert "encoder.layers.encoder_layer_0.self_attention: nn.MultiheadAttention" in out
+    assert "encoder.layers.encoder_layer_0.mlp.3 " in out and "out_proj" not in out

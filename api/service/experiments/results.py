@@ -185,7 +185,7 @@ def _probe_rows(
         return []
     spec = spec_of(first[0])
     arch, q = spec.model.arch, spec.quantization
-    names = layer_names(arch)
+    names = layer_names(arch) or []  # validated: a probed network's layers are known
     levels = q.levels_by_layer(names)
     results = [done[j.id] for j in first if j.id in done]
     quantized = (q.weight, q.activation)
