@@ -20,9 +20,9 @@ def pretrained_missing(arch: str) -> str | None:
 def layer_names(arch: str) -> list[str]:
     """The names of `arch`'s Conv2d and Linear modules, in registration order."""
     if arch.startswith("resnet") and int(arch[6:]) in CIFAR_DEPTHS:
-        blocks = 3 * (int(arch[6:]) - 2) // 6
-        convs = [f"layers.{i}.conv{c}" for i in range(blocks) for c in (1, 2)]
-        return ["conv1", *convs, "fc"]
+        n = (int(arch[6:]) - 2) // 6  # blocks per stage, 3 stages
+        blocks = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(n)]
+        return ["conv1", *[f"{block}.conv{c}" for block in blocks for c in (1, 2)], "fc"]
     stages, per_block = TORCHVISION[arch]
     names = ["conv1"]
     for stage, count in enumerate(stages, start=1):
