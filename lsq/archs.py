@@ -61,8 +61,8 @@ def layer_names(arch: str) -> list[str] | None:
     """The names of `arch`'s Conv2d and Linear modules in the order a forward runs them (the
     first is its first layer, the last its classifier); None where only a build can tell."""
     if depth := cifar_depth(arch):
-        blocks = 3 * (depth - 2) // 6
-        convs = [f"layers.{i}.conv{c}" for i in range(blocks) for c in (1, 2)]
-        return ["conv1", *convs, "fc"]
+        n = (depth - 2) // 6  # blocks per stage, 3 stages
+        blocks = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(n)]
+        return ["conv1", *[f"{block}.conv{c}" for block in blocks for c in (1, 2)], "fc"]
     entry = table().get(arch)
     return list(entry["layers"]) if entry else None

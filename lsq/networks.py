@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,22 +47,39 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
+        # Created and registered in execution order: the same RNG draws as ever for a seed.
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        blocks, in_planes = [], 16
+        stages, in_planes = [], 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
             for i in range(n):
                 blocks.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
-        self.layers = nn.Sequential(*blocks)
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight)
+        self.register_load_state_dict_pre_hook(_rename_old_blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _rename_old_blocks(module: CifarResNet, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Loading a state dict saved before the blocks were split in stages (one `layers`
+    Sequential: `layers.4.conv1`) renames its keys to torchvision's names (`layer2.1.conv1`
+    for ResNet-20), so old model.pt and checkpoint.pt files still load and resume."""
+    old, n = f"{prefix}layers.", len(module.layer1)
+    for key in [k for k in state_dict if k.startswith(old)]:
+        index, _, rest = key[len(old) :].partition(".")
+        if index.isdecimal():
+            i = int(index)
+            state_dict[f"{prefix}layer{i // n + 1}.{i % n}.{rest}"] = state_dict.pop(key)
 
 
 def _cifar(depth: int) -> Builder:

@@ -33,7 +33,7 @@ def format_errors(message: str, fields: Sequence[tuple[str, str]]) -> str:
 def field_name(loc: Sequence[str | int]) -> str:
     """`model.init.job`, not pydantic's `model.init.Tag.job`: tags of a union's members and
     validator names are not fields (capitalised, or not identifiers). A layer pattern is a
-    key of `quantization.layers`, kept as written: `quantization.layers."layers.0.*".weight`."""
+    key of `quantization.layers`, kept as written: `quantization.layers."layer1.0.*".weight`."""
     parts, loc = [], [str(p) for p in loc]
     for i, part in enumerate(loc):
         if loc[i - 2 : i] == ["quantization", "layers"] and part != "[key]":  # [key]: pydantic's

@@ -22,7 +22,7 @@ from lsq.spec import JobSpec, QuantizationSpec, SensitivitySpec
 from lsq.train import run
 
 W_ONLY = {"weight": [-1, 0, 1], "first_last": "same"}
-PROBED = ["conv1", "layers.0.*", "fc"]
+PROBED = ["conv1", "layer1.0.*", "fc"]
 
 
 def _float_model(path: str) -> nn.Module:
@@ -42,7 +42,7 @@ def test_each_probe_is_the_network_with_that_layer_alone_quantized_or_float(
     result = run(s, tmp_path)
     assert result.epochs == 0 and (tmp_path / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.layer for p in result.sensitivity] == [
-        "conv1", "layers.0.conv1", "layers.0.conv2", "fc"
+        "conv1", "layer1.0.conv1", "layer1.0.conv2", "fc"
     ]  # fmt: skip
     assert result.init_top1 > 30  # the float start learned the synthetic classes
     _, test_set, _ = load_datasets(s.dataset, 0)
@@ -70,11 +70,11 @@ def test_the_levels_a_fine_tuned_probe_gets() -> None:
         {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]},
         {"weight": None, "activation": None},
     )
-    one = SensitivitySpec(mode="quantize_one").levels_for("resnet20", q, "layers.3.conv2")
-    assert one["layers.3.conv2"] == both
-    assert all(v == none for k, v in one.items() if k != "layers.3.conv2") and len(one) == 20
-    off = SensitivitySpec(mode="float_one").levels_for("resnet20", q, "layers.3.conv2")
-    assert off["layers.3.conv2"] == none and off["layers.0.conv1"] == both
+    one = SensitivitySpec(mode="quantize_one").levels_for("resnet20", q, "layer2.0.conv2")
+    assert one["layer2.0.conv2"] == both
+    assert all(v == none for k, v in one.items() if k != "layer2.0.conv2") and len(one) == 20
+    off = SensitivitySpec(mode="float_one").levels_for("resnet20", q, "layer2.0.conv2")
+    assert off["layer2.0.conv2"] == none and off["layer1.0.conv1"] == both
     assert off["conv1"] == off["fc"] == none  # first_last float: never quantized here
     assert SensitivitySpec().probed("resnet20", q) == layer_names("resnet20")[1:-1]
 
@@ -130,8 +130,8 @@ def test_an_mse_init_job_starts_its_activation_steps_by_the_mse_rule(tmp_path, f
     s = spec("mse", epochs=1, init=fp_model, quant=quant)
     assert JobSpec.model_validate_json(s.model_dump_json()) == s
     model = quantize_model(_float_model(fp_model), [-1, 0, 1], [0, 1, 2, 3], activation_init="mse")
-    quantizer = model.layers[0].conv1.input_quantizer
-    assert quantizer.init == "mse" and model.layers[0].conv1.weight_quantizer.init == "lsq"
+    quantizer = model.layer1[0].conv1.input_quantizer
+    assert quantizer.init == "mse" and model.layer1[0].conv1.weight_quantizer.init == "lsq"
     x = torch.rand(8, 16, 4, 4)
     quantizer.train()(x)
     assert quantizer.step.item() == pytest.approx(mse_step(x, quantizer.levels).item())
@@ -141,14 +141,14 @@ def test_an_mse_init_job_starts_its_activation_steps_by_the_mse_rule(tmp_path, f
 def test_a_weight_mse_init_starts_each_weight_step_by_the_mse_rule(fp_model) -> None:
     q = QuantizationSpec(weight=[-1, 0, 1], activation=[0, 1, 2, 3], weight_init="mse")
     model = quantize_as_specified(_float_model(fp_model), q)
-    conv = model.layers[0].conv1
+    conv = model.layer1[0].conv1
     assert conv.weight_quantizer.init == "mse" and conv.input_quantizer.init == "lsq"
     ternary = conv.weight_quantizer.levels
     assert conv.weight_quantizer.step.item() == mse_step(conv.weight, ternary).item()
     # at 3 levels the error-optimal step is below the paper's 2 mean|w|: fewer weights at 0
     assert conv.weight_quantizer.step.item() < initial_step(conv.weight, ternary).item()
     per_channel = q.model_copy(update={"granularity": "per_channel"})
-    conv = quantize_as_specified(_float_model(fp_model), per_channel).layers[0].conv1
+    conv = quantize_as_specified(_float_model(fp_model), per_channel).layer1[0].conv1
     each = [mse_step(w, ternary) for w in conv.weight]  # each output channel's own search
     assert conv.weight_quantizer.step.tolist() == pytest.approx(torch.stack(each).tolist())
 

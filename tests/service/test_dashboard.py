@@ -131,10 +131,10 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
 
     # a layer pattern's field, dots and all, and its own `weight` (not the job's) selected
     area.clear()
-    area.send_keys(QUICK_JOB.replace("3]}", '3], layers: {"layers.0.*": {weight: x}}}'))
+    area.send_keys(QUICK_JOB.replace("3]}", '3], layers: {"layer1.0.*": {weight: x}}}'))
     browser.find_element(By.ID, "submit").click()
     errors = until(lambda: "layers" in text(browser, "#errors") and text(browser, "#errors"), 10)
-    assert 'quantization.layers."layers.0.*".weight' in errors
+    assert 'quantization.layers."layer1.0.*".weight' in errors
     assert selection(browser).startswith("weight: x}}}"), selection(browser)
 
     # a list's item: the second variant's `weight`, though the first variant has none
@@ -239,7 +239,7 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
         "name": "browser-layers", "kind": "sensitivity", "grid": None,
         "base": EXPERIMENT["base"] | {"quantization": quantized},
         "baseline": {"job": trained["id"]},
-        "sensitivity": {"layers": ["conv1", "layers.0.*", "fc"]},
+        "sensitivity": {"layers": ["conv1", "layer1.0.*", "fc"]},
     }  # fmt: skip
     experiment = service.http.post("/v1/experiments", json=request).json()
     browser.get(f"{service.url}/#token={service.token}")  # also when run alone
@@ -247,8 +247,8 @@ def test_a_sensitivity_experiment_shows_the_drop_per_layer(
     heading = f"Experiment {experiment['id']}: browser-layers succeeded"
     until(lambda: text(browser, "h1") == heading, 300, "the experiment to succeed")
     until(lambda: "per layer" in text(browser, "main"), 10, "the plot's heading")
-    expected = [f"full precision (job {trained['id']})", "every layer", "conv1", "layers.0.conv1",
-                "layers.0.conv2", "fc"]  # fmt: skip
+    expected = [f"full precision (job {trained['id']})", "every layer", "conv1", "layer1.0.conv1",
+                "layer1.0.conv2", "fc"]  # fmt: skip
 
     def labels() -> list[str]:  # read again if the page re-renders meanwhile
         rows = browser.find_elements(By.CSS_SELECTOR, "#results tr")[1:]

@@ -190,7 +190,7 @@ def sensitivity(**options: object) -> dict:
     base = BASE | {"quantization": {"weight": TERNARY, "activation": [0, 1, 2, 3]}}
     return experiment(
         name="layers", kind="sensitivity", grid=None, seeds=None, base=base,
-        sensitivity={"layers": ["layers.0.*", "layers.8.conv2"]} | options,
+        sensitivity={"layers": ["layer1.0.*", "layer3.2.conv2"]} | options,
     )  # fmt: skip
 
 
@@ -210,7 +210,7 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
     done = wait_experiment(service, body["id"])
     assert done["status"] == "succeeded", done
     baseline, every, *layers = done["rows"]
-    assert [r["label"] for r in layers] == ["layers.0.conv1", "layers.0.conv2", "layers.8.conv2"]
+    assert [r["label"] for r in layers] == ["layer1.0.conv1", "layer1.0.conv2", "layer3.2.conv2"]
     probe_job = service.job(every["jobs"][0])
     result = probe_job["result"]
     baseline_spec = service.job(baseline["jobs"][0])["spec"]
@@ -236,7 +236,7 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
     lines = md.splitlines()
     assert lines[0].startswith("| ID | layer | constr_w | constr_a | epoch | test_acc | drop_acc")
     assert lines[3].startswith("| all | every layer | [-1,0,1] | [0,1,2,3] | 0 |")
-    assert lines[4].startswith("| 1 | layers.0.conv1 | [-1,0,1] | [0,1,2,3] | 0 |")
+    assert lines[4].startswith("| 1 | layer1.0.conv1 | [-1,0,1] | [0,1,2,3] | 0 |")
     for path in (
         f"/v1/experiments/{body['id']}/plot.png",
         f"/v1/jobs/{probe_job['id']}/sensitivity.png",
@@ -247,22 +247,22 @@ def test_a_sensitivity_experiment_probes_every_layer_in_one_job(service: Service
 
 @pytest.mark.slow
 def test_a_fine_tuned_sensitivity_experiment_runs_a_job_per_layer(service: Service) -> None:
-    request = sensitivity(mode="float_one", fine_tune=1, layers=["layers.8.conv2"])
+    request = sensitivity(mode="float_one", fine_tune=1, layers=["layer3.2.conv2"])
     body = service.http.post("/v1/experiments", json=request).json()
-    assert body["total_jobs"] == 3, body  # baseline, every layer, layers.8.conv2 float
+    assert body["total_jobs"] == 3, body  # baseline, every layer, layer3.2.conv2 float
     done = wait_experiment(service, body["id"])
     assert done["status"] == "succeeded", done
     _, every, layer = done["rows"]
-    assert (every["label"], layer["label"], layer["epochs"]) == ("every layer", "layers.8.conv2", 1)
+    assert (every["label"], layer["label"], layer["epochs"]) == ("every layer", "layer3.2.conv2", 1)
     spec = service.job(layer["jobs"][0])["spec"]
-    assert spec["name"] == "layers/layers.8.conv2" and spec["training"]["epochs"] == 1
+    assert spec["name"] == "layers/layer3.2.conv2" and spec["training"]["epochs"] == 1
     levels = spec["quantization"]["layers"]
-    assert levels["layers.8.conv2"] == {"weight": None, "activation": None}
-    assert levels["layers.8.conv1"] == {"weight": TERNARY, "activation": [0, 1, 2, 3]}
+    assert levels["layer3.2.conv2"] == {"weight": None, "activation": None}
+    assert levels["layer3.2.conv1"] == {"weight": TERNARY, "activation": [0, 1, 2, 3]}
     assert levels["conv1"] == levels["fc"] == {"weight": None, "activation": None}  # first/last
     health = service.http.get(f"/v1/jobs/{layer['jobs'][0]}/quantizers").json()
     quantized = {h["layer"] for h in health[0]["quantizers"]}
-    assert "layers.8.conv2" not in quantized and len(quantized) == 17
+    assert "layer3.2.conv2" not in quantized and len(quantized) == 17
     assert layer["test_top1"]["n"] == 1 and layer["drop_top1"] is not None
 
 
@@ -477,14 +477,14 @@ def test_rows_that_differ_only_where_no_column_looks_get_a_settings_column() -> 
 def test_variants_that_differ_only_in_the_order_of_their_layer_patterns_both_run() -> None:
     """The first pattern that matches a layer gives its levels: the order is the variant."""
     two, four = {"weight": {"bits": 2, "signed": True}}, {"weight": {"bits": 4, "signed": True}}
-    first = {"quantization": {"layers": {"layers.0.*": two, "layers.?.conv1": four}}}
-    second = {"quantization": {"layers": {"layers.?.conv1": four, "layers.0.*": two}}}
+    first = {"quantization": {"layers": {"layer1.0.*": two, "layer?.?.conv1": four}}}
+    second = {"quantization": {"layers": {"layer?.?.conv1": four, "layer1.0.*": two}}}
 
     def plan(*variants: dict) -> planning.Plan:
         request = experiment(grid=None, seeds=None, variants=list(variants))
         return planning.plan(ExperimentSpec.model_validate(request), max_jobs=64)
 
-    conv1 = [v.specs[0].quantization.levels_by_layer(layer_names("resnet20"))["layers.0.conv1"]
+    conv1 = [v.specs[0].quantization.levels_by_layer(layer_names("resnet20"))["layer1.0.conv1"]
              for v in plan(first, second).variants]  # fmt: skip
     assert conv1[0] != conv1[1]
     with pytest.raises(InvalidField, match=r"variant 2 \(quantization.layers=.*\) would"):
@@ -531,7 +531,7 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     probe_spec = plan.variants[0].specs[0].model_dump(mode="json")
     probe_spec["model"]["init"] = {"job": 1}
     whole = {"final_top1": 50.0, "final_top5": 90.0, "init_top1": 80.0, "init_top5": 99.0}
-    one = {"layer": "layers.0.conv1", "test_top1": 70.0, "test_top5": 95.0}
+    one = {"layer": "layer1.0.conv1", "test_top1": 70.0, "test_top5": 95.0}
     stored = {"status": JobStatus.succeeded, "variant": 0, "spec": probe_spec,
               "spec_version": SPEC_VERSION}  # fmt: skip
     jobs = [
@@ -551,4 +551,4 @@ def test_sensitivity_rows_survive_a_result_without_some_probes() -> None:
     assert conv2.test_top1 is None and last.test_top1 is None
     md = tables.markdown(results.rows(from_file, jobs))
     assert "| FP | full precision (checkpoint) | none | none |  | 80.00 |" in md
-    assert "| 2 | layers.0.conv2 |" in md
+    assert "| 2 | layer1.0.conv2 |" in md

@@ -94,7 +94,7 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
             quantization={
                 "weight": [-2, -1, 0, 1],
                 "activation": [0, 1, 2, 3],
-                "layers": {"layers.0.*": {"weight": [-1, 0, 1]}},  # mixed precision
+                "layers": {"layer1.0.*": {"weight": [-1, 0, 1]}},  # mixed precision
             },
             training={"epochs": 2, "lr": 0.01},
         )
@@ -131,8 +131,8 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
     assert spec.name == "2bit" and spec.quantization.weight.levels == [-2, -1, 0, 1]
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     layers = read_integer(tmp_path / "model-int.pt")["layers"]
-    assert layers["layers.0.conv1"]["weight_levels"] == [-1, 1]
-    assert layers["layers.1.conv1"]["weight_levels"] == [-2, 1]
+    assert layers["layer1.0.conv1"]["weight_levels"] == [-1, 1]
+    assert layers["layer1.1.conv1"]["weight_levels"] == [-2, 1]
     onnx_model = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     x = torch.randn(4, 3, 16, 16)
     with torch.inference_mode():

@@ -57,7 +57,7 @@ def test_first_last_float_keeps_first_conv_and_last_linear_full_precision(net):
     for layer in layers.values():
         assert (layer.weight_quantizer.q_n, layer.weight_quantizer.q_p) == (1, 1)
         assert (layer.input_quantizer.q_n, layer.input_quantizer.q_p) == (0, 3)
-    assert type(net.layers[0].conv1) is nn.Conv2d, "the original model was modified"
+    assert type(net.layer1[0].conv1) is nn.Conv2d, "the original model was modified"
 
 
 def test_first_last_same_quantizes_them_and_the_image_input_is_signed(net):
@@ -73,7 +73,7 @@ def test_first_last_level_set_of_their_own(net):
     q = lsq.quantize_model(net, [-1, 0, 1], [0, 1, 2, 3], first_last={"bits": 8, "signed": True})
     assert (q.conv1.weight_quantizer.q_n, q.conv1.weight_quantizer.q_p) == (128, 127)
     assert (q.fc.input_quantizer.q_n, q.fc.input_quantizer.q_p) == (128, 127)
-    assert (q.layers[0].conv1.weight_quantizer.q_n, q.layers[0].conv1.weight_quantizer.q_p) == (
+    assert (q.layer1[0].conv1.weight_quantizer.q_n, q.layer1[0].conv1.weight_quantizer.q_p) == (
         1,
         1,
     )
@@ -81,10 +81,10 @@ def test_first_last_level_set_of_their_own(net):
 
 def test_weight_only_and_per_channel(net):
     q = lsq.quantize_model(net, [-1, 0, 1], None, per_channel=True)
-    layer = q.layers[3].conv2
+    layer = q.layer2[0].conv2
     assert layer.input_quantizer is None
     assert layer.weight_quantizer.step.shape == (32,)
-    expected = 2 * net.layers[3].conv2.weight.abs().mean(dim=(1, 2, 3))
+    expected = 2 * net.layer2[0].conv2.weight.abs().mean(dim=(1, 2, 3))
     assert torch.allclose(layer.weight_quantizer.step, expected)
 
 

@@ -42,18 +42,18 @@ def test_overrides_apply_in_order_after_first_last_and_leave_the_other_side() ->
             "activation": A,
             "first_last": "float",
             "layers": {
-                "layers.0.conv1": {"weight": {"bits": 4, "signed": True}},  # first match wins
-                "layers.0.*": {"activation": None},
-                "layers.8.conv2": {"weight": None, "activation": None},  # all float
+                "layer1.0.conv1": {"weight": {"bits": 4, "signed": True}},  # first match wins
+                "layer1.0.*": {"activation": None},
+                "layer3.2.conv2": {"weight": None, "activation": None},  # all float
                 "fc": {"weight": [-1, 0, 1]},  # the last layer: float by first_last, then this
             },
         }
     )
     model = quantize_as_specified(build_model("resnet20", 10, 3), q)
-    assert levels_of(model, "layers.0.conv1") == (list(range(-8, 8)), A)
-    assert levels_of(model, "layers.0.conv2") == (W, None)
-    assert levels_of(model, "layers.4.conv1") == (W, A)
-    assert isinstance(model.get_submodule("layers.8.conv2"), nn.Conv2d)  # left a float conv
+    assert levels_of(model, "layer1.0.conv1") == (list(range(-8, 8)), A)
+    assert levels_of(model, "layer1.0.conv2") == (W, None)
+    assert levels_of(model, "layer2.1.conv1") == (W, A)
+    assert isinstance(model.get_submodule("layer3.2.conv2"), nn.Conv2d)  # left a float conv
     assert levels_of(model, "fc") == (W, None)
     assert isinstance(model.get_submodule("conv1"), nn.Conv2d)
     assert "4 per-layer override(s)" in q.describe()
@@ -64,7 +64,7 @@ def test_overrides_alone_quantize_and_the_first_layers_input_stays_signed() -> N
     assert q.enabled
     model = quantize_as_specified(build_model("resnet20", 10, 3), q)
     assert levels_of(model, "conv1") == (None, [-2, -1, 0, 1])  # an image is signed
-    assert isinstance(model.get_submodule("layers.0.conv1"), nn.Conv2d)
+    assert isinstance(model.get_submodule("layer1.0.conv1"), nn.Conv2d)
 
 
 def test_a_pattern_matching_no_layer_is_refused_naming_it_and_the_layers() -> None:
@@ -72,16 +72,16 @@ def test_a_pattern_matching_no_layer_is_refused_naming_it_and_the_layers() -> No
         "name": "x",
         "dataset": {"name": "cifar10"},
         "model": {"arch": "resnet20"},
-        "quantization": {"weight": W, "layers": {"layers.*": {}, "layer1.*": {}, "fc": {}}},
+        "quantization": {"weight": W, "layers": {"layer1.*": {}, "layer4.*": {}, "fc": {}}},
     }
     with pytest.raises(ValidationError) as e:
         JobSpec.model_validate(body)
     message = str(e.value)
-    assert "'layer1.*' is the first pattern to match no layer of resnet20" in message
-    assert "conv1, layers.0.conv1" in message and "(20 in all)" in message
+    assert "'layer4.*' is the first pattern to match no layer of resnet20" in message
+    assert "conv1, layer1.0.conv1" in message and "(20 in all)" in message
     assert "lsq layers resnet20" in message
-    body["model"]["arch"] = "resnet18"  # torchvision's names: layer1.0.conv1, ...
-    body["quantization"]["layers"] = {"layer1.*": {}, "fc": {}}
+    body["model"]["arch"] = "resnet18"  # torchvision's four stages: layer1.* to layer4.*
+    body["quantization"]["layers"] = {"layer4.*": {}, "fc": {}}
     JobSpec.model_validate(body)
 
 
@@ -90,16 +90,16 @@ def test_a_pattern_shadowed_by_an_earlier_one_is_refused() -> None:
         "name": "x",
         "dataset": {"name": "cifar10"},
         "model": {"arch": "resnet20"},
-        "quantization": {"weight": W, "layers": {"layers.*": {}, "layers.0.*": {}}},
+        "quantization": {"weight": W, "layers": {"layer1.*": {}, "layer1.0.*": {}}},
     }
-    with pytest.raises(ValidationError, match=r"'layers.0.\*' is the first pattern to match no"):
+    with pytest.raises(ValidationError, match=r"'layer1.0.\*' is the first pattern to match no"):
         JobSpec.model_validate(body)
-    body["quantization"]["layers"] = {"layers.0.*": {}, "layers.*": {}}  # specific first: fine
+    body["quantization"]["layers"] = {"layer1.0.*": {}, "layer1.*": {}}  # specific first: fine
     JobSpec.model_validate(body)
 
 
 def test_overrides_are_bounded_and_strict() -> None:
-    many = {f"layers.{i}.conv1": {} for i in range(65)}
+    many = {f"layer1.{i}.conv1": {} for i in range(65)}
     with pytest.raises(ValidationError, match="at most 64"):
         QuantizationSpec.model_validate({"layers": many})
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
@@ -113,14 +113,14 @@ def test_a_mixed_precision_run_exports_each_layers_own_levels(fp_model, tmp_path
     quant = {
         "weight": W,
         "activation": A,
-        "layers": {"layers.[0-2].*": {"weight": {"bits": 4, "signed": True}}},
+        "layers": {"layer1.*": {"weight": {"bits": 4, "signed": True}}},  # the first stage
     }
     run(spec(init=fp_model, quant=quant, epochs=1), tmp_path)
     layers = export.read_integer(tmp_path / "model-int.pt")["layers"]
-    assert layers["layers.0.conv1"]["weight_levels"] == [-8, 7]
-    assert layers["layers.2.conv2"]["weight_levels"] == [-8, 7]
-    assert layers["layers.3.conv1"]["weight_levels"] == [-1, 1]
-    codes = layers["layers.1.conv1"]["weight_codes"]
+    assert layers["layer1.0.conv1"]["weight_levels"] == [-8, 7]
+    assert layers["layer1.2.conv2"]["weight_levels"] == [-8, 7]
+    assert layers["layer2.0.conv1"]["weight_levels"] == [-1, 1]
+    codes = layers["layer1.1.conv1"]["weight_codes"]
     assert codes.min() >= -8 and codes.max() <= 7 and len(codes.unique()) > 3
     assert export.check(export.read_integer(tmp_path / "model-int.pt")).violations == []
 
@@ -133,8 +133,8 @@ def test_lsq_layers_lists_names_shapes_parameters_and_measured_inputs(capsys) ->
     assert list(rows) == layer_names("resnet20")
     assert rows["conv1"].split()[-3:] == ["144", "signed", "(first)"]  # 16 x 1 x 3 x 3
     assert rows["fc"].split()[-3:] == ["650", "non-negative", "(last)"]  # 10 x 64 + 10
-    assert rows["layers.3.conv1"].split()[-1] == "non-negative"  # after a ReLU
-    assert "(32, 16, 3, 3)" in rows["layers.3.conv1"]
+    assert rows["layer2.0.conv1"].split()[-1] == "non-negative"  # after a ReLU
+    assert "(32, 16, 3, 3)" in rows["layer2.0.conv1"]
     with pytest.raises(SystemExit, match="'nonet' is no network"):
         cli.main(["layers", "nonet"])
 

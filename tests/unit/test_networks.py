@@ -93,14 +93,14 @@ def test_cifar_resnet_parameter_counts(arch: str, exact: int, paper: float) -> N
 
 def test_option_a_shortcut_subsamples_and_zero_pads() -> None:
     model = CifarResNet(20).eval()
-    block = model.layers[3]  # first block of the 32-channel stage
+    block = model.layer2[0]  # first block of the 32-channel stage
     x = torch.randn(2, 16, 8, 8)
     out = block.shortcut(x)
     assert out.shape == (2, 32, 4, 4)
     assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
     assert torch.equal(out[:, :8], torch.zeros(2, 8, 4, 4))
     assert torch.equal(out[:, 24:], torch.zeros(2, 8, 4, 4))
-    assert model.layers[1].shortcut(x) is x
+    assert model.layer1[1].shortcut(x) is x
 
 
 def test_cifar_depth_must_be_6n_plus_2() -> None:

@@ -94,7 +94,7 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
                 "weight": [-1, 0, 1],
                 "activation": {"bits": 2},
                 "first_last": {"bits": 8, "signed": True},
-                "layers": {"layers.0.*": {"weight": {"bits": 4, "signed": True}}},
+                "layers": {"layer1.0.*": {"weight": {"bits": 4, "signed": True}}},
             },
             training={"compile": True},  # YAML's unquoted `on`
         )
@@ -105,14 +105,14 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
         "activation": [0, 1, 2, 3],
         "first_last": {"bits": 8, "signed": True, "symmetric": False},
         "granularity": "per_tensor",
-        "layers": {"layers.0.*": {"weight": list(range(-8, 8))}},  # a side left out stays out
+        "layers": {"layer1.0.*": {"weight": list(range(-8, 8))}},  # a side left out stays out
         "activation_init": "lsq",
         "weight_init": "lsq",
     }
     assert dumped["training"]["compile"] == "on"
     assert JobSpec.model_validate(dumped) == spec
-    again = JobSpec.model_validate(dumped).quantization.layers["layers.0.*"].given()
-    assert again == spec.quantization.layers["layers.0.*"].given() and "activation" not in again
+    again = JobSpec.model_validate(dumped).quantization.layers["layer1.0.*"].given()
+    assert again == spec.quantization.layers["layer1.0.*"].given() and "activation" not in again
     assert JobSpec.model_validate(__import__("yaml").safe_load(spec.to_yaml())) == spec
 
 
@@ -144,7 +144,7 @@ def test_each_offending_field_is_named():
     ("pattern", "field"),
     [
         ("fc", "quantization.layers.fc.weight"),
-        ("layers.0.*", 'quantization.layers."layers.0.*".weight'),  # its dots are not fields
+        ("layer1.0.*", 'quantization.layers."layer1.0.*".weight'),  # its dots are not fields
         ("Conv*", 'quantization.layers."Conv*".weight'),  # nor is it a union's tag
         ("x" * 150, f'quantization.layers."{"x" * 77}...".weight'),  # cut, then quoted
         ("0", 'quantization.layers."0".weight'),  # not a list's index

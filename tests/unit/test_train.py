@@ -80,16 +80,16 @@ def test_integer_export_predicts_exactly_like_the_fake_quantized_model(
     s = spec(init=str(fp_out / "model.pt"), quant=quant, epochs=1, lr=0.01)
     run(s, tmp_path)
     data = torch.load(tmp_path / "model-int.pt", weights_only=True)
-    codes = data["layers"]["layers.0.conv1"]["weight_codes"]
+    codes = data["layers"]["layer1.0.conv1"]["weight_codes"]
     assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 0, 1}
-    steps = data["layers"]["layers.0.conv1"]["weight_step"]
+    steps = data["layers"]["layer1.0.conv1"]["weight_step"]
     assert steps.shape == ((16,) if granularity == "per_channel" else (1,))
-    assert "layers.0.conv1.weight" not in data["float_state"]
+    assert "layer1.0.conv1.weight" not in data["float_state"]
 
     int_model, loaded_spec = export.load_integer(tmp_path / "model-int.pt")
     assert loaded_spec == s
     # it is an integer export again, code for code
-    again = export.integer_state(int_model)["layers"]["layers.0.conv1"]["weight_codes"]
+    again = export.integer_state(int_model)["layers"]["layer1.0.conv1"]["weight_codes"]
     assert torch.equal(again, codes)
     fake = quantize_as_specified(build_model("resnet20", 10, 3), s.quantization).eval()
     fake.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))

@@ -14,7 +14,7 @@ from lsq.spec import MAX_EPOCHS, MAX_SEED, DistillOptions, Path_, SensitivitySpe
 
 MAX_GRID_KEYS, MAX_VALUES, MAX_SEEDS = 8, 16, 16
 GRID_PATH = re.compile(r"[A-Za-z_]\w{0,39}(\.[A-Za-z_]\w{0,39}){0,3}", re.ASCII)  # training.lr
-MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layers.26.conv2/seed 3`
+MAX_NEW_NAME = 100  # leaves a job name (200) room for `/layer3.8.conv2/seed 3`
 
 
 class TrainBaseline(Strict):
@@ -108,7 +108,7 @@ class ExperimentSpec(Strict):
             max_length=200,
             pattern=r"^[^\x00-\x1f\x7f]*$",
             description=f"At most {MAX_NEW_NAME} characters in a new experiment: its jobs are "
-            "named after it (`NAME/layers.26.conv2/seed 3`)",
+            "named after it (`NAME/layer3.8.conv2/seed 3`)",
         ),
     ]
     base: dict[str, Any] = Field(
