@@ -42,20 +42,17 @@ def quantize_model(
     - ``first_last``: ``"float"`` keeps the first conv and the last linear in full precision,
       ``"same"`` quantizes them like the others, a level set gives them their own (both weight
       and input), as the paper's 8 bits.
-    - ``example``: a batch traced through the network to find which layers run, in what order
-      (lsq.graph): the first and last are those that run first and last, and a layer whose
-      weight is used without calling it stays float. Without it, every Conv2d and Linear is
-      swapped, and the first and last are the first quantizable and the last Linear module.
-    - The first layer's input is a normalised image and so signed: an unsigned activation set
-      there is replaced by the signed set with as many levels ([0,1,2,3] -> [-2,-1,0,1]).
-      Every other layer's input is measured on the batch that sets its step, and takes the
-      signed set too if it holds a negative value (LsqQuantizer.init_from).
+    - ``example``: a batch traced through the network (lsq.graph): the first and last layers
+      are those that run first and last, and a layer whose weight is used without calling it
+      stays float. Without it: every Conv2d and Linear, first and last by module order.
+    - The first layer's input, a normalised image, takes the signed set with as many levels
+      ([0,1,2,3] -> [-2,-1,0,1]); every other input does if the batch that sets its step holds
+      a negative value (LsqQuantizer.init_from).
     - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
       "activation": levels}}`` (a side left out keeps its level set, None is float); the first
       matching pattern applies, after ``first_last``.
-    - Weight steps are initialised now, from the weights (``weight_init``: the paper's rule or
-      the least-squared-error step); activation steps from the first training batch
-      (``activation_init``).
+    - Weight steps start now, from the weights (``weight_init``: the paper's rule or the
+      least-squared-error step); activation steps at the first training batch.
     """
     job = tuple(parse_levels(v) if v is not None else None for v in (weight, activation))
     layers = layers or {}
@@ -63,12 +60,7 @@ def quantize_model(
     first_match = FirstMatch(overrides)
     if not inplace:
         model = copy.deepcopy(model)
-    if example is None:
-        first, last = first_and_last(model)
-        swap = [n for n, m in model.named_modules() if type(m) in QUANTIZED]
-    else:
-        swap = trace(model, example).order
-        first, last = (swap[0], swap[-1]) if swap else (None, None)
+    swap, first, last = _layers_to_swap(model, example)
     for name in swap:
         module = model.get_submodule(name)
         twin = QUANTIZED[type(module)]
@@ -82,6 +74,17 @@ def quantize_model(
         quantized = twin.from_float(module, w, a, per_channel, activation_init, weight_init)
         model.set_submodule(name, quantized)
     return model
+
+
+def _layers_to_swap(
+    model: nn.Module, example: torch.Tensor | None
+) -> tuple[list[str], str | None, str | None]:
+    """The layers to quantize, and which of them are the first and the last."""
+    if example is None:
+        first, last = first_and_last(model)
+        return [n for n, m in model.named_modules() if type(m) in QUANTIZED], first, last
+    order = trace(model, example).order
+    return order, (order[0] if order else None), (order[-1] if order else None)
 
 
 def _levels(value: Any) -> LevelSet | None:

@@ -97,6 +97,10 @@ class LsqQuantizer(nn.Module):
       least squared quantization error (per channel when the steps are).
     """
 
+    # Off only to measure what measuring recovers (bench/zoo.py): then an unsigned set stays
+    # unsigned whatever its input holds, the assumption of every layer being post-ReLU.
+    measure_sign = True
+
     def __init__(
         self,
         levels: Any,
@@ -142,7 +146,8 @@ class LsqQuantizer(nn.Module):
         """Set the step from v by this quantizer's rule (per channel if this quantizer is). An
         activation quantizer whose input v holds a negative value takes the signed set with as
         many levels ([0,1,2,3] -> [-2,-1,0,1]): an unsigned set would clip it all to zero."""
-        if self.activation and not self.levels.signed and bool((v < 0).any()):
+        negative = self.activation and self.measure_sign and not self.levels.signed
+        if negative and bool((v < 0).any()):
             self.signed.fill_(True)
             self.levels = self.converted.as_signed()
         per_channel = self.step.numel() > 1

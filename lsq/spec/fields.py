@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..archs import unknown
+from ..archs import OWN_NAMES, plugins, table, unknown
 from ..levels import ACCEPTED, MAX_BITS, LevelSet, parse_levels
 from ..text import show
 
@@ -87,8 +87,22 @@ def _known_arch(arch: str) -> str:
 
 
 Arch = Annotated[
-    bounded_text(200),
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    AfterValidator(printable),
     AfterValidator(_known_arch),
+    # The names this installation knows (its entry points included), or any of timm's.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "enum": [*OWN_NAMES, *(a for a in table() if a not in OWN_NAMES), *plugins()],
+                },
+                {"type": "string", "pattern": r"^timm:[A-Za-z0-9_.-]{1,195}$"},
+            ]
+        }
+    ),  # fmt: skip
     Field(
         description="resnet20/32/44/56 (CIFAR ResNets), vit_tiny, any torchvision classifier by "
         "builder name (resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, ...), timm:<name> "

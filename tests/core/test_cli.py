@@ -81,7 +81,10 @@ def test_bad_spec_is_reported_with_the_field(tmp_path):
             yaml.safe_dump({**SPEC, "quantization": {"layers": {"fc": {"wieght": [-1, 0, 1]}}}}),
             "quantization.layers.fc.wieght: unknown key 'wieght'; did you mean 'weight'?",
         ),
-        (yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}), "model.arch: Input should be"),
+        (
+            yaml.safe_dump({**SPEC, "model": {"arch": "resnet21"}}),
+            "model.arch: 'resnet21' is no network",
+        ),
         ("", "bad.yaml is empty; a spec is a mapping"),
         ("name: !!binary aGVsbG8=\n", "constructor for the tag 'tag:yaml.org,2002:binary'"),
     ],

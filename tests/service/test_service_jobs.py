@@ -32,7 +32,7 @@ def job_count(service: Service) -> int:
     ("change", "field"),
     [
         ({"quantization": {"weight": [-2, 0, 1]}}, "quantization.weight"),  # not contiguous
-        ({"model": {"arch": "vgg16"}}, "model.arch"),
+        ({"model": {"arch": "vgg"}}, "model.arch"),
         ({"dataset": {"name": "mnist"}}, "dataset.name"),
         ({"training": {"epochs": 0}}, "training.epochs"),
         ({"colour": "blue"}, "colour"),  # unknown key

@@ -12,7 +12,7 @@ from lsq.spec import JobSpec, describe_errors
 
 EXAMPLES = sorted(  # job specs; experiment-*.yaml are the service's experiments
     p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")
-    if not p.name.startswith("experiment-")
+    if not p.name.startswith("experiment-") and "plugin" not in p.name  # test_plugin's
 )  # fmt: skip
 
 
@@ -216,3 +216,30 @@ def test_a_version_1_spec_keeps_running_without_batch_norm_reestimation() -> Non
     chosen = {**v1, "training": {"bn_reestimate": 50, "lr": 0.1}}
     assert upgrade_spec(chosen, 1)["training"] == {"bn_reestimate": 50, "lr": 0.1}
     assert upgrade_spec(v1, SPEC_VERSION) == v1
+
+
+def test_a_version_2_spec_selects_the_same_layers_under_the_standard_names() -> None:
+    """ResNet-20's blocks were `layers.0` to `layers.8`; they are `layer1.0` to `layer3.2`."""
+    from lsq.spec import upgrade_spec
+
+    v2 = {
+        "name": "old", "dataset": {"name": "synthetic"}, "model": {"arch": "resnet20"},
+        "quantization": {"weight": [-1, 0, 1], "layers": {
+            "layers.[0-2].*": {"weight": None},  # the first stage
+            "layers.4.conv1": {"weight": {"bits": 4, "signed": True}},
+            "*.conv2": {"activation": None},  # the same layers under both names: kept
+        }},
+        "sensitivity": {"layers": ["layers.8.*", "fc"]},
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match="'layers.4.conv1' is the first pattern"):
+        JobSpec.model_validate(v2)
+    spec = JobSpec.model_validate(upgrade_spec(v2, 2) | {"sensitivity": None})
+    stage1 = [f"layer1.{b}.conv{c}" for b in range(3) for c in (1, 2)]
+    assert list(spec.quantization.layers) == [*stage1, "layer2.1.conv1", "*.conv2"]
+    assert upgrade_spec(v2, 2)["sensitivity"]["layers"] == [
+        "layer3.2.conv1",
+        "layer3.2.conv2",
+        "fc",
+    ]
+    other = v2 | {"model": {"arch": "mobilenet_v2"}}
+    assert upgrade_spec(other, 2) == other  # only the CIFAR ResNets were renamed

@@ -158,3 +158,19 @@ def test_pretrained_weights_missing_from_the_cache_name_the_file(
 def test_a_network_too_small_for_the_images_is_a_readable_error() -> None:
     with pytest.raises(ValueError, match="cannot run on 28x28 images"):
         build_model("alexnet", 10, 1, image_size=28)
+
+
+def test_a_timm_network_is_built_for_the_data_quantized_and_trained() -> None:
+    pytest.importorskip("timm")  # the timm extra, which the dev install includes
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 32, 32)
+    model = build_model("timm:resnet18", 7, 1, image_size=32)
+    model = quantize_model(model, [-1, 0, 1], [0, 1, 2, 3], example=x[:1])
+    layers = quantized_layers(model)
+    assert "conv1" not in layers and "fc" not in layers  # first and last: float by default
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    init_steps(model.train(), x)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    assert all(m.weight_quantizer.step.grad is not None for m in layers.values())
+    with pytest.raises(ValueError, match="timm has no network 'nonet'"):
+        build_model("timm:nonet", 10, 3)
