@@ -52,4 +52,5 @@ def _health(layer: str, q: LsqQuantizer, v: torch.Tensor) -> QuantizerHealth:
         zero=zero,
         levels=levels,
         shares=shares,
+        signed=q.activation and bool(q.signed),
     )

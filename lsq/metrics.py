@@ -29,6 +29,11 @@ class QuantizerHealth(_Record):
     zero: float = Field(description="Share of the values quantized to 0")
     levels: list[int] = Field(description="The level set, when it has at most 16 levels")
     shares: list[float] = Field(description="Share of the values at each of `levels`")
+    signed: bool = Field(
+        False,
+        description="An activation whose input held negative values on its first batch: its "
+        "unsigned set became the signed one with as many levels",
+    )
 
 
 def quantizer_warnings(history: list[list[QuantizerHealth]]) -> list[str]:

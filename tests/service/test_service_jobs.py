@@ -144,6 +144,33 @@ def test_a_job_runs_to_success_and_a_quantized_job_starts_from_it(
     assert service.http.get(f"/v1/jobs/{q['id']}/artifacts/..%2Flsq.db").status_code == 404
 
 
+def test_a_torchvision_network_runs_quantized_over_http(service: Service, tmp_path: Path) -> None:
+    """MobileNetV2 by name, ternary weights and 2-bit inputs: its linear bottlenecks' inputs are
+    measured signed, and the run ends with its quantizer health and an ONNX graph."""
+    layers = {"layer1.*": {"weight": None}}  # a ResNet's names
+    bad = tiny_spec("bad", model={"arch": "mobilenet_v2"}, quantization={"layers": layers})
+    refused = service.http.post("/v1/jobs", json=bad)
+    assert refused.status_code == 422 and "features.0.0, features.1.conv.0.0" in refused.text
+    job = service.submit(tiny_spec(
+        "mobilenet", model={"arch": "mobilenet_v2"}, training={"epochs": 1, "lr": 0.001},
+        quantization={"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]},
+    ))  # fmt: skip
+    job = service.wait(job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    health = service.http.get(f"/v1/jobs/{job['id']}/quantizers").json()[-1]["quantizers"]
+    signed = {h["layer"] for h in health if h["kind"] == "activation" and h["signed"]}
+    assert "features.2.conv.0.0" in signed and "features.2.conv.1.0" not in signed
+    names = {a["name"] for a in service.http.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    assert {"model.onnx", "model-int.pt", "quantizers.png"} <= names
+    onnx = service.http.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx").content
+    (tmp_path / "model.onnx").write_bytes(onnx)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    assert session.run(["logits"], {"images": torch.randn(2, 3, 16, 16).numpy()})[0].shape == (
+        2,
+        10,
+    )
+
+
 def test_a_missing_dataset_fails_the_job_and_the_worker_runs_the_next(service: Service) -> None:
     missing = f"{service.env['LSQ_DATA_ROOTS']}/nowhere/cifar-10-batches-py"
     bad = service.submit(tiny_spec("no-data", dataset={"name": "cifar10", "root": missing}))

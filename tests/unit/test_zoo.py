@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsq import health
 from lsq.convert import quantize_model
 from lsq.layers import QuantConv2d, QuantLinear
 from lsq.loop import init_steps
@@ -105,6 +106,29 @@ def test_a_signed_input_gets_a_signed_set_and_a_relu_fed_one_keeps_its_own() -> 
     assert levels["classifier.1"] == [0, 1, 2, 3]  # after ReLU6 and the average pool
     signed = quantized_layers(model)["features.2.conv.0.0"].input_quantizer
     assert "input measured signed" in repr(signed)
+    seen = {(h.layer, h.kind): h for h in health.measure(model, x)}  # the epoch's record
+    expand, depthwise = (
+        seen["features.2.conv.0.0", "activation"],
+        seen["features.2.conv.1.0", "activation"],
+    )
+    assert expand.signed and expand.levels == [-2, -1, 0, 1]
+    assert not depthwise.signed and depthwise.levels == [0, 1, 2, 3]
+
+
+def test_depthwise_convolutions_get_a_step_per_channel() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    network = build_model("mobilenet_v2", 10, 3, image_size=32)
+    model = quantize_model(network, [-1, 0, 1], [0, 1, 2, 3], per_channel=True, example=x[:1])
+    depthwise = quantized_layers(model)["features.2.conv.1.0"]
+    assert depthwise.groups == depthwise.in_channels == 96
+    q = depthwise.weight_quantizer
+    assert q.step.shape == (96,)
+    expected = 2 * depthwise.weight.detach().abs().mean((1, 2, 3)) / 1.0  # sqrt(Q_P) = 1
+    torch.testing.assert_close(q.step.detach(), expected)
+    init_steps(model.train(), x)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    assert q.step.grad.shape == (96,) and (q.step.grad != 0).sum() > 48
 
 
 def test_a_measured_sign_is_kept_by_a_checkpoint_and_old_checkpoints_load() -> None:
