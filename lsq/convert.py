@@ -35,6 +35,7 @@ def quantize_model(
     activation_init: Init = "lsq",
     weight_init: Init = "lsq",
     example: torch.Tensor | None = None,
+    activation_offset: bool = False,
 ) -> nn.Module:
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
@@ -47,7 +48,8 @@ def quantize_model(
       stays float. Without it: every Conv2d and Linear, first and last by module order.
     - The first layer's input, a normalised image, takes the signed set with as many levels
       ([0,1,2,3] -> [-2,-1,0,1]); every other input does if the batch that sets its step holds
-      a negative value (LsqQuantizer.init_from).
+      a negative value (LsqQuantizer.init_from), unless ``activation_offset`` gives every
+      input an LSQ+ learned offset instead.
     - ``layers``: per-layer overrides, ``{glob of module names: {"weight": levels,
       "activation": levels}}`` (a side left out keeps its level set, None is float); the first
       matching pattern applies, after ``first_last``.
@@ -71,7 +73,8 @@ def quantize_model(
             a = a.as_signed()
         if w is None and a is None:
             continue
-        quantized = twin.from_float(module, w, a, per_channel, activation_init, weight_init)
+        inits = (activation_init, weight_init, activation_offset)
+        quantized = twin.from_float(module, w, a, per_channel, *inits)
         model.set_submodule(name, quantized)
     return model
 
@@ -103,4 +106,5 @@ def quantize_as_specified(
     return quantize_model(
         model, q.weight, q.activation, q.first_last, per_channel, inplace=True, layers=layers,
         activation_init=q.activation_init, weight_init=q.weight_init, example=example,
+        activation_offset=q.activation_offset,
     )  # fmt: skip

@@ -84,6 +84,8 @@ def broadcast_steps(model: nn.Module) -> None:
     if dist.is_initialized():
         for q in (m for m in model.modules() if isinstance(m, LsqQuantizer)):
             dist.broadcast(q.step.data, src=0)
+            if q.offset is not None:
+                dist.broadcast(q.offset.data, src=0)
             if q.activation:
                 signed = q.signed.to(torch.uint8)  # not every backend sends bool
                 dist.broadcast(signed, src=0)

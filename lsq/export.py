@@ -84,8 +84,9 @@ def check(state: dict) -> Compliance:
         bits += codes.numel() * math.ceil(math.log2(high - low + 1)) + 32 * step.numel()
         floats += 32 * codes.numel()
     floating = {k: v for k, v in state["float_state"].items() if v.is_floating_point()}
-    # the input steps belong to the quantized model; a float model has no quantizer at all
-    inputs = sum(32 * v.numel() for k, v in floating.items() if k.endswith("input_quantizer.step"))
+    # the input steps (and LSQ+ offsets) belong to the quantized model; a float one has none
+    input_state = ("input_quantizer.step", "input_quantizer.offset")
+    inputs = sum(32 * v.numel() for k, v in floating.items() if k.endswith(input_state))
     rest = sum(32 * v.numel() for k, v in floating.items() if "_quantizer." not in k)
     return Compliance(bits + inputs + rest, floats + rest, violations)
 

@@ -36,6 +36,7 @@ class _Quantized(nn.Module):
         per_channel: bool = False,
         activation_init: Init = "lsq",
         weight_init: Init = "lsq",
+        activation_offset: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
@@ -45,8 +46,9 @@ class _Quantized(nn.Module):
         self.input_quantizer = None
         if activation_levels is not None:
             self.input_quantizer = LsqQuantizer(
-                activation_levels, activation=True, init=activation_init, device=self.weight.device
-            )
+                activation_levels, activation=True, init=activation_init,
+                offset=activation_offset, device=self.weight.device,
+            )  # fmt: skip
 
     def quantize_weight(self, levels: Any, per_channel: bool = False, init: Init = "lsq") -> None:
         """Give the weight a quantizer, its step set from the weight as it is now."""
@@ -69,6 +71,7 @@ class _Quantized(nn.Module):
         per_channel: bool = False,
         activation_init: Init = "lsq",
         weight_init: Init = "lsq",
+        activation_offset: bool = False,
     ) -> Self:
         """The quantized twin of `layer`: its hyperparameters, device, weight and bias (and
         their requires_grad), in its training mode. Hooks on `layer` are not carried over."""
@@ -82,6 +85,7 @@ class _Quantized(nn.Module):
                 dtype=w.dtype,
                 activation_levels=activation,
                 activation_init=activation_init,
+                activation_offset=activation_offset,
             )
         for name in ("weight", "bias"):
             if getattr(layer, name) is not None:

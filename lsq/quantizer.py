@@ -108,6 +108,7 @@ class LsqQuantizer(nn.Module):
         channels: int = 1,
         activation: bool = False,
         init: Init = "lsq",
+        offset: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -121,6 +122,9 @@ class LsqQuantizer(nn.Module):
         self._initialized = False
         if activation:  # True once a negative input widened an unsigned set to the signed one
             self.register_buffer("signed", torch.zeros((), dtype=torch.bool, device=device))
+        # LSQ+ (Bhalgat et al. 2020): a learned offset beta, v_hat = q(v - beta) + beta, so an
+        # unsigned set covers an input that dips below zero without giving up half its levels.
+        self.offset = nn.Parameter(torch.zeros(1, device=device)) if offset and activation else None
         self.register_load_state_dict_pre_hook(_sync_initialized_flag)
 
     @property
@@ -146,8 +150,11 @@ class LsqQuantizer(nn.Module):
         """Set the step from v by this quantizer's rule (per channel if this quantizer is). An
         activation quantizer whose input v holds a negative value takes the signed set with as
         many levels ([0,1,2,3] -> [-2,-1,0,1]): an unsigned set would clip it all to zero."""
+        if self.offset is not None and not self.levels.signed:  # the input's minimum, if < 0
+            self.offset.copy_(v.detach().float().min().clamp(max=0).reshape(1))
+            v = v - self.offset
         negative = self.activation and self.measure_sign and not self.levels.signed
-        if negative and bool((v < 0).any()):
+        if negative and self.offset is None and bool((v < 0).any()):
             self.signed.fill_(True)
             self.levels = self.converted.as_signed()
         per_channel = self.step.numel() > 1
@@ -166,13 +173,17 @@ class LsqQuantizer(nn.Module):
             n = v[0].numel() if v.dim() > 1 else v.numel()
         else:
             n = v.numel() // self.step.numel()
+        if self.offset is not None:
+            beta = self.offset.to(v.dtype).reshape(())
+            return lsq_quantize(v - beta, self._step_view(v), self.levels, n) + beta
         return lsq_quantize(v, self._step_view(v), self.levels, n)
 
     @torch.no_grad()
     def codes(self, v: torch.Tensor) -> torch.Tensor:
         """The integer codes round(clip(v / s)), as floats."""
         s = self._step_view(v).clamp_min(MIN_STEP)
-        return (v.float() / s).clamp(-self.q_n, self.q_p).round()
+        v = v.float() - (self.offset.float() if self.offset is not None else 0)
+        return (v / s).clamp(-self.q_n, self.q_p).round()
 
     def sync_levels(self) -> None:
         """The set given at conversion, or its signed twin if the `signed` buffer says so."""
@@ -185,12 +196,14 @@ class LsqQuantizer(nn.Module):
             if self.activation and self.signed
             else ("activation" if self.activation else "weight")
         )
-        return f"levels={self.levels}, {kind}, channels={self.step.numel()}"
+        offset = ", learned offset" if self.offset is not None else ""
+        return f"levels={self.levels}, {kind}, channels={self.step.numel()}{offset}"
 
 
 def step_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The step sizes of every quantizer in `model`, in module order."""
-    return [m.step for m in model.modules() if isinstance(m, LsqQuantizer)]
+    """The step sizes (and LSQ+ offsets) of every quantizer in `model`, in module order."""
+    quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+    return [p for q in quantizers for p in (q.step, q.offset) if p is not None]
 
 
 def _sync_initialized_flag(module: LsqQuantizer, state_dict: dict, prefix: str, *_: Any) -> None:

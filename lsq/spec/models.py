@@ -149,6 +149,12 @@ class QuantizationSpec(Strict):
         description="How weight steps start, from the weights: lsq, the paper's rule; mse, "
         "the step with the least squared quantization error (per channel when steps are)",
     )
+    activation_offset: bool = Field(
+        False,
+        description="LSQ+ (Bhalgat et al. 2020): every quantized input learns an offset, "
+        "v_hat = q(v - beta) + beta, started at the first batch's minimum when below zero; an "
+        "input that dips below zero keeps its unsigned set instead of taking the signed one",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lsq
-from lsq.quantizer import MIN_STEP
+from lsq.quantizer import MIN_STEP, step_parameters
 
 
 def test_ternary_values_and_gradients_by_hand():
@@ -200,3 +200,33 @@ def test_no_host_synchronisation_in_forward_or_backward_and_one_to_measure_the_s
         (q(v) @ w(weight)).sum().backward()
     assert "aten.mul.Tensor" in rec.ops
     assert rec.syncs() == 0, rec.ops
+
+
+def test_lsq_plus_offset_by_hand() -> None:
+    """v_hat = round(clip((v - beta) / s, 0, 3)) * s + beta with s = 0.5, beta = -1; the offset's
+    gradient is 1 where v is clipped and 0 inside (straight through), the step's is LSQ's."""
+    q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True)
+    q.step.data.fill_(0.5)
+    q.offset.data.fill_(-1.0)
+    q._initialized = True
+    v = torch.tensor([[-1.2, -1.0, 0.1, 0.3, 0.6, 2.0]], requires_grad=True)
+    y = q(v)
+    assert y.tolist() == [[-1.0, -1.0, 0.0, 0.5, 0.5, 0.5]]
+    y.sum().backward()
+    assert v.grad.tolist() == [[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]]
+    assert q.offset.grad.tolist() == [4.0]
+    # (v - beta) / s = [-0.4, 0, 2.2, 2.6, 3.2, 6]: codes - x inside = 0, 0, -0.2, 0.4, 3, 3
+    assert q.step.grad.item() == pytest.approx(6.2 / math.sqrt(6 * 3), rel=1e-6)
+
+
+def test_lsq_plus_offset_starts_at_the_first_batchs_minimum_and_keeps_the_unsigned_set() -> None:
+    q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True).train()
+    v = torch.tensor([[-0.25, 0.0, 0.75, 1.75]])
+    q(v)
+    assert q.offset.item() == -0.25 and q.levels.levels == [0, 1, 2, 3] and not q.signed
+    # the step from v - beta = [0, 0.25, 1, 2]: 2 * mean / sqrt(3)
+    assert q.step.item() == pytest.approx(2 * 0.8125 / math.sqrt(3))
+    relu_fed = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True).train()
+    relu_fed(torch.tensor([[0.0, 1.0]]))
+    assert relu_fed.offset.item() == 0.0
+    assert step_parameters(torch.nn.Sequential(q)) == [q.step, q.offset]  # no weight decay

@@ -55,6 +55,8 @@ def test_a_network_quantizes_trains_a_step_and_exports_to_onnx(
 ) -> None:
     torch.manual_seed(0)
     model = build_model(arch, 10, 1, image_size=size)  # grey images, ten classes
+    if arch == "vit_tiny":  # torchvision's ViT head starts at zero: every image, the same logits
+        nn.init.normal_(model.heads.head.weight, std=0.5)
     x, y = torch.randn(8, 1, size, size), torch.arange(8) % 10
     model = quantize_model(model, **levels, example=x[:1])
     layers = quantized_layers(model)
@@ -198,3 +200,19 @@ def test_a_timm_network_is_built_for_the_data_quantized_and_trained() -> None:
     assert all(m.weight_quantizer.step.grad is not None for m in layers.values())
     with pytest.raises(ValueError, match="timm has no network 'nonet'"):
         build_model("timm:nonet", 10, 3)
+
+
+def test_lsq_plus_offsets_train_on_a_network_with_signed_inputs(tmp_path: Path) -> None:
+    """activation_offset: GELU- and LayerNorm-fed layers keep [0, 1, 2, 3] and learn where it
+    starts. No ONNX graph: onnxruntime's optimisations change such a graph's predictions."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 16, 16)
+    network = build_model("vit_tiny", 10, 1, image_size=16)
+    model = quantize_model(network, [-1, 0, 1], [0, 1, 2, 3], example=x[:1], activation_offset=True)
+    init_steps(model.train(), x)
+    mlp = quantized_layers(model)["encoder.layers.encoder_layer_0.mlp.3"].input_quantizer
+    assert mlp.levels.levels == [0, 1, 2, 3] and not mlp.signed and mlp.offset.item() < 0
+    F.cross_entropy(model(x), torch.arange(8)).backward()
+    assert mlp.offset.grad is not None
+    with pytest.raises(ValueError, match="LSQ\\+ offsets"):
+        export_onnx(model.eval(), 1, 16, tmp_path / "model.onnx")
