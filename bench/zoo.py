@@ -2,8 +2,9 @@
 10k/2k subset, 3 epochs of full precision at lr 0.1, then 2 epochs of LSQ at lr 0.01, cosine,
 batch 128) on resnet20, mobilenet_v2 and vit_tiny, at W4A4 and W[-1,0,1]/A[0,1,2,3] (first
 and last layers float). Then, on MobileNetV2, one change at a time: the inputs' signs assumed
-(every layer post-ReLU, as before they were measured) instead of measured. Prints the table
-bench/zoo.md records; every run's folder stays under --out.
+(every layer post-ReLU, as before they were measured) instead of measured, and LSQ+ offsets
+instead of signed sets. Prints the table bench/zoo.md records; every run's folder stays under
+--out, and a run finished there is read, not run again.
 
     .venv/bin/python bench/zoo.py [--archs resnet20 mobilenet_v2 vit_tiny] [--out runs/zoo]
 """
@@ -11,6 +12,7 @@ bench/zoo.md records; every run's folder stays under --out.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from lsq.quantizer import LsqQuantizer
@@ -32,6 +34,10 @@ def job(name: str, arch: str, training: dict, init: str | None = None, q: dict |
 
 
 def top1(spec: JobSpec, out: Path) -> float:
+    """The run's final test top-1, from its folder when an earlier invocation finished it."""
+    done = out / "metrics.json"
+    if done.is_file() and json.loads(done.read_text()).get("result"):
+        return json.loads(done.read_text())["result"]["final_top1"]
     return run(spec, out).final_top1
 
 
@@ -56,6 +62,10 @@ def main() -> None:
             acc = top1(spec, args.out / arch / "assumed-signs")
             rows.append((arch, f"{label}, signs assumed (post-ReLU)", acc, fp - acc))
             LsqQuantizer.measure_sign = True
+            offsets = VARIANTS[label] | {"activation_offset": True}
+            spec = job(f"{arch}-offsets", arch, LSQ, str(fp_out / "model.pt"), offsets)
+            acc = top1(spec, args.out / arch / "lsq-plus-offsets")
+            rows.append((arch, f"{label}, LSQ+ offsets", acc, fp - acc))
     print("| network | levels | test top-1 (%) | drop (points) |\n|---|---|---:|---:|")
     for arch, label, acc, drop in rows:
         print(f"| {arch} | {label} | {acc:.2f} | {'' if drop is None else f'{drop:.2f}'} |")
