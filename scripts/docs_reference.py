@@ -73,8 +73,9 @@ class Schema:
         options = s.get("anyOf") or s.get("oneOf")
         if options:
             return " | ".join(dict.fromkeys(self.type_of(o) for o in options))
-        if "enum" in s:
-            return " | ".join(json.dumps(v) for v in s["enum"])
+        if "enum" in s:  # a long list (the networks) is cut: the description says where it is
+            shown = [json.dumps(v) for v in s["enum"]]
+            return " | ".join(shown[:8] + (["..."] if len(shown) > 8 else []))
         if "const" in s:
             return json.dumps(s["const"])
         kind = s.get("type")
