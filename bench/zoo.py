@@ -38,7 +38,11 @@ def top1(spec: JobSpec, out: Path) -> float:
     done = out / "metrics.json"
     if done.is_file() and json.loads(done.read_text()).get("result"):
         return json.loads(done.read_text())["result"]["final_top1"]
-    return run(spec, out).final_top1
+    try:
+        return run(spec, out).final_top1
+    except RuntimeError as e:  # "training diverged": a row that says so
+        print(f"{spec.name}: {e}")
+        return float("nan")
 
 
 def main() -> None:

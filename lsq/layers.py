@@ -51,7 +51,11 @@ class _Quantized(nn.Module):
             )  # fmt: skip
 
     def quantize_weight(self, levels: Any, per_channel: bool = False, init: Init = "lsq") -> None:
-        """Give the weight a quantizer, its step set from the weight as it is now."""
+        """Give the weight a quantizer, its step set from the weight as it is now. A grouped
+        convolution's is per channel whatever `per_channel` says: one step for every 3x3
+        depthwise filter sends most of them to all zeros, and the batch norm after a zero
+        output then blows its gradients up (MobileNetV2 at ternary diverged)."""
+        per_channel = per_channel or getattr(self, "groups", 1) > 1
         channels = self.weight.shape[0] if per_channel else 1
         quantizer = LsqQuantizer(levels, channels=channels, init=init, device=self.weight.device)
         if not self.weight.is_meta:

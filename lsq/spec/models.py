@@ -129,7 +129,9 @@ class QuantizationSpec(Strict):
     activation: Levels | None = Field(None, description="Activation levels; null = full precision")
     first_last: FirstLast = "float"
     granularity: Literal["per_tensor", "per_channel"] = Field(
-        "per_tensor", description="One weight step per layer or per output channel"
+        "per_tensor",
+        description="One weight step per layer or per output channel (a grouped or depthwise "
+        "convolution has one per channel either way)",
     )
     layers: dict[bounded_text(200), LayerLevels] = Field(  # type: ignore[valid-type]
         {},

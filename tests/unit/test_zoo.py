@@ -117,11 +117,13 @@ def test_a_signed_input_gets_a_signed_set_and_a_relu_fed_one_keeps_its_own() -> 
     assert not depthwise.signed and depthwise.levels == [0, 1, 2, 3]
 
 
-def test_depthwise_convolutions_get_a_step_per_channel() -> None:
+def test_depthwise_convolutions_get_a_step_per_channel_even_per_tensor() -> None:
+    """One step for all of a layer's 3 x 3 depthwise filters sends most of them to zeros."""
     torch.manual_seed(0)
     x = torch.randn(4, 3, 32, 32)
     network = build_model("mobilenet_v2", 10, 3, image_size=32)
-    model = quantize_model(network, [-1, 0, 1], [0, 1, 2, 3], per_channel=True, example=x[:1])
+    model = quantize_model(network, [-1, 0, 1], [0, 1, 2, 3], example=x[:1])  # per tensor
+    assert quantized_layers(model)["features.2.conv.0.0"].weight_quantizer.step.shape == (1,)
     depthwise = quantized_layers(model)["features.2.conv.1.0"]
     assert depthwise.groups == depthwise.in_channels == 96
     q = depthwise.weight_quantizer
