@@ -4,6 +4,8 @@ in onnxruntime; a layer whose input can be negative gets a signed level set, mea
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsq import health
+from lsq import export, health
 from lsq.convert import quantize_model
 from lsq.layers import QuantConv2d, QuantLinear
 from lsq.loop import init_steps
 from lsq.networks import build_model
 from lsq.onnx_export import export_onnx
 from lsq.quantizer import LsqQuantizer
+from lsq.spec import JobSpec
+from lsq.train import run
 
 # (network, image size): small images keep each case to a second or two on two cores
 ZOO = [
@@ -218,3 +222,33 @@ def test_lsq_plus_offsets_train_on_a_network_with_signed_inputs(tmp_path: Path) 
     assert mlp.offset.grad is not None
     with pytest.raises(ValueError, match="LSQ\\+ offsets"):
         export_onnx(model.eval(), 1, 16, tmp_path / "model.onnx")
+
+
+def test_sensitivity_distillation_and_the_integer_export_on_a_torchvision_network(
+    tmp_path: Path,
+) -> None:
+    """From one MobileNetV3 model.pt: a sensitivity job probes its layers by their real names,
+    a distilled job learns from it, and the integer export holds each layer's codes."""
+    data = {"name": "synthetic", "train_size": 256, "test_size": 128}
+
+    def job(name: str, **more: object) -> JobSpec:
+        base = {"name": name, "dataset": data, "model": {"arch": "mobilenet_v3_small"}}
+        return JobSpec.model_validate(base | {"training": {"epochs": 1, "batch_size": 64}} | more)
+
+    run(job("fp"), tmp_path / "fp")
+    init = {"arch": "mobilenet_v3_small", "init": str(tmp_path / "fp" / "model.pt")}
+    q = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]}
+    probed = run(job("probe", model=init, quantization=q,
+                     sensitivity={"layers": ["features.1.*"]}), tmp_path / "probe")  # fmt: skip
+    layers = [p.layer for p in probed.sensitivity if p.layer != "all"]
+    assert layers == ["features.1.block.0.0", "features.1.block.1.fc1", "features.1.block.1.fc2",
+                      "features.1.block.2.0"]  # fmt: skip
+    distilled = job("distil", model=init, quantization=q,
+                    training={"epochs": 1, "batch_size": 64, "lr": 0.001,
+                              "distill": {"teacher": init["init"]}})  # fmt: skip
+    run(distilled, tmp_path / "distil")
+    epochs = json.loads((tmp_path / "distil" / "metrics.json").read_text())["epochs"]
+    assert epochs[0]["teacher_seconds"] > 0  # the teacher ran
+    codes = export.read_integer(tmp_path / "distil" / "model-int.pt")["layers"]
+    assert codes["features.1.block.0.0"]["weight_levels"] == [-1, 1]
+    assert "features.0.0" not in codes and "classifier.3" not in codes  # first/last: float
