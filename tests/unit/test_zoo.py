@@ -5,7 +5,6 @@ in onnxruntime; a layer whose input can be negative gets a signed level set, mea
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
