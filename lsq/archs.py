@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ CIFAR_DEPTHS = (20, 32, 44, 56)
 OWN_NAMES = (*(f"resnet{d}" for d in CIFAR_DEPTHS), "vit_tiny")  # lsq.networks.OWN
 PLUGIN_GROUP = "lsq.networks"
 TIMM = "timm:"
+TIMM_NAME = re.compile(r"timm:[A-Za-z0-9][A-Za-z0-9_.-]{0,194}")  # as timm.list_models() names
 
 
 @functools.cache
@@ -40,7 +42,7 @@ def unknown(arch: str) -> str | None:
     """Why `arch` names no network we can build, or None."""
     if cifar_depth(arch) or arch in table() or arch in plugins():
         return None
-    if arch.startswith(TIMM) and len(arch) > len(TIMM):
+    if TIMM_NAME.fullmatch(arch):
         return None
     return (
         f"{arch[:80]!r} is no network: give resnet20/32/44/56, vit_tiny, a torchvision "

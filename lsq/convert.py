@@ -40,9 +40,8 @@ def quantize_model(
     """Swap every Conv2d and Linear for its quantized twin, keeping weights and biases.
 
     - ``weight`` / ``activation``: level sets (list, bits shorthand or LevelSet); None = float.
-    - ``first_last``: ``"float"`` keeps the first conv and the last linear in full precision,
-      ``"same"`` quantizes them like the others, a level set gives them their own (both weight
-      and input), as the paper's 8 bits.
+    - ``first_last``: ``"float"`` keeps the first and last layers in full precision, ``"same"``
+      quantizes them like the others, a level set gives them their own (the paper's 8 bits).
     - ``example``: a batch traced through the network (lsq.graph): the first and last layers
       are those that run first and last, and a layer whose weight is used without calling it
       stays float. Without it: every Conv2d and Linear, first and last by module order.
@@ -57,8 +56,7 @@ def quantize_model(
       least-squared-error step); activation steps at the first training batch.
     """
     job = tuple(parse_levels(v) if v is not None else None for v in (weight, activation))
-    layers = layers or {}
-    overrides = {p: {k: _levels(v) for k, v in sides.items()} for p, sides in layers.items()}
+    overrides = {p: {k: _levels(v) for k, v in o.items()} for p, o in (layers or {}).items()}
     first_match = FirstMatch(overrides)
     if not inplace:
         model = copy.deepcopy(model)
@@ -74,8 +72,7 @@ def quantize_model(
         if w is None and a is None:
             continue
         inits = (activation_init, weight_init, activation_offset)
-        quantized = twin.from_float(module, w, a, per_channel, *inits)
-        model.set_submodule(name, quantized)
+        model.set_submodule(name, twin.from_float(module, w, a, per_channel, *inits))
     return model
 
 

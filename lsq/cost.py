@@ -12,7 +12,7 @@ per probed layer, plus the whole network quantized and in float.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .archs import cifar_depth, table
 
@@ -78,8 +78,10 @@ def _cifar(depth: int, size: int, channels: int, classes: int) -> Tally:
     return tally
 
 
-# timm's networks and a deployment's own are not in the table: they are costed as ResNet-50.
-UNKNOWN_COST_AS = "resnet50"
+# timm's networks and a deployment's own are not in the table: costed as its costliest network
+# per image (a request is hostile until proven otherwise; a cheap guess would lift the limits).
+def _costliest() -> dict[str, Any]:
+    return max(table().values(), key=lambda entry: entry["macs"])
 
 
 def network_cost(arch: str, size: int, channels: int, classes: int) -> Tally:
@@ -87,7 +89,7 @@ def network_cost(arch: str, size: int, channels: int, classes: int) -> Tally:
     ResNets, scaled from 224 px for the networks of lsq/network_table.json."""
     if depth := cifar_depth(arch):
         return _cifar(depth, size, channels, classes)
-    entry = table().get(arch) or table()[UNKNOWN_COST_AS]
+    entry = table().get(arch) or _costliest()
     scale = (size / 224) ** 2
     return Tally(round(entry["macs"] * scale), round(entry["outputs"] * scale))
 

@@ -139,6 +139,9 @@ def save_onnx(out: Path, model: nn.Module, info: DatasetInfo) -> None:
     try:
         onnx_export.export_onnx(model, info.in_channels, info.image_size, tmp)
         os.replace(tmp, out / MODEL_ONNX)
+    except ValueError as e:  # a network the export does not take (LSQ+ offsets, ...): said so
+        log.warning("model.onnx is not written: %s", e)
+        tmp.unlink(missing_ok=True)
     except Exception:
         log.exception("model.onnx could not be written")
         tmp.unlink(missing_ok=True)

@@ -52,8 +52,12 @@ def lsq_quantize(v: torch.Tensor, step: torch.Tensor, levels: LevelSet, n: int) 
         # Evaluation: the forward's own operations, in place, and nothing kept for a backward.
         s = step.clamp_min(MIN_STEP)
         return (v.float() / s).clamp_(-levels.q_n, levels.q_p).round_().mul_(s).to(v.dtype)
-    g = 1.0 / math.sqrt(n * levels.q_p) if levels.q_p > 0 else 1.0 / math.sqrt(n * levels.q_n)
-    return _LsqFunction.apply(v, step, levels.q_n, levels.q_p, g)
+    return _LsqFunction.apply(v, step, levels.q_n, levels.q_p, gradient_scale(levels, n))
+
+
+def gradient_scale(levels: LevelSet, n: int) -> float:
+    """The paper's g = 1 / sqrt(N * Q_P): a step's gradient sums over N values, each up to Q_P."""
+    return 1.0 / math.sqrt(n * (levels.q_p if levels.q_p > 0 else levels.q_n))
 
 
 def initial_step(v: torch.Tensor, levels: LevelSet, dims: list[int] | None = None) -> torch.Tensor:
@@ -173,8 +177,10 @@ class LsqQuantizer(nn.Module):
             n = v[0].numel() if v.dim() > 1 else v.numel()
         else:
             n = v.numel() // self.step.numel()
-        if self.offset is not None:
-            beta = self.offset.to(v.dtype).reshape(())
+        if self.offset is not None:  # its gradient scaled as the step's, as LSQ+ does
+            g = gradient_scale(self.levels, n)
+            beta = ((self.offset - self.offset * g).detach() + self.offset * g).to(v.dtype)
+            beta = beta.reshape(())
             return lsq_quantize(v - beta, self._step_view(v), self.levels, n) + beta
         return lsq_quantize(v, self._step_view(v), self.levels, n)
 

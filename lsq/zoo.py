@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from .archs import PLUGIN_GROUP, plugins
-from .graph import trace
+from .graph import Trace, trace
 
 IMAGENET = (3, 1000)  # the channels and classes pretrained weights were trained for
 # Builders that fix their input size at construction (a position embedding per patch).
@@ -41,27 +41,41 @@ def torchvision_model(
         model = torchvision.models.get_model(arch, weights=weights, **kwargs)
     else:
         kwargs |= {v: image_size for k, v in SIZED.items() if arch.startswith(k)}
-        model = torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
+        try:
+            model = torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
+        except (AssertionError, ValueError) as e:  # a ViT's patches must tile the image
+            raise ValueError(f"{arch} cannot be built for {image_size} px images: {e}") from None
     return adapt(model, num_classes, in_channels, image_size, keep_weights=pretrained)
 
 
 def timm_model(
     name: str, num_classes: int, in_channels: int, image_size: int, pretrained: bool
 ) -> nn.Module:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
     try:
+        import huggingface_hub.constants
         import timm
     except ImportError:
         raise ValueError(f"timm:{name} needs timm: pip install 'lsq-service[timm]'") from None
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # and if it was imported before: never fetch
     if not timm.is_model(name):
         raise ValueError(f"timm has no network {name!r} (timm.list_models() lists them)")
-    # timm reads its cache, and with HF_HUB_OFFLINE never the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": in_channels}
     try:
-        return timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
-        )
-    except (OSError, RuntimeError) as e:
+        try:  # a ViT's position embedding is sized for the images; a CNN takes no img_size
+            model = timm.create_model(name, img_size=image_size, **args)
+        except TypeError:
+            model = timm.create_model(name, **args)
+    except (OSError, RuntimeError, ValueError, AssertionError) as e:
+        where = huggingface_hub.constants.HF_HUB_CACHE
+        if pretrained:
+            raise ValueError(
+                f"timm:{name}'s pretrained weights are not in the Hugging Face cache ({where}): "
+                "download them there first; nothing is downloaded at run time"
+            ) from None
         raise ValueError(f"timm could not build {name}: {str(e)[:300]}") from None
+    traced(model, in_channels, image_size)  # built for the data by timm: only checked
+    return model
 
 
 def plugin_model(
@@ -73,6 +87,7 @@ def plugin_model(
     model = build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     if not isinstance(model, nn.Module):
         raise ValueError(f"the {PLUGIN_GROUP} entry point {arch} returned {type(model).__name__}")
+    traced(model, in_channels, image_size)
     return model
 
 
@@ -81,14 +96,7 @@ def adapt(
 ) -> nn.Module:
     """A new first convolution for `in_channels` (from the colour channels' mean response when
     `keep_weights`) and a new classifier for `num_classes`, where they differ."""
-    example = torch.zeros(1, IMAGENET[0], image_size, image_size)
-    try:
-        found = trace(model, example)
-    except (RuntimeError, ValueError, AssertionError) as e:
-        problem = f"this network cannot run on {image_size}x{image_size} images: {str(e)[:300]}"
-        raise ValueError(problem) from None
-    if not found.order:
-        raise ValueError("no Conv2d or Linear module ran in a forward: nothing to quantize")
+    found = traced(model, IMAGENET[0], image_size)
     first_name, last_name = found.order[0], found.order[-1]
     first, last = model.get_submodule(first_name), model.get_submodule(last_name)
     if isinstance(first, nn.Conv2d) and first.in_channels != in_channels:
@@ -97,6 +105,18 @@ def adapt(
     if out != num_classes:
         model.set_submodule(last_name, _head_for_classes(last, num_classes))
     return model
+
+
+def traced(model: nn.Module, channels: int, image_size: int) -> Trace:
+    """One blank image through `model`; ValueError says why it cannot take such images."""
+    try:
+        found = trace(model, torch.zeros(1, channels, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError, TypeError) as e:
+        problem = f"this network cannot run on {image_size}x{image_size} images: {str(e)[:300]}"
+        raise ValueError(problem) from None
+    if not found.order:
+        raise ValueError("no Conv2d or Linear module ran in a forward: nothing to quantize")
+    return found
 
 
 def _conv_for_channels(old: nn.Conv2d, in_channels: int, keep_weights: bool) -> nn.Conv2d:

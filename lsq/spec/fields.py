@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..archs import OWN_NAMES, plugins, table, unknown
+from ..archs import OWN_NAMES, TIMM_NAME, plugins, table, unknown
 from ..levels import ACCEPTED, MAX_BITS, LevelSet, parse_levels
 from ..text import show
 
@@ -99,7 +99,7 @@ Arch = Annotated[
                     "type": "string",
                     "enum": [*OWN_NAMES, *(a for a in table() if a not in OWN_NAMES), *plugins()],
                 },
-                {"type": "string", "pattern": r"^timm:[A-Za-z0-9_.-]{1,195}$"},
+                {"type": "string", "pattern": f"^{TIMM_NAME.pattern}$"},
             ]
         }
     ),  # fmt: skip

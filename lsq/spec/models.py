@@ -314,6 +314,15 @@ class SensitivitySpec(Strict):
         return out
 
 
+def _renamed_hint(patterns: list[str]) -> str:
+    if not any(p.startswith("layers.") for p in patterns):
+        return ""
+    return (
+        "; a CIFAR ResNet's blocks are named as torchvision's since spec version 3: "
+        "layers.N is layer{N // n + 1}.{N % n} with n blocks per stage (ResNet-20: 3)"
+    )
+
+
 def known_layers(arch: str) -> list[str]:
     """`arch`'s quantizable layers; ValueError for a network only a build can list."""
     names = layer_names(arch)
@@ -385,7 +394,7 @@ class JobSpec(Strict):
                 f"quantization.layers: {', '.join(repr(p[:80]) for p in unused[:5])} is the first "
                 f"pattern to match no layer of {self.model.arch} (none, or only layers an "
                 f"earlier pattern takes); its quantizable layers are {shown} (lsq layers "
-                f"{self.model.arch})"
+                f"{self.model.arch}){_renamed_hint(unused)}"
             )
 
     @model_validator(mode="after")

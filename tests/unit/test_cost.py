@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lsq import data
-from lsq.archs import OWN_NAMES
+from lsq.archs import OWN_NAMES, table
 from lsq.cost import (
     DATASETS,
     TRAINING_PASSES,
@@ -138,3 +138,10 @@ def test_a_cpu_batch_is_held_whole_by_its_host() -> None:
         update={"training": spec.training.model_copy(update={"device": "cpu"})}
     )
     assert training_bytes(on_cpu) == whole
+
+
+def test_a_network_the_table_does_not_know_is_costed_as_its_costliest() -> None:
+    """timm's and a deployment's networks: a cheap guess would let a giant past the limits."""
+    costliest = max(network_cost(a, 224, 3, 10).macs for a in table())
+    assert network_cost("timm:eva_giant_patch14_560", 224, 3, 10).macs == costliest
+    assert costliest > 100e9  # RegNetY-128GF's 128 GMACs, not ResNet-50's 4

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lsq.archs import OWN_NAMES, table
+from lsq.archs import OWN_NAMES, table, unknown
 from lsq.graph import trace
 from lsq.networks import CifarResNet, build_model
 
@@ -120,6 +120,9 @@ def test_unknown_arch_says_what_there_is() -> None:
     assert "'vgg' is no network" in str(e.value)
     for where in ("resnet20", "vit_tiny", "torchvision", "timm:<name>", "lsq.networks"):
         assert where in str(e.value)
+    for name in ("timm:", "timm:..", "timm:../x", "timm:hf-hub:evil/x", "timm: resnet18"):
+        assert unknown(name), name  # only names as timm.list_models() spells them
+    assert unknown("timm:resnet18") is None
 
 
 # ---------------------------------------------------------------- pretrained through torch's cache

@@ -204,7 +204,8 @@ def test_no_host_synchronisation_in_forward_or_backward_and_one_to_measure_the_s
 
 def test_lsq_plus_offset_by_hand() -> None:
     """v_hat = round(clip((v - beta) / s, 0, 3)) * s + beta with s = 0.5, beta = -1; the offset's
-    gradient is 1 where v is clipped and 0 inside (straight through), the step's is LSQ's."""
+    gradient is 1 where v is clipped and 0 inside (straight through), scaled by the step's
+    g = 1 / sqrt(N Q_P) as LSQ+ does; the step's is LSQ's."""
     q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True)
     q.step.data.fill_(0.5)
     q.offset.data.fill_(-1.0)
@@ -214,7 +215,7 @@ def test_lsq_plus_offset_by_hand() -> None:
     assert y.tolist() == [[-1.0, -1.0, 0.0, 0.5, 0.5, 0.5]]
     y.sum().backward()
     assert v.grad.tolist() == [[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]]
-    assert q.offset.grad.tolist() == [4.0]
+    assert q.offset.grad.item() == pytest.approx(4.0 / math.sqrt(6 * 3), rel=1e-6)
     # (v - beta) / s = [-0.4, 0, 2.2, 2.6, 3.2, 6]: codes - x inside = 0, 0, -0.2, 0.4, 3, 3
     assert q.step.grad.item() == pytest.approx(6.2 / math.sqrt(6 * 3), rel=1e-6)
 

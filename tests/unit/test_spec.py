@@ -108,6 +108,7 @@ def test_spec_round_trips_through_json_and_yaml_as_written():
         "layers": {"layer1.0.*": {"weight": list(range(-8, 8))}},  # a side left out stays out
         "activation_init": "lsq",
         "weight_init": "lsq",
+        "activation_offset": False,
     }
     assert dumped["training"]["compile"] == "on"
     assert JobSpec.model_validate(dumped) == spec
@@ -231,8 +232,9 @@ def test_a_version_2_spec_selects_the_same_layers_under_the_standard_names() -> 
         }},
         "sensitivity": {"layers": ["layers.8.*", "fc"]},
     }  # fmt: skip
-    with pytest.raises(ValidationError, match="'layers.4.conv1' is the first pattern"):
-        JobSpec.model_validate(v2)
+    with pytest.raises(ValidationError, match="'layers.4.conv1' is the first pattern") as e:
+        JobSpec.model_validate(v2)  # a spec file is read at the current version: a hint
+    assert "layers.N is layer{N // n + 1}.{N % n}" in str(e.value)
     spec = JobSpec.model_validate(upgrade_spec(v2, 2) | {"sensitivity": None})
     stage1 = [f"layer1.{b}.conv{c}" for b in range(3) for c in (1, 2)]
     assert list(spec.quantization.layers) == [*stage1, "layer2.1.conv1", "*.conv2"]

@@ -5,6 +5,7 @@ in onnxruntime; a layer whose input can be negative gets a signed level set, mea
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,26 @@ def test_a_timm_network_is_built_for_the_data_quantized_and_trained() -> None:
     assert all(m.weight_quantizer.step.grad is not None for m in layers.values())
     with pytest.raises(ValueError, match="timm has no network 'nonet'"):
         build_model("timm:nonet", 10, 3)
+
+
+def test_timm_pretrained_weights_come_from_its_cache_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent/hub")
+    tried = []
+
+    def connect(sock: socket.socket, address: object) -> None:
+        tried.append(address)
+        raise OSError("no network here")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with pytest.raises(ValueError, match="pretrained weights are not in the Hugging Face cache"):
+        build_model("timm:resnet18", 10, 3, pretrained=True)
+    assert tried == []  # offline: not even an attempt
+
+
+def test_a_network_built_for_other_images_says_so() -> None:
+    with pytest.raises(ValueError, match="vit_b_16 cannot be built for 28 px images"):
+        build_model("vit_b_16", 10, 1, image_size=28)  # 16 x 16 patches do not tile 28 px
 
 
 def test_lsq_plus_offsets_train_on_a_network_with_signed_inputs(tmp_path: Path) -> None:
