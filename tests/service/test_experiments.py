@@ -359,6 +359,10 @@ def test_every_example_experiment_plans_its_table(path) -> None:
         assert len(plan.variants) == 1 and plan.variants[0].specs[0].sensitivity is not None
         assert not plan.baseline.quantization.enabled and plan.baseline.sensitivity is None
         return
+    if "mobilenet" in path.stem:  # another network: W4A4 and W[-1,0,1]/A[0,1,2,3]
+        assert [v.specs[0].model.arch for v in plan.variants] == ["mobilenet_v2"] * 2
+        assert plan.variants[1].specs[0].quantization.weight.levels == [-1, 0, 1]
+        return
     assert len(plan.variants) == 4 and all(len(v.specs) == 1 for v in plan.variants)
     rows = {(v.specs[0].quantization.first_last, v.specs[0].quantization.activation is None)
             for v in plan.variants}  # fmt: skip

@@ -343,7 +343,12 @@ STORED_V1 = json.loads((Path(__file__).parent / "fixtures" / "spec-v1.json").rea
 # spec runs with their defaults.
 ADDED_SINCE_V1 = {
     "dataset": {"image_size": None},
-    "quantization": {"layers": {}, "activation_init": "lsq", "weight_init": "lsq"},
+    "quantization": {
+        "layers": {},
+        "activation_init": "lsq",
+        "weight_init": "lsq",
+        "activation_offset": False,
+    },
     "training": {
         "compile": "auto",
         "distill": None,
