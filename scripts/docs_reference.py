@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # Pages copied from bench/ into the site, under the same names (docs link to ../bench/...).
-BENCH_PAGES = ("README.md", "accuracy.md")
+BENCH_PAGES = ("README.md", "accuracy.md", "zoo.md")
 BOUNDS = (
     ("minimum", "≥ {}"),
     ("exclusiveMinimum", "> {}"),
