@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 # The module types conversion swaps, by exact type: a subclass may be called differently.
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
@@ -32,6 +33,18 @@ class Trace:
 
 
 @torch.no_grad()
+def watched_forward(model: nn.Module, x: torch.Tensor, hooks: list[RemovableHandle]) -> None:
+    """One forward of `x` in eval mode, without gradients; the hooks are removed and the
+    model's mode restored afterwards, whatever happens."""
+    training = model.training
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+
+
 def trace(model: nn.Module, example: torch.Tensor) -> Trace:
     """Run `example` through `model` in eval mode (its mode and buffers are kept) and record
     which quantizable modules ran, in order."""
@@ -41,14 +54,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> Trace:
     def record(module: nn.Module, _: object) -> None:
         ran.setdefault(names[module])
 
-    hooks = [m.register_forward_pre_hook(record) for m in names]
-    training = model.training
-    try:
-        model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(training)
+    watched_forward(model, example, [m.register_forward_pre_hook(record) for m in names])
     return Trace(list(ran), _left_float(model, set(ran)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .graph import watched_forward
 from .metrics import QuantizerHealth
 from .quantizer import MIN_STEP, LsqQuantizer
 
@@ -28,14 +29,7 @@ def measure(model: nn.Module, x: torch.Tensor) -> list[QuantizerHealth]:
     def hook(q: LsqQuantizer, args: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
         found.append(_health(names[q], q, args[0]))
 
-    handles = [q.register_forward_hook(hook) for q in names]
-    was_training = model.training
-    try:
-        model.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    watched_forward(model, x, [q.register_forward_hook(hook) for q in names])
     return found  # in the order the forward pass met them
 
 

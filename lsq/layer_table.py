@@ -52,13 +52,12 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-@torch.no_grad()
 def measure(
     model: nn.Module, images: torch.Tensor
 ) -> tuple[list[tuple[str, nn.Module, bool]], dict[str, str]]:
     """Each layer that runs (lsq.graph), in order, and whether its input held a negative value;
     the layers that stay float and why."""
-    from .graph import trace
+    from .graph import trace, watched_forward
 
     found = trace(model, images)
     negative: dict[nn.Module, bool] = {}
@@ -67,9 +66,7 @@ def measure(
         negative.setdefault(layer, bool((x[0] < 0).any()))
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(record) for n in found.order]
-    model.eval()(images)
-    for h in hooks:
-        h.remove()
+    watched_forward(model, images, hooks)
     layers = [(n, model.get_submodule(n)) for n in found.order]
     rows = [(n, layer, negative[layer]) for n, layer in layers]
     return rows, found.unused

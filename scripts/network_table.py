@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lsq import zoo  # noqa: E402
-from lsq.graph import QUANTIZABLE, trace  # noqa: E402
+from lsq.graph import QUANTIZABLE, trace, watched_forward  # noqa: E402
 from lsq.networks import vit_tiny  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "lsq" / "network_table.json"
@@ -60,10 +60,7 @@ def cost(model: torch.nn.Module, example: torch.Tensor) -> tuple[int, int]:
         tally[1] += out.numel()
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if type(m) in QUANTIZABLE]
-    with torch.no_grad():
-        model.eval()(example)
-    for h in hooks:
-        h.remove()
+    watched_forward(model, example, hooks)
     return tally[0], tally[1]
 
 

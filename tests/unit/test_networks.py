@@ -18,13 +18,7 @@ TORCHVISION_ARCHS = ["resnet18", "resnet34", "resnet50"]
 ARCHS = [*OWN_NAMES, *TORCHVISION_ARCHS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-2 forwards are tiny: one intra-op thread avoids OpenMP stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: nn.Module) -> int:

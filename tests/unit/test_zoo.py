@@ -39,13 +39,7 @@ TERNARY_2BIT = {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3], "first_last": 
 FOUR_BIT = {"weight": {"bits": 4, "signed": True}, "activation": {"bits": 4}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small images make small operations: one intra-op thread spends no time in OpenMP."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
