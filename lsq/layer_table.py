@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .archs import OWN_NAMES, plugins, table
 from .cost import DATASETS
+
+if TYPE_CHECKING:  # torch is imported when a network is built: `lsq --help` stays quick
+    import torch
+    from torch import nn
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +33,8 @@ def command(args: argparse.Namespace) -> int:
         print("this deployment's (lsq.networks):", ", ".join(plugins()) or "none")
         print("timm (with the timm extra): timm:<name>, as timm.list_models() names them")
         return 0
+    import torch
+
     from .networks import build_model
 
     g = DATASETS[args.dataset]

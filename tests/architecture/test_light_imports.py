@@ -1,7 +1,7 @@
 """What importing a piece of lsq drags in, checked in a fresh interpreter: the quantizer and the
 layers stand without the job contract (pydantic, yaml, lsq.spec), the level sets and the text
 helpers are plain Python, and the contract itself never loads torch (the API validates specs
-without it)."""
+without it), nor does the CLI until a command needs it."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def loaded_by(*modules: str) -> set[str]:
         (("lsq.quantizer", "lsq.layers"), {"pydantic", "yaml", "lsq.spec"}),
         (("lsq.levels", "lsq.text"), {"torch", "pydantic", "yaml", "lsq.spec"}),
         (("lsq.spec",), {"torch"}),
+        (("lsq.archs", "lsq.cost"), {"torch"}),  # the API's checks and estimates
+        (("worker.cli", "lsq.cli"), {"torch"}),  # `lsq --help`, `lsq submit`: no torch to load
     ],
 )
 def test_a_module_loads_only_what_it_needs(modules: tuple[str, ...], forbidden: set[str]) -> None:
