@@ -47,4 +47,5 @@ def _health(layer: str, q: LsqQuantizer, v: torch.Tensor) -> QuantizerHealth:
         levels=levels,
         shares=shares,
         signed=q.activation and bool(q.signed),
+        offset=None if q.offset is None else q.offset.item(),
     )

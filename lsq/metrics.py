@@ -34,6 +34,9 @@ class QuantizerHealth(_Record):
         description="An activation whose input held negative values on its first batch: its "
         "unsigned set became the signed one with as many levels",
     )
+    offset: float | None = Field(
+        None, description="The learned LSQ+ offset (activation_offset), where there is one"
+    )
 
 
 def quantizer_warnings(history: list[list[QuantizerHealth]]) -> list[str]:

@@ -68,6 +68,8 @@ def initial_step(v: torch.Tensor, levels: LevelSet, dims: list[int] | None = Non
 
 
 MSE_CANDIDATES, MSE_SAMPLE = 100, 1 << 18
+# Where LSQ+'s offset may start: these quantiles of the input (none above zero).
+OFFSET_QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25)
 
 
 def mse_step(v: torch.Tensor, levels: LevelSet, per_channel: bool = False) -> torch.Tensor:
@@ -75,18 +77,46 @@ def mse_step(v: torch.Tensor, levels: LevelSet, per_channel: bool = False) -> to
     error on v (on an evenly strided sample of 2^18 values at most), or one per slice along
     dim 0. At 2 bits the paper's rule clips far less than the error-optimal step does (Banner
     et al. 2019)."""
-    rows = v.detach().float().flatten(1) if per_channel else v.detach().float().reshape(1, -1)
-    rows = rows[:, :: max(1, rows.numel() // MSE_SAMPLE)]
+    rows = _sample(v, per_channel)
     q = levels.q_p if levels.q_p > 0 else levels.q_n
-    top = rows.abs().amax(1).clamp_min(MIN_STEP) / q
+    best, _ = _least_error_step(rows, levels, rows.abs().amax(1) / q)
+    return best if per_channel else best[0]
+
+
+def mse_offset_step(v: torch.Tensor, levels: LevelSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSQ+'s start for an unsigned set with a learned offset: the (offset, step) pair with the
+    least squared error on v, the offset among low quantiles of v, the step by `mse_step`'s
+    search on v - offset. The input's bare minimum, one outlier, would spread the few levels so
+    wide that most values round to one of them."""
+    rows = _sample(v, per_channel=False)
+    quantiles = torch.tensor(OFFSET_QUANTILES, device=rows.device)
+    best = (torch.zeros(()), torch.ones(()), float("inf"))
+    for beta in torch.quantile(rows[0], quantiles).clamp(max=0).unique():
+        shifted = rows - beta
+        step, error = _least_error_step(shifted, levels, shifted.amax(1) / levels.q_p)
+        if float(error[0]) < best[2]:
+            best = (beta, step[0], float(error[0]))
+    return best[0], best[1]
+
+
+def _sample(v: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """v as rows (one per channel, or one), every k-th value so a row has 2^18 at most."""
+    rows = v.detach().float().flatten(1) if per_channel else v.detach().float().reshape(1, -1)
+    return rows[:, :: max(1, rows.numel() // MSE_SAMPLE)]
+
+
+def _least_error_step(
+    rows: torch.Tensor, levels: LevelSet, top: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the step among 100 evenly spaced up to `top` with the least squared error."""
+    top = top.clamp_min(MIN_STEP)
     best, best_error = top, torch.full_like(top, float("inf"))
     for k in range(1, MSE_CANDIDATES + 1):
         s = (top * k / MSE_CANDIDATES)[:, None]
         codes = (rows / s).clamp(-levels.q_n, levels.q_p).round()
         error = (codes * s - rows).square().sum(1)
         best, best_error = torch.where(error < best_error, s[:, 0], best), error.minimum(best_error)
-    best = best.clamp_min(MIN_STEP)
-    return best if per_channel else best[0]
+    return best.clamp_min(MIN_STEP), best_error
 
 
 class LsqQuantizer(nn.Module):
@@ -154,15 +184,16 @@ class LsqQuantizer(nn.Module):
         """Set the step from v by this quantizer's rule (per channel if this quantizer is). An
         activation quantizer whose input v holds a negative value takes the signed set with as
         many levels ([0,1,2,3] -> [-2,-1,0,1]): an unsigned set would clip it all to zero."""
-        if self.offset is not None and not self.levels.signed:  # the input's minimum, if < 0
-            self.offset.copy_(v.detach().float().min().clamp(max=0).reshape(1))
-            v = v - self.offset
+        per_channel = self.step.numel() > 1
         negative = self.activation and self.measure_sign and not self.levels.signed
         if negative and self.offset is None and bool((v < 0).any()):
             self.signed.fill_(True)
             self.levels = self.converted.as_signed()
-        per_channel = self.step.numel() > 1
-        if self.init == "mse":
+        if self.offset is not None and not self.levels.signed:
+            # LSQ+ starts both from the least squared error, whatever `init` says.
+            beta, s = mse_offset_step(v, self.levels)
+            self.offset.copy_(beta.reshape(1))
+        elif self.init == "mse":
             s = mse_step(v, self.levels, per_channel)
         else:
             s = initial_step(v, self.levels, dims=list(range(1, v.dim())) if per_channel else None)

@@ -153,10 +153,10 @@ class QuantizationSpec(Strict):
     )
     activation_offset: bool = Field(
         False,
-        description="Experimental (it diverged on MobileNetV2: bench/zoo.md). LSQ+ (Bhalgat "
-        "et al. 2020): every quantized input learns an offset, "
-        "v_hat = q(v - beta) + beta, started at the first batch's minimum when below zero; an "
-        "input that dips below zero keeps its unsigned set instead of taking the signed one",
+        description="LSQ+ (Bhalgat et al. 2020): every quantized input learns an offset, "
+        "v_hat = q(v - beta) + beta, started with its step at the least squared error on the "
+        "first batch; an input that dips below zero keeps its unsigned set instead of taking "
+        "the signed one",
     )
 
     @property

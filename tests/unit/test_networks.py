@@ -11,7 +11,7 @@ from torch import nn
 
 from lsq.archs import OWN_NAMES, table, unknown
 from lsq.graph import trace
-from lsq.networks import CifarResNet, build_model
+from lsq.networks import OWN, CifarResNet, build_model
 
 CIFAR_ARCHS = ["resnet20", "resnet32", "resnet44", "resnet56"]
 TORCHVISION_ARCHS = ["resnet18", "resnet34", "resnet50"]
@@ -30,6 +30,11 @@ def test_every_torchvision_classifier_is_in_the_table() -> None:
     assert set(torchvision.models.list_models(module=torchvision.models)) | {"vit_tiny"} == set(
         table()
     )
+
+
+def test_the_torch_free_names_of_our_networks_are_the_builders() -> None:
+    """lsq.archs lists our networks without importing torch; the list is lsq.networks.OWN."""
+    assert list(OWN_NAMES) == list(OWN)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

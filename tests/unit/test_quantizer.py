@@ -220,14 +220,27 @@ def test_lsq_plus_offset_by_hand() -> None:
     assert q.step.grad.item() == pytest.approx(6.2 / math.sqrt(6 * 3), rel=1e-6)
 
 
-def test_lsq_plus_offset_starts_at_the_first_batchs_minimum_and_keeps_the_unsigned_set() -> None:
+def test_lsq_plus_starts_offset_and_step_at_the_least_squared_error() -> None:
+    """Inputs on -1, 0, 1, 2 fit [0, 1, 2, 3] exactly with offset -1 and step 1; the unsigned
+    set stays unsigned. A ReLU-fed input starts at offset 0."""
     q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True).train()
-    v = torch.tensor([[-0.25, 0.0, 0.75, 1.75]])
-    q(v)
-    assert q.offset.item() == -0.25 and q.levels.levels == [0, 1, 2, 3] and not q.signed
-    # the step from v - beta = [0, 0.25, 1, 2]: 2 * mean / sqrt(3)
-    assert q.step.item() == pytest.approx(2 * 0.8125 / math.sqrt(3))
+    v = torch.tensor([[-1.0, 0.0, 1.0, 2.0] * 50])
+    assert torch.equal(q(v), v)
+    assert q.offset.item() == -1.0 and q.step.item() == 1.0
+    assert q.levels.levels == [0, 1, 2, 3] and not q.signed
     relu_fed = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True).train()
-    relu_fed(torch.tensor([[0.0, 1.0]]))
+    relu_fed(torch.tensor([[0.0, 1.0, 2.0, 0.5]]))
     assert relu_fed.offset.item() == 0.0
     assert step_parameters(torch.nn.Sequential(q)) == [q.step, q.offset]  # no weight decay
+
+
+def test_lsq_plus_start_is_not_pulled_by_one_outlier() -> None:
+    """One value at -50 among normal ones: starting the offset at the minimum spread the four
+    levels so wide that every value rounded to one of them (MobileNetV2 diverged so)."""
+    v = torch.randn(1, 20_000, generator=torch.Generator().manual_seed(0))
+    v[0, 0] = -50.0
+    q = lsq.LsqQuantizer([0, 1, 2, 3], activation=True, offset=True).train()
+    q(v)
+    assert -4.0 < q.offset.item() < -0.5
+    shares = q.codes(v).flatten().unique(return_counts=True)[1] / v.numel()
+    assert len(shares) == 4 and shares.max() < 0.6

@@ -234,6 +234,8 @@ def test_lsq_plus_offsets_train_on_a_network_with_signed_inputs(tmp_path: Path) 
     assert mlp.levels.levels == [0, 1, 2, 3] and not mlp.signed and mlp.offset.item() < 0
     F.cross_entropy(model(x), torch.arange(8)).backward()
     assert mlp.offset.grad is not None
+    reported = {h.layer: h for h in health.measure(model, x) if h.kind == "activation"}
+    assert reported["encoder.layers.encoder_layer_0.mlp.3"].offset == mlp.offset.item()
     with pytest.raises(ValueError, match="LSQ\\+ offsets"):
         export_onnx(model.eval(), 1, 16, tmp_path / "model.onnx")
 
