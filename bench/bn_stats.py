@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from lsq.data import load_datasets
+from lsq.evaluation import evaluate
 from lsq.export import load_trained
-from lsq.loop import evaluate, loader, reestimate_batch_norm
+from lsq.loop import loader, reestimate_batch_norm
 from lsq.spec import DatasetSpec
 
 # (label, shuffled and augmented, batches); 469 batches of 128 are one pass over 60 000 images

@@ -28,8 +28,15 @@ VARIANTS = {
 }
 
 
-def job(name: str, arch: str, training: dict, init: str | None = None, q: dict | None = None):
-    spec = {"name": name, "dataset": DATA, "model": {"arch": arch, "init": init}}
+def job(
+    name: str,
+    arch: str,
+    training: dict,
+    init: str | None = None,
+    q: dict | None = None,
+    data: dict | None = None,
+) -> JobSpec:
+    spec = {"name": name, "dataset": data or DATA, "model": {"arch": arch, "init": init}}
     return JobSpec.model_validate(spec | {"training": training, "quantization": q or {}})
 
 
@@ -43,6 +50,24 @@ def top1(spec: JobSpec, out: Path) -> float:
     except RuntimeError as e:  # "training diverged": a row that says so
         print(f"{spec.name}: {e}")
         return float("nan")
+
+
+def signs_and_offsets(out: Path, fp: float) -> list[tuple[str, str, float, float]]:
+    """MobileNetV2 at W[-1,0,1]/A[0,1,2,3], one change at a time: inputs assumed post-ReLU
+    (seed 0), and LSQ+ offsets beside measured signed sets (seeds 0 and 1)."""
+    label, init = "W[-1,0,1]/A[0,1,2,3]", str(out / "fp" / "model.pt")
+    LsqQuantizer.measure_sign = False
+    acc = top1(job("assumed", "mobilenet_v2", LSQ, init, VARIANTS[label]), out / "assumed-signs")
+    LsqQuantizer.measure_sign = True
+    rows = [("mobilenet_v2", f"{label}, signs assumed (post-ReLU)", acc, fp - acc)]
+    offsets = VARIANTS[label] | {"activation_offset": True}
+    for seed in (0, 1):
+        recipe, tail = LSQ | {"seed": seed}, f"-seed{seed}" if seed else ""
+        for name, q, folder in (("signed", VARIANTS[label], label.replace("/", "-")),
+                                ("LSQ+ offsets", offsets, "lsq-plus-offsets")):  # fmt: skip
+            acc = top1(job(name, "mobilenet_v2", recipe, init, q), out / f"{folder}{tail}")
+            rows.append(("mobilenet_v2", f"{label}, {name}, seed {seed}", acc, fp - acc))
+    return rows
 
 
 def main() -> None:
@@ -60,16 +85,7 @@ def main() -> None:
             acc = top1(spec, args.out / arch / label.replace("/", "-"))
             rows.append((arch, label, acc, fp - acc))
         if arch == "mobilenet_v2":
-            LsqQuantizer.measure_sign = False
-            label = "W[-1,0,1]/A[0,1,2,3]"
-            spec = job(f"{arch}-assumed", arch, LSQ, str(fp_out / "model.pt"), VARIANTS[label])
-            acc = top1(spec, args.out / arch / "assumed-signs")
-            rows.append((arch, f"{label}, signs assumed (post-ReLU)", acc, fp - acc))
-            LsqQuantizer.measure_sign = True
-            offsets = VARIANTS[label] | {"activation_offset": True}
-            spec = job(f"{arch}-offsets", arch, LSQ, str(fp_out / "model.pt"), offsets)
-            acc = top1(spec, args.out / arch / "lsq-plus-offsets")
-            rows.append((arch, f"{label}, LSQ+ offsets", acc, fp - acc))
+            rows += signs_and_offsets(args.out / arch, fp)
     print("| network | levels | test top-1 (%) | drop (points) |\n|---|---|---:|---:|")
     for arch, label, acc, drop in rows:
         print(f"| {arch} | {label} | {acc:.2f} | {'' if drop is None else f'{drop:.2f}'} |")

@@ -68,3 +68,14 @@ def layer_names(arch: str) -> list[str] | None:
         return ["conv1", *[f"{block}.conv{c}" for block in blocks for c in (1, 2)], "fc"]
     entry = table().get(arch)
     return list(entry["layers"]) if entry else None
+
+
+VIT_PATCH = re.compile(r"vit_[blh]_(\d+)")  # torchvision's ViTs: vit_b_16, vit_l_32, vit_h_14
+
+
+def patch_side(arch: str) -> int | None:
+    """The side of the square patches a ViT of ours or torchvision's cuts its images into."""
+    if arch == "vit_tiny":
+        return 4
+    found = VIT_PATCH.fullmatch(arch)
+    return int(found.group(1)) if found else None

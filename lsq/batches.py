@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader
 
 from .data import TensorImages
 from .distributed import SINGLE, Rank
@@ -65,3 +66,6 @@ class MemoryBatches:
             batch = order[start : start + self.batch_size]
             cut = None if draws is None else tuple(d[start : start + len(batch)] for d in draws)
             yield self.images.batch(self.images.images[batch], cut), self.images.targets[batch]
+
+
+Batches = DataLoader | MemoryBatches  # what the loop trains and evaluates on

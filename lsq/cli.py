@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sys.exit("lsq run: give a SPEC file or --resume DIR")
 
-    from .metrics import sensitivity_table, summary_line, table_header, table_row
+    from .metrics import classes_line, sensitivity_table, summary_line, table_header, table_row
     from .train import run  # torch loads here, after the spec is known to be good
 
     print(f"{spec.name}: {spec.model.arch} on {spec.dataset.name}, writing to {out}")
@@ -99,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     if result.sensitivity is not None:
         print(sensitivity_table(result.sensitivity, spec.sensitivity.mode))
     print(summary_line(spec.describe(), result))
+    if (classes := classes_line(result)) is not None:
+        print(classes)
     print(f"files in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 

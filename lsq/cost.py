@@ -39,6 +39,8 @@ DATASETS = {
     "fashion-mnist": Geometry(1, 28, 10, 60_000, 10_000),
     "imagenet": Geometry(3, 224, 1000, 1_281_167, 50_000),
     "synthetic": Geometry(3, 16, 10, 2048, 512),
+    # A user's folder is not read to cost it: as large as ImageNet unless a subset is given.
+    "image_folder": Geometry(3, 32, 1000, 1_281_167, 50_000),
 }
 
 
@@ -49,21 +51,26 @@ def _out(size: int, kernel: int, stride: int, padding: int) -> int:
 @dataclass
 class Tally:
     """A network's cost per image: multiply-accumulates, and the values its Conv2d and Linear
-    layers output (what training keeps for the backward pass scales with them)."""
+    layers output (what training keeps for the backward pass scales with them); and its
+    parameters, whatever the images."""
 
     macs: int = 0
     outputs: int = 0
+    parameters: int = 0
 
     def conv(self, side: int, c_in: int, c_out: int, kernel: int, stride: int = 1) -> int:
-        """Count a square convolution padded as lsq.networks pads it; its output side."""
+        """Count a square convolution padded as lsq.networks pads it, and the batch norm after
+        it; its output side."""
         out = _out(side, kernel, stride, kernel // 2)
         self.macs += out * out * kernel * kernel * c_in * c_out
         self.outputs += out * out * c_out
+        self.parameters += kernel * kernel * c_in * c_out + 2 * c_out
         return out
 
     def linear(self, c_in: int, c_out: int) -> None:
         self.macs += c_in * c_out
         self.outputs += c_out
+        self.parameters += c_in * c_out + c_out
 
 
 def _cifar(depth: int, size: int, channels: int, classes: int) -> Tally:
@@ -91,7 +98,7 @@ def network_cost(arch: str, size: int, channels: int, classes: int) -> Tally:
         return _cifar(depth, size, channels, classes)
     entry = table().get(arch) or _costliest()
     scale = (size / 224) ** 2
-    return Tally(round(entry["macs"] * scale), round(entry["outputs"] * scale))
+    return Tally(round(entry["macs"] * scale), round(entry["outputs"] * scale), entry["parameters"])
 
 
 def network_macs(arch: str, size: int, channels: int, classes: int) -> int:
@@ -102,21 +109,28 @@ def network_macs(arch: str, size: int, channels: int, classes: int) -> int:
 def _per_image(spec: JobSpec) -> Tally:
     geometry = DATASETS[spec.dataset.name]
     size = spec.dataset.image_size or geometry.size
-    return network_cost(spec.model.arch, size, geometry.channels, geometry.classes)
+    channels = spec.dataset.channels or geometry.channels
+    return network_cost(spec.model.arch, size, channels, geometry.classes)
 
 
 def training_bytes(spec: JobSpec, one_host: bool = False) -> int:
-    """What one device holds for the backward pass of one training batch: about two float32
-    values per layer output per image (the layer's output and the activation after it;
-    measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB). `one_host`
-    (CPU training): its `devices` processes share one host's memory, the whole batch."""
+    """What one device holds to train one batch: about two float32 values per layer output
+    per image for the backward pass (the layer's output and the activation after it;
+    measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB), and 16 bytes
+    per parameter (the weight, its gradient, its momentum and its fake-quantized copy).
+    `one_host` (CPU training): its `devices` processes share one host's memory, the whole
+    batch and a copy of the network each."""
     t = spec.training
     whole = one_host or t.device == "cpu"
     per_device = t.batch_size if whole else -(-t.batch_size // t.devices)
-    return per_device * _per_image(spec).outputs * BYTES_KEPT_PER_OUTPUT
+    cost = _per_image(spec)
+    copies = t.devices if whole else 1
+    held = per_device * cost.outputs * BYTES_KEPT_PER_OUTPUT
+    return held + copies * cost.parameters * BYTES_PER_PARAMETER
 
 
 BYTES_KEPT_PER_OUTPUT = 8
+BYTES_PER_PARAMETER = 16
 
 
 def job_tmacs(spec: JobSpec) -> float:

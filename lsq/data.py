@@ -33,6 +33,10 @@ class DatasetInfo:
     num_classes: int
     in_channels: int
     image_size: int
+    classes: tuple[str, ...] = ()  # the class names, where the data has them
+    mean: tuple[float, ...] = ()  # the normalisation the images get (an export's user needs it)
+    std: tuple[float, ...] = ()
+    skipped: int = 0  # image files that did not decode (image_folder)
 
     def example(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """One blank image of this shape: what a network is traced with (lsq.graph)."""
@@ -120,6 +124,9 @@ class TensorImages(Dataset):
 # ---------------------------------------------------------------- CIFAR-10 (python pickle batches)
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+CIFAR_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+)  # fmt: skip
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -170,13 +177,17 @@ def cifar10(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
     return (
         TensorImages(train_x, train_y, CIFAR_MEAN, CIFAR_STD, Augment(pad=4, flip=True)),
         TensorImages(test_x, test_y, CIFAR_MEAN, CIFAR_STD),
-        DatasetInfo(10, 3, 32),
+        DatasetInfo(10, 3, 32, CIFAR_CLASSES, tuple(CIFAR_MEAN), tuple(CIFAR_STD)),
     )
 
 
 # ---------------------------------------- Fashion-MNIST (IDX, gzipped or not)
 
 FASHION_MEAN, FASHION_STD = [0.2860], [0.3530]
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -223,7 +234,7 @@ def fashion_mnist(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
     return (
         TensorImages(train_x, train_y, FASHION_MEAN, FASHION_STD, Augment(pad=2, flip=True)),
         TensorImages(test_x, test_y, FASHION_MEAN, FASHION_STD),
-        DatasetInfo(10, 1, 28),
+        DatasetInfo(10, 1, 28, FASHION_CLASSES, tuple(FASHION_MEAN), tuple(FASHION_STD)),
     )
 
 
@@ -253,7 +264,8 @@ def imagenet(root: Path) -> tuple[Dataset, Dataset, DatasetInfo]:
     train, test = sets
     if train.classes != test.classes:
         raise DatasetError(f"ImageNet: {root}/train and {root}/val have different class folders")
-    return train, test, DatasetInfo(len(train.classes), 3, 224)
+    stats = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    return train, test, DatasetInfo(len(train.classes), 3, 224, tuple(train.classes), *stats)
 
 
 # ---------------------------------------------------------------- synthetic (in memory, learnable)
@@ -291,6 +303,7 @@ LAYOUTS = {
     "cifar10": "CIFAR-10's python batches data_batch_1..5 and test_batch",
     "imagenet": "train/<class>/*.JPEG and val/<class>/*.JPEG",
     "fashion-mnist": "the IDX files train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte[.gz]",
+    "image_folder": "<class>/<image> files, or train/<class>/ and val/<class>/",
 }
 
 
@@ -354,11 +367,22 @@ def load_datasets(spec: DatasetSpec, seed: int = 0) -> tuple[Dataset, Dataset, D
         raise DatasetError(
             f"dataset {spec.name!r} needs a root folder (dataset.root) holding {LAYOUTS[spec.name]}"
         )
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except OSError as e:  # a name too long, say
+        raise DatasetError(
+            f"dataset {spec.name!r}: folder {str(root)[:200]}: {e.strerror}"
+        ) from None
+    if not found:
         raise DatasetError(
             f"dataset {spec.name!r}: folder {root} does not exist; expected it to hold "
             f"{LAYOUTS[spec.name]}"
         )
+    if spec.name == "image_folder":
+        from . import image_folder  # it imports this module
+
+        found = image_folder.load(spec, root, seed)
+        return found.train, found.test, found.info
     loader = {"cifar10": cifar10, "imagenet": imagenet, "fashion-mnist": fashion_mnist}[spec.name]
     train, test, info = loader(root)
     if spec.train_size:

@@ -17,30 +17,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from . import distributed, health
-from .batches import MemoryBatches
+from .batches import Batches, MemoryBatches
 from .compiled import StepCompiler
 from .data import in_memory
 from .device import autocast
 from .distributed import SINGLE, Rank
-from .metrics import Accuracy, EpochMetrics, QuantizerHealth
+from .evaluation import Cancelled, evaluate, hits
+from .metrics import EpochMetrics, QuantizerHealth
 from .quantizer import LsqQuantizer, step_parameters
 from .spec import JobSpec, TrainingSpec
 
-Batches = DataLoader | MemoryBatches
-
 # Data-parallel ranks agree on cancellation every this many batches (it is a collective).
 CANCEL_EVERY = 10
-
-
-class Cancelled(Exception):
-    """The job was cancelled between two batches (of training or evaluation) or two final
-    files; the finished epochs are kept."""
-
-
-def stop_if_cancelled(should_cancel: Callable[[], bool] | None, during: str) -> None:
-    """Raise Cancelled when `should_cancel()` is true (None: the run cannot be cancelled)."""
-    if should_cancel is not None and should_cancel():
-        raise Cancelled(f"cancelled during {during}")
 
 
 @dataclass
@@ -118,38 +106,6 @@ class Stopwatch:
             self.seconds += sum(a.elapsed_time(b) for a, b in pairs) / 1000
         seconds, self.seconds, self.events = self.seconds, 0.0, []
         return seconds
-
-
-def _correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == y[:, None]).any(dim=1).sum()
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    data: Batches,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> Accuracy:
-    """Test loss and top-1/top-5 accuracy in percent; `should_cancel()` is asked before each
-    batch (a large test set takes long)."""
-    model.eval()
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    top1 = torch.zeros((), device=device, dtype=torch.long)
-    top5 = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
-    for x, y in data:
-        stop_if_cancelled(should_cancel, "evaluation")
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum")
-        top1 += _correct(logits, y, 1)
-        top5 += _correct(logits, y, 5)
-        n += len(y)
-    return Accuracy(loss=loss.item() / n, top1=100 * top1.item() / n, top5=100 * top5.item() / n)
 
 
 def param_groups(model: nn.Module, t: TrainingSpec) -> list[dict[str, Any]]:
@@ -369,7 +325,7 @@ class Trainer:
             full = len(y) == data.batch_size
             logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
             total += loss.detach() * len(y)
-            correct += _correct(logits.detach(), y, 1)
+            correct += hits(logits.detach(), y, 1)
             n += len(y)
             if self.hooks.on_progress is not None:
                 self.hooks.on_progress(epoch, (i + 1) / len(data))

@@ -101,6 +101,55 @@ class LayerSensitivity(_Record):
     drop_top5: float
 
 
+class Confusion(_Record):
+    """One of the commonest mistakes on the test set: images of `true` taken for `predicted`."""
+
+    true: str
+    predicted: str
+    count: int
+    share: float = Field(description="Of the test images of `true`, in percent")
+
+
+class ClassReport(_Record):
+    """The test set class by class, from the finished model (at most 1000 classes)."""
+
+    classes: list[str]
+    top1: list[float | None] = Field(
+        description="Per class, top-1 in percent (null: no test image of it)"
+    )
+    confusions: list[Confusion] = Field(description="The commonest mistakes, most first (10)")
+
+    @classmethod
+    def of(cls, confusion: list[list[int]], names: list[str]) -> ClassReport:
+        """From a confusion matrix, rows the true class and columns the predicted one."""
+        totals = [sum(row) for row in confusion]
+        top1 = [100 * confusion[c][c] / t if t else None for c, t in enumerate(totals)]
+        mistakes = sorted(
+            (
+                (-n, t, p)
+                for t, row in enumerate(confusion)
+                for p, n in enumerate(row)
+                if p != t and n > 0
+            ),
+        )[:CONFUSIONS]
+        confusions = [
+            Confusion(true=names[t], predicted=names[p], count=-n, share=100 * -n / totals[t])
+            for n, t, p in mistakes
+        ]
+        return cls(classes=names, top1=top1, confusions=confusions)
+
+
+CONFUSIONS = 10
+
+
+class DataSummary(_Record):
+    """What the job's data was: its normalisation, and the files an image folder skipped."""
+
+    mean: list[float]
+    std: list[float]
+    skipped_images: int = Field(0, description="Image files that did not decode (image_folder)")
+
+
 class RunResult(_Record):
     """A finished run: final and best test accuracy, and the drop against its starting model."""
 
@@ -120,6 +169,8 @@ class RunResult(_Record):
         "bit width, steps and the rest in float32)",
     )
     compression: float | None = Field(None, description="float32 size / model_bits")
+    per_class: ClassReport | None = Field(None, description="Per-class accuracy and confusions")
+    data: DataSummary | None = None
     sensitivity: list[LayerSensitivity] | None = Field(
         None,
         description="Sensitivity jobs: one probe per layer; final_top1 is then the network "
@@ -248,3 +299,21 @@ def summary_line(title: str, result: RunResult) -> str:
             f"; {result.model_bits / 8e6:.3g} MB, {result.compression:.1f}x smaller than float32"
         )
     return line
+
+
+def classes_line(result: RunResult) -> str | None:
+    """The three worst classes and the commonest mistake, and the files an image folder
+    skipped; None when the result has neither."""
+    parts = []
+    report = result.per_class
+    if report is not None:
+        known = [(t, c) for c, t in zip(report.classes, report.top1, strict=True) if t is not None]
+        worst = ", ".join(f"{c} {fixed(t)}%" for t, c in sorted(known)[:3])
+        parts.append(f"worst classes: {worst}")
+        if report.confusions:
+            m = report.confusions[0]
+            share = f"{fixed(m.share)}% of {m.true}"
+            parts.append(f"commonest mistake: {m.true} taken for {m.predicted} ({share})")
+    if result.data is not None and result.data.skipped_images:
+        parts.append(f"{result.data.skipped_images} image files did not decode and were skipped")
+    return "; ".join(parts) or None

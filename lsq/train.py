@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,27 +20,20 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed, export, outputs, sensitivity
 from .archs import layer_names
+from .batches import Batches
 from .convert import quantize_as_specified
 from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
 from .distributed import SINGLE, Rank
+from .evaluation import Cancelled, confusion_matrix, evaluate, stop_if_cancelled
 from .graph import trace
-from .loop import (
-    Batches,
-    Cancelled,
-    Hooks,
-    Trainer,
-    eval_batch_size,
-    evaluate,
-    init_steps,
-    loader,
-    stop_if_cancelled,
-)
-from .metrics import Accuracy, EpochMetrics, RunMetrics, RunResult
+from .loop import Hooks, Trainer, eval_batch_size, init_steps, loader
+from .metrics import Accuracy, ClassReport, DataSummary, EpochMetrics, RunMetrics, RunResult
 from .networks import build_model
 from .spec import JobSpec
 
 PLOT_EVERY_SECONDS = 30  # redraw the curves of a running job at most this often
+MAX_REPORTED_CLASSES = 1000  # a confusion matrix of 1000 x 1000 counts, 8 MB
 
 
 def run(
@@ -125,7 +119,32 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
         distributed.barrier()
-    return _finish(out, spec, model, info, epochs, start, hooks) if rank.main else None
+    if not rank.main:
+        return None
+    about = _about_the_data(model, (test_data, device, amp), info, hooks)
+    return _finish(out, spec, model, info, epochs, start, hooks, about)
+
+
+def _about_the_data(
+    model: nn.Module,
+    evaluation: tuple[Batches, torch.device, torch.dtype | None],
+    info: DatasetInfo,
+    hooks: Hooks,
+) -> dict[str, Any]:
+    """The result's per-class accuracy and confusions (from one more pass over the test set;
+    up to MAX_REPORTED_CLASSES) and the data's normalisation and skipped files."""
+    stop_if_cancelled(hooks.should_cancel, "the final files")  # they start with this pass
+    test_data, device, amp = evaluation
+    names = list(info.classes) or [str(c) for c in range(info.num_classes)]
+    about: dict[str, Any] = {}
+    if info.num_classes <= MAX_REPORTED_CLASSES:
+        counts = confusion_matrix(
+            model, test_data, device, info.num_classes, amp, hooks.should_cancel
+        )
+        about["per_class"] = ClassReport.of(counts, names)
+    if info.mean:
+        about["data"] = DataSummary(mean=info.mean, std=info.std, skipped_images=info.skipped)
+    return about
 
 
 def _finish(
@@ -136,11 +155,12 @@ def _finish(
     epochs: list[EpochMetrics],
     start: Accuracy | None,
     hooks: Hooks,
+    about: dict[str, Any],
 ) -> RunResult:
     """The result and the final files, the cancel flag asked before each (exports are slow)."""
     before_each = functools.partial(stop_if_cancelled, hooks.should_cancel, "the final files")
     before_each()
-    result = RunResult.of(epochs, start)
+    result = RunResult.of(epochs, start).model_copy(update=about)
     if spec.quantization.enabled:
         size = export.check(export.integer_state(model))
         if size.violations:  # the codes come from a clamp: this would be a bug, say so loudly

@@ -1,6 +1,7 @@
 """Write lsq/network_table.json: each torchvision classifier's quantizable layers in the
-order a forward runs them, whether it has pretrained weights, and its cost per 224 x 224 image
-(multiply-accumulates and layer outputs of its Conv2d and Linear layers), so that the API
+order a forward runs them, whether it has pretrained weights, its cost per 224 x 224 image
+(multiply-accumulates and layer outputs of its Conv2d and Linear layers) and its parameters
+(for 10 classes), so that the API
 checks `quantization.layers` and estimates a job's cost without torch (lsq.archs, lsq.cost).
 Our vit_tiny is in it too. Rerun after changing torchvision:
 
@@ -75,6 +76,7 @@ def main() -> None:
         has_weights = arch != "vit_tiny" and bool(list(torchvision.models.get_model_weights(arch)))
         table[arch] = {"pretrained": has_weights, "layers": found.order, "macs": macs}
         table[arch]["outputs"] = outputs
+        table[arch]["parameters"] = sum(p.numel() for p in model.parameters())
     OUT.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True) + "\n")
     print(f"{OUT}: {len(table)} networks, {OUT.stat().st_size / 1e3:.0f} kB")
 

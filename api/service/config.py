@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lsq import spec
+from lsq.image_files import DEFAULT_MEMORY_BYTES
 
 
 class Settings(BaseSettings):
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     max_experiment_jobs: int = Field(64, ge=2, le=1000, alias="LSQ_MAX_EXPERIMENT_JOBS")
     # Folders a job may read datasets and model.init checkpoints from (':'-separated).
     data_roots: str = Field("/usr/share/datasets", alias="LSQ_DATA_ROOTS")
+    # An image folder whose decoded images fit this is held in memory by the worker, else
+    # decoded per batch (read by lsq.image_folder from the worker's environment, as `lsq run`).
+    data_memory_bytes: int = Field(DEFAULT_MEMORY_BYTES, ge=0, alias="LSQ_DATA_MEMORY_BYTES")
 
     # -- who may call, and how much
     # Host names the API answers to (the Host header): the loopback default stops DNS rebinding.

@@ -7,6 +7,7 @@ the artifacts folder (another job's files are reached only as `model.init: {job:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from api.service.config import Settings
@@ -34,16 +35,26 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_batch(spec: JobSpec, settings: Settings, one_host: bool = False) -> None:
-    """A training batch must fit LSQ_MAX_BATCH_BYTES on each device (on a CPU, `one_host`,
-    the whole batch on the host: a worker checks again once it knows which it has)."""
-    if (held := training_bytes(spec, one_host)) > settings.max_batch_bytes:
+    """A training batch and the network must fit LSQ_MAX_BATCH_BYTES on each device (on a CPU,
+    `one_host`, the whole batch on the host, and at most half the host's memory: a worker
+    checks again once it knows which it has)."""
+    cap, name = settings.max_batch_bytes, "LSQ_MAX_BATCH_BYTES"
+    if one_host and (half := host_memory() // 2) < cap:
+        cap, name = half, "LSQ_MAX_BATCH_BYTES, or half of this CPU worker's memory"
+    if (held := training_bytes(spec, one_host)) > cap:
         where = "on this CPU worker's host" if one_host else "on each device"
         raise InvalidField(
             "training.batch_size",
-            f"a batch would hold about {held / 2**30:,.1f} GiB {where} for the backward "
-            f"pass, above this service's {settings.max_batch_bytes / 2**30:,.1f} GiB "
-            "(LSQ_MAX_BATCH_BYTES): a smaller batch_size, or more GPUs (training.devices)",
+            f"training would hold about {held / 2**30:,.1f} GiB {where} (the network, its "
+            f"gradients and one batch's activations), above {cap / 2**30:,.1f} GiB ({name}): "
+            "a smaller batch_size or network"
+            + ("" if one_host else ", or more GPUs (training.devices)"),
         )
+
+
+def host_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_files(spec: JobSpec, settings: Settings) -> None:

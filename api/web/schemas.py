@@ -243,3 +243,12 @@ class Me(BaseModel):
     owner: str
     limits: OwnerLimits
     usage: OwnerUsage
+
+
+class DatasetOut(BaseModel):
+    """A dataset a job can name: `{"name": name, "root": root}` (root null: the default)."""
+
+    name: str
+    root: str | None = Field(description="The folder to give as dataset.root")
+    classes: int | None = Field(description="Class folders (null: past this service's limit)")
+    layout: str = Field(description="What the folder holds")

@@ -9,6 +9,7 @@ Import from here: ``from lsq.spec import JobSpec, describe_errors, upgrade_spec`
 """
 
 from ..levels import Init
+from .dataset import DEFAULT_ROOTS, FASHION_MNIST_ROOT, DatasetSpec
 from .errors import SpecError, describe_errors, field_name, format_errors
 from .fields import (
     MAX_BATCH,
@@ -30,9 +31,6 @@ from .fields import (
     printable,
 )
 from .models import (
-    DEFAULT_ROOTS,
-    FASHION_MNIST_ROOT,
-    DatasetSpec,
     DistillOptions,
     DistillSpec,
     JobSpec,

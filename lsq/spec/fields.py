@@ -22,7 +22,7 @@ from ..archs import OWN_NAMES, TIMM_NAME, plugins, table, unknown
 from ..levels import ACCEPTED, MAX_BITS, LevelSet, parse_levels
 from ..text import show
 
-DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "synthetic"]
+DatasetName = Literal["cifar10", "imagenet", "fashion-mnist", "image_folder", "synthetic"]
 
 # Every bound of the spec, in one place. The service may set lower caps (api.service.limits).
 MAX_PATH = 4096  # characters of a path

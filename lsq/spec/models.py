@@ -20,10 +20,12 @@ from pydantic import (
     model_validator,
 )
 
-from ..archs import layer_names
+from ..archs import layer_names, patch_side
+from ..cost import DATASETS
 from ..documents import DocumentError, read_document
 from ..levels import FirstMatch, Init, LevelSet, Sides, layer_levels
 from ..text import listed
+from .dataset import DatasetSpec
 from .errors import SpecError, describe_errors
 from .fields import (
     MAX_BATCH,
@@ -32,10 +34,7 @@ from .fields import (
     MAX_EPOCHS,
     MAX_LAYER_PATTERNS,
     MAX_SEED,
-    MAX_SUBSET,
-    MAX_SYNTHETIC_BYTES,
     Arch,
-    DatasetName,
     FirstLast,
     Levels,
     Path_,
@@ -43,50 +42,6 @@ from .fields import (
     bounded_text,
 )
 from .versions import SPEC_VERSION, upgrade_spec
-
-# Where a dataset is read from when `dataset.root` is not given (Debian's package).
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-DEFAULT_ROOTS = {"fashion-mnist": FASHION_MNIST_ROOT}
-
-
-class DatasetSpec(Strict):
-    name: DatasetName
-    root: Path_ | None = Field(None, description="Folder of the dataset files; default per dataset")
-    train_size: int | None = Field(
-        None, ge=1, le=MAX_SUBSET, description="Seeded class-balanced training subset"
-    )
-    test_size: int | None = Field(
-        None, ge=1, le=MAX_SUBSET, description="Seeded class-balanced test subset"
-    )
-    image_size: int | None = Field(
-        None, ge=8, le=256, description="synthetic only: the images' side (default 16)"
-    )
-
-    @model_validator(mode="after")
-    def _synthetic_fits(self) -> Self:
-        if self.name != "synthetic":
-            if self.image_size is not None:
-                raise ValueError("image_size applies to the synthetic dataset only")
-            return self
-        size = (
-            (self.image_size or 16) ** 2 * 3 * ((self.train_size or 2048) + (self.test_size or 512))
-        )
-        if size > MAX_SYNTHETIC_BYTES:
-            raise ValueError(
-                f"a synthetic set of train_size + test_size images of image_size^2 x 3 bytes "
-                f"holds {size} bytes, more than {MAX_SYNTHETIC_BYTES}"
-            )
-        return self
-
-    def folder(self) -> Path | None:
-        """The folder the dataset is read from; None where it needs one and has none."""
-        root = self.root or DEFAULT_ROOTS.get(self.name)
-        if not root:
-            return None
-        try:
-            return Path(root).expanduser()
-        except RuntimeError:  # ~user of no such user: the path as given, which does not exist
-            return Path(root)
 
 
 def _local_init(value: Any) -> Any:
@@ -158,6 +113,16 @@ class QuantizationSpec(Strict):
         "first batch; an input that dips below zero keeps its unsigned set instead of taking "
         "the signed one",
     )
+
+    @model_validator(mode="after")
+    def _offsets_have_inputs(self) -> Self:
+        given = [self.activation] + [o.given().get("activation") for o in self.layers.values()]
+        if self.activation_offset and all(a is None for a in given):
+            raise ValueError(
+                "activation_offset learns where a quantized input's levels start: give "
+                "quantization.activation (or a layer's activation) levels, or leave it false"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -391,12 +356,33 @@ class JobSpec(Strict):
         unused = [p for p in self.quantization.layers if p not in first]
         if unused:
             shown = listed(names)
+            shown_unused = ", ".join(repr(p[:80]) for p in unused[:5])
+            if len(unused) > 5:
+                shown_unused += f" and {len(unused) - 5} more"
+            verb = "is the first pattern" if len(unused) == 1 else "are each the first pattern"
             raise ValueError(
-                f"quantization.layers: {', '.join(repr(p[:80]) for p in unused[:5])} is the first "
-                f"pattern to match no layer of {self.model.arch} (none, or only layers an "
-                f"earlier pattern takes); its quantizable layers are {shown} (lsq layers "
-                f"{self.model.arch}){_renamed_hint(unused)}"
+                f"quantization.layers: {shown_unused} {verb} to match no layer of "
+                f"{self.model.arch} (none, or only layers an earlier pattern takes); its "
+                f"quantizable layers are {shown} (lsq layers {self.model.arch})"
+                f"{_renamed_hint(unused)}"
             )
+
+    @model_validator(mode="after")
+    def _images_fit_the_network(self) -> Self:
+        side = self.dataset.image_size or DATASETS[self.dataset.name].size
+        patch = patch_side(self.model.arch)
+        if patch is not None and side % patch:
+            sized = self.dataset.name in ("synthetic", "image_folder")
+            fix = (
+                f"set dataset.image_size to a multiple of {patch}"
+                if sized
+                else "choose a network with smaller patches, such as vit_tiny (4 x 4)"
+            )
+            raise ValueError(
+                f"model.arch: {self.model.arch} cuts images into {patch} x {patch} patches, "
+                f"and {self.dataset.name}'s {side} px images are no multiple of {patch}: {fix}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _teacher_fits(self) -> Self:

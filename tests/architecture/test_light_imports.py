@@ -32,6 +32,7 @@ def loaded_by(*modules: str) -> set[str]:
         (("lsq.levels", "lsq.text"), {"torch", "pydantic", "yaml", "lsq.spec"}),
         (("lsq.spec",), {"torch"}),
         (("lsq.archs", "lsq.cost"), {"torch"}),  # the API's checks and estimates
+        (("api.service.datasets",), {"torch", "PIL"}),  # the API lists image folders
         (("worker.cli", "lsq.cli"), {"torch"}),  # `lsq --help`, `lsq submit`: no torch to load
     ],
 )

@@ -51,11 +51,14 @@ def test_run_killed_with_sigkill_resumes_to_the_end(tmp_path):
     assert [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
     assert final["epochs"][: len(done["epochs"])] == done["epochs"]  # kept, not retrained
     assert final["result"]["final_top1"] > 30
-    # a line per epoch it ran, then one line with the result, then where the files are
+    # a line per epoch it ran, then one line with the result, one on the classes, then where
+    # the files are
     lines = resumed.stdout.splitlines()
     assert any(line.split()[:1] == ["3"] for line in lines)
     top1 = final["result"]["final_top1"]
-    assert lines[-2] == f"cli-quick: resnet20 on synthetic, full precision: test top-1 {top1:.2f}%"
+    assert lines[-3] == f"cli-quick: resnet20 on synthetic, full precision: test top-1 {top1:.2f}%"
+    worst = min(t for t in final["result"]["per_class"]["top1"])
+    assert lines[-2].startswith("worst classes: ") and f" {worst:.2f}%" in lines[-2].split(",")[0]
     assert lines[-1].startswith("files in run/: checkpoint.pt, metrics.json, model.pt, plot.png")
     assert {p.name for p in out.iterdir()} >= {"spec.yaml", "checkpoint.pt", "model.pt"}
 

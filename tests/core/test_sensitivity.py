@@ -14,8 +14,9 @@ from torch import nn
 from lsq.archs import layer_names
 from lsq.convert import quantize_as_specified, quantize_model
 from lsq.data import load_datasets
+from lsq.evaluation import evaluate
 from lsq.levels import parse_levels
-from lsq.loop import evaluate, loader, reestimate_batch_norm
+from lsq.loop import loader, reestimate_batch_norm
 from lsq.networks import build_model
 from lsq.quantizer import initial_step, mse_step
 from lsq.spec import JobSpec, QuantizationSpec, SensitivitySpec

@@ -168,6 +168,10 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
     assert len(rows) == 5  # the header and 4 epochs
     assert "model-int.pt" in until(lambda: text(browser, "#files"), 10, "the files")
     assert shot(browser, "dashboard-job").stat().st_size > 10_000
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#classes tr")) == 11  # header, 10 classes
+    assert browser.find_elements(By.CSS_SELECTOR, "#confusions tr")
+    browser.execute_script("document.getElementById('classes').scrollIntoView()")
+    assert shot(browser, "dashboard-job-classes").stat().st_size > 10_000
     refused = [e for e in console_errors(browser) if "Content Security Policy" in e]
     assert refused == []  # no inline script or style: the progress bar is a <progress>
 

@@ -7,6 +7,7 @@ import signal
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
@@ -298,3 +299,38 @@ def test_health_and_docs(service: Service) -> None:
     assert service.http.get("/docs").status_code == 200
     paths = service.http.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
+
+
+def test_an_image_folder_is_listed_and_trained_on_over_http(service: Service) -> None:
+    """PNG files in class folders under LSQ_DATA_ROOTS: GET /v1/datasets offers the folder, a
+    job names it, and its result names the classes with their accuracy."""
+    from PIL import Image
+
+    root = Path(service.env["LSQ_DATA_ROOTS"]) / "shapes"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 10)):
+        for c, name in enumerate(("top", "bottom")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (16, 16), dtype=np.uint8)
+                pixels[c * 8 : c * 8 + 8] = 230
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    listed = service.http.get("/v1/datasets").json()
+    assert {
+        "name": "image_folder",
+        "root": str(root),
+        "classes": 2,
+        "layout": "train/ and val/",
+    } in listed
+    outside = service.http.post("/v1/jobs", json=tiny_spec(
+        "outside", dataset={"name": "image_folder", "root": "/etc"},
+    ))  # fmt: skip
+    assert outside.status_code == 422 and "dataset.root" in outside.text
+    dataset = {"name": "image_folder", "root": str(root), "image_size": 16, "channels": 1}
+    job = service.submit(tiny_spec("folder", dataset=dataset, training={"epochs": 1}))
+    job = service.wait(job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    per_class = job["result"]["per_class"]
+    assert per_class["classes"] == ["bottom", "top"] and len(per_class["top1"]) == 2
+    assert job["result"]["data"]["skipped_images"] == 0

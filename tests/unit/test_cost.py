@@ -23,9 +23,9 @@ from lsq.networks import build_model
 from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 
-def counted(arch: str, size: int, channels: int, classes: int) -> tuple[int, int]:
+def counted(arch: str, size: int, channels: int, classes: int) -> tuple[int, int, int]:
     """Every Conv2d's and Linear's multiply-accumulates and output values in one forward pass
-    (on the meta device: shapes without arithmetic)."""
+    (on the meta device: shapes without arithmetic), and the network's parameters."""
     with torch.device("meta"):
         model = build_model(arch, classes, channels, image_size=size)
     total, outputs = 0, 0
@@ -43,7 +43,7 @@ def counted(arch: str, size: int, channels: int, classes: int) -> tuple[int, int
     for m in model.modules():
         m.register_forward_hook(count)
     model.eval()(torch.empty(1, channels, size, size, device="meta"))
-    return total, outputs
+    return total, outputs, sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("arch", [a for a in OWN_NAMES if a.startswith("resnet")])
@@ -52,13 +52,13 @@ def test_a_cifar_resnet_costs_what_its_modules_compute(
     arch: str, size: int, channels: int, classes: int
 ) -> None:
     cost = network_cost(arch, size, channels, classes)
-    assert (cost.macs, cost.outputs) == counted(arch, size, channels, classes)
+    assert (cost.macs, cost.outputs, cost.parameters) == counted(arch, size, channels, classes)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0", "vit_tiny"])
 def test_the_table_holds_what_a_network_computes_at_224_px_and_scales_by_area(arch: str) -> None:
     cost = network_cost(arch, 224, 3, 10)
-    assert (cost.macs, cost.outputs) == counted(arch, 224, 3, 10)
+    assert (cost.macs, cost.outputs, cost.parameters) == counted(arch, 224, 3, 10)
     small = network_cost(arch, 112, 3, 10)
     assert (small.macs, small.outputs) == (round(cost.macs / 4), round(cost.outputs / 4))
 
@@ -116,8 +116,9 @@ def test_a_batch_holds_two_values_per_layer_output_per_image_on_each_device() ->
             "training": {"batch_size": 4096, "devices": 4},
         }
     )
-    outputs = network_cost("resnet50", 256, 3, 10).outputs
-    assert training_bytes(spec) == 1024 * outputs * 8
+    cost = network_cost("resnet50", 256, 3, 10)
+    outputs = cost.outputs
+    assert training_bytes(spec) == 1024 * outputs * 8 + cost.parameters * 16
     assert 100e6 < outputs * 8 < 130e6  # ResNet-50 at 256 x 256 keeps 113 MB an image
 
 
@@ -131,8 +132,9 @@ def test_a_cpu_batch_is_held_whole_by_its_host() -> None:
             "training": {"batch_size": 512, "devices": 4},
         }
     )
-    whole = 512 * network_cost("resnet20", 16, 3, 10).outputs * 8
-    assert training_bytes(spec) == whole // 4
+    cost = network_cost("resnet20", 16, 3, 10)
+    whole = 512 * cost.outputs * 8 + 4 * cost.parameters * 16  # 4 processes, a network each
+    assert training_bytes(spec) == 512 // 4 * cost.outputs * 8 + cost.parameters * 16
     assert training_bytes(spec, one_host=True) == whole
     on_cpu = spec.model_copy(
         update={"training": spec.training.model_copy(update={"device": "cpu"})}
@@ -145,3 +147,5 @@ def test_a_network_the_table_does_not_know_is_costed_as_its_costliest() -> None:
     costliest = max(network_cost(a, 224, 3, 10).macs for a in table())
     assert network_cost("timm:eva_giant_patch14_560", 224, 3, 10).macs == costliest
     assert costliest > 100e9  # RegNetY-128GF's 128 GMACs, not ResNet-50's 4
+    giant = network_cost("timm:eva_giant_patch14_560", 28, 1, 10).parameters
+    assert giant == max(entry["parameters"] for entry in table().values()) > 600e6

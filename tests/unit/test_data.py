@@ -61,6 +61,10 @@ class _Py2Pickler(pickle._Pickler):
     dispatch[bytes] = _save_py2_str
 
 
+def shape(info: DatasetInfo) -> tuple[int, int, int]:
+    return info.num_classes, info.in_channels, info.image_size
+
+
 def _dump_py2(obj: object, path: Path) -> None:
     with open(path, "wb") as f:
         _Py2Pickler(f, protocol=2).dump(obj)
@@ -124,7 +128,7 @@ def test_cifar10_layout_pixels_and_labels(tmp_path: Path, dump, nested: bool) ->
     batches = write_cifar(tmp_path / "cifar-10-batches-py" if nested else tmp_path, dump)
     train, test, info = cifar10(tmp_path)
 
-    assert info == DatasetInfo(num_classes=10, in_channels=3, image_size=32)
+    assert shape(info) == (10, 3, 32) and info.classes[0] == "airplane"
     assert isinstance(train, TensorImages) and isinstance(test, TensorImages)
     assert train.images.shape == (5 * CIFAR_PER_BATCH, 3, 32, 32)
     assert test.images.shape == (CIFAR_PER_BATCH, 3, 32, 32)
@@ -276,7 +280,7 @@ def write_fashion(root: Path, gz: bool, n_train: int = 30, n_test: int = 10) -> 
 def test_fashion_mnist_pixels_and_labels(tmp_path: Path, gz: bool) -> None:
     files = write_fashion(tmp_path, gz)
     train, test, info = fashion_mnist(tmp_path)
-    assert info == DatasetInfo(num_classes=10, in_channels=1, image_size=28)
+    assert shape(info) == (10, 1, 28) and info.classes[-1] == "Ankle boot"
     assert train.images.shape == (30, 1, 28, 28) and test.images.shape == (10, 1, 28, 28)
     assert train.images.dtype == torch.uint8
     # labels: byte 8 onwards of the label file
@@ -398,7 +402,7 @@ def test_fashion_mnist_missing_files_names_path_and_expected_files(tmp_path: Pat
 def test_real_fashion_mnist_from_default_root() -> None:
     spec = DatasetSpec(name="fashion-mnist", train_size=1000, test_size=500)
     train, test, info = load_datasets(spec)
-    assert info == DatasetInfo(10, 1, 28)
+    assert shape(info) == (10, 1, 28)
     assert len(train.dataset) == 60000 and len(test.dataset) == 10000
     assert len(train) == 1000 and len(test) == 500
     assert torch.bincount(train.targets, minlength=10).tolist() == [100] * 10
@@ -438,7 +442,7 @@ def write_imagenet(root: Path, classes: dict = IMAGENET_CLASSES, splits=("train"
 def test_imagenet_class_folders(tmp_path: Path) -> None:
     write_imagenet(tmp_path)
     train, test, info = load_datasets(DatasetSpec(name="imagenet", root=str(tmp_path)))
-    assert info == DatasetInfo(num_classes=3, in_channels=3, image_size=224)
+    assert shape(info) == (3, 3, 224) and list(info.classes) == sorted(IMAGENET_CLASSES)
     assert train.classes == test.classes == sorted(IMAGENET_CLASSES)
     assert len(train) == 6 and len(test) == 3
     assert sorted(train.targets) == [0, 0, 1, 1, 2, 2] and sorted(test.targets) == [0, 1, 2]
@@ -521,7 +525,7 @@ def _cifar_spec(root: Path, train_size: int | None, test_size: int | None = None
 def test_balanced_subset_counts(cifar_root) -> None:
     root, batches = cifar_root
     train, test, info = load_datasets(_cifar_spec(root, 30, 10))
-    assert info == DatasetInfo(10, 3, 32)
+    assert shape(info) == (10, 3, 32)
     assert len(train) == 30 and len(test) == 10
     assert torch.bincount(train.targets, minlength=10).tolist() == [3] * 10
     assert torch.bincount(test.targets, minlength=10).tolist() == [1] * 10

@@ -85,6 +85,27 @@ def test_a_pattern_matching_no_layer_is_refused_naming_it_and_the_layers() -> No
     JobSpec.model_validate(body)
 
 
+def test_several_patterns_matching_nothing_are_named_with_a_count() -> None:
+    patterns = {f"zz{i}": {} for i in range(8)} | {"layer1.*": {}}
+    body = {
+        "name": "x",
+        "dataset": {"name": "cifar10"},
+        "model": {"arch": "resnet20"},
+        "quantization": {"weight": W, "layers": patterns},
+    }
+    with pytest.raises(ValidationError) as e:
+        JobSpec.model_validate(body)
+    assert "'zz0', 'zz1', 'zz2', 'zz3', 'zz4' and 3 more are each the first pattern" in str(e.value)
+
+
+def test_a_vit_needs_images_its_patches_tile() -> None:
+    body = {"name": "x", "dataset": {"name": "fashion-mnist"}, "model": {"arch": "vit_b_16"}}
+    with pytest.raises(ValidationError, match="fashion-mnist's 28 px images are no multiple of 16"):
+        JobSpec.model_validate(body)
+    JobSpec.model_validate(body | {"model": {"arch": "vit_tiny"}})  # 4 x 4 patches tile 28 px
+    JobSpec.model_validate(body | {"dataset": {"name": "synthetic", "image_size": 32}})
+
+
 def test_a_pattern_shadowed_by_an_earlier_one_is_refused() -> None:
     body = {
         "name": "x",

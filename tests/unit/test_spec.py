@@ -232,7 +232,7 @@ def test_a_version_2_spec_selects_the_same_layers_under_the_standard_names() -> 
         }},
         "sensitivity": {"layers": ["layers.8.*", "fc"]},
     }  # fmt: skip
-    with pytest.raises(ValidationError, match="'layers.4.conv1' is the first pattern") as e:
+    with pytest.raises(ValidationError, match="'layers.4.conv1' are each the first pattern") as e:
         JobSpec.model_validate(v2)  # a spec file is read at the current version: a hint
     assert "layers.N is layer{N // n + 1}.{N % n}" in str(e.value)
     spec = JobSpec.model_validate(upgrade_spec(v2, 2) | {"sensitivity": None})

@@ -172,6 +172,7 @@ async function jobPage(id) {
         <td class="num">${pct(e.test_top1)}</td><td class="num">${pct(e.test_top5)}</td>
         <td class="num">${e.lr.toPrecision(3)}</td><td class="num">${e.seconds.toFixed(1)}</td></tr>`).join("")}
     </table>
+    ${classes(r)}
     <h2>Files</h2><p id="files" class="muted">…</p>`;
   const cancel = document.getElementById("cancel");
   if (cancel) cancel.onclick = () => api(`/v1/jobs/${id}/cancel`, { method: "POST" }).then(route);
@@ -193,6 +194,28 @@ async function download(url, name) {
   const blob = await api(url);
   const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: name });
   a.click();
+}
+
+// The finished model class by class: test top-1 (the worst in bold; past 50 classes, the 20
+// worst only) and the commonest mistakes.
+function classes(r) {
+  const pc = r && r.per_class;
+  if (!pc) return "";
+  let rows = pc.classes.map((name, i) => ({ name, top1: pc.top1[i] }));
+  const known = rows.filter((c) => c.top1 != null).map((c) => c.top1);
+  const worst = Math.min(...known);
+  const many = rows.length > 50;
+  if (many) rows = rows.filter((c) => c.top1 != null).sort((a, b) => a.top1 - b.top1).slice(0, 20);
+  return `<h2>Classes</h2>${many ? `<p class="muted">The 20 worst of ${pc.classes.length} classes.</p>` : ""}
+    <table id="classes" class="compact"><tr><th>class</th><th class="num">test top-1</th><th></th></tr>
+      ${rows.map((c) => `<tr><td>${esc(c.name)}</td>
+        <td class="num">${c.top1 == null ? "no test image" : c.top1 === worst ? `<b>${pct(c.top1)}</b>` : pct(c.top1)}</td>
+        <td><progress class="bar" max="100" value="${c.top1 ?? 0}"></progress></td></tr>`).join("")}
+    </table>
+    ${pc.confusions.length ? `<h3>Commonest mistakes</h3><table id="confusions" class="compact"><tr><th>class</th>
+      <th>taken for</th><th class="num">test images</th><th class="num">of its class</th></tr>
+      ${pc.confusions.map((m) => `<tr><td>${esc(m.true)}</td><td>${esc(m.predicted)}</td>
+        <td class="num">${m.count}</td><td class="num">${pct(m.share)}</td></tr>`).join("")}</table>` : ""}`;
 }
 
 // A sensitivity job: its drop per layer, as a plot and a table (the largest drop in bold).
