@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # decoded per batch (read by lsq.image_folder from the worker's environment, as `lsq run`).
     data_memory_bytes: int = Field(DEFAULT_MEMORY_BYTES, ge=0, alias="LSQ_DATA_MEMORY_BYTES")
 
+    # GET /metrics from elsewhere than the loopback: the operator's Prometheus sends this as a
+    # Bearer token (empty: the loopback only).
+    metrics_token: str = Field("", alias="LSQ_METRICS_TOKEN")
+
     # -- who may call, and how much
     # Host names the API answers to (the Host header): the loopback default stops DNS rebinding.
     allowed_hosts: str = Field("127.0.0.1,localhost,[::1]", alias="LSQ_ALLOWED_HOSTS")

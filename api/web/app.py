@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.service.config import get_settings
 from api.service.db import upgrade_database
-from api.web import errors
+from api.web import errors, metrics
 from api.web.middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
 from api.web.routes import datasets, experiments, jobs, me, probes
 
@@ -73,5 +73,6 @@ def create_app() -> FastAPI:
             expose_headers=["Content-Disposition", "Content-Range", "ETag", "Retry-After"],
         )
     app.add_middleware(TrustedHosts, hosts=[h for h in settings.allowed_hosts.split(",") if h])
+    metrics.install(app)  # counts what every layer above answers
     app.add_middleware(CrashGuard)
     return app

@@ -76,7 +76,9 @@ def docker_compose(tmp_path: Path, *args: str, env_file: Path) -> subprocess.Com
 
 
 @pytest.mark.parametrize(
-    "profiles", [(), ("cpu",), ("cpu", "monitoring")], ids=["gpu", "cpu", "cpu+monitoring"]
+    "profiles",
+    [(), ("cpu",), ("cpu", "monitoring", "prometheus")],
+    ids=["gpu", "cpu", "cpu+monitoring+prometheus"],
 )
 @pytest.mark.parametrize("env_name", ["defaults", ".env.example"])
 def test_docker_compose_validates_the_file(

@@ -4,9 +4,11 @@ the embedded broker and once on PostgreSQL with Redis (the `service` fixture).""
 from __future__ import annotations
 
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime
 import pytest
@@ -334,3 +336,67 @@ def test_an_image_folder_is_listed_and_trained_on_over_http(service: Service) ->
     per_class = job["result"]["per_class"]
     assert per_class["classes"] == ["bottom", "top"] and len(per_class["top1"]) == 2
     assert job["result"]["data"]["skipped_images"] == 0
+
+
+def scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics from the loopback, as {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{service.url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def test_prometheus_scrapes_the_jobs_and_the_requests(service: Service) -> None:
+    """The gauges move when a job runs (read from the store, at most 5 s old), requests are
+    counted by route template, and no owner or job name is ever in the text."""
+    before = scrape(service)
+    succeeded = ("lsq_jobs", (("status", "succeeded"),))
+    job = service.submit(tiny_spec("metrics-secret-name", training={"epochs": 1}))
+    assert service.wait(job["id"])["status"] == "succeeded"
+    service.http.get(f"/v1/jobs/{job['id']}")
+    time.sleep(5.1)  # past the gauges' cache
+    after = scrape(service)
+    assert after[succeeded] == before.get(succeeded, 0) + 1
+    assert after[("lsq_queue_depth", ())] >= 0 and ("lsq_worker_leases", ()) in after
+    epochs = ("lsq_epoch_seconds_count", (("arch", "resnet20"),))
+    assert after[epochs] == before.get(epochs, 0) + 1  # the job's one epoch
+    seconds = after[("lsq_epoch_seconds_sum", (("arch", "resnet20"),))]
+    assert (
+        0 < seconds
+        and after[("lsq_epoch_seconds_bucket", (("arch", "resnet20"), ("le", "+Inf")))]
+        == after[epochs]
+    )
+    assert ("lsq_epoch_images_per_second_count", (("arch", "resnet20"),)) in after
+    route = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
+    assert after[("lsq_http_requests_total", route)] >= 1
+    text = httpx.get(f"{service.url}/metrics").text
+    assert "metrics-secret-name" not in text and service.token not in text
+    assert f"/v1/jobs/{job['id']}" not in text  # templates, never ids
+
+
+def test_metrics_are_for_the_loopback_or_the_operators_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.requests import Request
+
+    from api.service.config import get_settings
+    from api.web.metrics import _may_read
+
+    def asked(host: str, authorization: str = "") -> bool:
+        headers = [(b"authorization", authorization.encode())] if authorization else []
+        scope = {"type": "http", "client": (host, 5000), "headers": headers}
+        return _may_read(Request(scope))
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("LSQ_METRICS_TOKEN", "")
+    assert asked("127.0.0.1") and asked("::1") and not asked("10.0.0.7")
+    get_settings.cache_clear()
+    monkeypatch.setenv("LSQ_METRICS_TOKEN", "s3cret")
+    assert asked("10.0.0.7", "Bearer s3cret") and not asked("10.0.0.7", "Bearer other")
+    assert not asked("10.0.0.7", "s3cret")
+    get_settings.cache_clear()
