@@ -1,23 +1,27 @@
 """What an operator's Prometheus scrapes (GET /metrics): the jobs by status, the queue, the
-workers holding a lease, and every recorded epoch's duration and images/s as histograms per
-network, read from the store, a few seconds old at most. The HTTP face adds its requests
+workers holding a lease, and the stored epochs' durations and images/s as gauge histograms per
+network (they fall when jobs are deleted: snapshots, not counters), read from the store, a few
+seconds old at most. The HTTP face adds its requests
 (api.web.metrics). Aggregates only: no owner, job name or id is ever a label, and a network
 label is a name this service knows (any other, a timm or plugin name, is counted as `other`)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
 from api.service.db import session_scope
 from api.service.models import Epoch, Job, JobStatus, utcnow
 from lsq.archs import OWN_NAMES, table
+
+log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 5.0  # a scrape flood costs five queries every five seconds
 EPOCH_SECONDS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
@@ -41,13 +45,23 @@ class StoreCollector(Collector):
         self._read_at = -CACHE_SECONDS
         self._values: tuple[dict[str, int], int, float, int] = ({}, 0, 0.0, 0)
         self._epochs: dict[str, Any] = {}
+        self._up = 0
 
-    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
         with self._lock:
             if time.monotonic() - self._read_at >= CACHE_SECONDS:
-                self._values, self._epochs = _read(), _read_epochs()
-                self._read_at = time.monotonic()
+                self._read_at = time.monotonic()  # a failed read waits as long as a good one
+                try:
+                    self._values, self._epochs, self._up = _read(), _read_epochs(), 1
+                except Exception:  # the request counts still go out; say the store is down
+                    log.exception("metrics: the store could not be read")
+                    self._up = 0
             (by_status, queued, oldest, leases), epochs = self._values, self._epochs
+        yield GaugeMetricFamily(
+            "lsq_store_up", "1 if the last read of the store worked", value=self._up
+        )
+        if not self._up:
+            return
         jobs = GaugeMetricFamily("lsq_jobs", "Jobs by status", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], by_status.get(status.value, 0))
@@ -60,7 +74,7 @@ class StoreCollector(Collector):
             "lsq_worker_leases", "Workers holding a lease on a running job", value=leases
         )
         for (name, help_text, _, bounds), rows in zip(HISTOGRAMS, epochs.values(), strict=True):
-            family = HistogramMetricFamily(name, help_text, labels=["arch"])
+            family = GaugeHistogramMetricFamily(name, help_text, labels=["arch"])
             for arch, (counts, total, n) in sorted(rows.items()):
                 buckets = [(str(b), c) for b, c in zip(bounds, counts, strict=True)]
                 family.add_metric([arch], [*buckets, ("+Inf", n)], total)

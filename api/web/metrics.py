@@ -5,18 +5,17 @@ or to the operator's LSQ_METRICS_TOKEN from elsewhere; otherwise a 404, as if ab
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.service.config import get_settings
 from api.service.metrics import StoreCollector
-from api.web.errors import error_response
-
-LOOPBACK = {"127.0.0.1", "::1"}
+from api.web.auth import count_guess
 
 
 class RequestMetrics:
@@ -46,8 +45,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, noted)
         finally:
-            matched = scope.get("route")
-            route = getattr(matched, "path", None) or "unmatched"
+            matched = scope.get("route")  # a mount (/static) sets its root_path instead
+            route = getattr(matched, "path", None) or scope.get("root_path") or "unmatched"
             method = scope.get("method", "") if scope.get("method") in METHODS else "other"
             self.requests.labels(route, method, str(status)).inc()
             self.seconds.labels(route).observe(time.perf_counter() - started)
@@ -66,13 +65,28 @@ def install(app: FastAPI) -> None:
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
         if not _may_read(request):
-            return error_response(404, "not found")
+            raise HTTPException(404)  # the very answer of a path that does not exist
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _may_read(request: Request) -> bool:
-    token = get_settings().metrics_token
-    given = request.headers.get("authorization", "")
-    if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return True
-    return request.client is not None and request.client.host in LOOPBACK
+    """The operator's token, or the loopback; a wrong token counts against its address as a
+    wrong /v1 token does (429 past the rate)."""
+    settings = get_settings()
+    host = request.client.host if request.client else None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if given.strip() and scheme.lower() == "bearer":
+        expected = settings.metrics_token.encode()
+        if expected and hmac.compare_digest(given.strip().encode(), expected):
+            return True
+        count_guess(host, settings)
+    return _loopback(host)
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)

@@ -234,7 +234,11 @@ class HeadAsGet:
                 sent.set()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await self.app({**scope, "method": "GET"}, gone_once_sent, headers_only)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, gone_once_sent, headers_only)
+        finally:  # the route the GET matched, for the request counts (api.web.metrics)
+            scope["route"] = as_get.get("route")
 
 
 class CrashGuard:

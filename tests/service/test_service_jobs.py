@@ -359,21 +359,25 @@ def test_prometheus_scrapes_the_jobs_and_the_requests(service: Service) -> None:
     job = service.submit(tiny_spec("metrics-secret-name", training={"epochs": 1}))
     assert service.wait(job["id"])["status"] == "succeeded"
     service.http.get(f"/v1/jobs/{job['id']}")
+    httpx.head(f"{service.url}/healthz")
     time.sleep(5.1)  # past the gauges' cache
     after = scrape(service)
     assert after[succeeded] == before.get(succeeded, 0) + 1
     assert after[("lsq_queue_depth", ())] >= 0 and ("lsq_worker_leases", ()) in after
-    epochs = ("lsq_epoch_seconds_count", (("arch", "resnet20"),))
+    epochs = ("lsq_epoch_seconds_gcount", (("arch", "resnet20"),))
     assert after[epochs] == before.get(epochs, 0) + 1  # the job's one epoch
-    seconds = after[("lsq_epoch_seconds_sum", (("arch", "resnet20"),))]
+    seconds = after[("lsq_epoch_seconds_gsum", (("arch", "resnet20"),))]
     assert (
         0 < seconds
         and after[("lsq_epoch_seconds_bucket", (("arch", "resnet20"), ("le", "+Inf")))]
         == after[epochs]
     )
-    assert ("lsq_epoch_images_per_second_count", (("arch", "resnet20"),)) in after
+    assert ("lsq_epoch_images_per_second_gcount", (("arch", "resnet20"),)) in after
+    assert after[("lsq_store_up", ())] == 1
     route = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
     assert after[("lsq_http_requests_total", route)] >= 1
+    head = (("method", "HEAD"), ("route", "/healthz"), ("status", "200"))
+    assert after[("lsq_http_requests_total", head)] >= 1  # HEAD is GET's route
     text = httpx.get(f"{service.url}/metrics").text
     assert "metrics-secret-name" not in text and service.token not in text
     assert f"/v1/jobs/{job['id']}" not in text  # templates, never ids
@@ -394,9 +398,11 @@ def test_metrics_are_for_the_loopback_or_the_operators_token(
 
     get_settings.cache_clear()
     monkeypatch.setenv("LSQ_METRICS_TOKEN", "")
-    assert asked("127.0.0.1") and asked("::1") and not asked("10.0.0.7")
+    assert asked("127.0.0.1") and asked("::1") and asked("::ffff:127.0.0.1")
+    assert not asked("10.0.0.7") and not asked("testclient")
     get_settings.cache_clear()
     monkeypatch.setenv("LSQ_METRICS_TOKEN", "s3cret")
-    assert asked("10.0.0.7", "Bearer s3cret") and not asked("10.0.0.7", "Bearer other")
+    assert asked("10.0.0.7", "Bearer s3cret") and asked("10.0.0.7", "bearer  s3cret")
+    assert not asked("10.0.0.7", "Bearer other")
     assert not asked("10.0.0.7", "s3cret")
     get_settings.cache_clear()
