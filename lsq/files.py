@@ -18,6 +18,7 @@ MODEL_ONNX = "model.onnx"  # a quantized job as an ONNX graph (QuantizeLinear/De
 PLOT, PLOT_SVG = "plot.png", "plot.svg"  # accuracy and loss per epoch
 SENSITIVITY_PLOT = "sensitivity.png"  # drop per probed layer (sensitivity jobs)
 QUANTIZER_PLOT = "quantizers.png"  # step sizes and shares at zero per epoch (quantized jobs)
+BOARD = "tensorboard"  # TensorBoard event files, a folder (lsq.board)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed, export, outputs, sensitivity
 from .archs import layer_names
 from .batches import Batches
+from .board import Board
 from .convert import quantize_as_specified
 from .data import DatasetInfo, load_datasets, on_device
 from .device import autocast_dtype, pick_device
@@ -107,18 +108,20 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
         trainer.load_state_dict(saved.trainer)
         epochs = saved.epochs
 
-    plotted = 0.0
+    plotted, board = 0.0, Board(out)
     for epoch in range(len(epochs) + 1, t.epochs + 1):
         metrics = trainer.epoch(train_set, test_data, epoch)
         if metrics is not None:  # rank 0 evaluates and writes; the others wait
             epochs.append(metrics)
             outputs.save_progress(out, spec, outputs.Progress(trainer.state_dict(), epochs, start))
+            board.epoch(metrics)
             if time.monotonic() - plotted > PLOT_EVERY_SECONDS and epoch < t.epochs:
                 outputs.save_plots(out, spec, epochs)  # live curves; the last come with the end
                 plotted = time.monotonic()
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
         distributed.barrier()
+    board.close()
     if not rank.main:
         return None
     about = _about_the_data(model, (test_data, device, amp), info, hooks)

@@ -68,6 +68,27 @@ def test_ternary_from_full_precision_learns_and_reports_the_drop(fp_run, tmp_pat
     assert result.init_top1 == pytest.approx(fp_result.final_top1)
     assert result.final_top1 > 50
     assert result.drop_top1 == pytest.approx(result.init_top1 - result.final_top1)
+    read_back_in_tensorboard(tmp_path, epochs)
+
+
+def read_back_in_tensorboard(out, epochs: list[EpochMetrics]) -> None:
+    """The run's event files, read by TensorBoard's own reader: every epoch's scalars, a step
+    size per quantizer and its level shares as a histogram."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(
+        str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}
+    )
+    board.Reload()
+    top1 = board.Scalars("test/top1")
+    assert [e.step for e in top1] == [m.epoch for m in epochs]
+    assert [e.value for e in top1] == pytest.approx([m.test_top1 for m in epochs])
+    last = epochs[-1].quantizers[-1]
+    steps = board.Scalars(f"step/{last.layer}/{last.kind}")
+    assert steps[-1].value == pytest.approx(last.step)
+    histogram = board.Histograms(f"levels/{last.layer}/{last.kind}")[-1].histogram_value
+    assert histogram.bucket == pytest.approx(last.shares)
+    assert histogram.bucket_limit == [level + 0.5 for level in last.levels]
 
 
 @pytest.mark.slow
