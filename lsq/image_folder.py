@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ MAX_PIXELS = 64 << 20  # an image's pixels: more is a decompression bomb, refuse
 STATS_SAMPLE = 2048  # training images that measure mean and std when the set is not in memory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -228,9 +231,8 @@ class _Decoder:
             return None
 
     def all(self, files: Files, skipped: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every file decoded (threads: Pillow decodes without the GIL), the unreadable left out."""
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            images = list(pool.map(lambda p: self.safe(p, skipped), files.paths))
+        """Every file decoded, the unreadable left out."""
+        images = self._each(files, lambda p: self.safe(p, skipped))
         kept = [i for i, x in enumerate(images) if x is not None]
         if not kept:
             raise DatasetError(f"image_folder: none of {len(files)} images decoded: {skipped[:1]}")
@@ -239,9 +241,14 @@ class _Decoder:
 
     def readable(self, files: Files, skipped: list[str]) -> Files:
         """The files that decode (each decoded once, then let go), the others skipped."""
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            decoded = list(pool.map(lambda p: self.safe(p, skipped) is not None, files.paths))
+        decoded = self._each(files, lambda p: self.safe(p, skipped) is not None)
         return files.pick([i for i, ok in enumerate(decoded) if ok])
+
+    @staticmethod
+    def _each(files: Files, decode: Callable[[Path], T]) -> list[T]:
+        """`decode` of every file, in threads (Pillow decodes without the GIL), in order."""
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            return list(pool.map(decode, files.paths))
 
     def sample(self, files: Files, seed: int, skipped: list[str]) -> torch.Tensor:
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
