@@ -3,8 +3,9 @@
     root/train/<class>/*.png and root/val/<class>/*.png     (the test set is val/)
     root/<class>/*.jpg                                      (split by a seeded fraction)
 
-Files are found without following a link out of the root, and decoded in a bounded way:
-Pillow's decompression-bomb guard raises, JPEGs decode at a reduced scale when they can, and
+Files are found without following a link out of the root, and decoded in a bounded way: an
+image whose header claims over 64 Mpx is refused before it is decoded (Pillow's own guard stays
+behind it), JPEGs decode at a reduced scale when they can, and
 every image is converted to grey or RGB, scaled and centre-cropped to `image_size`. A file
 that does not decode is skipped and counted, or fails the job, as the spec says. A set whose
 decoded images fit LSQ_DATA_MEMORY_BYTES is held in memory (lsq.data.TensorImages, batches
@@ -13,7 +14,6 @@ straight from the device); a larger one is decoded per image by a DataLoader.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -55,12 +55,11 @@ class Files(Dataset):
 
 @dataclass
 class Loaded:
-    """What an image folder gave: the two sets, their shape and names, and what was skipped."""
+    """What an image folder gave: the two sets, and their shape, names and skipped files."""
 
     train: Dataset
     test: Dataset
     info: DatasetInfo
-    skipped: list[str]
 
 
 def memory_budget() -> int:
@@ -88,25 +87,17 @@ def load(spec: DatasetSpec, root: Path, seed: int) -> Loaded:
     if spec.mean is not None and spec.std is not None:
         mean, std = list(spec.mean), list(spec.std)
     else:
-        mean, std = _stats(train_x if held else decode.sample(train, seed, []))
+        mean, std = _stats(train_x if held else decode.sample(train, seed))
     augment = Augment(pad=max(1, size // 8), flip=True) if spec.augment else None
-    info = DatasetInfo(len(classes), channels, size, tuple(classes), tuple(mean), tuple(std))
-    info = dataclasses.replace(info, skipped=len(skipped))
+    described = tuple(classes), tuple(mean), tuple(std), len(skipped)
+    info = DatasetInfo(len(classes), channels, size, *described)
     for reason in skipped[:5]:
         log.warning("image_folder: skipped %s", reason)
     if held:
-        return Loaded(
-            TensorImages(train_x, train_y, mean, std, augment),
-            TensorImages(test_x, test_y, mean, std),
-            info,
-            skipped,
-        )
-    return Loaded(
-        DecodedFiles(train, decode, mean, std, augment),
-        DecodedFiles(test, decode, mean, std),
-        info,
-        skipped,
-    )
+        train_set = TensorImages(train_x, train_y, mean, std, augment)
+        return Loaded(train_set, TensorImages(test_x, test_y, mean, std), info)
+    train_set = DecodedFiles(train, decode, mean, std, augment)
+    return Loaded(train_set, DecodedFiles(test, decode, mean, std), info)
 
 
 def _subset(files: Files, size: int | None, seed: int) -> Files:
@@ -250,9 +241,10 @@ class _Decoder:
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
             return list(pool.map(decode, files.paths))
 
-    def sample(self, files: Files, seed: int, skipped: list[str]) -> torch.Tensor:
+    def sample(self, files: Files, seed: int) -> torch.Tensor:
+        """STATS_SAMPLE of the files, decoded (all of them readable: checked already)."""
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
-        return self.all(files.pick(order[:STATS_SAMPLE].tolist()), skipped)[0]
+        return self.all(files.pick(order[:STATS_SAMPLE].tolist()), [])[0]
 
 
 def _stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -59,6 +59,8 @@ def _visit(folder: Path, depth: int, budget: list[int], found: list[FoundDataset
     if depth == 0 or budget[0] <= 0:
         return
     budget[0] -= 1
+    if not readable_name(str(folder)):  # a path no JSON can carry
+        return
     entries = _peek(folder)
     names = {e.name for e in entries}
     folders = sorted(
@@ -66,8 +68,6 @@ def _visit(folder: Path, depth: int, budget: list[int], found: list[FoundDataset
         for e in entries
         if _is_dir(e) and not e.name.startswith(".") and readable_name(e.name)
     )
-    if not readable_name(str(folder)):  # a path no JSON can carry
-        return
     if {"data_batch_1", "test_batch"} <= names:
         found.append(FoundDataset("cifar10", str(folder), 10, "CIFAR-10 python batches"))
         return
