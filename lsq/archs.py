@@ -17,6 +17,7 @@ CIFAR_DEPTHS = (20, 32, 44, 56)
 OWN_NAMES = (*(f"resnet{d}" for d in CIFAR_DEPTHS), "vit_tiny")  # lsq.networks.OWN
 PLUGIN_GROUP = "lsq.networks"
 TIMM = "timm:"
+ONNX_ARCH = "onnx"  # the network is a user's ONNX file (model.onnx), not one built by name
 TIMM_NAME = re.compile(r"timm:[A-Za-z0-9][A-Za-z0-9_.-]{0,194}")  # as timm.list_models() names
 
 
@@ -40,14 +41,15 @@ def cifar_depth(arch: str) -> int | None:
 
 def unknown(arch: str) -> str | None:
     """Why `arch` names no network we can build, or None."""
-    if cifar_depth(arch) or arch in table() or arch in plugins():
+    if cifar_depth(arch) or arch in table() or arch in plugins() or arch == ONNX_ARCH:
         return None
     if TIMM_NAME.fullmatch(arch):
         return None
     return (
         f"{arch[:80]!r} is no network: give resnet20/32/44/56, vit_tiny, a torchvision "
         "classifier (resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, ...: lsq layers --list), "
-        "timm:<name> or a deployment's own (an lsq.networks entry point)"
+        "timm:<name>, onnx (with model.onnx, a file) or a deployment's own (an lsq.networks "
+        "entry point)"
     )
 
 
@@ -56,6 +58,8 @@ def pretrained_missing(arch: str) -> str | None:
     networks can, when their weights are in the cache)."""
     if arch.startswith(TIMM) or table().get(arch, {}).get("pretrained"):
         return None
+    if arch == ONNX_ARCH:
+        return "an ONNX model brings its own weights: leave model.init out"
     return f"{arch[:80]} has no pretrained weights: give a model.pt"
 
 

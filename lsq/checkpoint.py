@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import weights
+from .file_kinds import SAFETENSORS, NotAModel, kind_of
 from .files import atomic_file
 
 
@@ -37,11 +39,17 @@ def load(path: str | Path, *, lazy: bool = False) -> Any:
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a float state dict (a model.pt) into `model`.
+    """Load a float state dict (a model.pt, or safetensors weights) into `model`.
 
     Step sizes of a quantized model's model.pt are dropped: a new quantization starts from the
     paper's initialisation, computed from these weights.
     """
+    if is_safetensors(path):
+        tensors = weights.read_header(path)
+        if problems := weights.mismatches(tensors, model):
+            raise ValueError(f"{path} does not fit this network: {'; '.join(problems)}")
+        model.load_state_dict(weights.load(path), strict=False)  # quantizers keep their steps
+        return
     state = load(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a checkpoint.pt works too
@@ -52,3 +60,16 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit this network: {str(e)[:600]}") from None
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether `path` starts as safetensors weights do (else it is read as a torch.save file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(16)
+    try:
+        return kind_of(head, path.stat().st_size) == SAFETENSORS
+    except NotAModel:
+        return False

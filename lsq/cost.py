@@ -106,24 +106,27 @@ def network_macs(arch: str, size: int, channels: int, classes: int) -> int:
     return network_cost(arch, size, channels, classes).macs
 
 
-def _per_image(spec: JobSpec) -> Tally:
+def _per_image(spec: JobSpec, network: Tally | None) -> Tally:
+    if network is not None:  # measured (a user's ONNX model, at its own image size)
+        return network
     geometry = DATASETS[spec.dataset.name]
     size = spec.dataset.image_size or geometry.size
     channels = spec.dataset.channels or geometry.channels
     return network_cost(spec.model.arch, size, channels, geometry.classes)
 
 
-def training_bytes(spec: JobSpec, one_host: bool = False) -> int:
+def training_bytes(spec: JobSpec, one_host: bool = False, network: Tally | None = None) -> int:
     """What one device holds to train one batch: about two float32 values per layer output
     per image for the backward pass (the layer's output and the activation after it;
     measured: ResNet-50 at 256 x 256 holds 113 MB an image, this says 115 MB), and 16 bytes
     per parameter (the weight, its gradient, its momentum and its fake-quantized copy).
     `one_host` (CPU training): its `devices` processes share one host's memory, the whole
-    batch and a copy of the network each."""
+    batch and a copy of the network each. `network`: the network's cost where lsq.cost cannot
+    count it by name (a user's ONNX model, measured when it was sent)."""
     t = spec.training
     whole = one_host or t.device == "cpu"
     per_device = t.batch_size if whole else -(-t.batch_size // t.devices)
-    cost = _per_image(spec)
+    cost = _per_image(spec, network)
     copies = t.devices if whole else 1
     held = per_device * cost.outputs * BYTES_KEPT_PER_OUTPUT
     return held + copies * cost.parameters * BYTES_PER_PARAMETER
@@ -133,10 +136,11 @@ BYTES_KEPT_PER_OUTPUT = 8
 BYTES_PER_PARAMETER = 16
 
 
-def job_tmacs(spec: JobSpec) -> float:
-    """The whole job's multiply-accumulates, in units of 10^12 (an estimate: see above)."""
+def job_tmacs(spec: JobSpec, network: Tally | None = None) -> float:
+    """The whole job's multiply-accumulates, in units of 10^12 (an estimate: see above;
+    `network` as for training_bytes)."""
     data, geometry = spec.dataset, DATASETS[spec.dataset.name]
-    per_image = _per_image(spec).macs
+    per_image = _per_image(spec, network).macs
     train = min(data.train_size or geometry.train_images, geometry.train_images)
     test = min(data.test_size or geometry.test_images, geometry.test_images)
     if data.name == "synthetic":  # made to order: as many as asked

@@ -21,7 +21,7 @@ from . import checkpoint
 from .convert import quantize_as_specified
 from .data import DatasetInfo
 from .layers import QuantConv2d, QuantLinear
-from .networks import build_model
+from .networks import build_network
 from .quantizer import MIN_STEP
 from .spec import JobSpec
 
@@ -108,7 +108,7 @@ def read_integer(path: str | Path) -> dict:
 def _network(data: dict) -> tuple[nn.Module, JobSpec]:
     spec = JobSpec.model_validate(data["spec"])
     info = DatasetInfo(**data["dataset"])
-    model = build_model(spec.model.arch, info.num_classes, info.in_channels, False, info.image_size)
+    model = build_network(spec.model, info.num_classes, info.in_channels, info.image_size, False)
     return quantize_as_specified(model, spec.quantization, info.example()), spec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from torch import nn
 
 from . import zoo
 from .archs import TIMM, plugins, unknown
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 
 class _BasicBlock(nn.Module):
@@ -132,3 +135,14 @@ def build_model(
     else:
         raise ValueError(unknown(arch) or f"{arch} is no network")
     return build(num_classes, in_channels, image_size, pretrained)
+
+
+def build_network(
+    model: ModelSpec, num_classes: int, in_channels: int, image_size: int, pretrained: bool
+) -> nn.Module:
+    """The network a spec's `model` names: built by name, or converted from its ONNX file."""
+    if model.onnx is not None:
+        from .onnx_import import load_onnx  # onnx2torch loads only for an ONNX model
+
+        return load_onnx(model.onnx, num_classes, in_channels, image_size)
+    return build_model(model.arch, num_classes, in_channels, pretrained, image_size)

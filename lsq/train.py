@@ -30,7 +30,7 @@ from .evaluation import Cancelled, confusion_matrix, evaluate, stop_if_cancelled
 from .graph import trace
 from .loop import Hooks, Trainer, eval_batch_size, init_steps, loader
 from .metrics import Accuracy, ClassReport, DataSummary, EpochMetrics, RunMetrics, RunResult
-from .networks import build_model
+from .networks import build_network
 from .spec import JobSpec
 
 PLOT_EVERY_SECONDS = 30  # redraw the curves of a running job at most this often
@@ -92,7 +92,8 @@ def _train(spec: JobSpec, out: Path, resume: bool, hooks: Hooks, rank: Rank) -> 
 
     model = build(spec, info, device, init=spec.model.init if saved is None else None)
     start = saved.start if saved else None
-    if saved is None and spec.model.init is not None and rank.main:
+    trained = spec.model.init is not None or spec.model.onnx is not None
+    if saved is None and trained and rank.main:
         # so the result states the drop
         start = evaluate(model, test_data, device, amp, hooks.should_cancel)
     if layer_names(spec.model.arch) is None:  # timm's or a plugin's: known now it is built
@@ -227,7 +228,7 @@ def build(
     model.pt path, or None for a random init)."""
     pretrained = init == "pretrained"
     shape = (info.num_classes, info.in_channels)
-    model = build_model(spec.model.arch, *shape, pretrained, info.image_size)
+    model = build_network(spec.model, *shape, info.image_size, pretrained)
     if init and init != "pretrained":
         checkpoint.load_init_weights(model, init)
     return model.to(device)

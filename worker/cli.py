@@ -7,6 +7,7 @@ lsq serve [--host H] [--port P] [--demo]   API + one worker on this machine
 lsq api [--host H] [--port P]              the API alone (api.service.cli)
 lsq worker [--gpus 0,1]                    a worker (one process per listed GPU)
 lsq submit SPEC [--wait]                   submit a job spec to LSQ_URL (api.service.cli)
+lsq upload FILE [--arch A --dataset D]     send an ONNX model or safetensors weights
 lsq status ID [--json]                     a job's status and epochs (api.service.cli)
 lsq db upgrade                             apply the database migrations (api.service.cli)
 """

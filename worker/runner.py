@@ -25,13 +25,16 @@ from api.service.artifacts import folder_bytes, job_folder
 from api.service.config import Settings, get_settings
 from api.service.db import DATABASE_UNAVAILABLE, session_scope
 from api.service.errors import JobNotFound
-from api.service.job_spec import ServiceJobSpec, for_the_core, source_jobs
+from api.service.job_spec import ServiceJobSpec, for_the_core, source_jobs, upload_files
 from api.service.limits import check_batch, check_files
 from api.service.models import JobStatus, utcnow
 from api.service.owners import Limits
 from api.service.queue import enqueue_when_committed
 from api.service.store import jobs as job_store
 from api.service.store import worker as worker_store
+from api.service.store.uploads import network_of
+from api.service.uploads import blob
+from lsq.cost import Tally
 from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
@@ -164,6 +167,7 @@ class Claimed:
     experiment_id: int | None
     run_seconds: float  # what earlier attempts ran
     limit_seconds: float  # its owner's limit on the seconds run, all attempts together
+    network: Tally | None = None  # an uploaded ONNX model's cost per image (lsq.cost)
 
 
 @dataclass(frozen=True)
@@ -206,9 +210,10 @@ def claim(job_id: int) -> Claimed | Outcome:
         spec = job_store.stored_spec(job)
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
         seconds = limits.max_job_seconds
+        network = network_of(session, job.owner, (spec.get("model") or {}).get("upload"))
         return Claimed(
             job.id, job.attempts, job.folder, spec, sources, job.experiment_id,
-            job.run_seconds, seconds,
+            job.run_seconds, seconds, network,
         )  # fmt: skip
 
 
@@ -318,7 +323,7 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
     """The core's spec: each `{job: ID}` replaced by the path of that job's model."""
     spec = ServiceJobSpec.model_validate(claimed.spec)
     check_files(spec, settings)  # again: a folder may have become a symlink since submission
-    check_batch(spec, settings, one_host=not _on_gpu(spec))
+    check_batch(spec, settings, one_host=not _on_gpu(spec), network=claimed.network)
     models = {}
     for field, source_id in source_jobs(claimed.spec).items():
         source = claimed.sources.get(source_id, Source(None))
@@ -329,6 +334,11 @@ def _core_spec(claimed: Claimed, settings: Settings) -> JobSpec:
             raise FileNotFoundError(
                 f"{field} names job {source_id}, which {state}; there is no final model{where}"
             )
+        models[field] = str(path)
+    for field, (upload_id, sha, kind) in upload_files(spec).items():
+        path = blob(settings, sha, kind)
+        if not path.is_file():
+            raise FileNotFoundError(f"{field}: upload {upload_id}'s file is gone ({path})")
         models[field] = str(path)
     return for_the_core(spec, models)
 

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow it to its end, then the table")
     p.set_defaults(func=experiment)
 
+    p = sub.add_parser("upload", help="send a model file (ONNX, or safetensors weights)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--arch", help="safetensors: the network the weights are for")
+    p.add_argument("--dataset", help="safetensors: the data they are for (default cifar10)")
+    p.set_defaults(func=upload)
+
     p = sub.add_parser("status", help="show a job (or with --experiment, an experiment)")
     p.add_argument("id", type=int)
     p.add_argument("--experiment", action="store_true", help="ID is an experiment's")
@@ -129,6 +135,29 @@ def submit(args: argparse.Namespace) -> int:
     print(format_job(job))
     print(job_summary(job, dashboard_line(client.url, f"jobs/{job['id']}", get_settings())))
     return 0 if job["status"] == "succeeded" else 1
+
+
+def upload(args: argparse.Namespace) -> int:
+    """Send a file; print the upload and the spec line that names it."""
+    from api.service.client import Client, ServiceError
+
+    fields = {k: v for k, v in (("arch", args.arch), ("dataset", args.dataset)) if v}
+    try:
+        with args.file.open("rb") as f:
+            found = Client.from_settings(get_settings()).upload(f, args.file.name, fields)
+    except (OSError, ServiceError) as e:
+        print(f"lsq upload: {e}", file=sys.stderr)
+        return 2
+    shape = f"{found['channels']} x {found['image_size']} px, {found['classes']} classes"
+    print(f"upload {found['id']}: {found['kind']} {found['sha256'][:12]}, {shape}")
+    ref = {"upload": found["id"]}
+    use = (
+        {"model": ref}
+        if found["kind"] == "onnx"
+        else {"model": {"arch": found["arch"], "init": ref}}
+    )
+    print(f"name it in a job spec as: {json.dumps(use)}")
+    return 0
 
 
 def experiment(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from pydantic import ValidationError
@@ -53,6 +53,11 @@ class Client:
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/v1/jobs", json=spec)
+
+    def upload(self, file: BinaryIO, name: str, fields: dict[str, str]) -> dict[str, Any]:
+        """POST /v1/models: the file streams (httpx reads it in chunks)."""
+        files = {"file": (name, file)}
+        return self._call("POST", "/v1/models", files=files, data=fields, timeout=300)
 
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")

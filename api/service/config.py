@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # memory, or a CPU worker's share of its host's.
     max_batch_bytes: int = Field(64 << 30, ge=1, alias="LSQ_MAX_BATCH_BYTES")
     max_experiment_jobs: int = Field(64, ge=2, le=1000, alias="LSQ_MAX_EXPERIMENT_JOBS")
+    # A model file sent to POST /v1/models (safetensors weights or an ONNX classifier).
+    max_upload_bytes: int = Field(512 << 20, ge=1, alias="LSQ_MAX_UPLOAD_BYTES")
     # Folders a job may read datasets and model.init checkpoints from (':'-separated).
     data_roots: str = Field("/usr/share/datasets", alias="LSQ_DATA_ROOTS")
     # An image folder whose decoded images fit this is held in memory by the worker, else

@@ -36,3 +36,8 @@ class StorageFull(Exception):
 
 class KeyInUse(Exception):
     """An Idempotency-Key whose first request is still being handled."""
+
+
+class UploadNotFound(LookupError):
+    def __init__(self, upload_id: int) -> None:
+        super().__init__(f"upload {upload_id} does not exist")

@@ -10,13 +10,21 @@ model (`has_a_model`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 
 from api.service.errors import InvalidField
 from api.service.models import Job, JobStatus
-from lsq.archs import pretrained_missing
+from lsq.archs import ONNX_ARCH, pretrained_missing
 from lsq.spec import (
     DistillSpec,
     JobSpec,
@@ -25,6 +33,7 @@ from lsq.spec import (
     TrainingSpec,
     pretrained_cannot_teach,
 )
+from lsq.text import show
 
 # Job ids are 32-bit integers in the service's schema.
 MAX_JOB_ID = 2**31 - 1
@@ -38,10 +47,45 @@ class JobRef(BaseModel):
     job: int = Field(ge=1, le=MAX_JOB_ID)
 
 
+SHA256 = Field(
+    None,
+    pattern="^[0-9a-f]{64}$",
+    description="The upload's sha256: the service records it when the job is submitted (given, "
+    "it must match)",
+)
+
+
+class UploadRef(BaseModel):
+    """Start from safetensors weights sent to POST /v1/models (resolved by the worker)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    upload: int = Field(ge=1, le=MAX_JOB_ID)
+    sha256: str | None = SHA256
+
+
+def _only_onnx(value: Any) -> Any:
+    if value != ONNX_ARCH:
+        raise ValueError(
+            f"{show(value)} with model.upload: an upload named there is a whole ONNX network; "
+            "safetensors weights for a named arch go in model.init: {upload: ID}"
+        )
+    return value
+
+
+def _not_pretrained(value: Any) -> Any:
+    if value == "pretrained":
+        raise ValueError("an ONNX model brings its own weights; not 'pretrained'")
+    return value
+
+
 def _init_tag(value: Any) -> str | None:
-    """Which ServiceInit member `value` is, by its type: a path (or 'pretrained'), or a job."""
+    """Which ServiceInit member `value` is, by its type: a path (or 'pretrained'), a job or an
+    upload."""
     if isinstance(value, str):
         return "Path"
+    if isinstance(value, UploadRef) or isinstance(value, dict) and "upload" in value:
+        return "UploadRef"
     if isinstance(value, dict | JobRef):
         return "JobRef"
     return None
@@ -49,21 +93,68 @@ def _init_tag(value: Any) -> str | None:
 
 # One error per mistake (not one per union member): the value's type picks the member.
 ServiceInit = Annotated[
-    Annotated[Path_, Tag("Path")] | Annotated[JobRef, Tag("JobRef")],
+    Annotated[Path_, Tag("Path")]
+    | Annotated[JobRef, Tag("JobRef")]
+    | Annotated[UploadRef, Tag("UploadRef")],
     Discriminator(
         _init_tag,
         custom_error_type="init",
-        custom_error_message="expected null, 'pretrained', a path, or {job: ID}",
+        custom_error_message="expected null, 'pretrained', a path, {job: ID} or {upload: ID}",
     ),
 ]
 
 
 class ServiceModelSpec(ModelSpec):
+    """A network built by name (or an ONNX file by path), its start widened to other jobs'
+    models and uploaded weights."""
+
     init: ServiceInit | None = Field(
         None,
         description="null (random init), 'pretrained' (torchvision ImageNet weights), the path "
-        "of a model.pt state dict, or {job: ID} for another job's final model",
+        "of a model.pt or safetensors file, {job: ID} for another job's final model, or "
+        "{upload: ID} for safetensors weights sent to POST /v1/models",
     )
+
+    @property
+    def upload(self) -> None:  # as UploadedModelSpec's: no upload names the network
+        return None
+
+    @property
+    def sha256(self) -> None:
+        return None
+
+
+class UploadedModelSpec(BaseModel):
+    """An ONNX classifier sent to POST /v1/models: `model: {upload: ID}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    arch: Annotated[Literal["onnx"], BeforeValidator(_only_onnx)] = Field(
+        ONNX_ARCH, description="Always onnx: the upload is the network"
+    )
+    upload: int = Field(ge=1, le=MAX_JOB_ID, description="The upload's id (POST /v1/models)")
+    sha256: str | None = SHA256
+    init: Annotated[ServiceInit | None, AfterValidator(_not_pretrained)] = Field(
+        None,
+        description="null (the upload's own weights) or another job's final model of the same "
+        "upload ({job: ID}) or a path",
+    )
+
+    @property
+    def onnx(self) -> None:  # the worker gives the core the upload's path (for_the_core)
+        return None
+
+
+def _model_tag(value: Any) -> str:
+    """Which ServiceModel member `value` is: an upload when it names one."""
+    uploaded = isinstance(value, UploadedModelSpec) or isinstance(value, dict) and "upload" in value
+    return "Uploaded" if uploaded else "Named"
+
+
+ServiceModel = Annotated[
+    Annotated[ServiceModelSpec, Tag("Named")] | Annotated[UploadedModelSpec, Tag("Uploaded")],
+    Discriminator(_model_tag),
+]
 
 
 class ServiceDistillSpec(DistillSpec):
@@ -81,7 +172,7 @@ class ServiceTrainingSpec(TrainingSpec):
 class ServiceJobSpec(JobSpec):
     """A quantize-and-evaluate job submitted to the service (see lsq.spec.JobSpec)."""
 
-    model: ServiceModelSpec
+    model: ServiceModel  # type: ignore[assignment]
     training: ServiceTrainingSpec = ServiceTrainingSpec()
 
 
@@ -109,12 +200,25 @@ def source_jobs(spec: dict[str, Any]) -> dict[str, int]:
 
 
 def for_the_core(spec: ServiceJobSpec, models: dict[str, str]) -> JobSpec:
-    """The core's JobSpec, each `{job: ID}` replaced by the path of that job's model."""
+    """The core's JobSpec, each `{job: ID}` and `{upload: ID}` replaced by the path of its
+    file (`models`: field -> path; an ONNX upload's field is model.onnx)."""
     data = spec.model_dump(mode="json")
+    data["model"].pop("upload", None)
+    data["model"].pop("sha256", None)
     for field, path in models.items():
         *parents, last = field.split(".")
         _at(data, ".".join(parents))[last] = path
     return JobSpec.model_validate(data)
+
+
+def upload_files(spec: ServiceJobSpec) -> dict[str, tuple[int, str, str]]:
+    """Core field -> (upload id, sha256, kind) of each upload a submitted spec names."""
+    m, found = spec.model, {}
+    if m.upload is not None and m.sha256 is not None:
+        found["model.onnx"] = (m.upload, m.sha256, "onnx")
+    if isinstance(m.init, UploadRef) and m.init.sha256 is not None:
+        found["model.init"] = (m.init.upload, m.init.sha256, "safetensors")
+    return found
 
 
 def pretrained_problem(field: str, arch: str, dataset: str) -> str | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from api.service.config import Settings
 from api.service.errors import InvalidField
 from api.service.job_spec import named_models
-from lsq.cost import training_bytes
+from lsq.archs import ONNX_ARCH
+from lsq.cost import Tally, training_bytes
 from lsq.spec import DEFAULT_ROOTS, JobSpec
 
 
@@ -34,14 +35,19 @@ def check_job(spec: JobSpec, settings: Settings) -> None:
     check_files(spec, settings)
 
 
-def check_batch(spec: JobSpec, settings: Settings, one_host: bool = False) -> None:
+def check_batch(
+    spec: JobSpec, settings: Settings, one_host: bool = False, network: Tally | None = None
+) -> None:
     """A training batch and the network must fit LSQ_MAX_BATCH_BYTES on each device (on a CPU,
     `one_host`, the whole batch on the host, and at most half the host's memory: a worker
-    checks again once it knows which it has)."""
+    checks again once it knows which it has). An uploaded ONNX model is checked by the worker
+    alone, with its measured cost (`network`)."""
+    if spec.model.arch == ONNX_ARCH and network is None:
+        return
     cap, name = settings.max_batch_bytes, "LSQ_MAX_BATCH_BYTES"
     if one_host and (half := host_memory() // 2) < cap:
         cap, name = half, "LSQ_MAX_BATCH_BYTES, or half of this CPU worker's memory"
-    if (held := training_bytes(spec, one_host)) > cap:
+    if (held := training_bytes(spec, one_host, network)) > cap:
         where = "on this CPU worker's host" if one_host else "on each device"
         raise InvalidField(
             "training.batch_size",
@@ -58,13 +64,16 @@ def host_memory() -> int:
 
 
 def check_files(spec: JobSpec, settings: Settings) -> None:
-    """The dataset folder, a model.init path and a teacher's must be under LSQ_DATA_ROOTS."""
+    """The dataset folder, a model.init path, a teacher's and an ONNX model's must be under
+    LSQ_DATA_ROOTS."""
     folder = spec.dataset.root or DEFAULT_ROOTS.get(spec.dataset.name)
     if folder is not None:
         check_file("dataset.root", folder, settings)
     for field, path in named_models(spec).items():
         if isinstance(path, str) and path != "pretrained":
             check_file(field, path, settings)
+    if spec.model.onnx is not None:
+        check_file("model.onnx", spec.model.onnx, settings)
 
 
 def check_file(field: str, path: str, settings: Settings) -> None:

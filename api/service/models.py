@@ -198,6 +198,27 @@ class Owner(Base):
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Upload(Base):
+    """A model file an owner sent (api.service.uploads): its bytes live once per sha256 under
+    the artifacts root; the network shape it was checked for is kept with it."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_owner", "owner", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    filename: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(20))  # lsq.file_kinds: safetensors or onnx
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    arch: Mapped[str | None] = mapped_column(String(200))  # the network weights are for
+    classes: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    image_size: Mapped[int] = mapped_column(Integer)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)  # what lsq.model_file found
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class IdempotencyKey(Base):
     """A submission's Idempotency-Key: the same key and body return the job it created."""
 

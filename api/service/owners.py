@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.service.config import Settings
 from api.service.db import insert_for
-from api.service.models import UNFINISHED, Job, JobStatus, Owner
+from api.service.models import UNFINISHED, Job, JobStatus, Owner, Upload
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ def storage_full(owner: str, stored: int, limits: Limits) -> str | None:
     if stored < limits.max_storage_bytes:
         return None
     return (
-        f"{owner}'s jobs hold {stored:,} bytes, the most allowed is "
-        f"{limits.max_storage_bytes:,} (LSQ_MAX_STORAGE_BYTES): delete jobs to free space"
+        f"{owner}'s jobs and uploads hold {stored:,} bytes, the most allowed is "
+        f"{limits.max_storage_bytes:,} (LSQ_MAX_STORAGE_BYTES): delete jobs or uploads to free "
+        "space"
     )
 
 
@@ -81,7 +82,8 @@ def limits_of(session: Session, owner: str, defaults: Limits) -> Limits:
 
 
 def usage_of(session: Session, owner: str) -> Usage:
-    """Jobs queued and running, and the bytes its jobs' folders held when they ended."""
+    """Jobs queued and running, and the bytes its jobs' folders held when they ended and its
+    uploads hold."""
     counts = dict(
         session.execute(
             select(Job.status, func.count())
@@ -90,10 +92,11 @@ def usage_of(session: Session, owner: str) -> Usage:
         ).all()
     )
     stored = select(func.coalesce(func.sum(Job.stored_bytes), 0)).where(Job.owner == owner)
+    sent = select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(Upload.owner == owner)
     return Usage(
         queued=counts.get(JobStatus.queued, 0),
         running=counts.get(JobStatus.running, 0),
-        storage_bytes=int(session.scalar(stored) or 0),
+        storage_bytes=int(session.scalar(stored) or 0) + int(session.scalar(sent) or 0),
     )
 
 

@@ -16,7 +16,7 @@ from api.service.config import get_settings
 from api.service.db import upgrade_database
 from api.web import errors, metrics
 from api.web.middleware import BodyGuard, CrashGuard, HeadAsGet, TrustedHosts
-from api.web.routes import datasets, experiments, jobs, me, probes
+from api.web.routes import datasets, experiments, jobs, me, models, probes
 
 STATIC = Path(__file__).parent / "static"  # the dashboard: plain HTML, CSS and JavaScript
 
@@ -58,6 +58,7 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(me.router)
     app.include_router(datasets.router)
+    app.include_router(models.router)
     app.include_router(probes.router)
     # Outermost last. No cookies anywhere: a page on another site cannot act for a user, and
     # CORS stays closed unless LSQ_CORS_ORIGINS names the origins that may call (BodyGuard's

@@ -21,6 +21,7 @@ from api.service.errors import (
     KeyInUse,
     StorageFull,
     TooManyJobs,
+    UploadNotFound,
 )
 from api.service.experiments.request import ExperimentSpec
 from api.service.job_spec import ServiceJobSpec
@@ -51,6 +52,7 @@ CODES = {
 STATUSES: dict[type[Exception], int] = {
     JobNotFound: 404,
     ExperimentNotFound: 404,
+    UploadNotFound: 404,
     JobConflict: 409,
     KeyInUse: 409,
     StorageFull: 507,

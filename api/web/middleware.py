@@ -28,13 +28,14 @@ from api.web.server import MAX_HEADER_BYTES
 from lsq.text import cut
 
 log = logging.getLogger(__name__)
+UPLOADS = "/v1/models"  # the one route whose body is a file (api.web.routes.models)
 
 
 class BodyGuard:
     """401 for a /v1 request without a bearer token, before anything of its body is read (it
-    counts against its address as an invalid token does: 429 past the rate). Else 413 for a
-    body over `max_bytes`, whether it says its length or streams: the body is read (up to the
-    limit) before the app sees it. Then 422 for a JSON body that means two things (see
+    counts against its address as an invalid token does: 429 past the rate). Else (but for an
+    upload, which its route reads as it streams) 413 for a body over `max_bytes`, whether it
+    says its length or streams: the body is read (up to the limit) before the app sees it. Then 422 for a JSON body that means two things (see
     `ambiguity`), found off the event loop."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -53,6 +54,8 @@ class BodyGuard:
             # Refused before the body is read or parsed: without a valid token that work is
             # free to anyone, and its parse takes turns with everyone else's.
             return await _refuse(scope, send, MISSING_TOKEN if token is None else INVALID_TOKEN)
+        if scope["method"] == "POST" and scope["path"] == UPLOADS:
+            return await self.app(scope, receive, send)  # streamed, capped by its route
         too_large = f"request body over {self.max_bytes} bytes (LSQ_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or int(length) > self.max_bytes:

@@ -252,3 +252,28 @@ class DatasetOut(BaseModel):
     root: str | None = Field(description="The folder to give as dataset.root")
     classes: int | None = Field(description="Class folders (null: past this service's limit)")
     layout: str = Field(description="What the folder holds")
+
+
+class UploadOut(BaseModel):
+    """A model file sent to POST /v1/models: name it in a job as `model: {upload: id}` (an ONNX
+    classifier) or `model: {arch: <arch>, init: {upload: id}}` (safetensors weights)."""
+
+    id: int
+    filename: str = Field(description="The name it was sent with (informative only)")
+    kind: str = Field(description="safetensors or onnx, told by the file's content")
+    sha256: str
+    size_bytes: int
+    arch: str | None = Field(description="The network safetensors weights were checked for")
+    classes: int
+    channels: int
+    image_size: int = Field(description="The images it takes: channels x image_size, square")
+    info: dict[str, Any] = Field(
+        description="What the check found: tensors and parameters; an ONNX model's ops, and its "
+        "cost per image (macs, outputs) for the service's limits"
+    )
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> UploadOut:
+        fields = {name: getattr(row, name) for name in cls.model_fields}
+        return cls(**fields)

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..archs import OWN_NAMES, TIMM_NAME, plugins, table, unknown
+from ..archs import ONNX_ARCH, OWN_NAMES, TIMM_NAME, plugins, table, unknown
 from ..levels import ACCEPTED, MAX_BITS, LevelSet, parse_levels
 from ..text import show
 
@@ -97,7 +97,12 @@ Arch = Annotated[
             "anyOf": [
                 {
                     "type": "string",
-                    "enum": [*OWN_NAMES, *(a for a in table() if a not in OWN_NAMES), *plugins()],
+                    "enum": [
+                        *OWN_NAMES,
+                        *(a for a in table() if a not in OWN_NAMES),
+                        *plugins(),
+                        ONNX_ARCH,
+                    ],
                 },
                 {"type": "string", "pattern": f"^{TIMM_NAME.pattern}$"},
             ]
@@ -106,8 +111,8 @@ Arch = Annotated[
     Field(
         description="resnet20/32/44/56 (CIFAR ResNets), vit_tiny, any torchvision classifier by "
         "builder name (resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, ...), timm:<name> "
-        "(with the timm extra), or a network the deployment registers as an lsq.networks entry "
-        "point",
+        "(with the timm extra), a network the deployment registers as an lsq.networks entry "
+        "point, or onnx: the ONNX classifier model.onnx (the service: model.upload)",
         examples=["resnet20", "mobilenet_v2", "vit_tiny", "timm:resnet18"],
     ),
 ]

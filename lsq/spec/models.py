@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..archs import layer_names, patch_side
+from ..archs import ONNX_ARCH, layer_names, patch_side
 from ..cost import DATASETS
 from ..documents import DocumentError, read_document
 from ..levels import FirstMatch, Init, LevelSet, Sides, layer_levels
@@ -58,9 +58,29 @@ class ModelSpec(Strict):
     # The service widens this field to accept {job: ID} as well (api.service.job_spec).
     init: Annotated[Path_ | None, BeforeValidator(_local_init)] = Field(
         None,
-        description="null (random init), 'pretrained' (torchvision ImageNet weights) or the path "
-        "of a model.pt state dict",
+        description="null (random init), 'pretrained' (torchvision ImageNet weights), or the "
+        "path of a model.pt state dict or of safetensors weights",
     )
+    onnx: Path_ | None = Field(
+        None,
+        description="With arch 'onnx': the path of an ONNX classifier to quantize (converted "
+        "with onnx2torch; its weights are the start)",
+    )
+
+    @model_validator(mode="after")
+    def _onnx_file(self) -> Self:
+        if (self.arch == ONNX_ARCH) != (self.onnx is not None):
+            raise ValueError(
+                "model.onnx: give it (the ONNX file) exactly when model.arch is 'onnx'"
+            )
+        if self.onnx is not None and self.init == "pretrained":
+            raise ValueError("model.init: an ONNX model brings its own weights; not 'pretrained'")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_empty_onnx(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)  # stored specs of named networks stay as they were
+        return {k: v for k, v in data.items() if k != "onnx" or v is not None}
 
 
 class LayerLevels(Strict):

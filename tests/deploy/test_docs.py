@@ -78,7 +78,9 @@ def test_the_spec_reference_shows_bounds_and_the_service_and_experiment_fields(r
     page = reference.spec_reference()
     assert "| ≥ 1, ≤ 10000 | `90` |" in row(page, "training.epochs")
     assert "> 0, ≤ 10" in row(page, "training.lr")
-    assert "| `model.init` | string &#124; JobRef &#124; null |" in page  # the service's
+    assert (
+        "| `model.init` | string &#124; JobRef &#124; UploadRef &#124; null |" in page
+    )  # the service's
     for name, _ in fields(ExperimentSpec):
         row(page, name)
 

@@ -12,6 +12,7 @@ temporary folders.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -376,6 +377,18 @@ class Service:
         # shuts down gracefully, then re-raises the SIGTERM it caught.
         assert worker == 0 and api in (0, -signal.SIGTERM), f"{worker} {api}\n{self.diagnostics()}"
         assert "Application shutdown complete" in self.api.output()
+
+
+@contextlib.contextmanager
+def embedded_service(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Service]:
+    """The service on embedded defaults (SQLite + SQLite broker) alone, for a module's tests."""
+    data = tmp_path_factory.mktemp(name)
+    svc = Service(name, service_env(data), data)
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

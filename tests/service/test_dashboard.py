@@ -15,7 +15,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as Driver
 from selenium.webdriver.common.by import By
 
-from .conftest import ROOT, Service, service_env
+from .conftest import ROOT, Service, embedded_service
 
 pytestmark = pytest.mark.timeout(600)
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -45,13 +45,8 @@ EXPERIMENT = {
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = tmp_path_factory.mktemp("dashboard")
-    svc = Service("dashboard", service_env(data), data)
-    try:
-        svc.wait_ready()
-        yield svc
-    finally:
-        svc.close()
+    with embedded_service(tmp_path_factory, "dashboard") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from lsq.metrics import EpochMetrics, RunResult
 
 from .conftest import ROOT, quota, service_env, tiny_spec
 
-HEAD = "0012"  # the newest migration in migrations/versions
+HEAD = "0013"  # the newest migration in migrations/versions
 
 METRICS = {
     "epoch": 1,

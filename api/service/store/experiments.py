@@ -15,6 +15,7 @@ from api.service.errors import ExperimentNotFound, JobConflict
 from api.service.experiments.plan import BaselineModel, FromJob, Plan, TrainedHere
 from api.service.models import Experiment, Job
 from api.service.owners import Limits
+from api.service.store import uploads
 from api.service.store.jobs import (
     Deleted,
     add_job,
@@ -66,6 +67,7 @@ def create_experiment(
     first = None
     for index, spec in plan.jobs_from(_baseline_model(session, owner, plan, experiment.id)):
         check_source(session, owner, spec)  # ids the base names: this owner's, existing
+        spec = uploads.attach(session, owner, spec)
         job = add_job(session, owner, spec, experiment.id, index)
         first = first or job
     if key is not None:  # the key names the experiment through its first variant's job

@@ -33,6 +33,7 @@ from api.service.models import (
     utcnow,
 )
 from api.service.owners import Limits
+from api.service.store import uploads
 from api.service.store.keys import bind_key, digest, job_of_key
 from lsq.cost import job_tmacs
 from lsq.spec import upgrade_spec
@@ -63,6 +64,7 @@ def submit_job(
         if earlier is not None:
             return earlier, False
     check_source(session, owner, spec)
+    spec = uploads.attach(session, owner, spec)
     within_limits(session, row, limits, [spec])
     job = add_job(session, owner, spec)
     if key is not None:
@@ -84,7 +86,9 @@ def within_limits(
             "the most allowed (LSQ_MAX_QUEUED_PER_OWNER)"
         )
     for spec in new:
-        if (tmacs := job_tmacs(spec)) > limits.max_job_tmacs:
+        if (
+            tmacs := job_tmacs(spec, uploads.network_of(session, owner, spec.model.upload))
+        ) > limits.max_job_tmacs:
             raise InvalidField(
                 prefix + ("sensitivity.layers" if spec.sensitivity else "training.epochs"),
                 f"{spec.name!r} would take about {tmacs:,.4g} x 10^12 multiply-accumulates "
@@ -191,7 +195,7 @@ def add_job(
     """A new queued job, its id assigned."""
     job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
     job.status, job.experiment_id, job.variant = JobStatus.queued, experiment_id, variant
-    job.compute_tmacs = job_tmacs(spec)
+    job.compute_tmacs = job_tmacs(spec, uploads.network_of(session, owner, spec.model.upload))
     session.add(job)
     session.flush()
     return job
