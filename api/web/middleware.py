@@ -35,8 +35,9 @@ class BodyGuard:
     """401 for a /v1 request without a bearer token, before anything of its body is read (it
     counts against its address as an invalid token does: 429 past the rate). Else (but for an
     upload, which its route reads as it streams) 413 for a body over `max_bytes`, whether it
-    says its length or streams: the body is read (up to the limit) before the app sees it. Then 422 for a JSON body that means two things (see
-    `ambiguity`), found off the event loop."""
+    says its length or streams: the body is read (up to the limit) before the app sees it.
+    Then 422 for a JSON body that means two things (see `ambiguity`), found off the event
+    loop."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import model_files as mf
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as Driver
@@ -326,3 +327,33 @@ def test_a_whole_epoch_reads_as_a_whole_number(service: Service, browser: webdri
         " progress({epoch: 2, fraction: 0.5, epochs: 3}, 'running')]"
     )
     assert ">2/2 epochs<" in done and ">1.5/3 epochs<" in halfway
+
+
+@pytest.mark.slow
+def test_upload_a_model_in_the_browser_and_train_on_it(
+    service: Service, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A pickle refused beside the file input, then an ONNX classifier sent, listed, and put in
+    a job with one click; the job trains on it."""
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    browser.get(f"{service.url}/#/new")
+    chooser = until(lambda: browser.find_element(By.ID, "model-file"), 10, "the upload form")
+    chooser.send_keys(str(mf.plain_pickle(tmp_path / "model.pt")))
+    browser.find_element(By.ID, "upload").click()
+    errors = until(lambda: text(browser, "#upload-errors"), 30, "the refusal")
+    assert "file" in errors and "never read here" in errors
+
+    chooser = browser.find_element(By.ID, "model-file")
+    chooser.send_keys(str(mf.onnx_classifier(tmp_path / "resnet20.onnx")))
+    browser.find_element(By.ID, "upload").click()
+    until(lambda: "resnet20.onnx" in text(browser, "#uploads"), 60, "the upload listed")
+    assert "3 × 16 px, 10 classes" in text(browser, "#uploads")
+    browser.find_element(By.CSS_SELECTOR, "button[data-use]").click()
+    spec = browser.find_element(By.ID, "spec").get_attribute("value")
+    assert "model: {upload: " in spec and "image_size: 16" in spec
+    browser.execute_script("document.getElementById('uploads').scrollIntoView()")
+    assert shot(browser, "dashboard-uploads").stat().st_size > 10_000
+    browser.find_element(By.ID, "submit").click()
+    until(lambda: "#/jobs/" in browser.current_url, 10, "the new job's page")
+    until(lambda: "succeeded" in text(browser, "h1"), 180, "the job on the upload to succeed")

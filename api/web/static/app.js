@@ -301,12 +301,81 @@ function newPage() {
        <span class="muted">— YAML or JSON, as for <code>lsq run</code> / <code>lsq experiment</code></span></p>
     <textarea id="spec" spellcheck="false">${esc(EXAMPLES.job)}</textarea>
     <ul class="errors" id="errors"></ul>
-    <button class="primary" id="submit">Submit</button>`;
+    <button class="primary" id="submit">Submit</button>
+    <h2>Your models</h2>
+    <p class="muted">An ONNX classifier, or safetensors weights for a named network (never a
+      pickle: <a href="/docs">POST /v1/models</a>). A job then names it.</p>
+    <p class="upload"><input type="file" id="model-file">
+      <input id="model-arch" placeholder="arch, for weights" size="18" title="safetensors weights: the network they are for">
+      <select id="model-dataset" title="safetensors weights: the data they are for">${["cifar10", "fashion-mnist", "imagenet", "synthetic"]
+        .map((d) => `<option>${d}</option>`).join("")}</select>
+      <button id="upload">Upload</button></p>
+    <ul class="errors" id="upload-errors"></ul>
+    <div id="uploads"></div>`;
   const kind = () => document.querySelector("input[name=kind]:checked").value;
   document.querySelectorAll("input[name=kind]").forEach((r) => (r.onchange = () => {
     document.getElementById("spec").value = EXAMPLES[kind()];
   }));
   document.getElementById("submit").onclick = () => submit(kind());
+  document.getElementById("upload").onclick = () => upload().catch(showError);
+  uploads().catch(showError);
+}
+
+function useSpec(u) {
+  // a job on the upload: its model line, the rest of the quick example
+  const model = u.kind === "onnx" ? `{upload: ${u.id}}` : `{arch: ${u.arch}, init: {upload: ${u.id}}}`;
+  const data = u.channels === 1 && u.image_size === 28 ? "name: fashion-mnist"
+    : `name: synthetic, image_size: ${u.image_size}`;  // else: name your data (image_folder...)
+  return EXAMPLES.job.replace("name: quick", `name: ${u.filename.replace(/[^\w.-]/g, "_")}-w3a2`)
+    .replace(/dataset: \{name: synthetic/, `dataset: {${data}`)
+    .replace(/model: .*/, `model: ${model}`);
+}
+
+async function uploads() {
+  const rows = await api("/v1/models");
+  const el = document.getElementById("uploads");
+  if (!el) return;
+  el.innerHTML = rows.length ? `<table class="compact"><tr><th>id</th><th>file</th><th>kind</th>
+      <th>takes</th><th class="num">size</th><th>sha256</th><th></th></tr>
+    ${rows.map((u) => `<tr><td>${u.id}</td><td>${esc(u.filename)}</td>
+      <td>${esc(u.kind)}${u.arch ? ` (${esc(u.arch)})` : ""}</td>
+      <td>${u.channels} × ${u.image_size} px, ${u.classes} classes</td>
+      <td class="num">${(u.size_bytes / 2 ** 20).toFixed(1)} MiB</td>
+      <td><code>${esc(u.sha256.slice(0, 12))}</code></td>
+      <td><button data-use="${u.id}">Use in a job</button> <button data-delete="${u.id}">Delete</button></td></tr>`).join("")}
+    </table>` : `<p class="muted">None yet.</p>`;
+  el.querySelectorAll("button[data-use]").forEach((b) => (b.onclick = () => {
+    document.querySelector("input[name=kind][value=job]").checked = true;
+    document.getElementById("spec").value = useSpec(rows.find((u) => u.id === Number(b.dataset.use)));
+  }));
+  el.querySelectorAll("button[data-delete]").forEach((b) => (b.onclick = () =>
+    api(`/v1/models/${b.dataset.delete}`, { method: "DELETE" }).then(uploads).catch(uploadError)));
+}
+
+async function upload() {
+  const file = document.getElementById("model-file").files[0];
+  const errors = document.getElementById("upload-errors");
+  errors.innerHTML = "";
+  if (!file) return void (errors.innerHTML = "<li>choose a file first</li>");
+  const form = new FormData();
+  form.append("file", file);
+  const arch = document.getElementById("model-arch").value.trim();
+  if (arch) form.append("arch", arch);
+  form.append("dataset", document.getElementById("model-dataset").value);
+  try {
+    const u = await api("/v1/models", { method: "POST", body: form });
+    document.getElementById("spec").value = useSpec(u);
+    await uploads();
+  } catch (e) {
+    uploadError(e);
+  }
+}
+
+function uploadError(e) {
+  if (!(e instanceof ApiError)) throw e;
+  const fields = e.fields.length ? e.fields : [{ field: "", message: e.message }];
+  document.getElementById("upload-errors").innerHTML = fields.map((f) =>
+    `<li><code>${esc(f.field)}</code> ${esc(f.message)}</li>`).join("");
 }
 
 // JSON's kinds of value (no dates, no merge keys), as lsq.documents reads a spec file
