@@ -27,7 +27,7 @@ from api.service.db import DATABASE_UNAVAILABLE, session_scope
 from api.service.errors import JobNotFound
 from api.service.job_spec import ServiceJobSpec, for_the_core, source_jobs, upload_files
 from api.service.limits import check_batch, check_files
-from api.service.models import JobStatus, utcnow
+from api.service.models import Experiment, JobStatus, utcnow
 from api.service.owners import Limits
 from api.service.queue import enqueue_when_committed
 from api.service.store import jobs as job_store
@@ -39,6 +39,7 @@ from lsq.files import MODEL
 from lsq.metrics import EpochMetrics, RunResult
 from lsq.spec import JobSpec
 
+from . import tracking
 from .app import SHUTTING_DOWN, worker_name
 from .plots import experiment_plot
 
@@ -168,6 +169,9 @@ class Claimed:
     run_seconds: float  # what earlier attempts ran
     limit_seconds: float  # its owner's limit on the seconds run, all attempts together
     network: Tally | None = None  # an uploaded ONNX model's cost per image (lsq.cost)
+    owner: str = ""
+    experiment_name: str | None = None  # MLflow's parent run (worker.tracking)
+    experiment_jobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,9 +215,11 @@ def claim(job_id: int) -> Claimed | Outcome:
         sources = {i: _source(session, i, job.owner) for i in source_jobs(spec).values()}
         seconds = limits.max_job_seconds
         network = network_of(session, job.owner, (spec.get("model") or {}).get("upload"))
+        experiment = session.get(Experiment, job.experiment_id) if job.experiment_id else None
         return Claimed(
             job.id, job.attempts, job.folder, spec, sources, job.experiment_id,
-            job.run_seconds, seconds, network,
+            job.run_seconds, seconds, network, job.owner, experiment and experiment.name,
+            len(experiment.jobs) if experiment else 0,
         )  # fmt: skip
 
 
@@ -262,17 +268,23 @@ def _attempt(claimed: Claimed) -> Outcome:
     out = job_folder(settings, claimed.folder)
     keeper = LeaseKeeper(job_id, me, settings, claimed)
     keeper.start()
+    tracker = tracking.start(settings, _about(claimed), out)
     try:
         spec = _core_spec(claimed, settings)
         _prepare_folder(claimed, out, me)
-        record = lambda metrics: _record(job_id, me, metrics, claimed.experiment_id)  # noqa: E731
+
+        def record(metrics: EpochMetrics) -> None:
+            _record(job_id, me, metrics, claimed.experiment_id)
+            if tracker is not None:  # after the store has it
+                tracker.epoch(metrics)
+
         stop = keeper.should_stop
         result = run(spec, out, on_epoch=record, on_progress=keeper.progress,
                      should_cancel=stop, resume=True)  # fmt: skip
     except LeaseLost:
         return Ack(None, "lost its lease")
     except Cancelled:
-        return _stopped(claimed, me, keeper.stop_reason, settings)
+        return _stopped(claimed, me, keeper.stop_reason, settings, tracker)
     except DATABASE_UNAVAILABLE:
         raise  # the database, not the job: the task tries again later (worker.tasks)
     except Exception as e:
@@ -281,23 +293,41 @@ def _attempt(claimed: Claimed) -> Outcome:
         else:
             log.exception("job %s failed", job_id)
         _free_memory()
-        return _finish(claimed, me, JobStatus.failed, error=f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        return _finish(claimed, me, JobStatus.failed, error=error, tracker=tracker)
     finally:
         keeper.close()
-    return _finish(claimed, me, JobStatus.succeeded, result=result)
+    return _finish(claimed, me, JobStatus.succeeded, result=result, tracker=tracker)
 
 
-def _stopped(claimed: Claimed, worker: str, reason: Stop | None, settings: Settings) -> Outcome:
+def _about(claimed: Claimed) -> dict[str, Any]:
+    """What MLflow is told of a job (worker.tracking.start)."""
+    experiment = claimed.experiment_id and {
+        "id": claimed.experiment_id, "name": claimed.experiment_name or "",
+        "jobs": claimed.experiment_jobs,
+    }  # fmt: skip
+    name = claimed.spec.get("name", "")
+    return {"id": claimed.job_id, "name": name, "owner": claimed.owner, "spec": claimed.spec,
+            "experiment": experiment or None}  # fmt: skip
+
+
+def _stopped(
+    claimed: Claimed,
+    worker: str,
+    reason: Stop | None,
+    settings: Settings,
+    tracker: tracking.Tracker | None,
+) -> Outcome:
     job_id = claimed.job_id
     match reason:
         case Stop.cancelled:
-            return _finish(claimed, worker, JobStatus.cancelled)
+            return _finish(claimed, worker, JobStatus.cancelled, tracker=tracker)
         case Stop.time_limit:
             error = (
                 f"time limit: it ran {claimed.limit_seconds:,.0f} s, its owner's limit "
                 "(LSQ_MAX_JOB_SECONDS); its last checkpoint is kept"
             )
-            return _finish(claimed, worker, JobStatus.failed, error=error)
+            return _finish(claimed, worker, JobStatus.failed, error=error, tracker=tracker)
         case Stop.lease_lost:
             return Ack(None, "another worker took it over")
         case Stop.fenced:  # maybe nobody else has the job: look again once the lease expired
@@ -382,13 +412,17 @@ def _finish(
     status: JobStatus,
     result: RunResult | None = None,
     error: str | None = None,
+    tracker: tracking.Tracker | None = None,
 ) -> Outcome:
-    """End the job, with the bytes its folder holds (its owner's storage counts them)."""
+    """End the job, with the bytes its folder holds (its owner's storage counts them), and
+    its MLflow run (a warning when MLflow did not take it all)."""
     job_id, stored = claimed.job_id, folder_bytes(job_folder(get_settings(), claimed.folder))
+    warning = tracker.end(status, result) if tracker is not None else None
     with session_scope() as session:
         ended = worker_store.finish_job(
-            session, job_id, worker, status, result=result, error=error, stored_bytes=stored
-        )
+            session, job_id, worker, status, result=result, error=error, stored_bytes=stored,
+            warning=warning,
+        )  # fmt: skip
     log.info("job %s: %s", job_id, status if ended else "lost its lease before it ended")
     return Ack(status) if ended else Ack(None, "lost its lease before it ended")
 

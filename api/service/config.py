@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # decoded per batch (read by lsq.image_folder from the worker's environment, as `lsq run`).
     data_memory_bytes: int = Field(DEFAULT_MEMORY_BYTES, ge=0, alias="LSQ_DATA_MEMORY_BYTES")
 
+    # MLflow (the mlflow extra): every job a run, every experiment a parent run (worker.tracking)
+    mlflow_tracking_uri: str = Field("", alias="LSQ_MLFLOW_TRACKING_URI", description="off")
+    mlflow_experiment: str = Field("lsq", alias="LSQ_MLFLOW_EXPERIMENT")
+
     # GET /metrics from elsewhere than the loopback: the operator's Prometheus sends this as a
     # Bearer token (empty: the loopback only).
     metrics_token: str = Field("", alias="LSQ_METRICS_TOKEN")

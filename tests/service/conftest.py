@@ -76,6 +76,7 @@ SERVICE_ENV = (
     "LSQ_REQUESTS_PER_SECOND",
     "LSQ_REQUEST_BURST",
     "CUDA_VISIBLE_DEVICES",
+    "LSQ_MLFLOW_TRACKING_URI",
 )
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -380,10 +381,13 @@ class Service:
 
 
 @contextlib.contextmanager
-def embedded_service(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Service]:
-    """The service on embedded defaults (SQLite + SQLite broker) alone, for a module's tests."""
+def embedded_service(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **settings: str
+) -> Iterator[Service]:
+    """The service on embedded defaults (SQLite + SQLite broker) alone, for a module's tests,
+    with these settings (LSQ_...) besides."""
     data = tmp_path_factory.mktemp(name)
-    svc = Service(name, service_env(data), data)
+    svc = Service(name, service_env(data, **settings), data)
     try:
         svc.wait_ready()
         yield svc

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from api.service.db import insert_for
 from api.service.models import EPOCH_METRICS, FINISHED, Epoch, Job, JobStatus, utcnow
 from api.service.store.epochs import job_quantizer_warnings
-from api.service.store.jobs import end, folders, locked, models_in_use
+from api.service.store.jobs import clean_error, end, folders, locked, models_in_use
 from lsq.metrics import EpochMetrics, RunResult
 
 
@@ -130,9 +130,11 @@ def finish_job(
     result: RunResult | None = None,
     error: str | None = None,
     stored_bytes: int | None = None,
+    warning: str | None = None,
 ) -> bool:
     """End a job this worker owns as succeeded, failed or cancelled (cancelled, not succeeded,
-    once its cancel was requested), with the bytes its files hold. False: lease lost."""
+    once its cancel was requested), with the bytes its files hold and a `warning` of its end
+    (MLflow's, say). False: lease lost."""
     job = _owned(session, job_id, worker)
     if job is None:
         return False
@@ -141,6 +143,8 @@ def finish_job(
         status, result = JobStatus.cancelled, None
     end(job, status, utcnow(), result=result.model_dump() if result else None, error=error)
     job.stored_bytes = stored_bytes
+    if warning is not None:
+        job.warnings = [*(job.warnings or []), clean_error(warning)]
     if status == JobStatus.succeeded:  # done, though the last progress beat may not be written
         job.progress_epoch, job.progress_fraction = max(job.progress_epoch, 1), 1.0
     return True
