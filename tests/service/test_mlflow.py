@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from .conftest import Service, embedded_service, free_port, tiny_spec
+from .test_experiments import wait_experiment
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -67,16 +68,6 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Ite
     extra = {"LSQ_MLFLOW_TRACKING_URI": mlflow_server, "LSQ_MLFLOW_EXPERIMENT": "lsq-test"}
     with embedded_service(tmp_path_factory, "tracked", **extra) as running:
         yield running
-
-
-def wait_experiment(svc: Service, experiment_id: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        x = svc.http.get(f"/v1/experiments/{experiment_id}").json()
-        if x["status"] in ("succeeded", "failed", "cancelled"):
-            return x
-        assert time.monotonic() < deadline, svc.diagnostics()
-        time.sleep(0.5)
 
 
 def test_an_experiment_is_a_parent_run_with_its_jobs_nested(
