@@ -116,7 +116,9 @@ def test_submit_a_job_in_the_browser_and_watch_it_run(
     assert "token" not in browser.current_url  # kept in the browser, out of the address bar
 
     browser.get(f"{service.url}/#/new")
-    area = until(lambda: browser.find_element(By.ID, "spec"), 10, "the form")
+    until(lambda: browser.find_element(By.ID, "spec-form"), 10, "the form").is_displayed()
+    browser.find_element(By.ID, "show-yaml").click()  # this test types YAML
+    area = until(lambda: browser.find_element(By.ID, "spec"), 10, "the YAML view")
     area.clear()
     area.send_keys(QUICK_JOB.replace("epochs: 4", "epochs: 0"))
     browser.find_element(By.ID, "submit").click()
@@ -357,3 +359,81 @@ def test_upload_a_model_in_the_browser_and_train_on_it(
     browser.find_element(By.ID, "submit").click()
     until(lambda: "#/jobs/" in browser.current_url, 10, "the new job's page")
     until(lambda: "succeeded" in text(browser, "h1"), 180, "the job on the upload to succeed")
+
+
+def field(browser: webdriver.Chrome, path: str) -> object:
+    return browser.find_element(By.CSS_SELECTOR, f'#spec-form [data-path="{path}"]')
+
+
+def choose(browser: webdriver.Chrome, path: str, text: str) -> None:
+    """Pick the option showing `text` in the form's select (or level set) at `path`."""
+    from selenium.webdriver.support.ui import Select
+
+    element = field(browser, path)
+    if element.tag_name != "select":
+        element = element.find_element(By.TAG_NAME, "select")
+    Select(element).select_by_visible_text(text)
+
+
+def type_into(browser: webdriver.Chrome, path: str, value: str) -> None:
+    element = field(browser, path)
+    element.clear()
+    element.send_keys(value)
+
+
+@pytest.mark.slow
+def test_the_form_submits_a_job_and_an_experiment_without_yaml(
+    service: Service, browser: webdriver.Chrome
+) -> None:
+    """Fields from the API's schema and the service's data; a 422 beside its field; the YAML
+    view in sync both ways."""
+    browser.get(f"{service.url}/#token={service.token}")
+    until(lambda: "Jobs" in text(browser, "main"), 30, "the home page")
+    browser.get(f"{service.url}/#/new")
+    until(lambda: field(browser, "training.epochs"), 20, "the form's fields")
+    networks = [o.text for o in field(browser, "model").find_elements(By.TAG_NAME, "option")]
+    assert {"resnet20", "mobilenet_v2", "vit_tiny"} <= set(networks)  # the schema's networks
+    type_into(browser, "name", "form-job")
+    choose(browser, "dataset", "synthetic")
+    choose(browser, "quantization.weight", "2-bit signed")
+    choose(browser, "quantization.activation", "2-bit [0, 1, 2, 3]")
+    type_into(browser, "training.epochs", "0")
+    browser.find_element(By.ID, "submit").click()
+    beside = until(lambda: text(browser, ".field-error"), 10, "the 422 beside epochs")
+    assert "greater than or equal to 1" in beside
+    label = browser.find_element(By.CSS_SELECTOR, ".field-error").find_element(By.XPATH, "..")
+    assert label.find_element(By.TAG_NAME, "input").get_attribute("data-path") == "training.epochs"
+    shot(browser, "dashboard-form-field-error")
+
+    type_into(browser, "training.epochs", "1")
+    browser.find_element(By.ID, "show-yaml").click()  # the YAML view says what the form does
+    yaml_text = browser.find_element(By.ID, "spec").get_attribute("value")
+    assert "name: form-job" in yaml_text and "bits: 2" in yaml_text and "epochs: 1" in yaml_text
+    browser.find_element(By.ID, "show-form").click()
+    browser.find_element(By.ID, "submit").click()
+    until(lambda: "#/jobs/" in browser.current_url, 10, "the new job's page")
+    job = service.job(int(browser.current_url.rsplit("/", 1)[1]))
+    assert job["spec"]["quantization"]["weight"] == [-2, -1, 0, 1]  # {bits: 2, signed: true}
+    assert job["spec"]["training"]["epochs"] == 1
+
+    browser.get(f"{service.url}/#/new")
+    until(lambda: field(browser, "training.epochs"), 20, "the form")
+    browser.find_element(By.CSS_SELECTOR, "input[name=kind][value=experiment]").click()
+    until(lambda: field(browser, "base.training.epochs"), 20, "the experiment's fields")
+    type_into(browser, "name", "form-table")
+    browser.find_element(By.ID, "add-row").click()  # a third row: the example has two
+    choose(browser, "variants.2.quantization.weight", "2-bit signed")
+    choose(browser, "variants.2.quantization.activation", "4-bit unsigned")
+    type_into(browser, "seeds", "0")
+    browser.execute_script("document.getElementById('rows').scrollIntoView()")
+    assert shot(browser, "dashboard-form-experiment").stat().st_size > 10_000
+    browser.find_element(By.ID, "submit").click()
+    until(lambda: "#/experiments/" in browser.current_url, 10, "the new experiment's page")
+    experiment_id = int(browser.current_url.rsplit("/", 1)[1])
+    spec = service.http.get(f"/v1/experiments/{experiment_id}").json()["spec"]
+    assert [v["quantization"] for v in spec["variants"]] == [
+        {"weight": [-1, 0, 1], "activation": None},
+        {"weight": [-1, 0, 1], "activation": [0, 1, 2, 3]},
+        {"weight": {"bits": 2, "signed": True}, "activation": {"bits": 4}},
+    ]
+    assert [e for e in console_errors(browser) if "Uncaught" in e] == []

@@ -77,6 +77,10 @@ function levels(value) {
 
 function stop() { if (poll) clearInterval(poll); poll = null; }
 
+// Each navigation is a generation: a page's render still waiting for the API when the user
+// moves on must not paint over the next page.
+let generation = 0;
+
 function every(ms, render) {
   stop();
   const tick = () => render().catch(showError);
@@ -125,7 +129,9 @@ function notYet(el, pending) {
 // ---------------------------------------------------------------------------- the pages
 
 async function home() {
+  const g = generation;
   const [exps, jobs] = await Promise.all([api("/v1/experiments?limit=20"), api("/v1/jobs?limit=50")]);
+  if (g !== generation) return;  // the user went elsewhere meanwhile
   main.innerHTML = `<h1>Experiments</h1>${exps.items.length ? `<table>
       <tr><th>id</th><th>name</th><th>status</th><th>jobs ended</th><th>created</th></tr>
       ${exps.items.map((x) => `<tr><td><a href="#/experiments/${x.id}">${x.id}</a></td>
@@ -146,7 +152,9 @@ async function home() {
 }
 
 async function jobPage(id) {
+  const g = generation;
   const j = await api(`/v1/jobs/${id}`);
+  if (g !== generation) return;  // the user went elsewhere meanwhile
   const running = !FINISHED.includes(j.status);
   const q = j.spec.quantization || {};
   const r = j.result;
@@ -232,7 +240,9 @@ function probes(r) {
 }
 
 async function experimentPage(id) {
+  const g = generation;
   const x = await api(`/v1/experiments/${id}`);
+  if (g !== generation) return;  // the user went elsewhere meanwhile
   const running = !FINISHED.includes(x.status);
   const refs = x.rows.some((r) => r.reference);
   const others = x.rows.some((r) => r.other_settings);  // rows that differ where no column looks
@@ -287,9 +297,9 @@ base:
   model: {arch: resnet20}
   training: {epochs: 2, batch_size: 64, lr: 0.01}
 baseline: {train: true, training: {epochs: 3, lr: 0.05}}
-grid:
-  quantization.weight: [[-1, 0, 1]]
-  quantization.activation: [null, [0, 1, 2, 3]]
+variants:
+  - quantization: {weight: [-1, 0, 1], activation: null}
+  - quantization: {weight: [-1, 0, 1], activation: [0, 1, 2, 3]}
 `,
 };
 
@@ -298,8 +308,11 @@ function newPage() {
   main.innerHTML = `<h1>Submit</h1>
     <p><label><input type="radio" name="kind" value="job" checked> a job</label>
        <label><input type="radio" name="kind" value="experiment"> an experiment</label>
-       <span class="muted">— YAML or JSON, as for <code>lsq run</code> / <code>lsq experiment</code></span></p>
-    <textarea id="spec" spellcheck="false">${esc(EXAMPLES.job)}</textarea>
+       <span class="tabs"><button id="show-form" class="tab on">Form</button><button id="show-yaml"
+         class="tab">YAML</button></span>
+       <span class="muted">the YAML is what is sent, as for <code>lsq run</code> / <code>lsq experiment</code></span></p>
+    <div id="form-holder"></div>
+    <textarea id="spec" spellcheck="false" hidden>${esc(EXAMPLES.job)}</textarea>
     <ul class="errors" id="errors"></ul>
     <button class="primary" id="submit">Submit</button>
     <h2>Your models</h2>
@@ -313,11 +326,25 @@ function newPage() {
     <ul class="errors" id="upload-errors"></ul>
     <div id="uploads"></div>`;
   const kind = () => document.querySelector("input[name=kind]:checked").value;
+  const area = document.getElementById("spec"), holder = document.getElementById("form-holder");
+  let form = null;
+  const build = async () => { form = await renderForm(kind(), holder, area); };
+  const show = (yaml) => {
+    area.hidden = !yaml;
+    holder.hidden = yaml;
+    document.getElementById("show-yaml").classList.toggle("on", yaml);
+    document.getElementById("show-form").classList.toggle("on", !yaml);
+    if (!yaml && form) form.refresh();  // what was typed in the YAML view
+  };
+  document.getElementById("show-yaml").onclick = () => show(true);
+  document.getElementById("show-form").onclick = () => show(false);
   document.querySelectorAll("input[name=kind]").forEach((r) => (r.onchange = () => {
-    document.getElementById("spec").value = EXAMPLES[kind()];
+    area.value = EXAMPLES[kind()];
+    build().catch(showError);
   }));
   document.getElementById("submit").onclick = () => submit(kind());
   document.getElementById("upload").onclick = () => upload().catch(showError);
+  build().catch(showError);
   uploads().catch(showError);
 }
 
@@ -392,6 +419,7 @@ async function submit(kind) {
     errors.innerHTML = `<li>not valid YAML: ${esc(e.message)}</li>`;
     return;
   }
+  document.querySelectorAll(".field-error").forEach((el) => el.remove());
   try {
     const created = await api(`/v1/${kind}s`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
@@ -404,9 +432,12 @@ async function submit(kind) {
       ${esc(f.message)}</li>`).join("");
     errors.querySelectorAll("a").forEach((a) => (a.onclick = (event) => {
       event.preventDefault();
+      document.getElementById("show-yaml").click();
       select(a.dataset.field);
     }));
-    if (e.fields.length) select(e.fields[0].field);
+    const inForm = !document.getElementById("form-holder").hidden;
+    if (inForm) showFieldErrors(e.fields);  // beside their inputs; the list keeps them all
+    else if (e.fields.length) select(e.fields[0].field);
   }
 }
 
@@ -465,6 +496,7 @@ function keyIndex(node, name) {
 // -------------------------------------------------------------------------- the router
 
 function route() {
+  generation++;
   if (!token()) return askToken();
   const hash = location.hash || "#/";
   let m;
