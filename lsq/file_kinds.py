@@ -52,10 +52,20 @@ def kind_of(head: bytes, size: int) -> str:
 
 def parse_json_header(raw: bytes) -> dict:
     """A safetensors header's JSON object (NotAModel if it is none)."""
-    try:
-        header = json.loads(raw)
+    try:  # as safetensors' own reader: UTF-8 only, every key once
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_once)
     except (UnicodeDecodeError, ValueError) as e:
-        raise NotAModel(f"safetensors header is not JSON: {e}") from None
+        raise NotAModel(f"safetensors header is not UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise NotAModel("safetensors header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise NotAModel("safetensors __metadata__ is not an object of strings")
     return header
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key repeats")
+    return dict(pairs)

@@ -32,12 +32,18 @@ def inspect(path: Path, arch: str | None, classes: int, channels: int, size: int
 
 def _weights(path: Path, arch: str | None, classes: int, channels: int, size: int) -> dict:
     import torch
+    from safetensors import safe_open
 
     from . import weights
     from .archs import unknown
     from .networks import build_model
 
     tensors = weights.read_header(path)
+    try:  # and as safetensors' own reader sees it
+        with safe_open(path, framework="pt"):
+            pass
+    except Exception as e:  # noqa: BLE001 - its SafetensorError has no base of ours
+        raise NotAModel(f"safetensors' reader refuses it: {str(e)[:300]}") from None
     if arch is None:
         raise ValueError("safetensors weights are checked against a network: give arch")
     if problem := unknown(arch):
@@ -74,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         found = inspect(a.file, a.arch, a.classes, a.channels, a.image_size)
     except (NotAModel, ValueError) as e:
-        print(json.dumps({"error": str(e)}))
+        print(json.dumps({"error": str(e)[:2000]}))
+        return 2
+    except Exception as e:  # noqa: BLE001 - the file's model failed to run or to load
+        print(json.dumps({"error": f"the model failed on a blank image: {type(e).__name__}: "
+                          f"{str(e)[:1000]}"}))  # fmt: skip
         return 2
     print(json.dumps(found))
     return 0

@@ -6,9 +6,7 @@ by name, and the graph must take one square image batch (N, C, H, H) and give (N
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from onnx import TensorProto, external_data_helper, helper
 from torch import nn
 
 from .file_kinds import ONNX, NotAModel, kind_of
+from .onnx_converters import converters
 from .text import listed, show
 
 MAX_NODES = 100_000
@@ -25,6 +24,7 @@ MAX_SIDE = 4096  # pixels of the input image
 MAX_CHANNELS = 16
 MAX_DIM = 2**31  # any declared dimension
 MAX_CLASSES = 100_000
+MAX_MACS = 2 * 10**11  # per image: above every torchvision classifier at 224 px
 FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -75,7 +75,14 @@ def check(model: onnx.ModelProto) -> Signature:
                 "not trained here"
             )
     channels, side = _image_input(graph)
-    return Signature(channels, side, _logits(graph), _ops(model))
+    _sizes_from_shapes(graph)
+    signature = Signature(channels, side, _logits(graph), _ops(model))
+    if (macs := declared_macs(model)) > MAX_MACS:
+        raise NotAModel(
+            f"its convolutions and matrix products declare {macs:.3g} multiply-accumulates per "
+            f"image, over the {MAX_MACS:.0e} taken here (vit_h_14 at 224 px: 1.7e+11)"
+        )
+    return signature
 
 
 def _check_tensor(t: TensorProto) -> None:
@@ -101,6 +108,57 @@ def _check_tensor(t: TensorProto) -> None:
         raise NotAModel(
             f"tensor {name} declares {count:,} values of {list(t.dims)} and holds {held:,}"
         )
+
+
+# Inputs that size what an op allocates. Computed from the image's values (not only from its
+# shape, through Shape or Size), they would make the memory a model takes depend on its data:
+# a blank image at upload would say nothing of a real one in training.
+SIZING = {
+    "ConstantOfShape": (0,), "Expand": (1,), "Reshape": (1,), "Tile": (1,), "Range": (0, 1, 2),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1,), "Slice": (1, 2, 3, 4), "TopK": (1,),
+    "OneHot": (1,),
+}  # fmt: skip
+SIZED_BY_VALUES = {"NonZero", "Compress", "Unique", "NonMaxSuppression"}
+SHAPE_ONLY = {"Shape", "Size"}
+
+
+def _sizes_from_shapes(graph: onnx.GraphProto) -> None:
+    """NotAModel when an op would allocate by the image's values (SIZING), not its shape."""
+    constant = {t.name for t in graph.initializer}
+    from_values = {i.name for i in graph.input if i.name not in constant}
+    for node in graph.node:  # in topological order, as ONNX requires
+        if node.op_type in SIZED_BY_VALUES:
+            raise NotAModel(f"op {node.op_type} sizes its output by the data: not trained here")
+        for i in SIZING.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i] in from_values:
+                raise NotAModel(
+                    f"op {node.op_type} ({show(node.name)}) takes a size computed from the "
+                    "image's values: what it allocates cannot be bounded before training"
+                )
+        if node.op_type not in SHAPE_ONLY and any(i in from_values for i in node.input):
+            from_values.update(node.output)
+
+
+def declared_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates per image of the Conv, Gemm and MatMul nodes, from the shapes ONNX's
+    own inference gives (before anything runs: the check then runs the model); 0 where the
+    shapes are unknown."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference refuses some valid graphs: measured later
+        return 0
+    shapes = {v.name: _dims(v) for v in [*inferred.value_info, *inferred.output]}
+    shapes |= {t.name: list(t.dims) for t in inferred.initializer}
+    total = 0
+    for node in inferred.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+        if not out or not weight or None in out[1:] or None in weight:
+            continue
+        per_output = math.prod(weight[1:]) if node.op_type == "Conv" else weight[0]
+        total += math.prod(out[1:]) * per_output
+    return total
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
@@ -143,33 +201,8 @@ def _logits(graph: onnx.GraphProto) -> int:
     return dims[1]
 
 
-# Ops whose newer versions only admit more data types (float8, int4, strings...) than the
-# version onnx2torch converts: the same computation on a float classifier. Exporters write
-# them at opset 19 to 21 (torch's default is 20). Pad 19 adds mode 'wrap', which onnx2torch's
-# converter refuses by name.
-SAME_AS_OLDER = {
-    "Cast": 13, "ConstantOfShape": 9, "Identity": 16, "Pad": 13, "Reshape": 14, "Shape": 15,
-    "Unsqueeze": 13, "Flatten": 13, "Transpose": 13, "Constant": 13, "Equal": 13,
-}  # fmt: skip
-
-
-@functools.cache
-def _converters() -> Callable[[str, int, str], object]:
-    """onnx2torch's converter lookup, taught the newer versions of SAME_AS_OLDER."""
-    from onnx2torch.node_converters import registry
-
-    for op, older in SAME_AS_OLDER.items():
-        converter = registry.get_converter(op, older)
-        for version in (19, 20, 21):
-            since = onnx.defs.get_schema(op, max_inclusive_version=version).since_version
-            key = registry.OperationDescription(domain="", operation_type=op, version=since)
-            if since > older and key not in registry._CONVERTER_REGISTRY:
-                registry.add_converter(operation_type=op, version=since)(converter)
-    return registry.get_converter
-
-
 def _ops(model: onnx.ModelProto) -> dict[str, int]:
-    get_converter = _converters()
+    get_converter = converters()
 
     opsets = {o.domain or "": o.version for o in model.opset_import}
     counts: dict[str, int] = {}
@@ -221,7 +254,7 @@ def load_onnx(path: str | Path, num_classes: int, in_channels: int, image_size: 
             f"{image_size} in {num_classes} (dataset.image_size, dataset.channels)"
         )
     _inline_aliases(model)
-    _converters()
+    converters()
     try:
         module = convert(model)
     except Exception as e:  # noqa: BLE001 - a converter's failure is the file's problem
@@ -232,24 +265,48 @@ def load_onnx(path: str | Path, num_classes: int, in_channels: int, image_size: 
 
 
 def measure(module: nn.Module, channels: int, image_size: int) -> dict[str, int]:
-    """Multiply-accumulates of one forward pass of one image, the values its Conv2d and
-    Linear layers output (lsq.cost's Tally), and its parameters."""
+    """Per image: multiply-accumulates of a forward pass, and every value the graph computes on
+    the way (what training keeps for the backward pass: lsq.cost's Tally counts outputs);
+    and the parameters. Run on a batch of BATCH blank images: a model exported with its batch
+    size fixed (to 1 or 2, as export examples are) fails here, not in training."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    outputs = 0
+    values = 0
 
-    def count(_: nn.Module, __: object, out: torch.Tensor) -> None:
-        nonlocal outputs
-        outputs += out[0].numel()
+    def count(_: nn.Module, __: object, out: object) -> None:
+        nonlocal values
+        values += sum(t.numel() for t in _tensors(out))
 
-    layers = [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    hooks = [m.register_forward_hook(count) for m in layers]
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
     flops = FlopCounterMode(display=False)
-    with torch.no_grad(), flops:
-        out = module.eval()(torch.zeros(1, channels, image_size, image_size))
-    for h in hooks:
-        h.remove()
-    if out.dim() != 2:
-        raise ValueError(f"the ONNX model gives {list(out.shape)}, not (N, classes)")
+    try:
+        with torch.no_grad(), flops:
+            out = module.eval()(torch.zeros(BATCH, channels, image_size, image_size))
+    except Exception as e:  # noqa: BLE001 - whatever the graph raises is the file's problem
+        raise NotAModel(
+            f"the model does not run on a batch of {BATCH} images ({type(e).__name__}: "
+            f"{str(e)[:200]}): was it exported with a fixed batch size? Export it with a "
+            "dynamic one (dynamic_axes, or dynamic_shapes with the dynamo exporter)"
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != BATCH:
+        raise NotAModel(f"the model gives {_shape_of(out)} for {BATCH} images, not (N, classes)")
     params = sum(p.numel() for p in module.parameters())
-    return {"macs": flops.get_total_flops() // 2, "outputs": outputs, "parameters": params}
+    macs, per_image = flops.get_total_flops() // (2 * BATCH), values // BATCH
+    return {"macs": macs, "outputs": per_image, "parameters": params}
+
+
+BATCH = 3  # images in the check's forward pass
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for t in out if isinstance(t, torch.Tensor)] if isinstance(out, tuple | list) else []
+
+
+def _shape_of(out: object) -> object:
+    return list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -112,8 +112,10 @@ def mismatches(tensors: dict[str, Tensor], model: nn.Module) -> list[str]:
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} tensor(s): {listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {listed(unexpected)}")
+    if unexpected:  # a user's names: each cut short
+        problems.append(
+            f"unexpected {len(unexpected)} tensor(s): {listed(list(map(show, unexpected)))}"
+        )
     if shapes:
         problems.append(f"{len(shapes)} wrongly shaped: " + "; ".join(shapes[:10]))
     return problems

@@ -148,3 +148,45 @@ def pickle_checkpoint(path: Path) -> Path:
 def plain_pickle(path: Path) -> Path:
     path.write_bytes(pickle.dumps({"w": [0.0, 1.0]}, protocol=4))
     return path
+
+
+def onnx_dynamo(path: Path, batch: bool = True) -> Path:
+    """Our resnet20 (1 x 28 x 28) through torch's default exporter (dynamo) as its docs show:
+    weights inside the file, the batch dynamic (or, `batch` False, fixed at 2)."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, 1, False, 28).eval()
+    dynamic = ({0: torch.export.Dim("batch")},) if batch else None
+    torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(path), external_data=False,
+                      dynamic_shapes=dynamic)  # fmt: skip
+    return path
+
+
+def onnx_sized_by_values(path: Path) -> Path:
+    """A buffer as long as the brightest pixel says (ReduceMax, Cast, ConstantOfShape)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["n"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["n", "one"], ["shape"]),
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("Flatten", ["x"], ["y"]),
+    ]
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(nodes, "g", [x], [y], [one])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def onnx_too_costly(path: Path, layers: int = 6) -> Path:
+    """Six 16-channel 3 x 3 convolutions at 4096 px, one weight shared: a small file that
+    declares 2.3e11 multiply-accumulates per image."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4096, 4096])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 16, 3, 3], [0.0] * 16 * 16 * 9)
+    names = ["x", *(f"c{i}" for i in range(layers))]
+    nodes = [helper.make_node("Conv", [a, "w"], [b], pads=[1, 1, 1, 1])
+             for a, b in zip(names, names[1:], strict=False)]  # fmt: skip
+    nodes.append(helper.make_node("GlobalAveragePool", [names[-1]], ["p"]))
+    nodes.append(helper.make_node("Flatten", ["p"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [x], [y], [w])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--arch", help="safetensors: the network the weights are for")
     p.add_argument("--dataset", help="safetensors: the data they are for (default cifar10)")
+    for name in ("classes", "channels", "image-size"):
+        p.add_argument(f"--{name}", type=int, help=f"safetensors: {name}, if not the dataset's")
     p.set_defaults(func=upload)
 
     p = sub.add_parser("status", help="show a job (or with --experiment, an experiment)")
@@ -141,7 +143,8 @@ def upload(args: argparse.Namespace) -> int:
     """Send a file; print the upload and the spec line that names it."""
     from api.service.client import Client, ServiceError
 
-    fields = {k: v for k, v in (("arch", args.arch), ("dataset", args.dataset)) if v}
+    given = ("arch", "dataset", "classes", "channels", "image_size")
+    fields = {k: str(getattr(args, k)) for k in given if getattr(args, k) is not None}
     try:
         with args.file.open("rb") as f:
             found = Client.from_settings(get_settings()).upload(f, args.file.name, fields)

@@ -10,7 +10,7 @@ model (`has_a_model`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    model_validator,
 )
 
 from api.service.errors import InvalidField
@@ -114,6 +115,15 @@ class ServiceModelSpec(ModelSpec):
         "of a model.pt or safetensors file, {job: ID} for another job's final model, or "
         "{upload: ID} for safetensors weights sent to POST /v1/models",
     )
+
+    @model_validator(mode="after")
+    def _onnx_file(self) -> Self:  # the core's rule, replaced: the service reads no ONNX path
+        if self.onnx is not None or self.arch == ONNX_ARCH:
+            raise ValueError(
+                "model.onnx: the service quantizes ONNX models sent to POST /v1/models, checked "
+                "there: name one as model: {upload: ID}"
+            )
+        return self
 
     @property
     def upload(self) -> None:  # as UploadedModelSpec's: no upload names the network
@@ -247,5 +257,8 @@ def has_a_model(field: str, source: Job, spec: JobSpec) -> None:
     )
     if arch != spec.model.arch:
         raise InvalidField(field, f"job {source.id} is a {arch}, not a {spec.model.arch}")
+    upload = source.spec.get("model", {}).get("upload")
+    if upload != spec.model.upload:
+        raise InvalidField(field, f"job {source.id} trained upload {upload}, not this network")
     if data != spec.dataset.name:
         raise InvalidField(field, f"job {source.id} is on {data}, not {spec.dataset.name}")

@@ -18,7 +18,7 @@ from typing import Any
 from api.service.config import Settings
 from lsq.file_kinds import HEAD_BYTES, kind_of
 
-CHECK_SECONDS = 120.0  # wall clock for one inspection (a large ONNX model converts in ~10 s)
+CHECK_SECONDS = 60.0  # wall clock for one inspection (a large ONNX model converts in ~10 s)
 CHECK_MEMORY = 4 << 30  # address space of the inspecting process, beyond 4x the file's size
 
 

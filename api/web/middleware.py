@@ -24,11 +24,10 @@ from api.web.auth import (
 )
 from api.web.errors import retry_after, send_error
 from api.web.schemas import ErrorField
-from api.web.server import MAX_HEADER_BYTES
+from api.web.server import MAX_HEADER_BYTES, UPLOADS
 from lsq.text import cut
 
 log = logging.getLogger(__name__)
-UPLOADS = "/v1/models"  # the one route whose body is a file (api.web.routes.models)
 
 
 class BodyGuard:

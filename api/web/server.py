@@ -44,11 +44,14 @@ SECURITY_HEADERS = [
 ]
 
 
+UPLOADS = "/v1/models"  # the one route whose body is a file (api.web.routes.models)
+
+
 class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline: a request's headers and body must have arrived
     `seconds` after it began (when the connection opened, or the last response ended);
     otherwise the connection closes, with a 408 when part of a request came and no response
-    has started.
+    has started. An upload's body (POST /v1/models) has `seconds` between two chunks instead.
 
     And the same deadline for sending: a response whose writing stays paused `seconds` (the
     client has stopped reading and every buffer between is full) ends with the connection
@@ -76,7 +79,18 @@ class RequestDeadline(H11Protocol):
     def data_received(self, data: bytes) -> None:
         before = self.conn.their_state
         super().data_received(data)
+        if self._uploading():
+            self._stop_timer()  # a model file may take minutes: the deadline is between chunks
         self._follow(before)
+
+    def _uploading(self) -> bool:
+        """Whether the body coming is a model file's (POST /v1/models, which caps its size)."""
+        scope = self.scope
+        return (
+            self.conn.their_state is h11.SEND_BODY
+            and scope is not None
+            and (scope["method"], scope["path"]) == ("POST", UPLOADS)
+        )
 
     def on_response_complete(self) -> None:
         before = self.conn.their_state

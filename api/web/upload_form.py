@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import MultipartState, parse_options_header
 from starlette.requests import Request
 
 from api.service.errors import InvalidField
-from api.service.uploads import Incoming
+from api.service.uploads import Incoming, TooLarge
 
 FILE_FIELD = "file"
 MAX_FIELDS = 10
 MAX_FIELD_BYTES = 256
+FORM_BYTES = 1 << 20  # the form's fields, headers and boundaries around the file
 
 
 @dataclass
@@ -92,12 +93,17 @@ async def read_form(request: Request, incoming: Incoming) -> Form:
         raise InvalidField("body", "send the file as multipart/form-data, in a part named file")
     reader = _Reader(incoming)
     parser = MultipartParser(boundary, reader.callbacks())
+    received, most = 0, incoming.max_bytes + FORM_BYTES
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > most:  # the file is capped, and so is what comes around it
+                raise TooLarge(f"the form is over {most:,} bytes (LSQ_MAX_UPLOAD_BYTES + 1 MiB)")
             parser.write(chunk)
-        parser.finalize()
     except MultipartParseError as e:
         raise InvalidField("body", f"not a multipart form: {e}") from None
+    if parser.state is not MultipartState.END:
+        raise InvalidField("body", "the form ended before its closing boundary (cut short?)")
     if reader.form.filename is None:
         raise InvalidField(FILE_FIELD, "no part named file: send the model file as `file`")
     return reader.form

@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import model_files as mf
 import pytest
 
@@ -21,7 +23,8 @@ SYNTHETIC = {"dataset": "synthetic"}  # 3 x 16 x 16 images, 10 classes
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with embedded_service(tmp_path_factory, "uploads") as running:
+    # 3 s: what this module's slow upload waits between its chunks, and what a stall passes
+    with embedded_service(tmp_path_factory, "uploads", LSQ_REQUEST_TIMEOUT_SECONDS="3") as running:
         yield running
 
 
@@ -162,3 +165,57 @@ def test_lsq_upload_sends_a_file_and_says_how_to_name_it(svc: Service, tmp_path:
     bad = subprocess.run([*CLI, "upload", str(mf.plain_pickle(tmp_path / "m.pt"))], env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "never read here" in bad.stderr
+
+
+def test_a_refused_upload_keeps_nothing_and_a_spec_names_no_onnx_path(
+    svc: Service, tmp_path: Path
+) -> None:
+    env = svc.env
+    limits = [*CLI, "owner", "limits", "tight", "--max-storage-bytes", "1000"]
+    assert subprocess.run(limits, env=env, capture_output=True, timeout=60).returncode == 0
+    tight = {"Authorization": f"Bearer {make_token(env, 'tight')}"}
+    path = mf.onnx_classifier(tmp_path / "unique.onnx", size=8)
+    with path.open("rb") as f:
+        r = svc.http.post("/v1/models", files={"file": ("u.onnx", f)}, headers=tight)
+    assert r.status_code == 507 and "LSQ_MAX_STORAGE_BYTES" in r.text
+    blobs = Path(env["LSQ_DATA_DIR"]) / "artifacts" / "uploads"
+    assert not [p for p in blobs.iterdir() if p.name.endswith(".onnx")]  # nothing kept
+
+    spec = tiny_spec("path", model={"arch": "onnx", "onnx": str(path)})
+    r = svc.http.post("/v1/jobs", json=spec)
+    assert r.status_code == 422 and "name one as model: {upload: ID}" in r.text
+
+
+def _form(data: bytes, end: bytes = b"\r\n--b--\r\n") -> list[bytes]:
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="m"\r\n\r\n'
+    return [head, data, end]
+
+
+def test_an_upload_has_the_deadline_between_chunks_not_for_the_whole(
+    svc: Service, tmp_path: Path
+) -> None:
+    """With LSQ_REQUEST_TIMEOUT_SECONDS at 3: a file sent over 6 s, a chunk a second, is
+    taken; a form cut before its closing boundary is a 422; a body that stalls is dropped."""
+    data = mf.weights(tmp_path / "w.safetensors").read_bytes()
+    pieces = [data[i : i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+
+    def slowly(parts: list[bytes], pause: float) -> Iterator[bytes]:
+        for part in parts:
+            time.sleep(pause)
+            yield part
+
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    started = time.monotonic()
+    head, _, end = _form(b"")
+    r = svc.http.post("/v1/models", content=slowly([head, *pieces, end], 1.0), headers=headers,
+                      timeout=60)  # fmt: skip
+    assert time.monotonic() - started > 6
+    assert r.status_code == 422 and "give arch" in r.text  # read whole: weights need an arch
+
+    r = svc.http.post("/v1/models", content=_form(data, end=b""), headers=headers)
+    assert r.status_code == 422 and "ended before its closing boundary" in r.text
+
+    with pytest.raises(httpx.HTTPError):  # 5 s of silence in the body: the connection closes
+        svc.http.post("/v1/models", content=slowly(_form(data), 5.0), headers=headers,
+                      timeout=30)  # fmt: skip
+    assert svc.http.get("/healthz").status_code == 200

@@ -121,3 +121,40 @@ def test_an_onnx_classifier_converts_to_the_same_function(tmp_path: Path) -> Non
 
     assert found["macs"] == network_cost("resnet20", 28, 1, 10).macs
     assert found["ops"]["Conv"] == 19 and found["ops"]["Gemm"] == 1
+
+
+def test_torch_default_exporter_files_are_taken(tmp_path: Path) -> None:
+    """The dynamo exporter writes opset 18+ (ReduceMean's axes as an input, Reshape with
+    allowzero); exported with its batch fixed, the model is refused before training."""
+    path = mf.onnx_dynamo(tmp_path / "m.onnx")
+    torch.manual_seed(0)
+    original = build_model("resnet20", 10, 1, False, 28).eval()
+    x = torch.randn(5, 1, 28, 28)
+    assert torch.allclose(load_onnx(path, 10, 1, 28).eval()(x), original(x), atol=1e-4)
+    fixed = mf.onnx_dynamo(tmp_path / "fixed.onnx", batch=False)
+    with pytest.raises(NotAModel, match="exported with a fixed batch size"):
+        model_file.inspect(fixed, None, 0, 0, 0)
+
+
+def test_sizes_from_the_images_values_and_huge_costs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(NotAModel, match="takes a size computed from the image's values"):
+        check(read_model(mf.onnx_sized_by_values(tmp_path / "a.onnx")))
+    with pytest.raises(NotAModel, match=r"declare 2.32e\+11 multiply-accumulates per image"):
+        check(read_model(mf.onnx_too_costly(tmp_path / "b.onnx")))
+
+
+def test_safetensors_headers_read_as_safetensors_reads_them(tmp_path: Path) -> None:
+    entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    utf16 = tmp_path / "utf16.safetensors"
+    raw = json.dumps({"w": entry}).encode("utf-16-le")  # starts with "{", as UTF-8 would
+    utf16.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    with pytest.raises(NotAModel, match="not UTF-8 JSON"):
+        weights.read_header(utf16)
+    meta = {"__metadata__": {"n": 1}, "w": entry}
+    with pytest.raises(NotAModel, match="__metadata__ is not an object of strings"):
+        weights.read_header(mf.safetensors_raw(tmp_path / "m", meta, b"\0" * 4))
+    twice = tmp_path / "twice.safetensors"
+    raw = b'{"w": %s, "w": %s}' % (json.dumps(entry).encode(), json.dumps(entry).encode())
+    twice.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    with pytest.raises(NotAModel, match="a key repeats"):
+        weights.read_header(twice)

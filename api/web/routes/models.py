@@ -8,24 +8,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from api.service import owners, uploads
 from api.service.config import Settings
 from api.service.db import session_scope
-from api.service.errors import InvalidField, StorageFull, TooManyJobs
+from api.service.errors import InvalidField, StorageFull
 from api.service.owners import Limits
 from api.service.store import uploads as upload_store
 from api.web.auth import OwnerDep
 from api.web.deps import SettingsDep
 from api.web.routes.jobs import ERRORS
 from api.web.schemas import ErrorOut, UploadOut
+from api.web.server import UPLOADS
 from api.web.upload_form import FILE_FIELD, Form, read_form
 from lsq.cost import DATASETS
 from lsq.file_kinds import ONNX
 from lsq.spec import Arch
+from lsq.text import show
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
+router = APIRouter(prefix=UPLOADS, tags=["models"], responses=ERRORS)
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No upload with this id"}}
 MAX_RECEIVING = 4  # uploads streaming in at once, one per owner
 _receiving: set[str] = set()
@@ -53,15 +56,25 @@ UPLOAD_BODY = {
 }
 
 
+BUILT_IN = ("cifar10", "fashion-mnist", "imagenet", "synthetic")
+
+
+def _built_in(name: str) -> str:
+    if name not in BUILT_IN:
+        raise ValueError(
+            f"{show(name)}: give one of {', '.join(BUILT_IN)}, or for other data (an image "
+            "folder) any of them with the classes, channels and image_size fields"
+        )
+    return name
+
+
 class UploadShape(BaseModel):
     """What safetensors weights are checked against: the network built for these images."""
 
     model_config = ConfigDict(extra="forbid")
 
     arch: Arch | None = None
-    dataset: Annotated[str, Field(pattern="^(cifar10|fashion-mnist|imagenet|synthetic)$")] = (
-        "cifar10"
-    )
+    dataset: Annotated[str, AfterValidator(_built_in)] = "cifar10"
     classes: int | None = Field(None, ge=2, le=100_000)
     channels: int | None = Field(None, ge=1, le=16)
     image_size: int | None = Field(None, ge=1, le=4096)
@@ -107,8 +120,12 @@ async def upload_model(
     length = request.headers.get("content-length", "0")
     if length.isdigit() and int(length) > settings.max_upload_bytes + (64 << 10):
         raise HTTPException(413, f"over {settings.max_upload_bytes:,} bytes (LSQ_MAX_UPLOAD_BYTES)")
-    if owner in _receiving or len(_receiving) >= MAX_RECEIVING:
-        raise TooManyJobs("another upload is being received; send this one after it")
+    if owner in _receiving:
+        raise HTTPException(429, "your other upload is still coming in: send this one after it",
+                            headers={"Retry-After": "10"})  # fmt: skip
+    if len(_receiving) >= MAX_RECEIVING:
+        raise HTTPException(429, f"{MAX_RECEIVING} uploads are coming in: try again in a minute",
+                            headers={"Retry-After": "60"})  # fmt: skip
     _receiving.add(owner)
     incoming = uploads.Incoming(settings)
     try:
@@ -126,6 +143,8 @@ async def upload_model(
 async def _receive(
     request: Request, owner: str, settings: Settings, incoming: uploads.Incoming, response: Response
 ) -> UploadOut:
+    length = request.headers.get("content-length", "")
+    await run_in_threadpool(_check_room, owner, settings, int(length) if length.isdigit() else 0)
     form = await read_form(request, incoming)
     shape = _shape(form)
     sha, kind = incoming.finish()
@@ -143,9 +162,9 @@ async def _receive(
     found = await uploads.inspect(incoming.path, incoming.size, shape)
     if kind == ONNX:
         shape = {"arch": None, **{k: found[k] for k in ("classes", "channels", "image_size")}}
-    incoming.keep(uploads.blob(settings, sha, kind))
     fields = {"filename": form.filename, "kind": kind, "sha256": sha, "size_bytes": incoming.size}
-    return await run_in_threadpool(_add, owner, {**fields, **shape, "info": found}, settings)
+    fields |= {**shape, "info": found}
+    return await run_in_threadpool(_add, owner, fields, settings, incoming)
 
 
 def _earlier(owner: str, sha: str, shape: dict[str, Any], settings: Settings) -> UploadOut | None:
@@ -159,19 +178,33 @@ def _earlier(owner: str, sha: str, shape: dict[str, Any], settings: Settings) ->
         return UploadOut.of(row) if row is not None else None
 
 
-def _add(owner: str, fields: dict[str, Any], settings: Settings) -> UploadOut:
+def _check_room(owner: str, settings: Settings, size: int) -> None:
+    """Before a byte of the body is read: the owner may keep another upload of `size`."""
     with session_scope() as session:
-        row = owners.lock(session, owner)
-        if upload_store.count_uploads(session, owner) >= upload_store.MAX_UPLOADS:
-            raise TooManyJobs(
-                f"{owner} has {upload_store.MAX_UPLOADS} uploads, the most allowed: delete one "
-                "first"
-            )
-        limits = Limits.defaults(settings).overridden_by(row)
-        stored = owners.usage_of(session, owner).storage_bytes + fields["size_bytes"]
-        if problem := owners.storage_full(owner, stored, limits):
-            raise StorageFull(problem)
-        return UploadOut.of(upload_store.add_upload(session, owner, **fields))
+        _room(session, owner, settings, size)
+
+
+def _room(session: Session, owner: str, settings: Settings, size: int) -> None:
+    row = owners.lock(session, owner)
+    if upload_store.count_uploads(session, owner) >= upload_store.MAX_UPLOADS:
+        raise InvalidField(
+            "file", f"{owner} has {upload_store.MAX_UPLOADS} uploads, the most allowed: delete one"
+        )
+    limits = Limits.defaults(settings).overridden_by(row)
+    stored = owners.usage_of(session, owner).storage_bytes + size
+    if problem := owners.storage_full(owner, stored, limits):
+        raise StorageFull(problem)
+
+
+def _add(
+    owner: str, fields: dict[str, Any], settings: Settings, incoming: uploads.Incoming
+) -> UploadOut:
+    """The upload's row, and its bytes kept, in one transaction: a refusal keeps nothing."""
+    with session_scope() as session:
+        _room(session, owner, settings, fields["size_bytes"])
+        row = upload_store.add_upload(session, owner, **fields)
+        incoming.keep(uploads.blob(settings, fields["sha256"], fields["kind"]))
+        return UploadOut.of(row)
 
 
 @router.get("", summary="List your uploads")
