@@ -170,8 +170,7 @@ class Claimed:
     limit_seconds: float  # its owner's limit on the seconds run, all attempts together
     network: Tally | None = None  # an uploaded ONNX model's cost per image (lsq.cost)
     owner: str = ""
-    experiment_name: str | None = None  # MLflow's parent run (worker.tracking)
-    experiment_jobs: int = 0
+    experiment: tuple[str, str] | None = None  # its name and folder: MLflow's parent run
 
 
 @dataclass(frozen=True)
@@ -218,8 +217,8 @@ def claim(job_id: int) -> Claimed | Outcome:
         experiment = session.get(Experiment, job.experiment_id) if job.experiment_id else None
         return Claimed(
             job.id, job.attempts, job.folder, spec, sources, job.experiment_id,
-            job.run_seconds, seconds, network, job.owner, experiment and experiment.name,
-            len(experiment.jobs) if experiment else 0,
+            job.run_seconds, seconds, network, job.owner,
+            (experiment.name, experiment.folder) if experiment else None,
         )  # fmt: skip
 
 
@@ -302,13 +301,12 @@ def _attempt(claimed: Claimed) -> Outcome:
 
 def _about(claimed: Claimed) -> dict[str, Any]:
     """What MLflow is told of a job (worker.tracking.start)."""
-    experiment = claimed.experiment_id and {
-        "id": claimed.experiment_id, "name": claimed.experiment_name or "",
-        "jobs": claimed.experiment_jobs,
-    }  # fmt: skip
-    name = claimed.spec.get("name", "")
-    return {"id": claimed.job_id, "name": name, "owner": claimed.owner, "spec": claimed.spec,
-            "experiment": experiment or None}  # fmt: skip
+    experiment = None
+    if claimed.experiment_id is not None and claimed.experiment is not None:
+        name, folder = claimed.experiment
+        experiment = {"id": claimed.experiment_id, "name": name, "folder": folder}
+    return {"id": claimed.job_id, "folder": claimed.folder, "name": claimed.spec.get("name", ""),
+            "owner": claimed.owner, "spec": claimed.spec, "experiment": experiment}  # fmt: skip
 
 
 def _stopped(

@@ -13,29 +13,39 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from api.service.config import Settings
+from api.service.db import session_scope
+from api.service.models import Job, JobStatus
 from lsq.files import MODEL_ONNX, PLOT, QUANTIZER_PLOT, SENSITIVITY_PLOT
 from lsq.metrics import EpochMetrics, RunResult
 
 log = logging.getLogger(__name__)
 END_SECONDS = 30.0  # what a job's end waits, at most, for its last logs to reach MLflow
 JOB, EXPERIMENT, PARENT = "lsq.job", "lsq.experiment", "lsq.parent"
+FOLDER = "lsq.folder"  # a job's or experiment's random folder name: unique across databases
 ARTIFACTS = (MODEL_ONNX, PLOT, QUANTIZER_PLOT, SENSITIVITY_PLOT)
+# What MLflow takes in a key: letters, digits, _ - . / and spaces (a layer pattern has * or [)
+NOT_IN_KEYS = re.compile(r"[^\w\-./ ]")
 
 
 def flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A spec's leaves as MLflow params: dotted keys, values as text (lists as JSON-ish)."""
+    """A spec's leaves as MLflow params: dotted keys (characters MLflow refuses as _), values
+    as text."""
     out: dict[str, str] = {}
     for key, value in spec.items():
+        name = NOT_IN_KEYS.sub("_", f"{prefix}{key}")
         if isinstance(value, dict) and value:
-            out |= flatten(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{name}.")
         else:
-            out[f"{prefix}{key}"] = str(value)[:500]
+            out[name[:250]] = str(value)[:500]
     return out
 
 
@@ -48,35 +58,41 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         self.settings, self.job, self.folder = settings, job, folder
         self.problem: str | None = None
-        self._calls: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.run: str | None = None
+        self.parent: str | None = None
+        self._calls: queue.Queue[tuple[Callable[[], None], bool] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._send, name="mlflow", daemon=True)
         self._thread.start()
-        self._calls.put(self._open)
+        self._calls.put((self._open, False))
 
     def epoch(self, metrics: EpochMetrics) -> None:
         numbers = {k: v for k, v in metrics.model_dump().items() if isinstance(v, int | float)}
-        self._calls.put(lambda: self._log_metrics(numbers, metrics.epoch))
+        self._calls.put((lambda: self._log_metrics(numbers, metrics.epoch), False))
 
     def end(self, status: str, result: RunResult | None) -> str | None:
-        """Send the result and the files, wait for them at most END_SECONDS; the warning for
-        the job when something could not be logged."""
-        self._calls.put(lambda: self._close(status, result))
+        """Send the result and the files, end the run (and its experiment's, with the
+        experiment's last job), wait at most END_SECONDS; the warning for the job when
+        something could not be logged."""
+        self._calls.put((lambda: self._results(result), False))
+        self._calls.put((lambda: self._terminate(status), True))  # tried after a failure too
         self._calls.put(None)
         self._thread.join(END_SECONDS)
         if self._thread.is_alive():
             return f"MLflow: its server did not take the run's logs within {END_SECONDS:.0f} s"
-        return self.problem and f"MLflow: logging stopped ({self.problem[:300]})"
+        return self.problem and f"MLflow: logging stopped ({cut_middle(self.problem, 600)})"
 
     # -- in the sending thread
 
     def _send(self) -> None:
-        while (call := self._calls.get()) is not None:
-            if self.problem is None:
-                try:
-                    call()
-                except Exception as e:  # noqa: BLE001 - any failure of MLflow's is a warning
-                    self.problem = f"{type(e).__name__}: {e}"
-                    log.warning("job %s: MLflow logging stopped: %s", self.job["id"], e)
+        while (item := self._calls.get()) is not None:
+            call, always = item
+            if self.problem is not None and not (always and self.run is not None):
+                continue
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001 - any failure of MLflow's is a warning
+                self.problem = self.problem or f"{type(e).__name__}: {e}"
+                log.warning("job %s: MLflow logging stopped: %s", self.job["id"], e)
 
     def _open(self) -> None:
         from mlflow.tracking import MlflowClient
@@ -89,12 +105,16 @@ class Tracker:
         self.experiment = (
             found.experiment_id if found else self.client.create_experiment(name, tags=kind)
         )
-        tags = {JOB: str(self.job["id"]), "lsq.owner": self.job["owner"]}
+        tags = {
+            JOB: str(self.job["id"]),
+            FOLDER: self.job["folder"],
+            "lsq.owner": self.job["owner"],
+        }
         self.parent = self._parent()
         if self.parent is not None:
             tags["mlflow.parentRunId"] = self.parent
         self.run = (
-            self._find(f"tags.`{JOB}` = '{self.job['id']}'")
+            self._find(self.job["folder"])
             or self.client.create_run(
                 self.experiment, run_name=self.job["name"], tags=tags
             ).info.run_id
@@ -106,16 +126,17 @@ class Tracker:
         experiment = self.job.get("experiment")
         if experiment is None:
             return None
-        key = f"tags.`{EXPERIMENT}` = '{experiment['id']}' and tags.`{PARENT}` = 'true'"
-        tags = {EXPERIMENT: str(experiment["id"]), PARENT: "true"}
+        tags = {EXPERIMENT: str(experiment["id"]), FOLDER: experiment["folder"], PARENT: "true"}
         return (
-            self._find(key)
+            self._find(experiment["folder"])
             or self.client.create_run(
                 self.experiment, run_name=experiment["name"], tags=tags
             ).info.run_id
         )
 
-    def _find(self, query: str) -> str | None:
+    def _find(self, folder: str) -> str | None:
+        """The run of a job or experiment, by its folder name (a resumed job has one already)."""
+        query = f"tags.`{FOLDER}` = '{folder}'"
         runs = self.client.search_runs([self.experiment], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
@@ -126,7 +147,7 @@ class Tracker:
         metrics = [Metric(k, float(v), now, step) for k, v in numbers.items()]
         self.client.log_batch(self.run, metrics=metrics)
 
-    def _close(self, status: str, result: RunResult | None) -> None:
+    def _results(self, result: RunResult | None) -> None:
         if result is not None:
             values = result.model_dump()
             final = {f"result.{k}": v for k, v in values.items() if isinstance(v, int | float)}
@@ -134,19 +155,31 @@ class Tracker:
         for name in ARTIFACTS:
             if (self.folder / name).is_file():
                 self.client.log_artifact(self.run, str(self.folder / name))
-        state = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED")
-        self.client.set_terminated(self.run, state)
-        if self.parent is not None:
-            self._end_parent()
 
-    def _end_parent(self) -> None:
-        """The experiment's run ends with its last job's: FINISHED when every job's did."""
-        query = f"tags.`mlflow.parentRunId` = '{self.parent}'"
-        runs = self.client.search_runs([self.experiment], filter_string=query, max_results=1000)
-        ended = [r.info.status for r in runs if r.info.status != "RUNNING"]
-        if len(ended) >= self.job["experiment"]["jobs"]:
-            finished = all(s == "FINISHED" for s in ended)
-            self.client.set_terminated(self.parent, "FINISHED" if finished else "FAILED")
+    def _terminate(self, status: str) -> None:
+        self.client.set_terminated(self.run, STATES.get(status, "FAILED"))
+        experiment = self.job.get("experiment")
+        if self.parent is not None and experiment is not None:
+            others = experiment_statuses(experiment["id"], self.job["id"])
+            if all(s.finished for s in others):  # this job is the experiment's last
+                ok = status == "succeeded" and all(s == "succeeded" for s in others)
+                self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
+
+
+STATES = {"succeeded": "FINISHED", "cancelled": "KILLED"}
+
+
+def experiment_statuses(experiment_id: int, but: int) -> list[JobStatus]:
+    """The statuses of an experiment's jobs but one."""
+    with session_scope() as session:
+        query = select(Job.status).where(Job.experiment_id == experiment_id, Job.id != but)
+        return list(session.scalars(query))
+
+
+def cut_middle(text: str, limit: int) -> str:
+    """`text` with its middle cut out past `limit` characters: an error's cause is at its end."""
+    half = limit // 2
+    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
 
 
 def _param(key: str, value: str) -> Any:
@@ -162,7 +195,8 @@ def _millis() -> int:
 
 
 def start(settings: Settings, job: dict[str, Any], folder: Path) -> Tracker | None:
-    """A Tracker for `job` ({id, name, owner, spec, experiment: {id, name, jobs} | None}) when
+    """A Tracker for `job` ({id, folder, name, owner, spec, experiment: {id, folder, name} |
+    None}) when
     MLflow is configured and installed; None otherwise."""
     if not settings.mlflow_tracking_uri:
         return None

@@ -19,7 +19,7 @@ from sqlalchemy import case, func, select
 
 from api.service.db import session_scope
 from api.service.models import Epoch, Job, JobStatus, utcnow
-from lsq.archs import OWN_NAMES, table
+from lsq.archs import ONNX_ARCH, OWN_NAMES, table
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _read() -> tuple[dict[str, int], int, float, int]:
 def _read_epochs() -> dict[str, Any]:
     """Per histogram, per network: cumulative bucket counts, the sum and the count of every
     epoch recorded (one grouped query each; the network read from the job's stored spec)."""
-    known = {*OWN_NAMES, *table()}
+    known = {*OWN_NAMES, *table(), ONNX_ARCH}  # onnx: any uploaded ONNX model
     arch = Job.spec["model"]["arch"].as_string()
     found: dict[str, Any] = {}
     with session_scope(read_only=True) as session:

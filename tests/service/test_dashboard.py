@@ -354,6 +354,9 @@ def test_upload_a_model_in_the_browser_and_train_on_it(
     browser.find_element(By.CSS_SELECTOR, "button[data-use]").click()
     spec = browser.find_element(By.ID, "spec").get_attribute("value")
     assert "model: {upload: " in spec and "image_size: 16" in spec
+    network = field(browser, "model").find_element(By.CSS_SELECTOR, "option:checked").text
+    assert network.startswith("upload ") and network.endswith("resnet20.onnx")  # the form too
+    assert field(browser, "dataset.image_size").get_attribute("value") == "16"
     browser.execute_script("document.getElementById('uploads').scrollIntoView()")
     assert shot(browser, "dashboard-uploads").stat().st_size > 10_000
     browser.find_element(By.ID, "submit").click()
@@ -405,11 +408,20 @@ def test_the_form_submits_a_job_and_an_experiment_without_yaml(
     assert label.find_element(By.TAG_NAME, "input").get_attribute("data-path") == "training.epochs"
     shot(browser, "dashboard-form-field-error")
 
+    type_into(browser, "training.epochs", "1e400")  # the browser reads no number there
+    assert "not a number this form can send" in text(browser, ".field-error")
     type_into(browser, "training.epochs", "1")
     browser.find_element(By.ID, "show-yaml").click()  # the YAML view says what the form does
     yaml_text = browser.find_element(By.ID, "spec").get_attribute("value")
     assert "name: form-job" in yaml_text and "bits: 2" in yaml_text and "epochs: 1" in yaml_text
+    area = browser.find_element(By.ID, "spec")
+    area.send_keys("\nbroken: [")  # no document: the form would lose it, so it is not shown
     browser.find_element(By.ID, "show-form").click()
+    assert "does not read as a document" in text(browser, "#errors") and area.is_displayed()
+    area.clear()
+    area.send_keys(yaml_text)
+    browser.find_element(By.ID, "show-form").click()
+    assert not area.is_displayed()
     browser.find_element(By.ID, "submit").click()
     until(lambda: "#/jobs/" in browser.current_url, 10, "the new job's page")
     job = service.job(int(browser.current_url.rsplit("/", 1)[1]))

@@ -27,6 +27,8 @@ EXPERIMENT = {
         "dataset": {"name": "synthetic", "train_size": 512, "test_size": 128},
         "model": {"arch": "resnet20"},
         "training": {"epochs": 2, "batch_size": 64, "lr": 0.01},
+        # a layer pattern's key has characters MLflow refuses in a param's name
+        "quantization": {"layers": {"layer1.*": {"weight": {"bits": 4, "signed": True}}}},
     },
     "baseline": {"train": True, "training": {"epochs": 2, "lr": 0.05}},
     "grid": {"quantization.weight": [[-1, 0, 1]], "quantization.activation": [[0, 1, 2, 3]]},
@@ -93,6 +95,8 @@ def test_an_experiment_is_a_parent_run_with_its_jobs_nested(
     assert variant.info.status == "FINISHED"
     assert variant.data.params["quantization.weight"] == "[-1, 0, 1]"
     assert variant.data.params["training.epochs"] == "2"
+    assert variant.data.params["quantization.layers.layer1._.weight"] == str(list(range(-8, 8)))
+    assert variant.data.tags["lsq.folder"] and variant.data.tags["lsq.job"] == str(job_ids[-1])
     history = client.get_metric_history(variant.info.run_id, "test_top1")
     assert [m.step for m in history] == [1, 2]
     job = tracked.job(job_ids[-1])

@@ -328,24 +328,39 @@ function newPage() {
   const kind = () => document.querySelector("input[name=kind]:checked").value;
   const area = document.getElementById("spec"), holder = document.getElementById("form-holder");
   let form = null;
-  const build = async () => { form = await renderForm(kind(), holder, area); };
+  rebuildForm = async () => { form = await renderForm(kind(), holder, area); };
   const show = (yaml) => {
+    if (!yaml && form && !form.refresh()) {  // what was typed in the YAML view, if it reads
+      document.getElementById("errors").innerHTML =
+        "<li>the YAML does not read as a document: fix it, or the form would lose it</li>";
+      return;
+    }
     area.hidden = !yaml;
     holder.hidden = yaml;
     document.getElementById("show-yaml").classList.toggle("on", yaml);
     document.getElementById("show-form").classList.toggle("on", !yaml);
-    if (!yaml && form) form.refresh();  // what was typed in the YAML view
   };
   document.getElementById("show-yaml").onclick = () => show(true);
   document.getElementById("show-form").onclick = () => show(false);
   document.querySelectorAll("input[name=kind]").forEach((r) => (r.onchange = () => {
-    area.value = EXAMPLES[kind()];
-    build().catch(showError);
+    const name = (area.value.match(/^name: (.*)$/m) || [])[1];  // the name typed so far stays
+    area.value = name ? EXAMPLES[kind()].replace(/^name: .*$/m, `name: ${name}`) : EXAMPLES[kind()];
+    rebuildForm().catch(showError);
   }));
   document.getElementById("submit").onclick = () => submit(kind());
   document.getElementById("upload").onclick = () => upload().catch(showError);
-  build().catch(showError);
+  rebuildForm().catch(showError);
   uploads().catch(showError);
+}
+
+let rebuildForm = async () => {}; // the New page's form, drawn again from the YAML view
+
+function putInJob(u) {
+  // a job on upload `u` in the YAML view, and the form drawn for it (with the upload listed)
+  document.querySelector("input[name=kind][value=job]").checked = true;
+  document.getElementById("spec").value = useSpec(u);
+  forgetOffers();
+  return rebuildForm();
 }
 
 function useSpec(u) {
@@ -371,12 +386,12 @@ async function uploads() {
       <td><code>${esc(u.sha256.slice(0, 12))}</code></td>
       <td><button data-use="${u.id}">Use in a job</button> <button data-delete="${u.id}">Delete</button></td></tr>`).join("")}
     </table>` : `<p class="muted">None yet.</p>`;
-  el.querySelectorAll("button[data-use]").forEach((b) => (b.onclick = () => {
-    document.querySelector("input[name=kind][value=job]").checked = true;
-    document.getElementById("spec").value = useSpec(rows.find((u) => u.id === Number(b.dataset.use)));
-  }));
+  el.querySelectorAll("button[data-use]").forEach((b) => (b.onclick = () =>
+    putInJob(rows.find((u) => u.id === Number(b.dataset.use))).catch(showError)));
   el.querySelectorAll("button[data-delete]").forEach((b) => (b.onclick = () =>
-    api(`/v1/models/${b.dataset.delete}`, { method: "DELETE" }).then(uploads).catch(uploadError)));
+    api(`/v1/models/${b.dataset.delete}`, { method: "DELETE" })
+      .then(() => { forgetOffers(); return Promise.all([uploads(), rebuildForm()]); })
+      .catch(uploadError)));
 }
 
 async function upload() {
@@ -391,7 +406,7 @@ async function upload() {
   form.append("dataset", document.getElementById("model-dataset").value);
   try {
     const u = await api("/v1/models", { method: "POST", body: form });
-    document.getElementById("spec").value = useSpec(u);
+    await putInJob(u);
     await uploads();
   } catch (e) {
     uploadError(e);

@@ -21,6 +21,10 @@ const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 let offered = null; // {archs, training: {field: schema}, datasets, uploads}
 
+function forgetOffers() {
+  offered = null; // an upload came or went: the network list changes
+}
+
 async function offers() {
   if (offered) return offered;
   const [schema, datasets, uploads] = await Promise.all([
@@ -80,10 +84,17 @@ function numberField(path, label, schema) {
     data-path="${path}" data-kind="number"></label>`;
 }
 
-function choiceField(path, label, choices) {
+function choiceField(path, label, choices, fallback = "") {
   const options = choices.map(([text, value]) =>
     `<option value="${esc(JSON.stringify(value))}">${esc(text)}</option>`).join("");
-  return `<label>${label}<select data-path="${path}" data-kind="choice">${options}</select></label>`;
+  return `<label>${label}<select data-path="${path}" data-kind="choice"
+    data-fallback="${esc(fallback)}">${options}</select></label>`;
+}
+
+function besideField(el, message) {
+  const label = el.closest("label");
+  label.querySelectorAll(".field-error").forEach((e) => e.remove());
+  if (message) label.insertAdjacentHTML("beforeend", `<span class="field-error">${esc(message)}</span>`);
 }
 
 function textField(path, label, placeholder = "") {
@@ -104,12 +115,13 @@ function jobFields(o, at) {
       ${choiceField(`${at}dataset`, "dataset", datasets)}
       ${numberField(`${at}dataset.train_size`, "training images", { type: "integer", minimum: 1 })}
       ${numberField(`${at}dataset.test_size`, "test images", { type: "integer", minimum: 1 })}
+      ${numberField(`${at}dataset.image_size`, "image size (synthetic, image folder)", { type: "integer", minimum: 1 })}
       ${choiceField(`${at}model`, "network", models)}
     </fieldset>
     <fieldset><legend>Constraints</legend>
       ${levelsField(`${at}quantization.weight`, WEIGHTS, "weights")}
       ${levelsField(`${at}quantization.activation`, ACTIVATIONS, "activations")}
-      ${choiceField(`${at}quantization.first_last`, "first and last layers", [["float", "float"], ["quantized the same", "same"]])}
+      ${choiceField(`${at}quantization.first_last`, "first and last layers", [["float", "float"], ["quantized the same", "same"]], "float")}
     </fieldset>
     <fieldset><legend>Training</legend>
       ${numberField(`${at}training.epochs`, "epochs", t.epochs)}
@@ -140,11 +152,21 @@ function rowHtml(i) {
 
 // ------------------------------------------------------------------ reading and writing
 
+const KEEP = Symbol("keep"); // a field whose input the browser could not read: the YAML keeps its value
+
 function readField(el) {
   const kind = el.dataset.kind;
-  if (kind === "number") return el.value === "" ? undefined : Number(el.value);
+  if (kind === "number") {
+    const bad = el.validity.badInput || (el.value !== "" && !Number.isFinite(Number(el.value)));
+    besideField(el, bad ? "not a number this form can send: the YAML keeps the last one" : "");
+    if (bad) return KEEP;
+    return el.value === "" ? undefined : Number(el.value);
+  }
   if (kind === "text") return el.value.trim() === "" ? undefined : el.value.trim();
-  if (kind === "choice") return JSON.parse(el.value);
+  if (kind === "choice") {
+    const value = JSON.parse(el.value);
+    return value === el.dataset.fallback ? undefined : value;  // the spec's default: no key
+  }
   // levels: a preset, or the custom text read as YAML (left as text when it is not YAML)
   const choice = el.querySelector("select").value, custom = el.querySelector(".custom");
   custom.hidden = choice !== CUSTOM;
@@ -192,17 +214,13 @@ function toDocument(form, doc) {
     if (path === "seeds" && typeof value === "string") {
       value = value.split(/[\s,]+/).filter(Boolean).map(Number);
     }
+    if (value === KEEP) continue;
     if (el.dataset.kind === "choice" && /(dataset|model)$/.test(path)) {
-      // keep what the document says beyond the choice (image_size, init...), drop what the
-      // choice replaces
-      const old = getPath(doc, path) || {};
-      const kept = path.endsWith("model") ? (value.upload ? {} : { init: old.init }) : old;
-      value = { ...kept, ...value };
-      if (!value.root) delete value.root;
-      if (value.init === undefined) delete value.init;
+      value = merged(path, getPath(doc, path) || {}, value);
     }
     setPath(doc, path, value);
   }
+  fitToUpload(doc, form.querySelector("[data-path$=dataset]").dataset.path.replace(/dataset$/, ""));
   if (form.querySelector("#rows")) {
     const rows = form.querySelectorAll("tr[data-row]").length;
     doc.variants = (doc.variants || []).slice(0, rows);
@@ -210,6 +228,30 @@ function toDocument(form, doc) {
     if (doc.baseline && !doc.baseline.job) doc.baseline.train = true;
   }
   return doc;
+}
+
+function merged(path, old, chosen) {
+  // the document's dataset or model with the choice made: what the choice names replaced,
+  // the rest kept (a model's init; a dataset's subsets always, its other keys while its name
+  // stays: image_size or channels of one dataset are errors on another)
+  let kept;
+  if (path.endsWith("model")) kept = chosen.upload ? {} : { init: old.init };
+  else if (old.name === chosen.name) kept = old;
+  else kept = { train_size: old.train_size, test_size: old.test_size };
+  const value = { ...kept, ...chosen };
+  Object.keys(value).forEach((k) => value[k] === undefined && delete value[k]);
+  if (!value.root) delete value.root;
+  return value;
+}
+
+function fitToUpload(doc, at) {
+  // an uploaded ONNX model takes images of one size: synthetic data and image folders are made
+  // to it (the form's dataset.image_size shows it)
+  const model = getPath(doc, `${at}model`), data = getPath(doc, `${at}dataset`);
+  const upload = model && model.upload && offered.uploads.find((u) => u.id === model.upload);
+  if (!upload || !data || !["synthetic", "image_folder"].includes(data.name)) return;
+  data.image_size = upload.image_size;
+  if (data.name === "image_folder") data.channels = upload.channels;
 }
 
 function fromDocument(form, doc) {
@@ -231,7 +273,11 @@ async function renderForm(kind, holder, area) {
   const form = holder.querySelector("form");
   const documentOf = () => { try { return jsyaml.load(area.value, { schema: YAML }) || {}; } catch { return {}; } };
   const sync = () => {
-    area.value = jsyaml.dump(toDocument(form, documentOf()), DUMP);
+    const doc = toDocument(form, documentOf());
+    area.value = jsyaml.dump(doc, DUMP);
+    for (const el of form.querySelectorAll("[data-path$='dataset.image_size']")) {
+      writeField(el, getPath(doc, el.dataset.path));  // fitToUpload may have set it
+    }
   };
   fromDocument(form, documentOf());
   form.addEventListener("input", sync);
@@ -253,7 +299,16 @@ async function renderForm(kind, holder, area) {
     }
     sync();
   });
-  return { refresh: () => fromDocument(form, documentOf()) };
+  return {
+    refresh() {  // false when the YAML view holds no document the form can show
+      try {
+        fromDocument(form, jsyaml.load(area.value, { schema: YAML }) || {});
+        return true;
+      } catch (e) {
+        return false;
+      }
+    },
+  };
 }
 
 function showFieldErrors(fields) {
