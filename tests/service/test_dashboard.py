@@ -354,8 +354,12 @@ def test_upload_a_model_in_the_browser_and_train_on_it(
     browser.find_element(By.CSS_SELECTOR, "button[data-use]").click()
     spec = browser.find_element(By.ID, "spec").get_attribute("value")
     assert "model: {upload: " in spec and "image_size: 16" in spec
-    network = field(browser, "model").find_element(By.CSS_SELECTOR, "option:checked").text
-    assert network.startswith("upload ") and network.endswith("resnet20.onnx")  # the form too
+
+    def chosen() -> str:  # the form is drawn again for it, with the upload listed
+        return field(browser, "model").find_element(By.CSS_SELECTOR, "option:checked").text
+
+    network = until(lambda: chosen().startswith("upload ") and chosen(), 20, "the form redrawn")
+    assert network.endswith("resnet20.onnx")
     assert field(browser, "dataset.image_size").get_attribute("value") == "16"
     browser.execute_script("document.getElementById('uploads').scrollIntoView()")
     assert shot(browser, "dashboard-uploads").stat().st_size > 10_000
