@@ -2,10 +2,13 @@
 
 Compiling fuses each quantizer with the batch norm and ReLU around it, so W/A quantized
 training costs about what full precision does; eager, each quantizer is several extra passes
-over its activations. Compiling takes tens of seconds, so ``training.compile: auto`` compiles
-only a job whose eager training (timed on its first batches) has at least
-COMPILE_PAYS_AFTER seconds left, and keeps the compiled model only if its steps are faster.
-``on`` always compiles, ``off`` never does. A compile that fails falls back to eager.
+over its activations. Compiling costs seconds with the compile cache warm and tens of seconds
+cold (lsq.compile_cache), so ``training.compile: auto`` compiles when the steps left would save
+more than the compile is expected to cost: both from the cost book's memory of this graph
+(eager and compiled step times, its last compile), or, for a graph never compiled here, from
+its first eager steps, the typical cold compile and the typical saving. It keeps the compiled
+model only if its steps are faster. ``on`` always compiles, ``off`` never does. A compile that
+fails falls back to eager.
 
 The compiled module shares its parameters with the eager one: a last, smaller batch runs
 eagerly instead of compiling a second graph for its shape, and evaluation stays eager.
@@ -24,9 +27,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import compile_cache
+from .compile_cache import CostBook
+
 log = logging.getLogger(__name__)
 
-COMPILE_PAYS_AFTER = 600.0  # seconds of eager training left for `auto` to compile
 TIMED_STEPS = 5  # steps timed eagerly, then compiled, for `auto`'s two decisions
 
 Choice = Literal["auto", "on", "off"]
@@ -47,11 +52,15 @@ class StepCompiler:
     eager: nn.Module
     total_steps: int
     device: torch.device
+    amp: torch.dtype | None = None
+    costs: CostBook | None = None  # the process's cache folder's book unless given
     compiled: nn.Module | None = None
     compile_seconds: float = 0.0  # since the last take_seconds()
     state: Literal["timing_eager", "compiling", "timing_compiled", "settled"] = "timing_eager"
     times: dict[str, list[float]] = field(default_factory=lambda: {"eager": [], "compiled": []})
     steps_done: int = 0
+    key: str = ""  # the graph's, in the cost book: set on the first full batch
+    eager_step: float | None = None  # seconds, measured or remembered
 
     def __post_init__(self) -> None:
         if self.choice == "off" or self._missing():
@@ -65,11 +74,13 @@ class StepCompiler:
             log.warning("training.compile is on but %s: training in eager mode", reason)
         return reason is not None
 
-    def step(self, run: Callable[[nn.Module], Any], full_batch: bool) -> Any:
+    def step(self, run: Callable[[nn.Module], Any], batch: torch.Tensor, full: bool) -> Any:
         """``run(module)`` for one batch, on the module the policy picks (and timed by it)."""
         self.steps_done += 1
-        if not full_batch:  # a last, smaller batch: no second graph for its shape
+        if not full:  # a last, smaller batch: no second graph for its shape
             return run(self.eager)
+        if not self.key and self.state != "settled":
+            self._look_up(batch)
         if self.state == "settled":
             return run(self.eager if self.compiled is None else self.compiled)
         if self.state == "compiling":
@@ -79,8 +90,27 @@ class StepCompiler:
         out = run(self.eager if kind == "eager" else self.compiled)
         self.times[kind].append(self._now() - start)
         if len(self.times[kind]) == TIMED_STEPS:
-            self._decide(kind)
+            self._timed(kind)
         return out
+
+    def _look_up(self, batch: torch.Tensor) -> None:
+        """What the book remembers of this graph; for `auto`, enough to decide at once?"""
+        self.costs = self.costs or compile_cache.book()
+        self.key = compile_cache.graph_key(self.eager, batch, self.amp)
+        known = self.costs.recall(self.key)
+        if self.choice == "auto" and known.get("compile") and known.get("compiled"):
+            saving = self.costs.typical()[2]
+            self.eager_step = known.get("eager") or known["compiled"] / (1 - saving)
+            self._decide(known)
+
+    def _decide(self, known: dict[str, Any]) -> None:
+        """Compile if the steps left save more than the compile is expected to cost."""
+        assert self.costs is not None and self.eager_step is not None
+        compiled = known.get("compiled", self.eager_step * (1 - self.costs.typical()[2]))
+        expected = self.costs.expected_compile(known)
+        saved = (self.total_steps - self.steps_done + 1) * (self.eager_step - compiled)
+        log.info("compiling saves %.1fs of the steps left, costs %.1fs", saved, expected)
+        self.state = "compiling" if saved > expected else "settled"
 
     def _compile_and_run(self, run: Callable[[nn.Module], Any]) -> Any:
         start = self._now()
@@ -90,25 +120,31 @@ class StepCompiler:
         except Exception as e:  # noqa: BLE001 - any compiler failure: train on, eagerly
             log.warning("torch.compile failed (%s): training in eager mode", str(e)[:500])
             self.compiled = None
-        self.compile_seconds += self._now() - start  # a failed compile is not training either
+        seconds = self._now() - start
+        self.compile_seconds += seconds  # a failed compile is not training either
         if self.compiled is None:
             self.state = "settled"
             return run(self.eager)
-        self.state = "timing_compiled" if self.choice == "auto" else "settled"
+        self._remember(compile=seconds)
+        self.state = "timing_compiled"
         return out
 
-    def _decide(self, kind: str) -> None:
-        eager = statistics.median(self.times["eager"])
+    def _timed(self, kind: str) -> None:
+        median = statistics.median(self.times[kind])
+        self._remember(**{kind: median})
         if kind == "eager":
-            left = (self.total_steps - self.steps_done) * eager
-            pays = left > COMPILE_PAYS_AFTER
-            self.state = "compiling" if pays else "settled"
+            self.eager_step = median
+            assert self.costs is not None
+            self._decide(self.costs.recall(self.key))
             return
-        compiled = statistics.median(self.times["compiled"])
-        if compiled >= eager:
-            log.info("compiled steps (%.3fs) are no faster than eager: eager", compiled)
+        if self.choice == "auto" and self.eager_step is not None and median >= self.eager_step:
+            log.info("compiled steps (%.3fs) are no faster than eager: eager", median)
             self.compiled = None
         self.state = "settled"
+
+    def _remember(self, **seconds: float) -> None:
+        if self.costs is not None and self.key:
+            self.costs.remember(self.key, **seconds)
 
     def _now(self) -> float:
         if self.device.type == "cuda":  # only while timing: the first few steps of a job

@@ -323,7 +323,7 @@ class Trainer:
                 init_steps(self.model, x, self.amp)
             self._set_lr(epoch, i, len(data), epoch_lrs)
             full = len(y) == data.batch_size
-            logits, loss = compiler.step(lambda m: self._step(m, x, y), full)  # noqa: B023
+            logits, loss = compiler.step(lambda m: self._step(m, x, y), x, full)  # noqa: B023
             total += loss.detach() * len(y)
             correct += hits(logits.detach(), y, 1)
             n += len(y)
@@ -368,7 +368,7 @@ class Trainer:
             choice = self.spec.training.compile
             if self.rank.distributed and choice == "auto":
                 choice = "off"  # each rank would time and decide alone: compile only when asked
-            self.compiler = StepCompiler(choice, module, left, self.device)
+            self.compiler = StepCompiler(choice, module, left, self.device, self.amp)
         return self.compiler
 
     def _forward_module(self) -> nn.Module:

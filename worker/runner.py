@@ -260,9 +260,11 @@ def run_claimed(claimed: Claimed) -> Outcome:
 
 
 def _attempt(claimed: Claimed) -> Outcome:
+    from lsq import compile_cache
     from lsq.train import Cancelled, run  # torch loads in the worker only, at its first job
 
     settings, me, job_id = get_settings(), worker_name(), claimed.job_id
+    compile_cache.use(settings.compile_cache)  # shared by every worker (the first call wins)
     log.info("job %s: attempt %s on %s", job_id, claimed.attempt, me)
     out = job_folder(settings, claimed.folder)
     keeper = LeaseKeeper(job_id, me, settings, claimed)

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, alias="DATABASE_URL")
     broker_url: str | None = Field(None, alias="CELERY_BROKER_URL")
     artifacts_dir: Path | None = Field(None, alias="LSQ_ARTIFACTS_DIR")
+    compile_cache_dir: Path | None = Field(None, alias="LSQ_COMPILE_CACHE_DIR")
     queue: str = Field("lsq", alias="LSQ_QUEUE", description="Celery queue the jobs go through")
     url: str = Field("http://127.0.0.1:8000", alias="LSQ_URL", description="The CLI's API")
     # A running job renews its lease every heartbeat; a lease not renewed for lease_seconds
@@ -107,7 +108,7 @@ class Settings(BaseSettings):
             raise ValueError("LSQ_LEASE_SECONDS must be at least 3 x LSQ_HEARTBEAT_SECONDS")
         return self
 
-    @field_validator("data_dir", "artifacts_dir")
+    @field_validator("data_dir", "artifacts_dir", "compile_cache_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         # The API and the worker may start in different folders; pin paths down once.
@@ -134,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def compile_cache(self) -> Path:
+        """torch.compile's caches and the cost book, shared by every worker (lsq.compile_cache)."""
+        return self.compile_cache_dir or self.artifacts / "compile-cache"
 
     @property
     def roots(self) -> list[Path]:

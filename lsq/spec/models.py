@@ -245,8 +245,9 @@ class TrainingSpec(Strict):
     )
     compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
         "auto",
-        description="torch.compile the training step: auto compiles a job long enough for it "
-        "to pay (timed on its first batches) and keeps it only if faster",
+        description="torch.compile the training step: auto compiles when the steps left save "
+        "more than the compile is expected to cost (remembered per graph in the compile cache) "
+        "and keeps it only if faster",
     )
 
     @field_validator("warmup_epochs")
