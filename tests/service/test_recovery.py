@@ -145,17 +145,24 @@ def test_retries_after_the_api_was_killed_mid_burst_make_each_job_once(tmp_path)
                      training={"epochs": 1})  # fmt: skip
     keys = [f"burst-{i}" for i in range(16)]
 
+    got_one = threading.Event()
+
     def send(key: str) -> int | None:
         try:
             response = svc.http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": key})
         except httpx.TransportError:
             return None  # the API died under this request: the client does not know its fate
         assert response.status_code in (200, 201), response.text
+        got_one.set()
         return response.json()["id"]
+
+    def kill_after_the_first_answer() -> None:
+        got_one.wait(60)  # not a fixed delay: a busy machine answers the first one late
+        svc.api.stop(signal.SIGKILL)
 
     try:
         svc.wait_ready()
-        killer = threading.Timer(0.4, lambda: svc.api.stop(signal.SIGKILL))
+        killer = threading.Thread(target=kill_after_the_first_answer)
         killer.start()  # while the later requests are still being sent
         with ThreadPoolExecutor(4) as pool:
             first = list(pool.map(lambda k: (time.sleep(0.05 * keys.index(k)), send(k))[1], keys))
