@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ COLD_COMPILE, WARM_SHARE, SAVING = 60.0, 0.15, 0.25
 KEPT_GRAPHS = 500  # the book forgets the graphs least recently used beyond this
 KEPT_COMPILES = 5  # compile times kept per graph, latest last
 
+log = logging.getLogger(__name__)
 _folder: Path | None = None
 
 
@@ -60,7 +63,11 @@ def use(root: Path) -> Path:
     global _folder
     if _folder is None:
         folder = Path(root) / f"torch-{torch.__version__}-lsq-{code_hash()}"
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # no cache is slower, never a failed job
+            log.warning("compile cache %s unusable (%s): compiling without it", folder, e)
+            folder = Path(tempfile.mkdtemp(prefix="lsq-compile-"))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
         # safe because the folder changes with our code (see the module's docstring)
         torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -97,15 +104,20 @@ class CostBook:
         return self._read().get(key, {})
 
     def remember(self, key: str, *, compile: float | None = None, **steps: float) -> None:
-        """Record a compile's seconds (kept as a list) and step seconds (kept as the latest)."""
-        with self.lock:
-            book = self._read()
-            entry = book.pop(key, {})
-            if compile is not None:
-                entry["compile"] = [*entry.get("compile", []), round(compile, 3)][-KEPT_COMPILES:]
-            entry.update({name: round(s, 6) for name, s in steps.items()}, used=time.time())
-            book[key] = entry  # last: the least recently used come first
-            self._write(dict(list(book.items())[-KEPT_GRAPHS:]))
+        """Record a compile's seconds (kept as a list) and step seconds (kept as the latest).
+        A book that cannot be written is left as it is: the job trains on."""
+        try:
+            with self.lock:
+                book = self._read()
+                entry = book.pop(key, {})
+                if compile is not None:
+                    kept = [*entry.get("compile", []), round(compile, 3)]
+                    entry["compile"] = kept[-KEPT_COMPILES:]
+                entry.update({name: round(s, 6) for name, s in steps.items()}, used=time.time())
+                book[key] = entry  # last: the least recently used come first
+                self._write(dict(list(book.items())[-KEPT_GRAPHS:]))
+        except OSError as e:
+            log.warning("compile cost book %s not written: %s", self.path, e)
 
     def expected_compile(self, known: dict[str, Any]) -> float:
         """Seconds the next compile of a graph should take: one compiled here before compiles
