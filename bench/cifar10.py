@@ -10,7 +10,8 @@ reference's figure, as Markdown for bench/README.md.
         [--device cuda] [--epochs 90] [--fp-epochs 200]
 
 --root holds CIFAR-10's python batches (data_batch_1..5, test_batch). --epochs and
---fp-epochs shorten the recipe for a trial run; the table needs the defaults.
+--fp-epochs shorten the recipe for a trial run (give it its own --out: a folder resumes only
+the job it was made for); the table needs the defaults.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def specs(args: argparse.Namespace) -> tuple[JobSpec, list[tuple[JobSpec, float]
     baseline = {k: v for k, v in experiment["baseline"].items() if k != "train"}
     fp_training = {"epochs": args.fp_epochs or baseline["training"]["epochs"]}
     fp = merged(merged(base, baseline), {"name": "fp", "training": fp_training})
+    fp["quantization"] = {}  # the baseline is float, whatever the base says (as the service's)
+    fp.pop("sensitivity", None)
     init = str(args.out / "fp" / "model.pt")
     rows = []
     for variant in experiment["variants"]:

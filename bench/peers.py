@@ -151,7 +151,8 @@ def accuracy(args: argparse.Namespace, fp: str) -> None:
         for method in args.methods:
             found = {"trained": [], "bn": [], "rate": []}
             for seed in args.seeds:
-                data = load_datasets(spec("q", LSQ).dataset, seed)
+                # one 10k/2k subset for every seed (the float start's): only training varies
+                data = load_datasets(spec("q", LSQ).dataset, 0)
                 train_set, test_set, _ = data
                 test = loader(test_set, eval_batch_size(LSQ["batch_size"]), CPU, False)
                 model = quantized(method, weight_only, seed, fp, data)
@@ -235,7 +236,8 @@ def main() -> None:
     os.environ.setdefault("NNCF_DISABLE_TELEMETRY", "1")
     from lsq import compile_cache
 
-    compile_cache.use(Path(tempfile.mkdtemp(prefix="peers-compile-")))  # every compile cold
+    cold = tempfile.TemporaryDirectory(prefix="peers-compile-")  # every compile cold
+    compile_cache.use(Path(cold.name))
     if "gradients" in args.parts:
         from peer_gradients import report
 

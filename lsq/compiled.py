@@ -98,23 +98,27 @@ class StepCompiler:
         self.costs = self.costs or compile_cache.book()
         self.key = compile_cache.graph_key(self.eager, batch, self.amp)
         known = self.costs.recall(self.key)
-        if self.choice == "auto" and known.get("compile") and known.get("compiled"):
+        if self.choice == "auto" and "cold" in known and "compiled" in known:
             saving = self.costs.typical()[2]
             self.eager_step = known.get("eager") or known["compiled"] / (1 - saving)
-            self._decide(known)
+            self._decide(known, self.total_steps - self.steps_done + 1)
 
-    def _decide(self, known: dict[str, Any]) -> None:
+    def _decide(self, known: dict[str, Any], steps_left: int) -> None:
         """Compile if the steps left save more than the compile is expected to cost."""
         assert self.costs is not None and self.eager_step is not None
-        compiled = known.get("compiled", self.eager_step * (1 - self.costs.typical()[2]))
+        saving = self.costs.typical()[2]
+        compiled = known.get("compiled", self.eager_step * (1 - saving))
         expected = self.costs.expected_compile(known)
-        saved = (self.total_steps - self.steps_done + 1) * (self.eager_step - compiled)
+        saved = steps_left * (self.eager_step - compiled)
         log.info("compiling saves %.1fs of the steps left, costs %.1fs", saved, expected)
         self.state = "compiling" if saved > expected else "settled"
 
     def _compile_and_run(self, run: Callable[[nn.Module], Any]) -> Any:
         start = self._now()
         try:
+            # a long-lived worker compiles job after job: without a reset, Dynamo's code cache
+            # fills up and hits its recompile limit, after which it runs eagerly
+            torch._dynamo.reset()
             self.compiled = torch.compile(self.eager, dynamic=False)
             out = run(self.compiled)
         except Exception as e:  # noqa: BLE001 - any compiler failure: train on, eagerly
@@ -135,9 +139,11 @@ class StepCompiler:
         if kind == "eager":
             self.eager_step = median
             assert self.costs is not None
-            self._decide(self.costs.recall(self.key))
+            self._decide(self.costs.recall(self.key), self.total_steps - self.steps_done)
             return
-        if self.choice == "auto" and self.eager_step is not None and median >= self.eager_step:
+        # dropped only against eager steps of this job (a remembered one may have been timed
+        # under other conditions: a teacher, another load on the host)
+        if self.choice == "auto" and self.times["eager"] and median >= self.eager_step:
             log.info("compiled steps (%.3fs) are no faster than eager: eager", median)
             self.compiled = None
         self.state = "settled"

@@ -8,6 +8,7 @@ silently groups nothing (pytest-dev/pytest-xdist#1386).
 
 import fcntl
 import os
+import tempfile
 
 import pytest
 from jobs import synthetic_spec
@@ -31,6 +32,9 @@ def fp_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # torch.compile's caches and their cost book for this run only (lsq.compile_cache): the
+    # default, ~/.cache/lsq/compile, would make `auto` decide from what earlier runs measured
+    os.environ.setdefault("LSQ_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="lsq-test-compile-"))
     # xdist workers divide the cores between them, as a host's service workers do
     # (LSQ_WORKERS_PER_HOST): two torch thread pools each as wide as the machine thrash. The
     # processes the tests start inherit OMP_NUM_THREADS; a value already set is kept.

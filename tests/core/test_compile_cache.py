@@ -74,4 +74,5 @@ def test_two_processes_compiling_one_graph_at_once_leave_a_cache_the_next_one_hi
     (folder,) = tmp_path.iterdir()  # named after torch and our code
     assert folder.name.startswith("torch-") and "-lsq-" in folder.name
     book = json.loads((folder / "costs.json").read_text())
-    assert len(book[third["key"]]["compile"]) == 3  # no compile's record lost
+    entry = book[third["key"]]
+    assert entry["cold"] > 0 and len(entry["compile"]) == 2  # no compile's record lost

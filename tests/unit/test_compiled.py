@@ -75,7 +75,7 @@ def test_auto_decides_from_the_compile_it_expects(monkeypatch, tmp_path) -> None
     book.remember(key, compile=40.0, eager=0.30, compiled=0.20)  # cold: 40 s
     assert book.expected_compile(book.recall(key)) == 40.0 * 0.15  # warm now: the usual share
     book.remember(key, compile=5.0)  # warm: 5 s; saves 0.1 s a step
-    assert book.recall(key)["compile"] == [40.0, 5.0]
+    assert book.recall(key)["cold"] == 40.0 and book.recall(key)["compile"] == [5.0]
     assert book.typical() == pytest.approx((40.0, 5 / 40, 1 / 3))
     assert book.expected_compile(book.recall(key)) == 5.0
     warm = policy("auto", model, 60, book)
@@ -89,12 +89,10 @@ def test_auto_decides_from_the_compile_it_expects(monkeypatch, tmp_path) -> None
     cold = policy("auto", other, 10**6, book)
     cold._look_up(X)
     assert cold.state == "timing_eager"
-    cold.steps_done, cold.eager_step = 1, 0.3  # as if its first eager steps took 0.3 s
-    cold._decide({})  # 1e6 steps x 0.1 s saved > a 40 s cold compile
+    cold.eager_step = 0.3  # as if its first eager steps took 0.3 s
+    cold._decide({}, 10**6)  # 1e6 steps x 0.1 s saved > a 40 s cold compile
     assert cold.state == "compiling"
-    cold = policy("auto", other, 390, book)
-    cold.steps_done, cold.eager_step = 1, 0.3
-    cold._decide({})  # 390 x 0.1 s = 39 s: less than the compile
+    cold._decide({}, 390)  # 390 x 0.1 s = 39 s: less than the compile
     assert cold.state == "settled"
 
 
@@ -103,10 +101,19 @@ def test_the_cost_book_survives_what_it_cannot_read(tmp_path) -> None:
     path.write_text("{not json")
     book = CostBook(path)
     assert book.recall("k") == {} and book.typical() == (60.0, 0.15, 0.25)
-    for i in range(7):
+    for i in range(1, 8):
         book.remember("k", compile=float(i))
-    assert book.recall("k")["compile"] == [2.0, 3.0, 4.0, 5.0, 6.0]  # the last five
+    # the first compile (cold) is kept apart; of the later (warm) ones, the last five
+    assert book.recall("k")["cold"] == 1.0 and book.recall("k")["compile"] == [3, 4, 5, 6, 7]
+    book.remember("k", eager=0.4)
+    book.remember("k", eager=0.2)  # averaged: one noisy measurement does not decide alone
+    assert book.recall("k")["eager"] == pytest.approx(0.3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["costs.json", "costs.json.lock"]
+    # unsound entries are dropped, not trusted (a zero would divide, a string would raise)
+    path.write_text('{"a": 3, "b": {"cold": 0, "compiled": 0, "eager": "x", "compile": [1, -2]},'
+                    ' "c": {"cold": 2.0, "eager": 1.0, "compiled": 0.05}}')  # fmt: skip
+    assert book.recall("a") == {} and book.recall("b") == {}
+    assert book.typical() == (2.0, 0.15, 0.9)  # a saving of 95% is trusted up to 90%
     (tmp_path / "a-file").touch()
     nowhere = CostBook(tmp_path / "a-file" / "costs.json")  # cannot be written: no error
     nowhere.remember("k", compile=1.0)
@@ -154,7 +161,7 @@ def test_auto_compiles_a_long_job_and_the_compiled_step_gives_the_same_results(
     assert auto.state == "settled"  # compiled kept only if its steps were faster
     assert steps(auto, model, 1) == [model if auto.compiled is None else auto.compiled]
     known = book.recall(auto.key)
-    assert len(known["compile"]) == 1 and known["eager"] > 0 and known["compiled"] > 0
+    assert known["cold"] > 0 and known["eager"] > 0 and known["compiled"] > 0
 
     torch.manual_seed(0)  # inputs that do not depend on how many steps ran before
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
