@@ -99,17 +99,18 @@ class StepCompiler:
         self.key = compile_cache.graph_key(self.eager, batch, self.amp)
         known = self.costs.recall(self.key)
         if self.choice == "auto" and "cold" in known and "compiled" in known:
-            saving = self.costs.typical()[2]
-            self.eager_step = known.get("eager") or known["compiled"] / (1 - saving)
+            self.eager_step = known.get("eager")
             self._decide(known, self.total_steps - self.steps_done + 1)
 
     def _decide(self, known: dict[str, Any], steps_left: int) -> None:
-        """Compile if the steps left save more than the compile is expected to cost."""
-        assert self.costs is not None and self.eager_step is not None
+        """Compile if the steps left save more than the compile is expected to cost. A step
+        time not known is estimated from the other and the typical saving."""
+        assert self.costs is not None
         saving = self.costs.typical()[2]
-        compiled = known.get("compiled", self.eager_step * (1 - saving))
+        eager = self.eager_step or known["compiled"] / (1 - saving)
+        compiled = known.get("compiled", eager * (1 - saving))
         expected = self.costs.expected_compile(known)
-        saved = steps_left * (self.eager_step - compiled)
+        saved = steps_left * (eager - compiled)
         log.info("compiling saves %.1fs of the steps left, costs %.1fs", saved, expected)
         self.state = "compiling" if saved > expected else "settled"
 

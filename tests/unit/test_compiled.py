@@ -85,6 +85,16 @@ def test_auto_decides_from_the_compile_it_expects(monkeypatch, tmp_path) -> None
     short._look_up(X)
     assert short.state == "settled"
 
+    # compiled before with `on` only: its eager step is estimated from the typical saving
+    # (1/3: 0.2 s compiled is 0.3 s eager), its compile expected warm (5 s here)
+    only_on = CostBook(tmp_path / "only-on.json")
+    only_on.remember(key, compile=40.0, compiled=0.20)
+    only_on.remember("another graph", compile=40.0, eager=0.30, compiled=0.20)
+    only_on.remember(key, compile=5.0)
+    known = policy("auto", model, 60, only_on)
+    known._look_up(X)
+    assert known.state == "compiling" and known.eager_step is None
+
     other = small_quantized()[:3]  # another graph: unknown to the book
     cold = policy("auto", other, 10**6, book)
     cold._look_up(X)
