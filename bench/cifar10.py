@@ -29,7 +29,9 @@ EXPERIMENT = Path(__file__).parent.parent / "examples" / "experiment-cifar10-res
 
 
 def merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `change` laid over it, section by section (as an experiment's rows are)."""
+    """`base` with `change` laid over it, section by section: what the service's
+    api.service.experiments.overrides.merge does (not importable here: bench/api.py shadows
+    the `api` package for scripts run from bench/)."""
     out = dict(base)
     for key, value in change.items():
         both = isinstance(value, dict) and isinstance(base.get(key), dict)

@@ -76,10 +76,11 @@ def use(root: Path) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()  # writable, not just there
-            _remove_stale(folder)
         except OSError as e:  # no cache is slower, never a failed job
             log.warning("compile cache %s unusable (%s): compiling without it", folder, e)
             folder = Path(tempfile.mkdtemp(prefix="lsq-compile-"))
+        else:
+            _remove_stale(folder)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
         # safe because the folder changes with that code (see the module's docstring)
         torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -92,7 +93,10 @@ def _remove_stale(folder: Path) -> None:
     too_old = time.time() - STALE_DAYS * 86400
     for other in folder.parent.glob("torch-*-lsq-*"):
         book = other / "costs.json"
-        used = book.stat().st_mtime if book.exists() else other.stat().st_mtime
+        try:  # another worker may be removing it too: its error is not this folder's
+            used = book.stat().st_mtime if book.exists() else other.stat().st_mtime
+        except OSError:
+            continue
         if other != folder and used < too_old:
             shutil.rmtree(other, ignore_errors=True)
 
